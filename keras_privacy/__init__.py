@@ -1,0 +1,46 @@
+"""keras-privacy: differentially private training, accounting and privacy testing for Keras 3.
+
+The top-level names are imported lazily, so that ``keras_privacy.accounting`` and
+``keras_privacy.privacy_tests`` can be used without importing Keras or any deep-learning
+framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0.dev0"
+
+# public name -> module that defines it
+_LAZY = {
+    # training
+    "make_private": "keras_privacy.training",
+    "DPModel": "keras_privacy.training",
+    "DPSequential": "keras_privacy.training",
+    "DPKerasSGDOptimizer": "keras_privacy.training",
+    "DPKerasAdamOptimizer": "keras_privacy.training",
+    "DPKerasAdagradOptimizer": "keras_privacy.training",
+    "PrivacyError": "keras_privacy.training",
+    "SamplingWarning": "keras_privacy.training",
+    "TrainingRecord": "keras_privacy.training.record",
+    # accounting (framework-free)
+    "compute_dp_sgd_privacy_statement": "keras_privacy.accounting",
+    "compute_epsilon": "keras_privacy.accounting",
+    "compute_noise_multiplier": "keras_privacy.accounting",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keras_privacy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

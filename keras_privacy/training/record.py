@@ -1,0 +1,132 @@
+"""What a DP training run did, in the terms the privacy accountant needs.
+
+This module is plain Python (no Keras, no TensorFlow): the accountant and the CLI read it.
+
+A :class:`TrainingRecord` is a list of :class:`TrainingSegment` s. Each call to ``fit`` on a
+DP model opens one segment, because each call may sample differently (arrays are
+Poisson-sampled; a ``tf.data`` pipeline arrives in fixed batches). Within a segment every
+optimizer update is the same mechanism:
+
+* the clipped contributions of one logical batch (expected size ``expected_batch_size``)
+  are summed, each contribution having L2 norm at most ``l2_norm_clip``;
+* Gaussian noise with standard deviation ``noise_multiplier * l2_norm_clip`` is added once.
+
+``updates`` counts optimizer updates (not ``train_step`` calls: under gradient accumulation
+several calls make one update).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+#: Each example joins each logical batch independently with probability q = B / N.
+POISSON = "poisson"
+#: Data shuffled once per epoch and cut into fixed-size batches: each example is in
+#: exactly one batch per epoch. No Poisson amplification applies.
+SHUFFLE = "shuffle"
+#: Batches arrived already formed (tf.data, generators, PyDataset). The order and the
+#: batching are outside our control; accounting must not assume Poisson sampling.
+FIXED_BATCHES = "fixed_batches"
+
+SAMPLING_KINDS = (POISSON, SHUFFLE, FIXED_BATCHES)
+
+
+@dataclasses.dataclass
+class TrainingSegment:
+    """One homogeneous stretch of DP training (one ``fit`` call).
+
+    Attributes:
+      sampling: one of ``"poisson"``, ``"shuffle"``, ``"fixed_batches"``.
+      dataset_size: N, the number of training examples, when known.
+      expected_batch_size: examples per optimizer update (the logical batch; under
+        Poisson sampling its expectation ``q * N``).
+      noise_multiplier: sigma; the noise standard deviation is ``sigma * l2_norm_clip``.
+      l2_norm_clip: C, the bound on each clipping unit's contribution.
+      num_microbatches: ``None`` when each example is clipped on its own; otherwise the
+        number of microbatches per batch, each microbatch being the clipping unit.
+      examples_per_clipping_unit: 1 for per-example clipping, else the microbatch size.
+      updates: optimizer updates done in this segment so far.
+    """
+
+    sampling: str
+    dataset_size: int | None
+    expected_batch_size: int | None
+    noise_multiplier: float
+    l2_norm_clip: float
+    num_microbatches: int | None = None
+    examples_per_clipping_unit: int = 1
+    updates: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLING_KINDS:
+            raise ValueError(
+                f"sampling must be one of {SAMPLING_KINDS}, received {self.sampling!r}"
+            )
+
+    @property
+    def used_microbatching(self) -> bool:
+        """True when the clipping unit holds more than one example.
+
+        Adding or removing one example then changes one microbatch's clipped gradient
+        rather than removing a whole clipped contribution, which doubles the L2
+        sensitivity (2C instead of C) under the add/remove-one relation.
+        """
+        return self.examples_per_clipping_unit > 1
+
+    @property
+    def sampling_probability(self) -> float | None:
+        """q = expected_batch_size / dataset_size, when both are known."""
+        if not self.dataset_size or not self.expected_batch_size:
+            return None
+        return min(1.0, self.expected_batch_size / self.dataset_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class TrainingRecord:
+    """All DP training a model has done, as segments in order."""
+
+    segments: list[TrainingSegment] = dataclasses.field(default_factory=list)
+
+    @property
+    def total_updates(self) -> int:
+        return sum(s.updates for s in self.segments)
+
+    @property
+    def current(self) -> TrainingSegment | None:
+        return self.segments[-1] if self.segments else None
+
+    @property
+    def poisson_throughout(self) -> bool:
+        """True when every segment with updates used Poisson sampling."""
+        return all(s.sampling == POISSON for s in self.segments if s.updates)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"segments": [s.to_dict() for s in self.segments]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingRecord:
+        return cls([TrainingSegment(**s) for s in data.get("segments", [])])
+
+    def describe(self) -> str:
+        """A human-readable account of the sampling and updates so far."""
+        if not self.segments:
+            return "No DP training has been done yet."
+        lines = []
+        for i, s in enumerate(self.segments, 1):
+            q = s.sampling_probability
+            lines.append(
+                f"segment {i}: {s.updates} updates, sampling={s.sampling}, "
+                f"N={s.dataset_size}, expected batch={s.expected_batch_size}"
+                + (f", q={q:.6g}" if q is not None else "")
+                + f", noise_multiplier={s.noise_multiplier}, l2_norm_clip={s.l2_norm_clip}"
+                + (
+                    f", microbatches of {s.examples_per_clipping_unit} examples"
+                    if s.used_microbatching
+                    else ", per-example clipping"
+                )
+            )
+        return "\n".join(lines)
