@@ -20,6 +20,7 @@ was done, for the accountant.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any
 
@@ -502,10 +503,9 @@ class PrivateModel(DPModel):
         self.wrapped_model = model
         inputs = getattr(model, "inputs", None) if model.built else None
         if inputs:
-            try:
+            # Building early only makes summary() work before fit(); fit builds anyway.
+            with contextlib.suppress(Exception):
                 self(inputs if len(inputs) > 1 else inputs[0])
-            except Exception:  # noqa: BLE001 - building early is a convenience only
-                pass
 
     def call(self, inputs, training=None):
         return self.wrapped_model(inputs, training=training)

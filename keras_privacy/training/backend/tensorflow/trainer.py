@@ -92,11 +92,9 @@ class TensorFlowDPTrainer:
 
     def _dp_poisson_step(self, x, y, sample_weight, mask):
         """One optimizer update from one padded Poisson batch (per-example clipping)."""
-        config = self._dp_config
         sampled = tf.cast(tf.reduce_sum(mask), "int32")
         data = _rows((x, y, sample_weight), 0, sampled)
         chunk = self._dp_chunk_size  # rows per vectorized pass, or None for all at once
-        variables = self.trainable_variables
 
         if chunk is None:
             batch = self._dp_clipped(*data, num_units=None)
