@@ -291,6 +291,28 @@ class DPTrainingMixin:
             validation_freq=validation_freq,
         )
 
+    def train_on_batch(self, x=None, y=None, sample_weight=None, class_weight=None, **kwargs):
+        """``keras.Model.train_on_batch`` with the DP step; the caller chose the batch, so
+        it is recorded as a fixed batch (not Poisson-sampled)."""
+        config = self._dp_require_config()
+        segment = self.privacy_record.current
+        if segment is None or not getattr(segment, "_from_train_on_batch", False):
+            rows = len(keras.tree.flatten(x)[0])
+            segment = self._dp_segment(FIXED_BATCHES, None, rows)
+            if config.num_microbatches is not None:
+                segment.examples_per_clipping_unit = rows // config.num_microbatches
+            segment._from_train_on_batch = True
+            self.privacy_record.segments.append(segment)
+        self._dp_user_sample_weight = sample_weight is not None or class_weight is not None
+        self._dp_chunk_size = None
+        self._dp_expected_units = None
+        before = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+        logs = super().train_on_batch(
+            x, y, sample_weight=sample_weight, class_weight=class_weight, **kwargs
+        )
+        segment.updates += int(keras.ops.convert_to_numpy(self.optimizer.iterations)) - before
+        return logs
+
     def _dp_segment(self, sampling: str, dataset_size: int | None, expected: int | None):
         config = self._dp_config
         return TrainingSegment(

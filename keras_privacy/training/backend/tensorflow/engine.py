@@ -22,6 +22,12 @@ def _to_units(tensor: tf.Tensor, num_units: int | None) -> tf.Tensor:
     """[rows, ...] -> [units, rows_per_unit, ...]."""
     if num_units is None:
         return tensor[:, None]
+    rows = tensor.shape[0]
+    if rows is not None and rows % num_units:
+        raise PrivacyError(
+            f"num_microbatches={num_units} must divide the batch size, but a batch has "
+            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
+        )
     shape = tf.shape(tensor)
     tf.debugging.assert_equal(
         shape[0] % num_units,
@@ -59,6 +65,29 @@ class VectorizedEngine:
         l2_norm_clip: float,
         unit_offset: Any = 0,
     ) -> ClippedBatch:
+        grads, unit_losses, y_pred = self.unit_gradients(
+            model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
+        )
+        norms = clipping.global_norms(grads)
+        factors = clipping.clip_factors(norms, l2_norm_clip)
+        return ClippedBatch(
+            grad_sum=clipping.weighted_sum(grads, factors, norms),
+            unit_losses=unit_losses,
+            y_pred=y_pred,
+            norms=norms,
+        )
+
+    def unit_gradients(
+        self,
+        model: Any,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        num_units: int | None,
+        unit_offset: Any = 0,
+    ) -> tuple[list, Any, Any]:
+        """Each unit's gradient (float32, leading unit axis), loss, and the outputs."""
         trainable = model.trainable_variables
         non_trainable = model.non_trainable_variables
         seeds = {id(v) for v in seed_state_variables(model)}
@@ -127,12 +156,4 @@ class VectorizedEngine:
         seed_vars = [v for v in non_trainable if id(v) in seeds]
         for var, advance in zip(seed_vars, seed_advance, strict=True):
             var.assign(var.value + tf.cast(tf.reduce_sum(advance[:1], axis=0), var.dtype))
-
-        norms = clipping.global_norms(grads)
-        factors = clipping.clip_factors(norms, l2_norm_clip)
-        return ClippedBatch(
-            grad_sum=clipping.weighted_sum(grads, factors, norms),
-            unit_losses=unit_losses,
-            y_pred=keras.tree.map_structure(_from_units, y_pred),
-            norms=norms,
-        )
+        return grads, unit_losses, keras.tree.map_structure(_from_units, y_pred)
