@@ -375,12 +375,7 @@ class DPTrainingMixin:
                 stacklevel=3,
             )
             self._dp_warned_sampling = True
-        batch = None
-        spec = getattr(x, "element_spec", None)
-        if spec is not None:
-            leaves = [s for s in keras.tree.flatten(spec) if getattr(s, "shape", None)]
-            if leaves and leaves[0].shape.rank and leaves[0].shape[0] is not None:
-                batch = int(leaves[0].shape[0])
+        batch = self._dp_pipeline_batch_size(x)
         config = self._dp_config
         segment = self._dp_segment(
             FIXED_BATCHES,
@@ -390,6 +385,21 @@ class DPTrainingMixin:
         if config.num_microbatches is not None and batch is not None:
             segment.examples_per_clipping_unit = batch // config.num_microbatches
         return segment
+
+    @staticmethod
+    def _dp_pipeline_batch_size(x: Any) -> int | None:
+        """The batch size of a tf.data pipeline: static if known, else its first batch."""
+        spec = getattr(x, "element_spec", None)
+        if spec is None or not hasattr(x, "take"):
+            return None
+        leaves = [s for s in keras.tree.flatten(spec) if getattr(s, "shape", None) is not None]
+        if not leaves or not leaves[0].shape.rank:
+            return None
+        if leaves[0].shape[0] is not None:
+            return int(leaves[0].shape[0])
+        for element in x.take(1):
+            return int(keras.tree.flatten(element)[0].shape[0])
+        return None
 
     @staticmethod
     def _dp_pipeline_has_weights(x: Any, sample_weight: Any) -> bool:
