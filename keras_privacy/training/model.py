@@ -26,6 +26,9 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras.src.models.functional import Functional
+from keras.src.models.model import Trainer as BackendTrainer
+from keras.src.models.model import functional_init_arguments
 
 from keras_privacy.training.backend import DPTrainer
 from keras_privacy.training.checks import check_layers_supported
@@ -198,6 +201,13 @@ class DPTrainingMixin:
             )
         self._dp_reset_step_state()
 
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        """Compile from a saved compile config (used by ``load_model`` and make_private)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     # -- fit --------------------------------------------------------------------------
 
     def fit(
@@ -255,6 +265,13 @@ class DPTrainingMixin:
             self._dp_user_sample_weight = sample_weight is not None
             num_examples = len(keras.tree.flatten(x)[0])
             if config.sampling == POISSON:
+                # Build model, loss and metrics from real rows: the Poisson stream's
+                # (x, y, sample_weight, mask) elements are not a Keras data format.
+                self._symbolic_build(
+                    data_batch=keras.tree.map_structure(
+                        lambda a: None if a is None else np.asarray(a[:2]), (x, y, sample_weight)
+                    )
+                )
                 segment, x, steps_per_epoch = self._dp_poisson_input(
                     x, y, sample_weight, batch_size, steps_per_epoch
                 )
@@ -473,7 +490,53 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
+        if functional_init_arguments(args, kwargs):
+            # Keras would rewrite this class's bases in place (Model -> Functional),
+            # which breaks every later subclassed DPModel; DPModel(inputs, outputs)
+            # itself is served by DPFunctional through __new__.
+            raise TypeError(
+                f"{type(self).__name__} subclasses DPModel and was given inputs/outputs. "
+                "Use keras_privacy.DPModel(inputs, outputs, ...) for a functional DP model, "
+                "or build your functional keras.Model and wrap it with make_private()."
+            )
         super().__init__(*args, **kwargs)
+        self._dp_setup(
+            l2_norm_clip=l2_norm_clip,
+            noise_multiplier=noise_multiplier,
+            num_microbatches=num_microbatches,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            sampling=sampling,
+            seed=seed,
+        )
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if cls is DPModel and functional_init_arguments(args, kwargs):
+            return DPFunctional.__new__(DPFunctional, *args, **kwargs)
+        return super().__new__(cls, *args, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="keras_privacy")
+class DPFunctional(DPModel, Functional):
+    """What ``DPModel(inputs, outputs, ...)`` returns: a functional DP model."""
+
+    def __init__(
+        self,
+        inputs: Any,
+        outputs: Any,
+        name: str | None = None,
+        *,
+        l2_norm_clip: float | None = None,
+        noise_multiplier: float | None = None,
+        num_microbatches: int | None = None,
+        gradient_accumulation_steps: int = 1,
+        sampling: str = POISSON,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # What keras.Model.__init__ does for functional arguments, minus rewriting the
+        # class hierarchy.
+        BackendTrainer.__init__(self)
+        Functional.__init__(self, inputs, outputs, name=name, **kwargs)
         self._dp_setup(
             l2_norm_clip=l2_norm_clip,
             noise_multiplier=noise_multiplier,

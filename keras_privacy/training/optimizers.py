@@ -54,7 +54,7 @@ class DPOptimizerMixin:
         **kwargs: Any,
     ) -> None:
         # Validates every argument (PrivacyError naming the bad one).
-        self.dp_config = DPConfig(
+        dp_config = DPConfig(
             l2_norm_clip=l2_norm_clip,
             noise_multiplier=noise_multiplier,
             num_microbatches=num_microbatches,
@@ -62,8 +62,8 @@ class DPOptimizerMixin:
         )
         # Keras's own accumulation would average several *noised* updates; the DP model
         # accumulates clipped sums and noises once instead, so it is never passed on.
-        kwargs.pop("gradient_accumulation_steps", None)
         super().__init__(*args, **kwargs)
+        self.dp_config = dp_config
 
     @property
     def l2_norm_clip(self) -> float:

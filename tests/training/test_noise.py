@@ -56,7 +56,9 @@ def test_noise_is_fresh_every_step_and_reproducible_with_a_seed():
 
 
 def test_unseeded_models_draw_different_noise():
-    assert not np.allclose(_noise_of_step(_zero_gradient_model()), _noise_of_step(_zero_gradient_model()))
+    assert not np.allclose(
+        _noise_of_step(_zero_gradient_model()), _noise_of_step(_zero_gradient_model())
+    )
 
 
 def test_noise_once_per_update_under_gradient_accumulation():

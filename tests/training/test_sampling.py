@@ -39,6 +39,7 @@ def test_capacity_has_headroom_and_overflow_raises(monkeypatch):
     assert poisson_capacity(60000, 256) >= 256 + 8 * 16
     assert poisson_capacity(100, 100) == 100
     sampler = PoissonBatches(np.zeros((100, 1)), np.zeros(100), None, expected_batch_size=10)
+
     class Unlucky:  # a generator whose binomial draw lands above the capacity
         def binomial(self, n, p):
             return sampler.capacity + 1
