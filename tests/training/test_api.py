@@ -132,6 +132,8 @@ def test_multi_output_model_with_dict_losses():
     model.compile(optimizer="adam", loss={"cls": LOSS, "reg": "mse"}, metrics={"cls": ["accuracy"]})
     history = model.fit(x, {"cls": y, "reg": x[:, :1]}, batch_size=16, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+    # Each output's own loss is logged, as in a plain Keras model.
+    assert history.history["cls_loss"][0] > 0.1 and history.history["reg_loss"][0] > 0.1
 
 
 @pytest.mark.parametrize("builder", ["sequential", "functional", "make_private"])

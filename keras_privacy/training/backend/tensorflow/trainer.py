@@ -186,4 +186,9 @@ class TensorFlowDPTrainer:
         self._loss_tracker.update_state(mean_loss, sample_weight=tf.cast(rows, "float32"))
         if not self._dp_user_sample_weight:
             sample_weight = None
+        compile_loss = self._compile_loss
+        if compile_loss is not None and compile_loss.metrics:
+            # Multi-output models log each output's loss through trackers that the
+            # per-unit (stateless) passes cannot update; one batched loss call does it.
+            compile_loss(y, y_pred, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
