@@ -113,7 +113,10 @@ class DPTrainingMixin:
             self._dp_config = DPConfig(**self._dp_settings)
         #: What DP training this model has done (sampling, N, batch, updates).
         self.privacy_record = TrainingRecord()
+        # Backend step state (noise generator, accumulators): created on first training.
         self._dp_step_state = None
+        # One sampler stream per model: every fit continues it, so no batch is re-drawn.
+        self._dp_sampler_rng = np.random.default_rng(seed)
         self._dp_chunk_size: int | None = None
         self._dp_expected_units: float | None = None
         self._dp_user_sample_weight = False
@@ -199,7 +202,6 @@ class DPTrainingMixin:
                 "average several noised updates and break the one-noise-per-update "
                 "accounting. Pass gradient_accumulation_steps to the DP model instead."
             )
-        self._dp_reset_step_state()
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
         """Compile from a saved compile config (used by ``load_model`` and make_private)."""
@@ -355,7 +357,9 @@ class DPTrainingMixin:
                 "sampling='shuffle' or a tf.data dataset."
             )
         logical = batch_size * config.gradient_accumulation_steps
-        sampler = PoissonBatches(x, y, sample_weight, expected_batch_size=logical, seed=config.seed)
+        sampler = PoissonBatches(
+            x, y, sample_weight, expected_batch_size=logical, rng=self._dp_sampler_rng
+        )
         self._dp_expected_units = float(logical)
         self._dp_chunk_size = batch_size if config.gradient_accumulation_steps > 1 else None
         segment = self._dp_segment(POISSON, sampler.dataset_size, logical)

@@ -49,7 +49,8 @@ class PoissonBatches:
     Args:
       x, y, sample_weight: in-memory arrays (or nests of arrays) with N rows.
       expected_batch_size: B; each example is in each batch with probability B / N.
-      seed: seeds the sampler (tests only); ``None`` draws fresh OS entropy.
+      rng: the random stream to draw from (a DP model keeps one for its lifetime), or
+        ``None`` for a fresh one from OS entropy.
     """
 
     def __init__(
@@ -59,7 +60,7 @@ class PoissonBatches:
         sample_weight: Any,
         *,
         expected_batch_size: int,
-        seed: int | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         self.x = keras.tree.map_structure(np.asarray, x)
         self.y = None if y is None else keras.tree.map_structure(np.asarray, y)
@@ -85,7 +86,7 @@ class PoissonBatches:
         self.expected_batch_size = expected_batch_size
         self.sampling_probability = expected_batch_size / self.dataset_size
         self.capacity = poisson_capacity(self.dataset_size, expected_batch_size)
-        self._rng = np.random.default_rng(seed)
+        self._rng = rng if rng is not None else np.random.default_rng()
 
     @property
     def updates_per_epoch(self) -> int:

@@ -93,3 +93,20 @@ def test_zero_noise_multiplier_adds_nothing(sigma):
     )
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
     assert np.all(_noise_of_step(model) == 0)
+
+
+def test_seeded_noise_is_never_repeated_after_recompiling_or_retracing():
+    model = _zero_gradient_model(seed=21)
+    first = _noise_of_step(model)
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")  # recompile
+    second = _noise_of_step(model)
+    model.fit(  # a different data path retraces the step
+        np.zeros((40, 200), "float32"),
+        np.zeros((40, 50), "float32"),
+        batch_size=40,
+        epochs=1,
+        verbose=0,
+    )
+    third = _noise_of_step(model)
+    for a, b in ((first, second), (first, third), (second, third)):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.05

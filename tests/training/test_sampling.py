@@ -15,7 +15,9 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 def test_batches_follow_the_poisson_distribution():
     n, b = 1000, 50
     x = np.arange(n, dtype="float32")[:, None]
-    sampler = PoissonBatches(x, np.arange(n), None, expected_batch_size=b, seed=0)
+    sampler = PoissonBatches(
+        x, np.arange(n), None, expected_batch_size=b, rng=np.random.default_rng(0)
+    )
     sizes, hits = [], np.zeros(n)
     for _ in range(2000):
         bx, by, sw, mask = sampler.next_batch()
@@ -60,7 +62,9 @@ def test_padding_rows_contribute_nothing_and_the_divisor_is_the_expected_batch(r
     private = kp.make_private(model, l2_norm_clip=0.05, noise_multiplier=0.0, seed=7)
     private.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS)
     # The same seed reproduces the sampler's draw.
-    indices = PoissonBatches(x, y, None, expected_batch_size=10, seed=7).sample_indices()
+    indices = PoissonBatches(
+        x, y, None, expected_batch_size=10, rng=np.random.default_rng(7)
+    ).sample_indices()
     expected = flat(reference_clipped_sum(model, LOSS, x[indices], y[indices], 0.05)) / 10
     before = flat(weights(private))
     private.fit(x, y, batch_size=10, epochs=1, steps_per_epoch=1, verbose=0)
@@ -148,3 +152,32 @@ def test_tf_data_is_trained_on_but_recorded_as_not_poisson_with_one_warning(rng)
     first = model.privacy_record.segments[0]
     assert (first.sampling, first.updates, first.dataset_size) == ("fixed_batches", 8, 64)
     assert first.expected_batch_size == 16
+
+
+def test_a_seeded_model_never_repeats_batches_across_fits(rng):
+    """Each fit continues the model's sampler stream: repeating the first fit's batches
+    would make the sampling of the second fit dependent on the first."""
+    x = np.arange(200, dtype="float32")[:, None]
+    y = np.zeros(200, "int64")
+    model = kp.make_private(
+        keras.Sequential([keras.Input((1,)), keras.layers.Dense(3)]),
+        l2_norm_clip=1.0,
+        noise_multiplier=1.0,
+        seed=5,
+    )
+    model.compile(optimizer="sgd", loss=LOSS)
+    seen = []
+    original = PoissonBatches.sample_indices
+
+    def spy(self):
+        indices = original(self)
+        seen.append(tuple(indices))
+        return indices
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(PoissonBatches, "sample_indices", spy):
+        model.fit(x, y, batch_size=20, epochs=1, steps_per_epoch=3, verbose=0)
+        first = list(seen)
+        model.fit(x, y, batch_size=20, epochs=1, steps_per_epoch=3, verbose=0)
+    assert not set(first) & set(seen[len(first) :])

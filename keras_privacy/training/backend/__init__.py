@@ -29,8 +29,5 @@ else:  # pragma: no cover - exercised only under other KERAS_BACKEND values
                 "(Accounting and privacy testing work with any backend.)"
             )
 
-        def _dp_reset_step_state(self):
-            self._dp_step_state = None
-
 
 __all__ = ["DPTrainer", "SUPPORTED_BACKENDS"]

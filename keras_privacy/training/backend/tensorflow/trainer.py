@@ -29,21 +29,30 @@ from keras_privacy.training.optimizers import private_update
 
 class _StepState:
     """Per-model transient state of the DP step. Deliberately not tracked by Keras, so
-    nothing here (noise generator state, accumulators) ever reaches a saved model."""
+    nothing here (noise generator state, accumulators) ever reaches a saved model.
 
-    def __init__(self, trainable_variables: list, seed: int | None, accumulate: bool) -> None:
+    The noise generator lives as long as the model: recompiling or retracing never
+    restarts it, so no noise draw is ever repeated (repeated noise could be cancelled
+    by differencing two updates).
+    """
+
+    def __init__(self, seed: int | None) -> None:
         if seed is None:
             self.noise = tf.random.Generator.from_non_deterministic_state()
         else:
             self.noise = tf.random.Generator.from_seed(seed)
-        self.accumulators = None
-        if accumulate:
+        self.accumulators: list | None = None
+        self.accumulated_units = tf.Variable(0.0, trainable=False)
+        self.calls = tf.Variable(0, dtype="int64", trainable=False)
+
+    def ensure_accumulators(self, trainable_variables: list) -> None:
+        shapes = [tuple(v.shape) for v in trainable_variables]
+        if self.accumulators is None or [tuple(a.shape) for a in self.accumulators] != shapes:
             self.accumulators = [
-                tf.Variable(tf.zeros(v.shape, "float32"), trainable=False)
-                for v in trainable_variables
+                tf.Variable(tf.zeros(shape, "float32"), trainable=False) for shape in shapes
             ]
-            self.accumulated_units = tf.Variable(0.0, trainable=False)
-            self.calls = tf.Variable(0, dtype="int64", trainable=False)
+            self.accumulated_units.assign(0.0)
+            self.calls.assign(0)
 
 
 def _rows(data: Any, start: Any, stop: Any) -> Any:
@@ -56,18 +65,14 @@ class TensorFlowDPTrainer:
 
     _dp_engine = VectorizedEngine()
 
-    def _dp_reset_step_state(self) -> None:
-        self._dp_step_state = None
-
     def make_train_function(self, force: bool = False):
         config = self._dp_require_config()
-        if self._dp_step_state is None or force:
-            with tf.init_scope():
-                self._dp_step_state = _StepState(
-                    self.trainable_variables,
-                    None if config.seed is None else config.seed + 1,
-                    accumulate=config.gradient_accumulation_steps > 1,
-                )
+        with tf.init_scope():
+            if self._dp_step_state is None:
+                seed = None if config.seed is None else config.seed + 1
+                self._dp_step_state = _StepState(seed)
+            if config.gradient_accumulation_steps > 1:
+                self._dp_step_state.ensure_accumulators(self.trainable_variables)
         return super().make_train_function(force=force)
 
     # -- the step ---------------------------------------------------------------------
@@ -139,7 +144,7 @@ class TensorFlowDPTrainer:
         units = float(config.num_microbatches) if config.num_microbatches else rows
         units = tf.cast(units, "float32")
         state = self._dp_step_state
-        if state.accumulators is None:
+        if config.gradient_accumulation_steps == 1:
             self._dp_apply(batch.grad_sum, units)
         else:
             for acc, g in zip(state.accumulators, batch.grad_sum, strict=True):
