@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from typing import Any
 
 from keras_privacy.accounting import _checks, events, planning
@@ -111,7 +112,23 @@ class DpSgdPrivacyReport:
             "model does this for in-memory arrays). Shuffled arrays, tf.data pipelines and "
             "generators deliver fixed batches: use the shuffled-batches number for them.",
         ]
-        return "\n".join(lines)
+        return "\n".join(
+            textwrap.fill(
+                line,
+                width=_WIDTH,
+                subsequent_indent=_indent_of(line),
+                break_on_hyphens=False,
+            )
+            for line in lines
+        )
+
+
+_WIDTH = 92
+
+
+def _indent_of(line: str) -> str:
+    """Continuation indent: under the text after an epsilon column, else none."""
+    return " " * 12 if line.startswith("  ") else ""
 
 
 def _fmt(value: float) -> str:
