@@ -28,6 +28,12 @@ _LAZY = {
     "compute_dp_sgd_privacy_statement": "keras_privacy.accounting",
     "compute_epsilon": "keras_privacy.accounting",
     "compute_noise_multiplier": "keras_privacy.accounting",
+    "compute_max_epochs": "keras_privacy.accounting",
+    "compute_max_steps": "keras_privacy.accounting",
+    "PrivacyLedger": "keras_privacy.accounting",
+    # accounting during training (Keras)
+    "PrivacyBudget": "keras_privacy.training.callbacks",
+    "privacy_spent": "keras_privacy.training.callbacks",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -270,9 +270,11 @@ class PrivacyBudget(keras.callbacks.Callback):
         if self.state_path is None or not os.path.exists(self.state_path):
             return
         earlier = record.segments[:-1]
-        if any(segment.updates for segment in earlier):
-            return  # this model's own record already holds its earlier training
         saved = load_privacy_state(self.state_path)
+        # A model restored from a checkpoint carries the record up to that checkpoint;
+        # the state file also counts the updates made after it (spent all the same).
+        if saved.total_updates <= sum(segment.updates for segment in earlier):
+            return
         record.segments[:-1] = [s for s in saved.segments if s.updates]
 
 

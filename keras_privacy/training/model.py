@@ -443,15 +443,28 @@ class DPTrainingMixin:
         settings = dict(self._dp_settings)
         settings.pop("seed")  # never saved: a known seed makes the noise predictable
         config["dp_config"] = settings
+        config["privacy_record"] = self.privacy_record.to_dict()
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None):
         config = dict(config)
         settings = config.pop("dp_config", {})
+        record = config.pop("privacy_record", None)
         model = super().from_config(config, custom_objects=custom_objects)
         model._dp_setup(**{"seed": None, **settings})
+        if record:
+            model.privacy_record = TrainingRecord.from_dict(record)
         return model
+
+    # -- accounting -------------------------------------------------------------------
+
+    def privacy_spent(self, delta: float, accountant: str = "pld") -> float:
+        """Epsilon at ``delta`` of all DP training this model has done (``privacy_record``),
+        accounted for the sampling each ``fit`` actually used."""
+        from keras_privacy.training.callbacks import privacy_spent
+
+        return privacy_spent(self, delta, accountant)
 
 
 @keras.saving.register_keras_serializable(package="keras_privacy")
@@ -614,16 +627,21 @@ class PrivateModel(DPModel):
             "name": self.name,
             "model": keras.saving.serialize_keras_object(self.wrapped_model),
             "dp_config": {k: v for k, v in self._dp_settings.items() if k != "seed"},
+            "privacy_record": self.privacy_record.to_dict(),
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None):
         config = dict(config)
         settings = config.pop("dp_config", {})
+        record = config.pop("privacy_record", None)
         model = keras.saving.deserialize_keras_object(
             config.pop("model"), custom_objects=custom_objects
         )
-        return cls(model, **settings, **config)
+        private = cls(model, **settings, **config)
+        if record:
+            private.privacy_record = TrainingRecord.from_dict(record)
+        return private
 
 
 def make_private(

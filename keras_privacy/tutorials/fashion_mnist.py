@@ -87,11 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _privacy_line(record, delta: float) -> str:
-    try:
-        from keras_privacy.accounting import epsilon_from_record
-    except ImportError:
-        return f"{record.total_updates} DP-SGD updates (accounting module not available)"
-    epsilon = epsilon_from_record(record, delta=delta)
+    from keras_privacy.accounting import epsilon_of_record
+
+    epsilon = epsilon_of_record(record, delta)
     return f"epsilon = {epsilon:.3f} at delta = {delta:g} (PLD accountant, Poisson sampling)"
 
 

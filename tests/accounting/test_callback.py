@@ -172,7 +172,7 @@ def test_checkpoint_and_resume_keep_counting(tmp_path):
 
     resumed = keras.models.load_model(checkpoint)
     resumed.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
-    assert resumed.privacy_record.total_updates == 0
+    assert resumed.privacy_record.total_updates == 16  # the checkpoint carries the record
     budget = PrivacyBudget(DELTA, state_path=state, accountant=FAST)
     history = resumed.fit(
         x, y, batch_size=B, initial_epoch=2, epochs=3, verbose=0, callbacks=[budget]

@@ -174,7 +174,11 @@ def test_save_and_load_keep_dp_settings_but_no_seed_or_noise_state(builder, tmp_
     config_text = zipfile.ZipFile(path).read("config.json").decode()
     assert '"seed": 42' not in config_text
     assert "dp_config" in json.loads(config_text)["config"]
-    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)  # training resumes
+    # The training record (public counters: sampling, N, batch, updates) is kept ...
+    assert loaded.privacy_record.to_dict() == model.privacy_record.to_dict()
+    assert loaded.privacy_spent(1e-5) == model.privacy_spent(1e-5)
+    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)  # ... and training resumes
+    assert loaded.privacy_record.total_updates == 2 * model.privacy_record.total_updates
 
 
 def test_mixed_precision_update_matches_float32():
