@@ -56,6 +56,6 @@ def overfit_attack_input(classification_data, overfit_model) -> AttackInputData:
 
 @pytest.fixture(scope="session")
 def unseen_attack_input(classification_data, overfit_model) -> AttackInputData:
-    """"Members" and non-members both drawn from data the model never saw (800 each)."""
+    """ "Members" and non-members both drawn from data the model never saw (800 each)."""
     x, y = classification_data
     return _attack_input(overfit_model, x, y, slice(800, 1600), slice(1600, 2400))

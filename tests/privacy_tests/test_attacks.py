@@ -74,7 +74,9 @@ def test_balanced_attacker_data_and_every_example_scored():
     assert chosen.sum() == 100 and (1 - chosen).sum() == 100
     unbalanced = create_attacker_data(data, balance=False)
     assert unbalanced.balanced_indices.size == 1000
-    result = run_attacks(data, attack_types=[AttackType.LOGISTIC_REGRESSION]).single_attack_results[0]
+    result = run_attacks(data, attack_types=[AttackType.LOGISTIC_REGRESSION]).single_attack_results[
+        0
+    ]
     assert result.membership_scores_train.shape == (100,)
     assert result.membership_scores_test.shape == (900,)
     assert result.roc_curve.test_train_ratio == 9.0

@@ -91,7 +91,9 @@ def test_slicing_errors(data):
         SlicingSpec(all_custom_train_indices=[np.zeros(60)], all_custom_test_indices=[])
     with pytest.raises(ValueError, match="together"):
         SlicingSpec(all_custom_train_indices=[np.zeros(60)])
-    bad = SlicingSpec(all_custom_train_indices=[np.zeros(3)], all_custom_test_indices=[np.zeros(40)])
+    bad = SlicingSpec(
+        all_custom_train_indices=[np.zeros(3)], all_custom_test_indices=[np.zeros(40)]
+    )
     with pytest.raises(ValueError, match="train entries"):
         get_single_slice_specs(bad, data)
     losses_only = AttackInputData(loss_train=np.ones(3), loss_test=np.ones(3))
