@@ -6,7 +6,6 @@ The model is a scikit-learn MLP trained to 100% training accuracy on 400 noisy e
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 from sklearn.neural_network import MLPClassifier

@@ -45,7 +45,7 @@ def test_shadow_mask_puts_each_example_in_half_the_models():
     mask = make_shadow_in_mask(8, 1000, seed=0)
     assert mask.shape == (8, 1000)
     assert (mask.sum(axis=0) == 4).all()
-    assert 400 < mask.sum(axis=1).min() and mask.sum(axis=1).max() < 600
+    assert mask.sum(axis=1).min() > 400 and mask.sum(axis=1).max() < 600
     with pytest.raises(ValueError):
         make_shadow_in_mask(1, 10)
 
