@@ -40,12 +40,14 @@ def plot_roc_curve(
     path: str | None = None,
     title: str | None = None,
     log_scale: bool = False,
+    labels: Sequence[str] | None = None,
 ) -> Figure:
     """Plot ROC curve(s) with the chance diagonal; save as PNG when ``path`` is given.
 
     Accepts one ROC curve, one result, a list of results, or :class:`AttackResults` (all its
     results are drawn, labelled by attack and slice). ``log_scale``
-    uses log-log axes, which shows the low-FPR regime.
+    uses log-log axes, which shows the low-FPR regime. ``labels`` name the curves (default:
+    attack type and slice).
     """
     if isinstance(roc, RocCurve):
         curves = [("attack", roc)]
@@ -57,6 +59,10 @@ def plot_roc_curve(
         curves = [(_label(r), r.roc_curve) for r in roc]
     if not curves:
         raise ValueError("nothing to plot")
+    if labels is not None:
+        if len(labels) != len(curves):
+            raise ValueError(f"{len(labels)} labels for {len(curves)} curves")
+        curves = [(label, curve) for label, (_, curve) in zip(labels, curves, strict=True)]
     figure = _new_figure(5.5, 5.0)
     axes = figure.add_subplot(1, 1, 1)
     for label, curve in curves:
