@@ -1,0 +1,95 @@
+"""Argument checks shared by the accounting functions.
+
+Every check raises ``ValueError`` naming the argument and the value received, so that a
+mistake in a planning call (or on the command line) reads as one clear sentence.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+ACCOUNTANTS = ("pld", "rdp")
+SAMPLING_ASSUMPTIONS = ("poisson", "shuffle")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, float) and value.is_integer()
+
+
+def check_delta(delta: Any, name: str = "delta") -> float:
+    """delta must be a real number with 0 < delta < 1."""
+    if not _is_real(delta) or not (0.0 < float(delta) < 1.0):
+        raise ValueError(f"{name} must be a number with 0 < {name} < 1, received {delta!r}")
+    return float(delta)
+
+
+def check_positive_real(value: Any, name: str) -> float:
+    """A finite real number > 0 (target epsilon, epochs)."""
+    if not _is_real(value) or not math.isfinite(float(value)) or float(value) <= 0.0:
+        raise ValueError(f"{name} must be a finite number > 0, received {value!r}")
+    return float(value)
+
+
+def check_noise_multiplier(value: Any, name: str = "noise_multiplier") -> float:
+    """sigma >= 0 and finite (sigma = 0 means no noise: epsilon is infinite)."""
+    if not _is_real(value) or not math.isfinite(float(value)) or float(value) < 0.0:
+        raise ValueError(f"{name} must be a finite number >= 0, received {value!r}")
+    return float(value)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """An integer >= 1 (dataset size, batch size, steps, examples per user)."""
+    if not _is_integer(value) or int(value) < 1:
+        raise ValueError(f"{name} must be an integer >= 1, received {value!r}")
+    return int(value)
+
+
+def check_batch_size(batch_size: Any, number_of_examples: int) -> int:
+    """1 <= batch_size <= number_of_examples."""
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if batch_size > number_of_examples:
+        raise ValueError(
+            f"batch_size must be <= number_of_examples ({number_of_examples}), "
+            f"received {batch_size!r}"
+        )
+    return batch_size
+
+
+def check_accountant(accountant: Any) -> str:
+    if not isinstance(accountant, str) or accountant.lower() not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, received {accountant!r}")
+    return accountant.lower()
+
+
+def check_sampling(sampling: Any) -> str:
+    if not isinstance(sampling, str) or sampling.lower() not in SAMPLING_ASSUMPTIONS:
+        raise ValueError(f"sampling must be one of {SAMPLING_ASSUMPTIONS}, received {sampling!r}")
+    return sampling.lower()
+
+
+def check_examples_per_user(value: Any) -> int | None:
+    """None (example-level privacy) or an integer >= 1."""
+    if value is None:
+        return None
+    return check_positive_int(value, "max_examples_per_user")
+
+
+def check_epochs_or_steps(epochs: Any, steps: Any) -> tuple[float | None, int | None]:
+    """Exactly one of epochs (> 0, may be fractional) and steps (integer >= 1)."""
+    if (epochs is None) == (steps is None):
+        raise ValueError(
+            f"give exactly one of epochs and steps, received epochs={epochs!r}, steps={steps!r}"
+        )
+    if epochs is not None:
+        return check_positive_real(epochs, "epochs"), None
+    return None, check_positive_int(steps, "steps")

@@ -1,0 +1,221 @@
+"""DP-SGD runs as ``dp_accounting`` DpEvents.
+
+Every DP-SGD optimizer update releases ``sum_i clip_C(g_i) + N(0, (sigma C)^2 I)``, a Gaussian
+mechanism whose L2 sensitivity is the clip norm ``C`` under the add-or-remove-one-example
+neighbouring relation (one example adds or removes one clipped contribution of norm <= C).
+A ``GaussianDpEvent(noise_multiplier)`` is that mechanism with noise standard deviation
+``noise_multiplier x sensitivity``, so the event's noise multiplier is ``sigma`` divided by
+how many multiples of ``C`` one neighbour can move the sum:
+
+* **per-example clipping**: sensitivity ``C`` -> ``GaussianDpEvent(sigma)``;
+* **microbatching** (the clipping unit is a microbatch of several examples, whose gradients
+  are averaged before clipping): one example changes one microbatch's clipped gradient
+  from one vector of norm <= C to another, so the sensitivity is ``2C`` ->
+  ``GaussianDpEvent(sigma / 2)`` (TF Privacy's ``used_microbatching=True``);
+* **a user with k examples, shuffled batches**: within one pass the user's examples touch
+  the released sums at most k times, each by at most ``C`` (or ``2C``), so the pass has
+  L2 sensitivity ``k C`` -> ``GaussianDpEvent(sigma / k)`` (or ``sigma / 2k``).
+
+How the per-update mechanisms compose depends on how batches were drawn:
+
+* **Poisson sampling** (each example joins each batch independently with probability
+  ``q = expected_batch_size / N``): each update is ``PoissonSampledDpEvent(q,
+  GaussianDpEvent(sigma_eff))``, self-composed over the number of optimizer updates. This
+  is where amplification by subsampling comes from, and it is only valid if the data really
+  were Poisson-sampled.
+* **Shuffled fixed-size batches** (each example in exactly one batch per pass over the
+  data): no amplification is claimed. Within one pass the batches are disjoint, so the
+  whole pass is one Gaussian mechanism of the same sensitivity (parallel composition);
+  passes compose: ``SelfComposedDpEvent(GaussianDpEvent(sigma_eff), passes)``, partial
+  passes rounded up.
+
+Under gradient accumulation several ``train_step`` calls make one optimizer update (one
+noise draw); the event count is the number of optimizer updates and
+``q = batch_size x accumulation_steps / N``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import dp_accounting
+
+from keras_privacy.accounting import _checks
+
+#: Name of the sampling assumption under which Poisson amplification applies.
+POISSON = "poisson"
+#: Shuffled (or otherwise fixed) batches, each example at most once per pass.
+SHUFFLE = "shuffle"
+
+
+class DatasetSizeUnknownError(ValueError):
+    """Raised when epsilon is asked for a training segment whose dataset size is unknown.
+
+    Without N neither the sampling probability (Poisson) nor the number of passes over the
+    data (shuffled / fixed batches) is known, so no epsilon can be stated.
+    """
+
+
+def effective_noise_multiplier(
+    noise_multiplier: float,
+    used_microbatching: bool = False,
+    sensitivity_in_clip_norms: int = 1,
+) -> float:
+    """Noise multiplier of the Gaussian mechanism relative to its true L2 sensitivity.
+
+    Args:
+      noise_multiplier: sigma, the ratio of the noise standard deviation to the clip norm C.
+      used_microbatching: the clipping unit is a microbatch of more than one example, so
+        one example moves one clipped gradient by up to 2C (sensitivity doubles).
+      sensitivity_in_clip_norms: how many clipping units one neighbour can touch in one
+        mechanism (k for a user with at most k examples in a pass; 1 otherwise).
+
+    Returns:
+      ``sigma / (sensitivity_in_clip_norms x (2 if used_microbatching else 1))``.
+    """
+    factor = sensitivity_in_clip_norms * (2 if used_microbatching else 1)
+    return noise_multiplier / factor
+
+
+def poisson_steps_for_epochs(epochs: float, number_of_examples: int, batch_size: int) -> int:
+    """Optimizer updates in ``epochs`` passes with expected batch ``batch_size``: ceil(E N / B)."""
+    return math.ceil(epochs * number_of_examples / batch_size - 1e-9)
+
+
+def shuffle_passes_for_epochs(epochs: float) -> int:
+    """Passes over the data in ``epochs`` epochs; a partial pass counts as a whole one."""
+    return math.ceil(epochs - 1e-9)
+
+
+def shuffle_passes_for_updates(updates: int, number_of_examples: int, batch_size: int) -> int:
+    """Passes over the data touched by ``updates`` updates of fixed-size batches.
+
+    A pass holds at least ``floor(N / B)`` full batches (whether or not the last, partial
+    batch is kept), so ``updates`` consecutive updates starting at a pass boundary touch at
+    most ``ceil(updates / floor(N / B))`` passes. Using the floor errs on the safe side: when
+    a pass has ``ceil(N / B)`` batches this may count one pass more than happened.
+    """
+    if updates <= 0:
+        return 0
+    updates_per_pass = max(1, number_of_examples // batch_size)
+    return math.ceil(updates / updates_per_pass)
+
+
+def poisson_dp_sgd_event(
+    sampling_probability: float,
+    noise_multiplier: float,
+    updates: int,
+    used_microbatching: bool = False,
+) -> dp_accounting.DpEvent:
+    """``updates`` Poisson-subsampled Gaussian mechanisms (one per optimizer update)."""
+    sigma = effective_noise_multiplier(noise_multiplier, used_microbatching)
+    one_update = dp_accounting.PoissonSampledDpEvent(
+        sampling_probability, dp_accounting.GaussianDpEvent(sigma)
+    )
+    return dp_accounting.SelfComposedDpEvent(one_update, updates)
+
+
+def shuffle_dp_sgd_event(
+    passes: int,
+    noise_multiplier: float,
+    used_microbatching: bool = False,
+    examples_per_user: int = 1,
+) -> dp_accounting.DpEvent:
+    """``passes`` Gaussian mechanisms, one per pass over shuffled fixed-size batches.
+
+    ``examples_per_user = k > 1`` gives the add-or-remove-one-user guarantee exactly: the
+    user's k examples move one pass's released sums by at most ``k`` clipping units.
+    """
+    sigma = effective_noise_multiplier(noise_multiplier, used_microbatching, examples_per_user)
+    return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma), passes)
+
+
+def dp_sgd_event(
+    number_of_examples: int,
+    batch_size: int,
+    noise_multiplier: float,
+    *,
+    epochs: float | None = None,
+    steps: int | None = None,
+    sampling: str = POISSON,
+    used_microbatching: bool = False,
+    examples_per_user: int = 1,
+) -> dp_accounting.DpEvent:
+    """The DpEvent of a planned DP-SGD run (see the module docstring for the model).
+
+    Args:
+      number_of_examples: N.
+      batch_size: expected examples per optimizer update (batch x accumulation steps).
+      noise_multiplier: sigma.
+      epochs: passes over the data (may be fractional); give this or ``steps``.
+      steps: optimizer updates; give this or ``epochs``.
+      sampling: ``"poisson"`` or ``"shuffle"``.
+      used_microbatching: clipping unit holds more than one example (sensitivity 2C).
+      examples_per_user: only for ``sampling="shuffle"``; for Poisson sampling user-level
+        privacy needs group privacy (see :mod:`keras_privacy.accounting.accountants`).
+    """
+    number_of_examples = _checks.check_positive_int(number_of_examples, "number_of_examples")
+    batch_size = _checks.check_batch_size(batch_size, number_of_examples)
+    noise_multiplier = _checks.check_noise_multiplier(noise_multiplier)
+    epochs, steps = _checks.check_epochs_or_steps(epochs, steps)
+    sampling = _checks.check_sampling(sampling)
+    if sampling == POISSON:
+        if examples_per_user != 1:
+            raise ValueError(
+                "examples_per_user must be 1 for sampling='poisson' (user-level privacy "
+                f"under Poisson sampling uses group privacy), received {examples_per_user!r}"
+            )
+        if steps is None:
+            steps = poisson_steps_for_epochs(epochs, number_of_examples, batch_size)
+        return poisson_dp_sgd_event(
+            batch_size / number_of_examples, noise_multiplier, steps, used_microbatching
+        )
+    if steps is None:
+        passes = shuffle_passes_for_epochs(epochs)
+    else:
+        passes = shuffle_passes_for_updates(steps, number_of_examples, batch_size)
+    return shuffle_dp_sgd_event(passes, noise_multiplier, used_microbatching, examples_per_user)
+
+
+def segment_event(segment: Any) -> dp_accounting.DpEvent:
+    """The DpEvent of one :class:`~keras_privacy.training.record.TrainingSegment`.
+
+    ``"poisson"`` segments: one Poisson-subsampled Gaussian per optimizer update with
+    ``q = expected_batch_size / dataset_size``. ``"shuffle"`` and ``"fixed_batches"``
+    segments: one Gaussian per pass over the data, passes from
+    :func:`shuffle_passes_for_updates`. Microbatching halves the effective noise multiplier.
+
+    Raises:
+      DatasetSizeUnknownError: the segment has updates but no dataset size (or no batch
+        size), so epsilon cannot be computed.
+    """
+    updates = int(segment.updates)
+    if updates <= 0:
+        return dp_accounting.NoOpDpEvent()
+    sampling = segment.sampling
+    dataset_size = segment.dataset_size
+    batch_size = segment.expected_batch_size
+    if not dataset_size or not batch_size:
+        raise DatasetSizeUnknownError(
+            f"cannot compute epsilon: a training segment ({sampling}, {updates} updates) has "
+            f"dataset_size={dataset_size!r} and expected_batch_size={batch_size!r}; both are "
+            "needed (for a tf.data pipeline, pass the number of examples to the DP model)"
+        )
+    noise_multiplier = float(segment.noise_multiplier)
+    used_microbatching = int(segment.examples_per_clipping_unit) > 1
+    if sampling == POISSON:
+        q = min(1.0, batch_size / dataset_size)
+        return poisson_dp_sgd_event(q, noise_multiplier, updates, used_microbatching)
+    passes = shuffle_passes_for_updates(updates, dataset_size, min(batch_size, dataset_size))
+    return shuffle_dp_sgd_event(passes, noise_multiplier, used_microbatching)
+
+
+def training_record_event(record: Any) -> dp_accounting.DpEvent:
+    """Composition, in order, of the events of all segments of a TrainingRecord."""
+    events = [segment_event(s) for s in record.segments if int(s.updates) > 0]
+    if not events:
+        return dp_accounting.NoOpDpEvent()
+    if len(events) == 1:
+        return events[0]
+    return dp_accounting.ComposedDpEvent(events)

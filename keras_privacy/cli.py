@@ -1,0 +1,299 @@
+"""``keras-privacy``: plan the privacy of a DP-SGD run from the command line.
+
+Imports no deep-learning framework, so it answers in about a second.
+
+Examples::
+
+    keras-privacy epsilon --n 60000 --batch-size 256 --noise-multiplier 1.1 --epochs 60 --delta 1e-5
+    keras-privacy noise --n 60000 --batch-size 256 --epochs 60 --target-epsilon 3 --delta 1e-5
+    keras-privacy epochs --n 60000 --batch-size 256 --noise-multiplier 1.1 \\
+        --target-epsilon 3 --delta 1e-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+_DESCRIPTION = """\
+Privacy accounting for DP-SGD (differentially private training).
+
+A DP-SGD run is described by: the number of training examples N (--n), the batch size
+per optimizer update (--batch-size; with gradient accumulation, batch x accumulation
+steps), the noise multiplier sigma (noise standard deviation / clipping norm), and its
+length (--epochs or --steps). The guarantee is (epsilon, delta)-differential privacy for
+adding or removing one example (or one user, with --max-examples-per-user). Smaller
+epsilon means more privacy; delta is usually chosen below 1/N.
+
+commands:
+  epsilon   print the privacy statement (epsilon) of a planned or finished run
+  noise     find the smallest noise multiplier that meets a target epsilon
+  epochs    find how many epochs (and steps) fit in a target epsilon
+"""
+
+_SAMPLING_HELP = (
+    "how batches are drawn: 'poisson' (each example joins each batch independently with "
+    "probability batch_size/N; the keras-privacy DP model does this for in-memory arrays) "
+    "or 'shuffle' (shuffled fixed-size batches, e.g. tf.data; no amplification by sampling "
+    "is claimed). Default: poisson. The 'epsilon' command always shows both."
+)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, *, needs_length: bool) -> None:
+    parser.add_argument(
+        "--n", type=int, required=True, metavar="N", help="number of training examples"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        required=True,
+        help="(expected) examples per optimizer update",
+    )
+    parser.add_argument(
+        "--delta",
+        type=float,
+        required=True,
+        help="target delta, 0 < delta < 1 (commonly below 1/N)",
+    )
+    if needs_length:
+        length = parser.add_mutually_exclusive_group(required=True)
+        length.add_argument("--epochs", type=float, help="passes over the data (may be fractional)")
+        length.add_argument(
+            "--steps", type=int, help="number of optimizer updates (instead of --epochs)"
+        )
+    parser.add_argument(
+        "--accountant",
+        choices=("pld", "rdp"),
+        default="pld",
+        help="'pld' (privacy loss distributions, tighter; default) or 'rdp' (Renyi DP, faster)",
+    )
+    microbatching = parser.add_mutually_exclusive_group()
+    microbatching.add_argument(
+        "--used-microbatching",
+        action="store_true",
+        help="gradients were clipped per microbatch of several examples: sensitivity doubles "
+        "(accounted as noise multiplier / 2)",
+    )
+    microbatching.add_argument(
+        "--microbatches",
+        type=int,
+        metavar="M",
+        help="number of microbatches per batch; implies --used-microbatching when the "
+        "microbatches hold more than one example (M < batch size)",
+    )
+    parser.add_argument(
+        "--max-examples-per-user",
+        type=int,
+        metavar="K",
+        help="also give user-level privacy for users with at most K examples",
+    )
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keras-privacy",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{epsilon,noise,epochs}")
+
+    epsilon = commands.add_parser(
+        "epsilon",
+        help="privacy statement of a run",
+        description="Print the privacy statement of a DP-SGD run: epsilon with shuffled "
+        "batches and assuming Poisson sampling, side by side, each with its assumption.",
+        epilog="example: keras-privacy epsilon --n 60000 --batch-size 256 "
+        "--noise-multiplier 1.1 --epochs 60 --delta 1e-5",
+    )
+    epsilon.add_argument(
+        "--noise-multiplier", type=float, required=True, help="sigma: noise std / clipping norm"
+    )
+    _add_run_arguments(epsilon, needs_length=True)
+
+    noise = commands.add_parser(
+        "noise",
+        help="noise multiplier for a target epsilon",
+        description="Find the smallest noise multiplier whose epsilon is at most the target "
+        "(never above it).",
+        epilog="example: keras-privacy noise --n 60000 --batch-size 256 --epochs 60 "
+        "--target-epsilon 3 --delta 1e-5",
+    )
+    noise.add_argument(
+        "--target-epsilon", type=float, required=True, help="privacy budget epsilon > 0"
+    )
+    noise.add_argument(
+        "--sampling", choices=("poisson", "shuffle"), default="poisson", help=_SAMPLING_HELP
+    )
+    _add_run_arguments(noise, needs_length=True)
+
+    epochs = commands.add_parser(
+        "epochs",
+        help="how long a run fits in a target epsilon",
+        description="Find the largest number of epochs and of optimizer steps whose epsilon "
+        "is at most the target.",
+        epilog="example: keras-privacy epochs --n 60000 --batch-size 256 "
+        "--noise-multiplier 1.1 --target-epsilon 3 --delta 1e-5",
+    )
+    epochs.add_argument(
+        "--noise-multiplier", type=float, required=True, help="sigma: noise std / clipping norm"
+    )
+    epochs.add_argument(
+        "--target-epsilon", type=float, required=True, help="privacy budget epsilon > 0"
+    )
+    epochs.add_argument(
+        "--sampling", choices=("poisson", "shuffle"), default="poisson", help=_SAMPLING_HELP
+    )
+    _add_run_arguments(epochs, needs_length=False)
+    return parser
+
+
+def _used_microbatching(args: argparse.Namespace) -> bool:
+    if args.microbatches is not None:
+        if args.microbatches < 1:
+            raise ValueError(
+                f"--microbatches must be an integer >= 1, received {args.microbatches}"
+            )
+        return args.microbatches < args.batch_size
+    return bool(args.used_microbatching)
+
+
+def _number(value: float) -> Any:
+    return value if math.isfinite(value) else "inf"
+
+
+def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    from keras_privacy import accounting
+
+    common = {
+        "used_microbatching": _used_microbatching(args),
+        "max_examples_per_user": args.max_examples_per_user,
+        "accountant": args.accountant,
+    }
+    if args.command == "epsilon":
+        report = accounting.compute_dp_sgd_privacy_report(
+            args.n,
+            args.batch_size,
+            args.noise_multiplier,
+            args.delta,
+            num_epochs=args.epochs,
+            steps=args.steps,
+            **common,
+        )
+        return report.to_text(), report.to_dict()
+
+    if args.command == "noise":
+        sigma = accounting.compute_noise_multiplier(
+            args.target_epsilon,
+            args.delta,
+            args.n,
+            args.batch_size,
+            epochs=args.epochs,
+            steps=args.steps,
+            sampling=args.sampling,
+            **common,
+        )
+        achieved = accounting.compute_epsilon(
+            args.n,
+            args.batch_size,
+            sigma,
+            delta=args.delta,
+            epochs=args.epochs,
+            steps=args.steps,
+            sampling=args.sampling,
+            **common,
+        )
+        length = f"{args.epochs:g} epochs" if args.steps is None else f"{args.steps} steps"
+        text = (
+            f"noise multiplier: {sigma:.4f}\n"
+            f"(gives epsilon = {achieved:.4f} <= {args.target_epsilon:g} at delta = {args.delta:g} "
+            f"for N = {args.n}, batch size {args.batch_size}, {length}, {args.sampling} "
+            f"sampling, {args.accountant.upper()} accountant)"
+        )
+        data = {
+            "noise_multiplier": sigma,
+            "epsilon": _number(achieved),
+            "target_epsilon": args.target_epsilon,
+            "delta": args.delta,
+            "sampling": args.sampling,
+            **common,
+        }
+        return text, data
+
+    steps = accounting.compute_max_steps(
+        args.target_epsilon,
+        args.delta,
+        args.n,
+        args.batch_size,
+        args.noise_multiplier,
+        sampling=args.sampling,
+        **common,
+    )
+    epochs = accounting.compute_max_epochs(
+        args.target_epsilon,
+        args.delta,
+        args.n,
+        args.batch_size,
+        args.noise_multiplier,
+        sampling=args.sampling,
+        **common,
+    )
+    text = (
+        f"max epochs: {epochs}\nmax optimizer steps: {steps}\n"
+        f"(epsilon <= {args.target_epsilon:g} at delta = {args.delta:g}, noise multiplier "
+        f"{args.noise_multiplier:g}, {args.sampling} sampling, "
+        f"{args.accountant.upper()} accountant)"
+    )
+    data = {
+        "max_epochs": epochs,
+        "max_steps": steps,
+        "target_epsilon": args.target_epsilon,
+        "delta": args.delta,
+        "noise_multiplier": args.noise_multiplier,
+        "sampling": args.sampling,
+        **common,
+    }
+    return text, data
+
+
+#: Library argument names as the command line spells them, for error messages.
+_FLAG_NAMES = {
+    "number_of_examples": "--n",
+    "batch_size": "--batch-size",
+    "noise_multiplier": "--noise-multiplier",
+    "target_epsilon": "--target-epsilon",
+    "max_examples_per_user": "--max-examples-per-user",
+    "epochs": "--epochs",
+    "steps": "--steps",
+    "delta": "--delta",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 usage or value error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    # dp_accounting logs numerical warnings through absl; they are not actionable here.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        text, data = _run(args)
+    except ValueError as error:
+        message = str(error)
+        for name, flag in _FLAG_NAMES.items():
+            message = message.replace(name, flag)
+        print(f"keras-privacy {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    print(json.dumps(data, indent=2) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Backend selection: the one place that knows which Keras backend is running.
+
+Each backend has a package here with the same module names (``engine``, ``trainer``),
+as Keras keeps ``keras/src/backend/<name>/``. Everything else in
+:mod:`keras_privacy.training` is backend-neutral.
+"""
+
+from __future__ import annotations
+
+import keras
+
+SUPPORTED_BACKENDS = ("tensorflow",)
+
+_name = keras.backend.backend()
+
+if _name == "tensorflow":
+    from keras_privacy.training.backend.tensorflow.trainer import (
+        TensorFlowDPTrainer as DPTrainer,
+    )
+else:  # pragma: no cover - exercised only under other KERAS_BACKEND values
+
+    class DPTrainer:  # type: ignore[no-redef]
+        """Stand-in that refuses to train: DP training is not implemented here yet."""
+
+        def make_train_function(self, force=False):
+            raise NotImplementedError(
+                f"keras-privacy's DP training supports the {SUPPORTED_BACKENDS} backend(s); "
+                f"this process runs Keras on {_name!r}. Set KERAS_BACKEND=tensorflow. "
+                "(Accounting and privacy testing work with any backend.)"
+            )
+
+
+__all__ = ["DPTrainer", "SUPPORTED_BACKENDS"]

@@ -1,0 +1,159 @@
+"""Per-unit gradients on TensorFlow: ``tf.vectorized_map`` over a stateless forward pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras.src.backend.common.stateless_scope import StatelessScope
+
+from keras_privacy.training import clipping
+from keras_privacy.training.checks import seed_state_variables
+from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.errors import PrivacyError
+
+# Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
+# seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
+_SEED_STRIDE = 1_000_003
+
+
+def _to_units(tensor: tf.Tensor, num_units: int | None) -> tf.Tensor:
+    """[rows, ...] -> [units, rows_per_unit, ...]."""
+    if num_units is None:
+        return tensor[:, None]
+    rows = tensor.shape[0]
+    if rows is not None and rows % num_units:
+        raise PrivacyError(
+            f"num_microbatches={num_units} must divide the batch size, but a batch has "
+            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
+        )
+    shape = tf.shape(tensor)
+    tf.debugging.assert_equal(
+        shape[0] % num_units,
+        0,
+        message=f"num_microbatches={num_units} must divide the batch size",
+    )
+    return tf.reshape(tensor, tf.concat([[num_units, -1], shape[1:]], axis=0))
+
+
+def _from_units(tensor: tf.Tensor) -> tf.Tensor:
+    """[units, rows_per_unit, ...] -> [rows, ...]."""
+    shape = tf.shape(tensor)
+    return tf.reshape(tensor, tf.concat([[-1], shape[2:]], axis=0))
+
+
+class VectorizedEngine:
+    """Materialises each unit's gradient; exact for any layer the vectorizer handles.
+
+    Each unit (one example, or one microbatch) runs through the model on its own, in
+    training mode, inside a :class:`keras.StatelessScope`, so its loss -- including
+    regularization losses -- and gradient depend on that unit alone. Random layers get a
+    per-unit seed. Layers that *update* non-trainable state in training mode (moving
+    statistics, counters) are refused: that state would be computed from private data
+    without noise.
+    """
+
+    def clipped_gradient_sum(
+        self,
+        model: Any,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        num_units: int | None,
+        l2_norm_clip: float,
+        unit_offset: Any = 0,
+    ) -> ClippedBatch:
+        grads, unit_losses, y_pred = self.unit_gradients(
+            model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
+        )
+        norms = clipping.global_norms(grads)
+        factors = clipping.clip_factors(norms, l2_norm_clip)
+        return ClippedBatch(
+            grad_sum=clipping.weighted_sum(grads, factors, norms),
+            unit_losses=unit_losses,
+            y_pred=y_pred,
+            norms=norms,
+        )
+
+    def unit_gradients(
+        self,
+        model: Any,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        num_units: int | None,
+        unit_offset: Any = 0,
+    ) -> tuple[list, Any, Any]:
+        """Each unit's gradient (float32, leading unit axis), loss, and the outputs."""
+        trainable = model.trainable_variables
+        non_trainable = model.non_trainable_variables
+        seeds = {id(v) for v in seed_state_variables(model)}
+        trainable_values = [v.value for v in trainable]
+        non_trainable_values = [v.value for v in non_trainable]
+
+        data = (x, y, sample_weight)
+        leaves = [t for t in keras.tree.flatten(data) if t is not None]
+        unit_leaves = [_to_units(t, num_units) for t in leaves]
+        count = tf.shape(unit_leaves[0])[0]
+        unit_index = tf.range(count, dtype="int64") + tf.cast(unit_offset, "int64")
+        stateful_updates: list[str] = []
+
+        def unit_gradient(args):
+            leaves_u, index = args
+            it = iter(leaves_u)
+            x_u, y_u, sw_u = keras.tree.map_structure(
+                lambda t: None if t is None else next(it), data
+            )
+            offset = tf.stack([index * _SEED_STRIDE, tf.constant(0, "int64")])
+            unit_non_trainable = [
+                value + tf.cast(offset, value.dtype) if id(var) in seeds else value
+                for var, value in zip(non_trainable, non_trainable_values, strict=True)
+            ]
+            mapping = list(zip(trainable, trainable_values, strict=True)) + list(
+                zip(non_trainable, unit_non_trainable, strict=True)
+            )
+            with tf.GradientTape() as tape:
+                tape.watch(trainable_values)
+                with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+                    before = [scope.get_current_value(v) for v in non_trainable]
+                    if model._call_has_training_arg:
+                        y_pred = model(x_u, training=True)
+                    else:
+                        y_pred = model(x_u)
+                    loss = model._compute_loss(
+                        x=x_u, y=y_u, y_pred=y_pred, sample_weight=sw_u, training=True
+                    )
+                    after = [scope.get_current_value(v) for v in non_trainable]
+                loss = tf.reduce_mean(tf.cast(loss, "float32"))
+            for var, old, new in zip(non_trainable, before, after, strict=True):
+                if id(var) not in seeds and new is not old:
+                    stateful_updates.append(var.path)
+            grads = tape.gradient(
+                loss, trainable_values, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            grads = [tf.cast(g, "float32") for g in grads]
+            seed_advance = [
+                new - old
+                for var, old, new in zip(non_trainable, before, after, strict=True)
+                if id(var) in seeds
+            ]
+            return grads, loss, y_pred, seed_advance
+
+        grads, unit_losses, y_pred, seed_advance = tf.vectorized_map(
+            unit_gradient, (unit_leaves, unit_index)
+        )
+        if stateful_updates:
+            raise PrivacyError(
+                "These non-trainable variables are updated in a training-mode forward pass: "
+                f"{sorted(set(stateful_updates))}. DP-SGD only privatizes gradients, so state "
+                "computed from the training data (moving averages, counters) would leak it. "
+                "Freeze those layers (layer.trainable = False) or replace them."
+            )
+        # Random layers: advance the real seed state once, as one plain call would.
+        seed_vars = [v for v in non_trainable if id(v) in seeds]
+        for var, advance in zip(seed_vars, seed_advance, strict=True):
+            var.assign(var.value + tf.cast(tf.reduce_sum(advance[:1], axis=0), var.dtype))
+        return grads, unit_losses, keras.tree.map_structure(_from_units, y_pred)

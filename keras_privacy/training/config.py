@@ -1,0 +1,131 @@
+"""DP-SGD settings, validated once, shared by models and optimizers."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.record import POISSON, SHUFFLE
+
+#: Sampling a user can ask for when ``fit`` receives in-memory arrays.
+ARRAY_SAMPLING = (POISSON, SHUFFLE)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPConfig:
+    """The settings of the DP-SGD mechanism.
+
+    One optimizer update computes, for a logical batch ``S``::
+
+        g = ( sum_{u in S} clip_C(grad_u) + N(0, (sigma * C)^2 I) ) / B
+
+    where ``u`` ranges over clipping units (single examples, or microbatches when
+    ``num_microbatches`` is set), ``clip_C(v) = v * min(1, C / ||v||_2)`` bounds each
+    unit's whole gradient (all trainable variables together) to L2 norm ``C``, the
+    Gaussian noise is drawn once per update, and ``B`` is the *expected* number of units
+    per update (a public constant, never the realised Poisson batch size).
+
+    Attributes:
+      l2_norm_clip: C > 0.
+      noise_multiplier: sigma >= 0 (0 gives clipping without privacy: accounting then
+        reports an infinite epsilon).
+      num_microbatches: ``None`` (default) clips every example on its own. An integer k
+        splits each batch into k equal microbatches and clips each microbatch's mean
+        gradient; k must divide the batch size. ``k == batch_size`` is per-example
+        clipping.
+      gradient_accumulation_steps: n >= 1 physical batches per optimizer update; their
+        clipped sums are accumulated and noised once.
+      sampling: how ``fit`` samples in-memory arrays: ``"poisson"`` (each example joins
+        each update independently with probability q = B/N; what the accountant's
+        amplification assumes) or ``"shuffle"`` (fixed-size batches from a per-epoch
+        shuffle; accounted without amplification).
+      seed: seeds the noise and the Poisson sampler, for reproducible tests. Never used
+        in production: a known seed makes the noise predictable. Not saved with the model.
+    """
+
+    l2_norm_clip: float
+    noise_multiplier: float
+    num_microbatches: int | None = None
+    gradient_accumulation_steps: int = 1
+    sampling: str = POISSON
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        validate_dp_arguments(
+            l2_norm_clip=self.l2_norm_clip,
+            noise_multiplier=self.noise_multiplier,
+            num_microbatches=self.num_microbatches,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            sampling=self.sampling,
+            seed=self.seed,
+        )
+
+    def to_config(self) -> dict[str, Any]:
+        """The settings worth saving with a model: everything except the seed."""
+        return {
+            "l2_norm_clip": self.l2_norm_clip,
+            "noise_multiplier": self.noise_multiplier,
+            "num_microbatches": self.num_microbatches,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "sampling": self.sampling,
+        }
+
+    @property
+    def noise_stddev(self) -> float:
+        """Standard deviation of the noise added to the clipped sum: sigma * C."""
+        return self.noise_multiplier * self.l2_norm_clip
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_dp_arguments(
+    *,
+    l2_norm_clip: Any = 1.0,
+    noise_multiplier: Any = 0.0,
+    num_microbatches: Any = None,
+    gradient_accumulation_steps: Any = 1,
+    sampling: Any = POISSON,
+    seed: Any = None,
+) -> None:
+    """Raise :class:`PrivacyError` (a ``ValueError``) naming any bad DP argument."""
+    if not _is_number(l2_norm_clip) or not math.isfinite(l2_norm_clip) or l2_norm_clip <= 0:
+        raise PrivacyError(
+            f"l2_norm_clip must be a finite number > 0, received {l2_norm_clip!r}. "
+            "It bounds the L2 norm of each example's gradient; 1.0 is a common start."
+        )
+    if (
+        not _is_number(noise_multiplier)
+        or not math.isfinite(noise_multiplier)
+        or noise_multiplier < 0
+    ):
+        raise PrivacyError(
+            f"noise_multiplier must be a finite number >= 0, received {noise_multiplier!r}. "
+            "The noise standard deviation is noise_multiplier * l2_norm_clip; use "
+            "keras_privacy.compute_noise_multiplier to pick it for a target epsilon."
+        )
+    if num_microbatches is not None and (
+        not isinstance(num_microbatches, int)
+        or isinstance(num_microbatches, bool)
+        or num_microbatches < 1
+    ):
+        raise PrivacyError(
+            f"num_microbatches must be None (per-example clipping) or an integer >= 1, "
+            f"received {num_microbatches!r}."
+        )
+    if (
+        not isinstance(gradient_accumulation_steps, int)
+        or isinstance(gradient_accumulation_steps, bool)
+        or gradient_accumulation_steps < 1
+    ):
+        raise PrivacyError(
+            "gradient_accumulation_steps must be an integer >= 1, received "
+            f"{gradient_accumulation_steps!r}."
+        )
+    if sampling not in ARRAY_SAMPLING:
+        raise PrivacyError(f"sampling must be one of {ARRAY_SAMPLING}, received {sampling!r}.")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise PrivacyError(f"seed must be None or a non-negative integer, received {seed!r}.")

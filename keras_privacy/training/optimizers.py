@@ -1,0 +1,124 @@
+"""DP optimizers with TensorFlow Privacy's names and arguments.
+
+In Keras 3 an optimizer only ever sees the *summed* gradient, so it cannot clip per
+example. These classes therefore do not implement DP themselves: they carry the DP
+settings (``l2_norm_clip``, ``noise_multiplier``, ``num_microbatches``,
+``gradient_accumulation_steps``) to a DP model (:class:`~keras_privacy.DPModel`,
+:class:`~keras_privacy.DPSequential`, :func:`~keras_privacy.make_private`), whose training
+step does the clipping and noising. Used with a plain Keras model they refuse to update
+anything, so a model is never trained without privacy by mistake.
+
+Any ordinary Keras optimizer also works with a DP model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+
+from keras_privacy.training.config import DPConfig
+from keras_privacy.training.errors import PrivacyError
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def private_update() -> Iterator[None]:
+    """Marks the optimizer call made by a DP training step (with clipped, noised grads)."""
+    previous = getattr(_local, "active", False)
+    _local.active = True
+    try:
+        yield
+    finally:
+        _local.active = previous
+
+
+def in_private_update() -> bool:
+    return getattr(_local, "active", False)
+
+
+class DPOptimizerMixin:
+    """Holds the DP settings; refuses updates that do not come from a DP training step."""
+
+    def __init__(
+        self,
+        l2_norm_clip: float,
+        noise_multiplier: float,
+        num_microbatches: int | None = None,
+        *args: Any,
+        gradient_accumulation_steps: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        # Validates every argument (PrivacyError naming the bad one).
+        dp_config = DPConfig(
+            l2_norm_clip=l2_norm_clip,
+            noise_multiplier=noise_multiplier,
+            num_microbatches=num_microbatches,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+        )
+        # Keras's own accumulation would average several *noised* updates; the DP model
+        # accumulates clipped sums and noises once instead, so it is never passed on.
+        super().__init__(*args, **kwargs)
+        self.dp_config = dp_config
+
+    @property
+    def l2_norm_clip(self) -> float:
+        return self.dp_config.l2_norm_clip
+
+    @property
+    def noise_multiplier(self) -> float:
+        return self.dp_config.noise_multiplier
+
+    @property
+    def num_microbatches(self) -> int | None:
+        return self.dp_config.num_microbatches
+
+    def apply(self, grads, trainable_variables=None):
+        if not in_private_update():
+            raise PrivacyError(
+                f"{type(self).__name__} is being used by a model that is not a DP model, "
+                "which would train WITHOUT differential privacy (Keras 3 optimizers never see "
+                "per-example gradients). Build the model with keras_privacy.DPSequential / "
+                "keras_privacy.DPModel, or wrap it with keras_privacy.make_private(model, ...)."
+            )
+        return super().apply(grads, trainable_variables)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            l2_norm_clip=self.dp_config.l2_norm_clip,
+            noise_multiplier=self.dp_config.noise_multiplier,
+            num_microbatches=self.dp_config.num_microbatches,
+            gradient_accumulation_steps=self.dp_config.gradient_accumulation_steps,
+        )
+        return config
+
+
+def make_keras_optimizer_class(cls: type[keras.optimizers.Optimizer]) -> type:
+    """A DP variant of a Keras optimizer class (TF Privacy's name for this factory).
+
+    The new class takes ``(l2_norm_clip, noise_multiplier, num_microbatches=None, *args,
+    gradient_accumulation_steps=1, **kwargs)``, the rest going to ``cls``.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer)):
+        raise TypeError(f"expected a keras.optimizers.Optimizer subclass, received {cls!r}")
+    name = f"DPKeras{cls.__name__}Optimizer"
+    dp_cls = type(
+        name,
+        (DPOptimizerMixin, cls),
+        {
+            "__doc__": f"{cls.__name__} carrying DP-SGD settings for a DP model.\n\n"
+            + (DPOptimizerMixin.__doc__ or ""),
+            "__module__": __name__,
+        },
+    )
+    return keras.saving.register_keras_serializable(package="keras_privacy")(dp_cls)
+
+
+DPKerasSGDOptimizer = make_keras_optimizer_class(keras.optimizers.SGD)
+DPKerasAdamOptimizer = make_keras_optimizer_class(keras.optimizers.Adam)
+DPKerasAdagradOptimizer = make_keras_optimizer_class(keras.optimizers.Adagrad)

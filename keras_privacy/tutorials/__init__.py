@@ -1,0 +1,1 @@
+"""Runnable tutorials: ``python -m keras_privacy.tutorials.<name>``."""

@@ -1,0 +1,81 @@
+"""Package-level behaviour: lazy imports, datasets, the main job."""
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_privacy.datasets import FASHION_MNIST_DIR, load_fashion_mnist, read_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_importing_the_package_imports_no_framework():
+    code = (
+        "import sys, keras_privacy, keras_privacy.datasets;"
+        "bad = [m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _write_idx(path, array):
+    codes = {np.dtype("uint8"): 0x08}
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def test_read_idx_round_trip_and_bad_files(tmp_path):
+    array = np.arange(24, dtype="uint8").reshape(2, 3, 4)
+    _write_idx(tmp_path / "a.gz", array)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), array)
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="not an idx file"):
+        read_idx(tmp_path / "bad")
+
+
+def test_missing_dataset_says_how_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path)
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_shapes():
+    (x, y), (xt, yt) = load_fashion_mnist()
+    assert x.shape == (60000, 28, 28, 1) and xt.shape == (10000, 28, 28, 1)
+    assert x.dtype == np.float32 and x.min() >= 0.0 and x.max() <= 1.0
+    assert set(np.unique(y)) == set(range(10)) and len(yt) == 10000
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="dataset-fashion-mnist not installed")
+def test_main_job_runs_and_reports():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_privacy.tutorials.fashion_mnist",
+            "--epochs",
+            "1",
+            "--train-examples",
+            "2000",
+            "--seed",
+            "0",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for text in ("l2_norm_clip C=1.0", "noise_multiplier sigma=1.1", "test accuracy", "examples/s"):
+        assert text in result.stdout

@@ -1,0 +1,221 @@
+"""The privacy mechanics: every example's contribution is clipped to C, the sum is exact.
+
+Each test compares one DP step (SGD, learning rate 1, no noise) against a slow per-example
+loop with GradientTape, so the DP step's implied clipped sum ``(w_before - w_after) * B``
+must equal ``sum_i clip_C(g_i)`` computed the obvious way.
+"""
+
+import keras
+import numpy as np
+import pytest
+from helpers import engine_clipped_sum, flat, reference_clipped_sum, sgd_step_sum, weights
+
+import keras_privacy as kp
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _dense(rng):
+    return keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)]
+    ), rng.normal(size=(12, 6)).astype("float32")
+
+
+def _conv1d(rng):
+    return keras.Sequential(
+        [
+            keras.Input((10, 2)),
+            keras.layers.Conv1D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    ), rng.normal(size=(12, 10, 2)).astype("float32")
+
+
+def _conv2d(rng):
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2, 1),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    ), rng.normal(size=(12, 8, 8, 1)).astype("float32")
+
+
+def _embedding(rng):
+    return keras.Sequential(
+        [
+            keras.Input((5,), dtype="int32"),
+            keras.layers.Embedding(20, 4),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    ), rng.integers(0, 20, size=(12, 5)).astype("int32")
+
+
+def _layer_norm(rng):
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8),
+            keras.layers.LayerNormalization(),
+            keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.01)),
+        ]
+    ), rng.normal(size=(12, 6)).astype("float32")
+
+
+def _lstm(rng):
+    return keras.Sequential(
+        [keras.Input((4, 3)), keras.layers.LSTM(5), keras.layers.Dense(3)]
+    ), rng.normal(size=(12, 4, 3)).astype("float32")
+
+
+def _multi_input(rng):
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    h = keras.layers.Concatenate()([keras.layers.Dense(5)(a), b])
+    model = keras.Model([a, b], keras.layers.Dense(3)(h))
+    return model, [
+        rng.normal(size=(12, 4)).astype("float32"),
+        rng.normal(size=(12, 3)).astype("float32"),
+    ]
+
+
+BUILDERS = {
+    "dense": _dense,
+    "conv1d": _conv1d,
+    "conv2d": _conv2d,
+    "embedding": _embedding,
+    "layer_norm": _layer_norm,
+    "lstm": _lstm,
+    "multi_input": _multi_input,
+}
+
+
+def _private(model, clip, noise=0.0, **kwargs):
+    private = kp.make_private(model, l2_norm_clip=clip, noise_multiplier=noise, **kwargs)
+    private.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS)
+    return private
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("clip", [1e-3, 1e6])
+def test_dp_step_equals_per_example_loop(name, clip, rng):
+    model, x = BUILDERS[name](rng)
+    y = rng.integers(0, 3, size=12)
+    expected = flat(reference_clipped_sum(model, LOSS, x, y, clip))
+    private = _private(model, clip)
+    # The engine's sum, exactly as the step uses it ...
+    got = flat(engine_clipped_sum(private, x, y))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * min(clip, 1.0))
+    # ... and the whole step: (w_before - w_after) * B with SGD(lr=1), up to float32
+    # rounding of the weights.
+    stepped = flat(sgd_step_sum(private, x, y, batch_size=12))
+    np.testing.assert_allclose(stepped, expected, rtol=1e-3, atol=1e-5 * max(clip, 1.0))
+
+
+def test_huge_clip_and_no_noise_is_plain_sgd_on_the_mean_loss(rng):
+    model, x = _conv2d(rng)
+    y = rng.integers(0, 3, size=12)
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    plain.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    dp = kp.make_private(model, l2_norm_clip=1e9, noise_multiplier=0.0)
+    dp.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    plain.train_on_batch(x, y)
+    dp.train_on_batch(x, y)
+    np.testing.assert_allclose(flat(weights(dp)), flat(weights(plain)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_each_example_contribution_is_bounded_by_clip(name, rng):
+    """One example per step: the whole update (times B = 1) has norm <= C."""
+    model, x = BUILDERS[name](rng)
+    y = rng.integers(0, 3, size=12)
+    clip = 0.01
+    private = _private(model, clip)
+    for i in range(3):
+        xi = keras.tree.map_structure(lambda a, i=i: a[i : i + 1], x)
+        contribution = flat(sgd_step_sum(private, xi, y[i : i + 1], batch_size=1))
+        assert np.linalg.norm(contribution) <= clip * (1 + 1e-5)
+        assert np.linalg.norm(contribution) > 0.5 * clip  # actually clipped, not zeroed
+
+
+@pytest.mark.parametrize("scale", [1e30, -1e30])
+def test_adversarially_scaled_inputs_stay_bounded(scale, rng):
+    model, x = _dense(rng)
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dense(3)]
+    )  # linear: gradients scale with the input and overflow float32 squares
+    x = x * scale
+    y = rng.integers(0, 3, size=12)
+    private = _private(model, clip=0.5)
+    contribution = flat(sgd_step_sum(private, x[:1], y[:1], batch_size=1))
+    assert np.all(np.isfinite(contribution))
+    assert np.linalg.norm(contribution) <= 0.5 * (1 + 1e-5)
+    total = flat(sgd_step_sum(private, x, y, batch_size=12))
+    assert np.all(np.isfinite(total))
+    assert np.linalg.norm(total) <= 12 * 0.5 * (1 + 1e-5)
+
+
+def test_non_finite_example_contributes_exactly_zero(rng):
+    model, x = _dense(rng)
+    y = rng.integers(0, 3, size=12)
+    clip = 0.1
+    clean = reference_clipped_sum(model, LOSS, x[1:], y[1:], clip)
+    poisoned = x.copy()
+    poisoned[0, 2] = np.nan
+    got = engine_clipped_sum(_private(model, clip), poisoned, y)
+    assert np.all(np.isfinite(flat(got)))
+    np.testing.assert_allclose(flat(got), flat(clean), rtol=1e-4, atol=1e-7)
+
+
+def test_microbatches_clip_each_microbatch_mean(rng):
+    model, x = _dense(rng)
+    y = rng.integers(0, 3, size=12)
+    clip = 1e-3
+    # Reference: 4 microbatches of 3 consecutive examples, mean gradient of each clipped.
+    import tensorflow as tf
+
+    expected = [np.zeros(v.shape) for v in model.trainable_variables]
+    for m in range(4):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(LOSS(y[3 * m : 3 * m + 3], model(x[3 * m : 3 * m + 3])))
+        grads = [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+        norm = np.sqrt(sum(np.sum(g**2) for g in grads))
+        expected = [e + min(1, clip / norm) * g for e, g in zip(expected, grads, strict=True)]
+    private = _private(model, clip, num_microbatches=4)
+    got = engine_clipped_sum(private, x, y, num_units=4)
+    np.testing.assert_allclose(flat(got), flat(expected), rtol=1e-4, atol=1e-8)
+    # The step averages over the 4 microbatches, not over the 12 examples.
+    stepped = sgd_step_sum(private, x, y, batch_size=4)
+    np.testing.assert_allclose(flat(stepped), flat(expected), rtol=1e-2, atol=1e-6)
+
+
+def test_num_microbatches_must_divide_the_batch(rng):
+    model, x = _dense(rng)
+    private = _private(model, 1.0, num_microbatches=5)
+    with pytest.raises(Exception, match="num_microbatches=5 must divide the batch size"):
+        private.train_on_batch(x, rng.integers(0, 3, size=12))
+
+
+def test_dropout_gives_every_example_its_own_mask_and_stays_bounded(rng):
+    model = keras.Sequential(
+        [keras.Input((20,)), keras.layers.Dropout(0.5), keras.layers.Dense(3, use_bias=False)]
+    )
+    private = _private(model, clip=1e6)
+    engine = private._dp_engine
+    x = np.ones((6, 20), "float32")  # identical examples: only the masks can differ
+    y = np.zeros(6, "int64")
+    grads, _, _ = engine.unit_gradients(private, x, y, None, num_units=None)
+    per_example = grads[0].numpy().reshape(6, -1)
+    distinct = {tuple(np.round(g, 6)) for g in per_example}
+    assert len(distinct) == 6
+    # The masks are fresh on the next step too.
+    again = engine.unit_gradients(private, x, y, None, num_units=None)[0][0].numpy()
+    assert not np.allclose(again.reshape(6, -1), per_example)
+    # Bounded like any other layer.
+    private_small = _private(model, clip=0.01)
+    contribution = flat(sgd_step_sum(private_small, x[:1], y[:1], batch_size=1))
+    assert np.linalg.norm(contribution) <= 0.01 * (1 + 1e-5)

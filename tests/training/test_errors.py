@@ -1,0 +1,190 @@
+"""Loud failures instead of silent non-privacy."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_privacy as kp
+from keras_privacy import PrivacyError
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _mlp(*extra):
+    return keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(6), *extra, keras.layers.Dense(3)]
+    )
+
+
+def _data(n=16):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 4)).astype("float32"), rng.integers(0, 3, size=n)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            {"l2_norm_clip": 0.0, "noise_multiplier": 1.0},
+            "l2_norm_clip must be a finite number > 0",
+        ),
+        ({"l2_norm_clip": -1.0, "noise_multiplier": 1.0}, "received -1.0"),
+        ({"l2_norm_clip": float("nan"), "noise_multiplier": 1.0}, "l2_norm_clip"),
+        ({"l2_norm_clip": 1.0, "noise_multiplier": -0.1}, "noise_multiplier must be a finite"),
+        ({"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "num_microbatches": 0}, "num_microbatches"),
+        (
+            {"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "gradient_accumulation_steps": 0},
+            "gradient_accumulation_steps",
+        ),
+        ({"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "sampling": "random"}, "sampling"),
+    ],
+)
+def test_bad_dp_arguments_name_the_argument(kwargs, match):
+    with pytest.raises(PrivacyError, match=match):
+        kp.make_private(_mlp(), **kwargs)
+    with pytest.raises(PrivacyError, match=match):
+        kp.DPSequential(layers=[keras.Input((4,)), keras.layers.Dense(2)], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"l2_norm_clip": 0.0, "noise_multiplier": 1.0},
+        {"l2_norm_clip": 1.0, "noise_multiplier": -1.0},
+    ],
+)
+def test_bad_dp_optimizer_arguments(kwargs):
+    with pytest.raises(PrivacyError):
+        kp.DPKerasSGDOptimizer(learning_rate=0.1, **kwargs)
+
+
+def test_batch_normalization_is_refused_with_advice():
+    with pytest.raises(PrivacyError, match="BatchNormalization.*GroupNormalization"):
+        kp.make_private(
+            _mlp(keras.layers.BatchNormalization()), l2_norm_clip=1.0, noise_multiplier=1.0
+        )
+    model = kp.DPSequential(
+        l2_norm_clip=1.0,
+        noise_multiplier=1.0,
+        layers=[keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(3)],
+    )
+    with pytest.raises(PrivacyError, match="BatchNormalization"):
+        model.compile(optimizer="sgd", loss=LOSS)
+
+
+def test_frozen_batch_normalization_runs_in_inference_mode_and_is_allowed():
+    bn = keras.layers.BatchNormalization()
+    bn.trainable = False
+    model = kp.make_private(_mlp(bn), l2_norm_clip=1.0, noise_multiplier=1.0)
+    model.compile(optimizer="sgd", loss=LOSS)
+    model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
+
+
+def test_layers_that_update_state_in_training_are_refused():
+    class RunningMean(keras.layers.Layer):
+        def build(self, shape):
+            self.mean = self.add_weight(shape=shape[1:], initializer="zeros", trainable=False)
+
+        def call(self, x, training=False):
+            if training:
+                self.mean.assign(0.9 * self.mean + 0.1 * keras.ops.mean(x, axis=0))
+            return x
+
+    model = kp.make_private(_mlp(RunningMean()), l2_norm_clip=1.0, noise_multiplier=1.0)
+    model.compile(optimizer="sgd", loss=LOSS)
+    with pytest.raises(PrivacyError, match="non-trainable variables are updated"):
+        model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
+
+
+def test_a_loss_that_averages_over_the_batch_is_refused():
+    def batch_mean_loss(y_true, y_pred):
+        return keras.ops.mean(
+            keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+        )
+
+    model = kp.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0)
+    model.compile(optimizer="sgd", loss=batch_mean_loss)
+    with pytest.raises(PrivacyError, match="returned a scalar: it reduces over the batch"):
+        model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
+
+
+def test_per_example_loss_functions_and_reduction_none_work():
+    def per_example(y_true, y_pred):
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+
+    for loss in (
+        per_example,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
+    ):
+        model = kp.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0)
+        model.compile(optimizer="sgd", loss=loss)
+        history = model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize(
+    "optimizer_cls", [kp.DPKerasSGDOptimizer, kp.DPKerasAdamOptimizer, kp.DPKerasAdagradOptimizer]
+)
+def test_dp_optimizer_on_a_plain_model_refuses_to_train(optimizer_cls):
+    model = _mlp()
+    model.compile(
+        optimizer=optimizer_cls(l2_norm_clip=1.0, noise_multiplier=1.0, learning_rate=0.1),
+        loss=LOSS,
+    )
+    before = model.get_weights()
+    with pytest.raises(PrivacyError, match="WITHOUT differential privacy.*make_private"):
+        model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dp_model_without_dp_settings_says_where_to_put_them():
+    model = kp.DPSequential([keras.Input((4,)), keras.layers.Dense(3)])
+    with pytest.raises(PrivacyError, match="no l2_norm_clip / noise_multiplier"):
+        model.compile(optimizer="sgd", loss=LOSS)
+
+
+def test_conflicting_settings_between_model_and_optimizer():
+    model = kp.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0)
+    with pytest.raises(PrivacyError, match="noise_multiplier=1.0 but the optimizer"):
+        model.compile(
+            optimizer=kp.DPKerasSGDOptimizer(l2_norm_clip=1.0, noise_multiplier=2.0), loss=LOSS
+        )
+
+
+def test_keras_optimizer_accumulation_is_refused():
+    model = kp.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0)
+    with pytest.raises(PrivacyError, match="gradient_accumulation_steps to the DP model"):
+        model.compile(optimizer=keras.optimizers.SGD(gradient_accumulation_steps=2), loss=LOSS)
+
+
+def test_microbatches_with_poisson_sampling_are_refused_with_alternatives():
+    model = kp.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0, num_microbatches=2)
+    model.compile(optimizer="sgd", loss=LOSS)
+    with pytest.raises(PrivacyError, match="num_microbatches=2 needs fixed-size batches"):
+        model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
+    # The same with shuffled fixed-size batches works, and is recorded as microbatching.
+    model = kp.make_private(
+        _mlp(), l2_norm_clip=1.0, noise_multiplier=1.0, num_microbatches=2, sampling="shuffle"
+    )
+    model.compile(optimizer="sgd", loss=LOSS)
+    model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
+    segment = model.privacy_record.current
+    assert segment.used_microbatching and segment.examples_per_clipping_unit == 4
+
+
+def test_shuffled_batches_that_microbatches_do_not_divide_are_refused():
+    model = kp.make_private(
+        _mlp(), l2_norm_clip=1.0, noise_multiplier=1.0, num_microbatches=4, sampling="shuffle"
+    )
+    model.compile(optimizer="sgd", loss=LOSS)
+    with pytest.raises(PrivacyError, match="must divide every batch size"):
+        model.fit(*_data(18), batch_size=8, epochs=1, verbose=0)  # last batch has 2
+
+
+def test_make_private_refuses_a_dp_model_and_non_models():
+    model = kp.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0)
+    with pytest.raises(PrivacyError, match="already a DP model"):
+        kp.make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0)
+    with pytest.raises(TypeError, match="expects a keras.Model"):
+        kp.make_private(keras.layers.Dense(3), l2_norm_clip=1.0, noise_multiplier=1.0)

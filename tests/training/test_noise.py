@@ -1,0 +1,112 @@
+"""Noise: N(0, (sigma C)^2) added once per optimizer update, divided by B; fresh each step."""
+
+import keras
+import numpy as np
+import pytest
+from helpers import flat, weights
+
+import keras_privacy as kp
+
+SIGMA, CLIP, BATCH = 1.3, 0.7, 8
+UNITS = 200 * 50  # noised coordinates per update
+
+
+def _zero_gradient_model(**dp):
+    """Inputs are all zero, so every gradient is exactly 0 and the update is pure noise."""
+    model = kp.DPSequential(
+        l2_norm_clip=CLIP,
+        noise_multiplier=SIGMA,
+        layers=[keras.Input((200,)), keras.layers.Dense(50, use_bias=False)],
+        **dp,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    return model
+
+
+def _noise_of_step(model, batch=BATCH):
+    before = flat(weights(model))
+    model.train_on_batch(np.zeros((batch, 200), "float32"), np.zeros((batch, 50), "float32"))
+    return before - flat(weights(model))
+
+
+def _assert_std(sample, expected):
+    # 10,000 coordinates: the sample std is within ~1.5% of the truth with high
+    # probability, so a 5% band rejects 2/3 and 3/2 of the expected value.
+    ratio = np.std(sample) / expected
+    assert abs(ratio - 1) < 0.05, ratio
+    assert abs(np.mean(sample)) < 5 * expected / np.sqrt(sample.size)
+
+
+def test_noise_std_is_sigma_c_over_batch():
+    noise = _noise_of_step(_zero_gradient_model(seed=3))
+    _assert_std(noise, SIGMA * CLIP / BATCH)
+    for wrong in (2 / 3, 3 / 2):
+        assert abs(np.std(noise) / (wrong * SIGMA * CLIP / BATCH) - 1) > 0.2
+
+
+def test_noise_is_fresh_every_step_and_reproducible_with_a_seed():
+    a = _zero_gradient_model(seed=11)
+    first, second = _noise_of_step(a), _noise_of_step(a)
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.05
+    b = _zero_gradient_model(seed=11)
+    b.set_weights(a.get_weights())  # only the noise matters: the gradient is 0
+    np.testing.assert_allclose(_noise_of_step(b), first, atol=1e-6)
+    c = _zero_gradient_model(seed=12)
+    assert not np.allclose(_noise_of_step(c), first)
+
+
+def test_unseeded_models_draw_different_noise():
+    assert not np.allclose(
+        _noise_of_step(_zero_gradient_model()), _noise_of_step(_zero_gradient_model())
+    )
+
+
+def test_noise_once_per_update_under_gradient_accumulation():
+    model = _zero_gradient_model(seed=5, gradient_accumulation_steps=3)
+    start = flat(weights(model))
+    assert np.all(_noise_of_step(model) == 0)  # call 1: accumulate only
+    assert np.all(_noise_of_step(model) == 0)  # call 2
+    _noise_of_step(model)  # call 3: one update
+    update = start - flat(weights(model))
+    # Once: sigma C / (3 B). Three draws would give sqrt(3) times that.
+    _assert_std(update, SIGMA * CLIP / (3 * BATCH))
+    assert int(model.optimizer.iterations.numpy()) == 1
+    assert model.privacy_record.total_updates == 1
+
+
+def test_poisson_accumulation_noises_each_logical_batch_once():
+    model = _zero_gradient_model(seed=5, gradient_accumulation_steps=4)
+    x, y = np.zeros((400, 200), "float32"), np.zeros((400, 50), "float32")
+    start = flat(weights(model))
+    model.fit(x, y, batch_size=10, epochs=1, steps_per_epoch=1, verbose=0)
+    _assert_std(start - flat(weights(model)), SIGMA * CLIP / 40)  # expected batch 4 x 10
+    segment = model.privacy_record.current
+    assert (segment.sampling, segment.expected_batch_size, segment.updates) == ("poisson", 40, 1)
+
+
+@pytest.mark.parametrize("sigma", [0.0])
+def test_zero_noise_multiplier_adds_nothing(sigma):
+    model = kp.DPSequential(
+        l2_norm_clip=CLIP,
+        noise_multiplier=sigma,
+        layers=[keras.Input((200,)), keras.layers.Dense(50, use_bias=False)],
+    )
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    assert np.all(_noise_of_step(model) == 0)
+
+
+def test_seeded_noise_is_never_repeated_after_recompiling_or_retracing():
+    model = _zero_gradient_model(seed=21)
+    first = _noise_of_step(model)
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")  # recompile
+    second = _noise_of_step(model)
+    model.fit(  # a different data path retraces the step
+        np.zeros((40, 200), "float32"),
+        np.zeros((40, 50), "float32"),
+        batch_size=40,
+        epochs=1,
+        verbose=0,
+    )
+    third = _noise_of_step(model)
+    for a, b in ((first, second), (first, third), (second, third)):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
