@@ -118,7 +118,7 @@ def test_shadow_models_quick(classification_data):
     shadow = train_shadow_models(build_model, x, y, num_shadow_models=2, epochs=1)
     assert shadow.scores.shape == (2, 60)
     assert (shadow.in_mask.sum(axis=0) == 1).all()
-    assert np.all((0 <= shadow.train_accuracy) & (shadow.train_accuracy <= 1))
+    assert np.all((shadow.train_accuracy >= 0) & (shadow.train_accuracy <= 1))
 
 
 def test_shadow_model_input_errors(classification_data):
