@@ -1,0 +1,761 @@
+"""Inputs, slices and results of membership inference attacks.
+
+The names follow TensorFlow Privacy's membership-inference API (``AttackInputData``,
+``SlicingSpec``, ``AttackType``, ``AttackResults``...), so that its users find their way.
+Everything is NumPy; no deep-learning framework is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import special
+
+from keras_privacy.privacy_tests import metrics
+
+__all__ = [
+    "AttackInputData",
+    "AttackResults",
+    "AttackResultsCollection",
+    "AttackType",
+    "PrivacyMetric",
+    "PrivacyReportMetadata",
+    "RocCurve",
+    "SingleAttackResult",
+    "SingleSliceSpec",
+    "SlicingFeature",
+    "SlicingSpec",
+]
+
+
+class AttackType(enum.Enum):
+    """Kinds of membership inference attack."""
+
+    LOGISTIC_REGRESSION = "lr"
+    MULTI_LAYERED_PERCEPTRON = "mlp"
+    RANDOM_FOREST = "rf"
+    K_NEAREST_NEIGHBORS = "knn"
+    THRESHOLD_ATTACK = "threshold"
+    THRESHOLD_ENTROPY_ATTACK = "threshold-entropy"
+    LIRA_ONLINE = "lira-online"
+    LIRA_OFFLINE = "lira-offline"
+
+    @property
+    def is_trained_attack(self) -> bool:
+        """True for attacks that fit a scikit-learn classifier on the model's outputs."""
+        return self in _TRAINED_ATTACKS
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_TRAINED_ATTACKS = frozenset(
+    {
+        AttackType.LOGISTIC_REGRESSION,
+        AttackType.MULTI_LAYERED_PERCEPTRON,
+        AttackType.RANDOM_FOREST,
+        AttackType.K_NEAREST_NEIGHBORS,
+    }
+)
+
+
+class SlicingFeature(enum.Enum):
+    """What a slice of the data is defined by."""
+
+    ENTIRE_DATASET = "Entire dataset"
+    CLASS = "class"
+    PERCENTILE = "percentile"
+    CORRECTLY_CLASSIFIED = "correctly_classified"
+    CUSTOM = "custom"
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleSliceSpec:
+    """One slice: a feature and its value (``None`` for the entire dataset).
+
+    Values: a class index for ``CLASS``; a ``(low, high)`` pair of loss percentiles for
+    ``PERCENTILE``; ``True``/``False`` for ``CORRECTLY_CLASSIFIED``; ``(grouping, group)`` for
+    ``CUSTOM``, ``grouping`` being the index of the user-supplied grouping.
+    """
+
+    feature: SlicingFeature = SlicingFeature.ENTIRE_DATASET
+    value: Any = None
+    name: str | None = None
+
+    @property
+    def entire_dataset(self) -> bool:
+        return self.feature == SlicingFeature.ENTIRE_DATASET
+
+    def __str__(self) -> str:
+        if self.entire_dataset:
+            return "Entire dataset"
+        if self.name is not None:
+            return f"{self.feature.name}={self.name}"
+        if self.feature == SlicingFeature.PERCENTILE:
+            low, high = self.value
+            return f"Loss percentiles: {low}-{high}"
+        return f"{self.feature.name}={self.value}"
+
+    def value_label(self) -> str:
+        if self.name is not None:
+            return self.name
+        if self.feature == SlicingFeature.PERCENTILE:
+            return f"{self.value[0]}-{self.value[1]}"
+        return "" if self.value is None else str(self.value)
+
+
+@dataclasses.dataclass
+class SlicingSpec:
+    """Which slices of the data to attack separately.
+
+    Attributes:
+      entire_dataset: attack all examples together.
+      by_class: one slice per class label.
+      by_percentiles: ten slices by deciles of the per-example loss (members and non-members
+        pooled), from the lowest losses (0-10) to the highest (90-100).
+      by_classification_correctness: one slice of correctly, one of wrongly classified
+        examples.
+      all_custom_train_indices, all_custom_test_indices: user-defined groupings. Each is a
+        list with one integer array per grouping, giving every training (resp. test) example
+        its group id in that grouping; each group becomes a slice.
+      custom_slices_names: optional ``{group id: name}`` for the custom groups.
+    """
+
+    entire_dataset: bool = True
+    by_class: bool = False
+    by_percentiles: bool = False
+    by_classification_correctness: bool = False
+    all_custom_train_indices: Sequence[np.ndarray] | None = None
+    all_custom_test_indices: Sequence[np.ndarray] | None = None
+    custom_slices_names: dict[int, str] | None = None
+
+    def __post_init__(self) -> None:
+        train, test = self.all_custom_train_indices, self.all_custom_test_indices
+        if (train is None) != (test is None):
+            raise ValueError(
+                "all_custom_train_indices and all_custom_test_indices must be given together"
+            )
+        if train is not None and len(train) != len(test):
+            raise ValueError(
+                "all_custom_train_indices and all_custom_test_indices need the same number "
+                f"of groupings, received {len(train)} and {len(test)}"
+            )
+
+
+def _validate_array(name: str, value: Any, expected_ndims: Iterable[int]) -> np.ndarray | None:
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.ndim not in tuple(expected_ndims):
+        raise ValueError(
+            f"{name} must have {' or '.join(map(str, expected_ndims))} dimensions, "
+            f"received shape {array.shape}"
+        )
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if np.issubdtype(array.dtype, np.number) and not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def _to_two_columns(values: np.ndarray, from_logits: bool) -> np.ndarray:
+    """Binary outputs of shape (n,) or (n, 1) → two-column logits/probabilities."""
+    column = values.reshape(-1).astype(np.float64)
+    if from_logits:
+        return np.stack([np.zeros_like(column), column], axis=1)
+    return np.stack([1.0 - column, column], axis=1)
+
+
+def _log_probabilities(logits: np.ndarray | None, probs: np.ndarray | None) -> np.ndarray:
+    if logits is not None:
+        return special.log_softmax(logits.astype(np.float64), axis=1)
+    with np.errstate(divide="ignore"):
+        return np.log(np.clip(probs.astype(np.float64), 0.0, 1.0))
+
+
+@dataclasses.dataclass
+class AttackInputData:
+    """What an attacker sees about members (train) and non-members (test).
+
+    Give whichever you have: logits *or* probabilities (``(n, num_classes)``; binary
+    classifiers may give ``(n,)`` or ``(n, 1)``: the logit or probability of class 1),
+    integer labels, per-example losses, per-example entropies, and optional sample weights.
+    Missing losses are computed as the cross-entropy −log p_y from logits/probabilities and
+    labels; missing entropies as Song & Mittal's (2021) modified entropy
+    Mentr(p, y) = −(1 − p_y) log p_y − Σ_{i≠y} p_i log(1 − p_i) when labels are known, and
+    as the Shannon entropy −Σ_i p_i log p_i otherwise. Natural logarithms throughout.
+
+    The data are validated on construction and raise ``ValueError`` for empty sets,
+    mismatched lengths, NaN, labels out of range or giving both logits and probabilities.
+    """
+
+    logits_train: np.ndarray | None = None
+    logits_test: np.ndarray | None = None
+    probs_train: np.ndarray | None = None
+    probs_test: np.ndarray | None = None
+    labels_train: np.ndarray | None = None
+    labels_test: np.ndarray | None = None
+    loss_train: np.ndarray | None = None
+    loss_test: np.ndarray | None = None
+    entropy_train: np.ndarray | None = None
+    entropy_test: np.ndarray | None = None
+    sample_weight_train: np.ndarray | None = None
+    sample_weight_test: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Check shapes, emptiness and values; raise ``ValueError`` with the reason."""
+        for split in ("train", "test"):
+            for kind, ndims in (
+                ("logits", (1, 2)),
+                ("probs", (1, 2)),
+                ("labels", (1,)),
+                ("loss", (1,)),
+                ("entropy", (1,)),
+                ("sample_weight", (1,)),
+            ):
+                attribute = f"{kind}_{split}"
+                setattr(
+                    self, attribute, _validate_array(attribute, getattr(self, attribute), ndims)
+                )
+        for kind in ("logits", "probs", "labels", "loss", "entropy", "sample_weight"):
+            given = [getattr(self, f"{kind}_{split}") is not None for split in ("train", "test")]
+            if given[0] != given[1]:
+                raise ValueError(f"{kind} given for only one of train and test")
+        if self.logits_train is not None and self.probs_train is not None:
+            raise ValueError("give logits or probabilities, not both")
+        if (
+            self.logits_train is None
+            and self.probs_train is None
+            and self.loss_train is None
+            and self.entropy_train is None
+        ):
+            raise ValueError("nothing to attack: give logits, probabilities, losses or entropies")
+        for split in ("train", "test"):
+            # binary outputs become two columns, so that everything downstream is (n, C)
+            for kind, from_logits in (("logits", True), ("probs", False)):
+                values = getattr(self, f"{kind}_{split}")
+                if values is not None and (values.ndim == 1 or values.shape[1] == 1):
+                    setattr(self, f"{kind}_{split}", _to_two_columns(values, from_logits))
+            sizes = {
+                kind: getattr(self, f"{kind}_{split}").shape[0]
+                for kind in ("logits", "probs", "labels", "loss", "entropy", "sample_weight")
+                if getattr(self, f"{kind}_{split}") is not None
+            }
+            if len(set(sizes.values())) > 1:
+                raise ValueError(f"the {split} arrays have different lengths: {sizes}")
+        outputs_train, outputs_test = self.logits_or_probs_train, self.logits_or_probs_test
+        if outputs_train is not None and outputs_train.shape[1] != outputs_test.shape[1]:
+            raise ValueError(
+                f"train and test outputs have {outputs_train.shape[1]} and "
+                f"{outputs_test.shape[1]} columns"
+            )
+        if self.probs_train is not None:
+            for split in ("train", "test"):
+                probs = getattr(self, f"probs_{split}")
+                if np.any(probs < 0) or np.any(probs > 1):
+                    raise ValueError(f"probs_{split} has values outside [0, 1]")
+        if self.labels_train is not None:
+            for split in ("train", "test"):
+                labels = getattr(self, f"labels_{split}")
+                if not np.issubdtype(labels.dtype, np.integer):
+                    if np.all(np.mod(labels, 1) == 0):
+                        labels = labels.astype(np.int64)
+                        setattr(self, f"labels_{split}", labels)
+                    else:
+                        raise ValueError(f"labels_{split} must be integer class indices")
+                if np.any(labels < 0):
+                    raise ValueError(f"labels_{split} has negative values")
+                if outputs_train is not None and np.any(labels >= outputs_train.shape[1]):
+                    raise ValueError(
+                        f"labels_{split} has values ≥ the number of output columns "
+                        f"({outputs_train.shape[1]})"
+                    )
+        if (
+            self.loss_train is None
+            and self.entropy_train is None
+            and self.labels_train is None
+            and outputs_train is None
+        ):
+            raise ValueError("cannot derive losses: give labels with the logits/probabilities")
+        for split in ("train", "test"):
+            weights = getattr(self, f"sample_weight_{split}")
+            if weights is not None and np.any(weights < 0):
+                raise ValueError(f"sample_weight_{split} has negative values")
+
+    # ----------------------------------------------------------------- accessors
+    @property
+    def logits_or_probs_train(self) -> np.ndarray | None:
+        return self.logits_train if self.logits_train is not None else self.probs_train
+
+    @property
+    def logits_or_probs_test(self) -> np.ndarray | None:
+        return self.logits_test if self.logits_test is not None else self.probs_test
+
+    @property
+    def num_classes(self) -> int | None:
+        outputs = self.logits_or_probs_train
+        if outputs is not None:
+            return int(outputs.shape[1])
+        if self.labels_train is not None:
+            return int(max(self.labels_train.max(), self.labels_test.max())) + 1
+        return None
+
+    def get_train_size(self) -> int:
+        return _first_length(self, "train")
+
+    def get_test_size(self) -> int:
+        return _first_length(self, "test")
+
+    def has_nonnull_sample_weights(self) -> bool:
+        return self.sample_weight_train is not None
+
+    def _log_probs(self, split: str) -> np.ndarray | None:
+        logits = getattr(self, f"logits_{split}")
+        probs = getattr(self, f"probs_{split}")
+        if logits is None and probs is None:
+            return None
+        return _log_probabilities(logits, probs)
+
+    def _loss(self, split: str) -> np.ndarray | None:
+        given = getattr(self, f"loss_{split}")
+        if given is not None:
+            return given.astype(np.float64)
+        labels = getattr(self, f"labels_{split}")
+        log_probs = self._log_probs(split)
+        if labels is None or log_probs is None:
+            return None
+        return -log_probs[np.arange(labels.size), labels]
+
+    def _entropy(self, split: str) -> np.ndarray | None:
+        given = getattr(self, f"entropy_{split}")
+        if given is not None:
+            return given.astype(np.float64)
+        log_probs = self._log_probs(split)
+        if log_probs is None:
+            return None
+        probs = np.exp(log_probs)
+        labels = getattr(self, f"labels_{split}")
+        if labels is None:
+            return -np.sum(special.xlogy(probs, probs), axis=1)
+        rows = np.arange(labels.size)
+        p_true = probs[rows, labels]
+        with np.errstate(divide="ignore"):
+            log_one_minus = np.log1p(-np.minimum(probs, 1.0))
+        terms = -probs * log_one_minus
+        terms = np.where(probs > 0, terms, 0.0)
+        terms[rows, labels] = 0.0
+        true_term = -special.xlogy(1.0 - p_true, p_true)
+        # p_y = 0 gives an infinite loss; cap the term so the score stays finite
+        true_term = np.where(np.isfinite(true_term), true_term, np.finfo(np.float64).max / 4)
+        other = np.where(np.isfinite(terms), terms, np.finfo(np.float64).max / 4)
+        return true_term + other.sum(axis=1)
+
+    def get_loss_train(self) -> np.ndarray | None:
+        """Per-example loss of members (given, or cross-entropy from outputs and labels)."""
+        return self._loss("train")
+
+    def get_loss_test(self) -> np.ndarray | None:
+        """Per-example loss of non-members."""
+        return self._loss("test")
+
+    def get_entropy_train(self) -> np.ndarray | None:
+        """Per-example (modified) prediction entropy of members."""
+        return self._entropy("train")
+
+    def get_entropy_test(self) -> np.ndarray | None:
+        """Per-example (modified) prediction entropy of non-members."""
+        return self._entropy("test")
+
+    def correctly_classified(self, split: str) -> np.ndarray | None:
+        outputs = getattr(self, f"logits_or_probs_{split}")
+        labels = getattr(self, f"labels_{split}")
+        if outputs is None or labels is None:
+            return None
+        return np.argmax(outputs, axis=1) == labels
+
+    def __str__(self) -> str:
+        parts = [f"AttackInputData(train size={self.get_train_size()}, "]
+        parts.append(f"test size={self.get_test_size()}")
+        for kind in ("logits", "probs", "labels", "loss", "entropy", "sample_weight"):
+            if getattr(self, f"{kind}_train") is not None:
+                parts.append(f", {kind}")
+        return "".join(parts) + ")"
+
+
+def _first_length(data: AttackInputData, split: str) -> int:
+    for kind in ("logits", "probs", "labels", "loss", "entropy", "sample_weight"):
+        value = getattr(data, f"{kind}_{split}")
+        if value is not None:
+            return int(value.shape[0])
+    raise ValueError("AttackInputData holds no data")
+
+
+@dataclasses.dataclass
+class RocCurve:
+    """ROC curve of an attack, and the metrics read off it.
+
+    ``test_train_ratio`` = n_nonmembers / n_members (for the PPV).
+    """
+
+    tpr: np.ndarray
+    fpr: np.ndarray
+    thresholds: np.ndarray
+    test_train_ratio: float = 1.0
+
+    def get_auc(self) -> float:
+        return metrics.auc(self.fpr, self.tpr)
+
+    def get_attacker_advantage(self) -> float:
+        return metrics.attacker_advantage(self.fpr, self.tpr)
+
+    def get_ppv(self) -> float:
+        return metrics.positive_predictive_value(self.fpr, self.tpr, self.test_train_ratio)
+
+    def get_tpr_at_fpr(self, max_fpr: float) -> float:
+        return metrics.tpr_at_fpr(self.fpr, self.tpr, max_fpr)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tpr": self.tpr.tolist(),
+            "fpr": self.fpr.tolist(),
+            "thresholds": [t if math.isfinite(t) else None for t in self.thresholds.tolist()],
+            "test_train_ratio": self.test_train_ratio,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RocCurve:
+        thresholds = [np.inf if t is None else t for t in data["thresholds"]]
+        return cls(
+            np.asarray(data["tpr"], float),
+            np.asarray(data["fpr"], float),
+            np.asarray(thresholds, float),
+            float(data["test_train_ratio"]),
+        )
+
+
+class PrivacyMetric(enum.Enum):
+    """Metrics that a privacy report can plot."""
+
+    AUC = "AUC"
+    ATTACKER_ADVANTAGE = "Attacker advantage"
+    PPV = "Positive predictive value"
+    TPR_AT_1_PERCENT_FPR = "TPR at 1% FPR"
+    TPR_AT_0_1_PERCENT_FPR = "TPR at 0.1% FPR"
+    EPSILON_LOWER_BOUND = "Epsilon lower bound"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass
+class SingleAttackResult:
+    """Result of one attack on one slice.
+
+    Attributes:
+      slice_spec: the slice attacked.
+      attack_type: the attack.
+      roc_curve: its ROC curve (members are positives).
+      data_size: ``{"train": n_members, "test": n_nonmembers}`` in the slice.
+      membership_scores_train, membership_scores_test: per-example scores (higher = more
+        likely a member) used to build the ROC; for trained attacks these are out-of-fold
+        predictions on the (balanced) evaluation set.
+      epsilon_lower_bound: an empirical lower bound on ε, see
+        :func:`keras_privacy.privacy_tests.metrics.compute_epsilon_lower_bound`.
+    """
+
+    slice_spec: SingleSliceSpec
+    attack_type: AttackType
+    roc_curve: RocCurve
+    data_size: dict[str, int]
+    membership_scores_train: np.ndarray | None = None
+    membership_scores_test: np.ndarray | None = None
+    epsilon_lower_bound: metrics.EpsilonLowerBound | None = None
+
+    def get_auc(self) -> float:
+        return self.roc_curve.get_auc()
+
+    def get_attacker_advantage(self) -> float:
+        return self.roc_curve.get_attacker_advantage()
+
+    def get_ppv(self) -> float:
+        return self.roc_curve.get_ppv()
+
+    def get_tpr_at_fpr(self, max_fpr: float) -> float:
+        return self.roc_curve.get_tpr_at_fpr(max_fpr)
+
+    def get_epsilon_lower_bound(self) -> float:
+        return (
+            float("nan") if self.epsilon_lower_bound is None else self.epsilon_lower_bound.epsilon
+        )
+
+    def metric(self, privacy_metric: PrivacyMetric) -> float:
+        getters = {
+            PrivacyMetric.AUC: self.get_auc,
+            PrivacyMetric.ATTACKER_ADVANTAGE: self.get_attacker_advantage,
+            PrivacyMetric.PPV: self.get_ppv,
+            PrivacyMetric.TPR_AT_1_PERCENT_FPR: lambda: self.get_tpr_at_fpr(0.01),
+            PrivacyMetric.TPR_AT_0_1_PERCENT_FPR: lambda: self.get_tpr_at_fpr(0.001),
+            PrivacyMetric.EPSILON_LOWER_BOUND: self.get_epsilon_lower_bound,
+        }
+        return float(getters[privacy_metric]())
+
+    def __str__(self) -> str:
+        return (
+            f"SingleAttackResult(slice={self.slice_spec}, attack_type={self.attack_type}, "
+            f"AUC={self.get_auc():.2f}, attacker advantage={self.get_attacker_advantage():.2f}, "
+            f"PPV={self.get_ppv():.2f}, ε lower bound={self.get_epsilon_lower_bound():.2f})"
+        )
+
+    def to_dict(self, include_scores: bool = False) -> dict[str, Any]:
+        spec = self.slice_spec
+        value = spec.value
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        data: dict[str, Any] = {
+            "slice": {"feature": spec.feature.name, "value": value, "name": spec.name},
+            "attack_type": self.attack_type.name,
+            "data_size": dict(self.data_size),
+            "roc_curve": self.roc_curve.to_dict(),
+            "metrics": {m.value: _json_float(self.metric(m)) for m in PrivacyMetric},
+            "epsilon_lower_bound": (
+                None
+                if self.epsilon_lower_bound is None
+                else dataclasses.asdict(self.epsilon_lower_bound)
+            ),
+        }
+        if include_scores and self.membership_scores_train is not None:
+            data["membership_scores_train"] = self.membership_scores_train.tolist()
+            data["membership_scores_test"] = self.membership_scores_test.tolist()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SingleAttackResult:
+        feature = SlicingFeature[data["slice"]["feature"]]
+        value = data["slice"]["value"]
+        if isinstance(value, list):
+            value = tuple(value)
+        bound = data.get("epsilon_lower_bound")
+        scores_train = data.get("membership_scores_train")
+        scores_test = data.get("membership_scores_test")
+        return cls(
+            slice_spec=SingleSliceSpec(feature, value, data["slice"].get("name")),
+            attack_type=AttackType[data["attack_type"]],
+            roc_curve=RocCurve.from_dict(data["roc_curve"]),
+            data_size={k: int(v) for k, v in data["data_size"].items()},
+            membership_scores_train=None if scores_train is None else np.asarray(scores_train),
+            membership_scores_test=None if scores_test is None else np.asarray(scores_test),
+            epsilon_lower_bound=None if bound is None else metrics.EpsilonLowerBound(**bound),
+        )
+
+
+def _json_float(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@dataclasses.dataclass
+class PrivacyReportMetadata:
+    """Facts about the attacked model, for privacy-vs-utility reports."""
+
+    accuracy_train: float | None = None
+    accuracy_test: float | None = None
+    epoch_num: int | None = None
+    model_variant_label: str = "Default model variant"
+
+
+_DATAFRAME_COLUMNS = [
+    "slice feature",
+    "slice value",
+    "train size",
+    "test size",
+    "attack type",
+    "AUC",
+    "Attacker advantage",
+    "Positive predictive value",
+    "TPR at 1% FPR",
+    "TPR at 0.1% FPR",
+    "Epsilon lower bound",
+]
+
+
+@dataclasses.dataclass
+class AttackResults:
+    """All results of :func:`run_attacks`: one :class:`SingleAttackResult` per attack × slice."""
+
+    single_attack_results: list[SingleAttackResult]
+    privacy_report_metadata: PrivacyReportMetadata | None = None
+    skipped_slices: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.single_attack_results:
+            raise ValueError("AttackResults needs at least one result")
+
+    def calculate_pd_dataframe(self) -> Any:
+        """The results as a ``pandas.DataFrame``, one row per attack and slice."""
+        import pandas as pd
+
+        rows = []
+        for result in self.single_attack_results:
+            rows.append(
+                [
+                    result.slice_spec.feature.value,
+                    result.slice_spec.value_label(),
+                    result.data_size["train"],
+                    result.data_size["test"],
+                    str(result.attack_type),
+                    result.get_auc(),
+                    result.get_attacker_advantage(),
+                    result.get_ppv(),
+                    result.get_tpr_at_fpr(0.01),
+                    result.get_tpr_at_fpr(0.001),
+                    result.get_epsilon_lower_bound(),
+                ]
+            )
+        return pd.DataFrame(rows, columns=_DATAFRAME_COLUMNS)
+
+    def _best(self, privacy_metric: PrivacyMetric) -> SingleAttackResult:
+        return max(self.single_attack_results, key=lambda r: r.metric(privacy_metric))
+
+    def get_result_with_max_auc(self) -> SingleAttackResult:
+        return self._best(PrivacyMetric.AUC)
+
+    def get_result_with_max_attacker_advantage(self) -> SingleAttackResult:
+        return self._best(PrivacyMetric.ATTACKER_ADVANTAGE)
+
+    def get_result_with_max_ppv(self) -> SingleAttackResult:
+        return self._best(PrivacyMetric.PPV)
+
+    def get_result_with_max_epsilon_lower_bound(self) -> SingleAttackResult:
+        return self._best(PrivacyMetric.EPSILON_LOWER_BOUND)
+
+    def get_result_with_max_tpr_at_fpr(self, max_fpr: float = 0.01) -> SingleAttackResult:
+        return max(self.single_attack_results, key=lambda r: r.get_tpr_at_fpr(max_fpr))
+
+    def summary(self, by_slices: bool = False) -> str:
+        """A readable account of the strongest attacks, overall and (optionally) per slice."""
+        lines = ["Best-performing attacks over all slices"]
+        lines += _best_lines(self.single_attack_results, indent="  ")
+        if by_slices:
+            slices: dict[str, list[SingleAttackResult]] = {}
+            for result in self.single_attack_results:
+                slices.setdefault(str(result.slice_spec), []).append(result)
+            for name, results in slices.items():
+                lines.append("")
+                lines.append(f"Best-performing attacks over slice: {name}")
+                lines += _best_lines(results, indent="  ", with_slice=False)
+        if self.skipped_slices:
+            lines.append("")
+            lines.append("Slices skipped (too few examples): " + ", ".join(self.skipped_slices))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def to_dict(self, include_scores: bool = False) -> dict[str, Any]:
+        metadata = self.privacy_report_metadata
+        return {
+            "single_attack_results": [
+                r.to_dict(include_scores=include_scores) for r in self.single_attack_results
+            ],
+            "privacy_report_metadata": None if metadata is None else dataclasses.asdict(metadata),
+            "skipped_slices": list(self.skipped_slices),
+        }
+
+    def to_json(self, include_scores: bool = False, **json_kwargs: Any) -> str:
+        """The results as JSON (ROC curves and metrics; per-example scores on request)."""
+        return json.dumps(self.to_dict(include_scores=include_scores), **json_kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> AttackResults:
+        data = json.loads(text)
+        metadata = data.get("privacy_report_metadata")
+        return cls(
+            [SingleAttackResult.from_dict(r) for r in data["single_attack_results"]],
+            None if metadata is None else PrivacyReportMetadata(**metadata),
+            list(data.get("skipped_slices", [])),
+        )
+
+    def save(self, path: str, include_scores: bool = False) -> None:
+        """Write the results to ``path`` as JSON."""
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json(include_scores=include_scores, indent=1))
+
+    @classmethod
+    def load(cls, path: str) -> AttackResults:
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_json(handle.read())
+
+
+def _best_lines(
+    results: Sequence[SingleAttackResult], indent: str, with_slice: bool = True
+) -> list[str]:
+    def describe(result: SingleAttackResult, what: str) -> str:
+        where = f" on slice {result.slice_spec}" if with_slice else ""
+        return (
+            f"{indent}{result.attack_type} (with {result.data_size['train']} training and "
+            f"{result.data_size['test']} test examples) achieved {what}{where}"
+        )
+
+    best_auc = max(results, key=lambda r: r.get_auc())
+    best_advantage = max(results, key=lambda r: r.get_attacker_advantage())
+    best_ppv = max(results, key=lambda r: r.get_ppv())
+    best_tpr = max(results, key=lambda r: r.get_tpr_at_fpr(0.01))
+    lines = [
+        describe(best_auc, f"an AUC of {best_auc.get_auc():.2f}"),
+        describe(
+            best_advantage,
+            f"an advantage of {best_advantage.get_attacker_advantage():.2f}",
+        ),
+        describe(best_ppv, f"a positive predictive value of {best_ppv.get_ppv():.2f}"),
+        describe(best_tpr, f"a TPR of {best_tpr.get_tpr_at_fpr(0.01):.3f} at 1% FPR"),
+    ]
+    with_bound = [r for r in results if r.epsilon_lower_bound is not None]
+    if with_bound:
+        best_eps = max(with_bound, key=lambda r: r.get_epsilon_lower_bound())
+        bound = best_eps.epsilon_lower_bound
+        lines.append(
+            describe(
+                best_eps,
+                f"an ε lower bound of {bound.epsilon:.2f} (δ={bound.delta:g}, "
+                f"{bound.confidence:.0%} confidence)",
+            )
+        )
+    return lines
+
+
+@dataclasses.dataclass
+class AttackResultsCollection:
+    """Attack results of several models or epochs, for privacy-vs-utility reports."""
+
+    attack_results_list: list[AttackResults]
+
+    def append(self, attack_results: AttackResults) -> None:
+        self.attack_results_list.append(attack_results)
+
+    def calculate_pd_dataframe(self) -> Any:
+        """One row per model variant × epoch × attack × slice, with accuracies."""
+        import pandas as pd
+
+        frames = []
+        for results in self.attack_results_list:
+            frame = results.calculate_pd_dataframe()
+            metadata = results.privacy_report_metadata or PrivacyReportMetadata()
+            frame["model variant"] = metadata.model_variant_label
+            frame["epoch"] = metadata.epoch_num
+            frame["train accuracy"] = metadata.accuracy_train
+            frame["test accuracy"] = metadata.accuracy_test
+            frames.append(frame)
+        if not frames:
+            raise ValueError("the collection is empty")
+        return pd.concat(frames, ignore_index=True)

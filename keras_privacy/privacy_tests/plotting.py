@@ -1,0 +1,168 @@
+"""Plots of attack results: ROC curves and privacy-vs-utility reports (PNG via Agg).
+
+Figures are built with ``matplotlib.figure.Figure`` directly, never through ``pyplot``: no
+window opens, no global backend is changed, and nothing is kept alive after saving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from keras_privacy.privacy_tests.data_structures import (
+    AttackResults,
+    AttackResultsCollection,
+    PrivacyMetric,
+    RocCurve,
+    SingleAttackResult,
+)
+
+__all__ = ["plot_by_epochs", "plot_privacy_vs_accuracy", "plot_roc_curve"]
+
+_DEFAULT_METRICS = (PrivacyMetric.AUC, PrivacyMetric.ATTACKER_ADVANTAGE)
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: str | None) -> None:
+    if path is not None:
+        figure.savefig(path, format="png", dpi=100, bbox_inches="tight")
+
+
+def plot_roc_curve(
+    roc: RocCurve | SingleAttackResult | AttackResults | Sequence[SingleAttackResult],
+    path: str | None = None,
+    title: str | None = None,
+    log_scale: bool = False,
+    labels: Sequence[str] | None = None,
+) -> Figure:
+    """Plot ROC curve(s) with the chance diagonal; save as PNG when ``path`` is given.
+
+    Accepts one ROC curve, one result, a list of results, or :class:`AttackResults` (all its
+    results are drawn, labelled by attack and slice). ``log_scale``
+    uses log-log axes, which shows the low-FPR regime. ``labels`` name the curves (default:
+    attack type and slice).
+    """
+    if isinstance(roc, RocCurve):
+        curves = [("attack", roc)]
+    elif isinstance(roc, SingleAttackResult):
+        curves = [(_label(roc), roc.roc_curve)]
+    elif isinstance(roc, AttackResults):
+        curves = [(_label(r), r.roc_curve) for r in roc.single_attack_results]
+    else:
+        curves = [(_label(r), r.roc_curve) for r in roc]
+    if not curves:
+        raise ValueError("nothing to plot")
+    if labels is not None:
+        if len(labels) != len(curves):
+            raise ValueError(f"{len(labels)} labels for {len(curves)} curves")
+        curves = [(label, curve) for label, (_, curve) in zip(labels, curves, strict=True)]
+    figure = _new_figure(5.5, 5.0)
+    axes = figure.add_subplot(1, 1, 1)
+    for label, curve in curves:
+        axes.plot(curve.fpr, curve.tpr, lw=1.5, label=f"{label} (AUC {curve.get_auc():.3f})")
+    if log_scale:
+        axes.plot([1e-5, 1], [1e-5, 1], "k--", lw=1, label="chance")
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlim(1e-5, 1)
+        axes.set_ylim(1e-5, 1)
+    else:
+        axes.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+    axes.set_xlabel("False positive rate")
+    axes.set_ylabel("True positive rate")
+    axes.set_title(title or "Membership inference ROC")
+    axes.legend(loc="lower right", fontsize="small")
+    _save(figure, path)
+    return figure
+
+
+def _label(result: SingleAttackResult) -> str:
+    if result.slice_spec.entire_dataset:
+        return str(result.attack_type)
+    return f"{result.attack_type}, {result.slice_spec}"
+
+
+def _best_per_results(
+    collection: AttackResultsCollection, privacy_metric: PrivacyMetric
+) -> dict[str, list[tuple[AttackResults, float]]]:
+    """{model variant: [(results, best metric over attacks and slices)]}."""
+    variants: dict[str, list[tuple[AttackResults, float]]] = {}
+    for results in collection.attack_results_list:
+        metadata = results.privacy_report_metadata
+        if metadata is None:
+            raise ValueError("each AttackResults in the report needs privacy_report_metadata")
+        best = max(r.metric(privacy_metric) for r in results.single_attack_results)
+        variants.setdefault(metadata.model_variant_label, []).append((results, best))
+    return variants
+
+
+def _metrics(privacy_metrics: Iterable[PrivacyMetric]) -> list[PrivacyMetric]:
+    chosen = list(privacy_metrics)
+    if not chosen:
+        raise ValueError("privacy_metrics is empty")
+    return chosen
+
+
+def plot_by_epochs(
+    collection: AttackResultsCollection,
+    privacy_metrics: Iterable[PrivacyMetric] = _DEFAULT_METRICS,
+    path: str | None = None,
+) -> Figure:
+    """One panel per metric: the strongest attack's value against the epoch, one line per
+    model variant (every result needs ``privacy_report_metadata.epoch_num``)."""
+    chosen = _metrics(privacy_metrics)
+    figure = _new_figure(4.5 * len(chosen), 4.0)
+    for index, privacy_metric in enumerate(chosen):
+        axes = figure.add_subplot(1, len(chosen), index + 1)
+        for variant, points in _best_per_results(collection, privacy_metric).items():
+            epochs = [r.privacy_report_metadata.epoch_num for r, _ in points]
+            if any(epoch is None for epoch in epochs):
+                raise ValueError("plot_by_epochs needs epoch_num in every result's metadata")
+            order = sorted(range(len(points)), key=lambda i: epochs[i])
+            axes.plot(
+                [epochs[i] for i in order], [points[i][1] for i in order], "o-", label=variant
+            )
+        axes.set_xlabel("Epoch")
+        axes.set_ylabel(str(privacy_metric))
+        axes.set_title(f"{privacy_metric} by epoch")
+        axes.legend(fontsize="small")
+    _save(figure, path)
+    return figure
+
+
+def plot_privacy_vs_accuracy(
+    collection: AttackResultsCollection,
+    privacy_metrics: Iterable[PrivacyMetric] = _DEFAULT_METRICS,
+    path: str | None = None,
+    use_test_accuracy: bool = True,
+) -> Figure:
+    """One panel per metric: the strongest attack's value against the model's (test)
+    accuracy, one series per model variant: the privacy–utility trade-off."""
+    chosen = _metrics(privacy_metrics)
+    figure = _new_figure(4.5 * len(chosen), 4.0)
+    which = "accuracy_test" if use_test_accuracy else "accuracy_train"
+    for index, privacy_metric in enumerate(chosen):
+        axes = figure.add_subplot(1, len(chosen), index + 1)
+        for variant, points in _best_per_results(collection, privacy_metric).items():
+            accuracies = [getattr(r.privacy_report_metadata, which) for r, _ in points]
+            if any(accuracy is None for accuracy in accuracies):
+                raise ValueError(f"plot_privacy_vs_accuracy needs {which} in every result")
+            order = sorted(range(len(points)), key=lambda i: accuracies[i])
+            axes.plot(
+                [accuracies[i] for i in order], [points[i][1] for i in order], "o-", label=variant
+            )
+        axes.set_xlabel("Test accuracy" if use_test_accuracy else "Train accuracy")
+        axes.set_ylabel(str(privacy_metric))
+        axes.set_title(f"{privacy_metric} vs accuracy")
+        axes.legend(fontsize="small")
+    _save(figure, path)
+    return figure
