@@ -12,7 +12,6 @@ Runs in well under two minutes on two CPU cores.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import pathlib
 
@@ -24,6 +23,7 @@ import keras  # noqa: E402
 
 import keras_privacy as kp  # noqa: E402
 from keras_privacy import privacy_tests as pt  # noqa: E402
+from keras_privacy.datasets import load_fashion_mnist  # noqa: E402
 from keras_privacy.privacy_tests.keras_adapters import (  # noqa: E402
     MembershipInferenceCallback,
     attack_input_from_model,
@@ -32,23 +32,9 @@ from keras_privacy.privacy_tests.keras_adapters import (  # noqa: E402
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 
 
-def load_idx(path: pathlib.Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format): a magic number giving the dimension count,
-    the dimensions as big-endian int32, then unsigned bytes."""
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    num_dims = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(num_dims))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * num_dims).reshape(shape)
-
-
-def load_fashion_mnist(data_dir: str):
-    root = pathlib.Path(data_dir)
-    x_train = load_idx(root / "train-images-idx3-ubyte.gz").reshape(-1, 784) / 255.0
-    y_train = load_idx(root / "train-labels-idx1-ubyte.gz").astype(np.int64)
-    x_test = load_idx(root / "t10k-images-idx3-ubyte.gz").reshape(-1, 784) / 255.0
-    y_test = load_idx(root / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
-    return (x_train.astype("float32"), y_train), (x_test.astype("float32"), y_test)
+def load_fashion_mnist_flat(data_dir: str):
+    (x_train, y_train), (x_test, y_test) = load_fashion_mnist(data_dir)
+    return (x_train.reshape(-1, 784), y_train), (x_test.reshape(-1, 784), y_test)
 
 
 def build_model(dropout: float = 0.0) -> keras.Model:
@@ -85,7 +71,7 @@ def main() -> None:
     output.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)
 
-    (x_train, y_train), (x_test, y_test) = load_fashion_mnist(args.data_dir)
+    (x_train, y_train), (x_test, y_test) = load_fashion_mnist_flat(args.data_dir)
     # Non-members come from the test set, never trained on by either model.
     x_out, y_out = x_test[:1000], y_test[:1000]
 
