@@ -118,6 +118,7 @@ class DPTrainingMixin:
         # One sampler stream per model: every fit continues it, so no batch is re-drawn.
         self._dp_sampler_rng = np.random.default_rng(seed)
         self._dp_chunk_size: int | None = None
+        # The public divisor B of one train_step call (None: the caller's batch size).
         self._dp_expected_units: float | None = None
         self._dp_user_sample_weight = False
         self._dp_trace_key: tuple | None = None
@@ -283,12 +284,17 @@ class DPTrainingMixin:
             else:
                 segment = self._dp_shuffle_segment(num_examples, batch_size)
                 self._dp_chunk_size = None
-                self._dp_expected_units = None
+                # Divide by the configured batch size, also for the last, smaller batch:
+                # the realised size would depend on N, which the neighbours differ in.
+                self._dp_expected_units = float(batch_size)
         else:
             self._dp_user_sample_weight = self._dp_pipeline_has_weights(x, sample_weight)
             segment = self._dp_fixed_batches_segment(x, dataset_size)
             self._dp_chunk_size = None
-            self._dp_expected_units = None
+            batch = segment.expected_batch_size
+            self._dp_expected_units = (
+                None if batch is None else float(batch // config.gradient_accumulation_steps)
+            )
         self.privacy_record.segments.append(segment)
         callbacks = [_RecordUpdates(segment), *(callbacks or [])]
         return super().fit(

@@ -181,3 +181,25 @@ def test_a_seeded_model_never_repeats_batches_across_fits(rng):
         first = list(seen)
         model.fit(x, y, batch_size=20, epochs=1, steps_per_epoch=3, verbose=0)
     assert not set(first) & set(seen[len(first) :])
+
+
+def test_shuffled_batches_divide_by_the_configured_batch_size_also_for_the_last(rng):
+    """Dividing the last, smaller batch by its own size would reveal N (which neighbouring
+    datasets differ in); the divisor is the public batch size instead."""
+    x = rng.normal(size=(30, 5)).astype("float32")
+    y = rng.integers(0, 3, size=30)
+    model = _model()
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    private = kp.make_private(model, l2_norm_clip=0.05, noise_multiplier=0.0, sampling="shuffle")
+    private.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS)
+    private.fit(x, y, batch_size=20, epochs=1, shuffle=False, verbose=0)  # batches 20 + 10
+    # The same two updates by hand: both divided by 20.
+    for rows in (slice(0, 20), slice(20, 30)):
+        grad_sum = reference_clipped_sum(reference, LOSS, x[rows], y[rows], 0.05)
+        new = zip(reference.get_weights(), grad_sum, strict=True)
+        reference.set_weights([w - g / 20 for w, g in new])
+    np.testing.assert_allclose(
+        flat(weights(private)), flat(weights(reference)), rtol=1e-5, atol=1e-6
+    )
+    assert private.privacy_record.current.updates == 2

@@ -141,7 +141,14 @@ class TensorFlowDPTrainer:
     def _dp_fixed_batch_step(self, x, y, sample_weight, config):
         rows = tf.shape(keras.tree.flatten(x)[0])[0]
         batch = self._dp_clipped(x, y, sample_weight, num_units=config.num_microbatches)
-        units = float(config.num_microbatches) if config.num_microbatches else rows
+        # The public divisor: microbatches per batch, the configured batch size, or (for
+        # train_on_batch and generators of unknown batch size) the caller's batch.
+        if config.num_microbatches:
+            units = float(config.num_microbatches)
+        elif self._dp_expected_units is not None:
+            units = self._dp_expected_units
+        else:
+            units = rows
         units = tf.cast(units, "float32")
         state = self._dp_step_state
         if config.gradient_accumulation_steps == 1:
