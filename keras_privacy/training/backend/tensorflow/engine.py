@@ -9,6 +9,9 @@ import tensorflow as tf
 from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training import clipping
+from keras_privacy.training.backend.tensorflow.vectorization import (
+    vectorized_conv_filter_gradients,
+)
 from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.errors import PrivacyError
@@ -142,9 +145,10 @@ class VectorizedEngine:
             ]
             return grads, loss, y_pred, seed_advance
 
-        grads, unit_losses, y_pred, seed_advance = tf.vectorized_map(
-            unit_gradient, (unit_leaves, unit_index)
-        )
+        with vectorized_conv_filter_gradients():
+            grads, unit_losses, y_pred, seed_advance = tf.vectorized_map(
+                unit_gradient, (unit_leaves, unit_index)
+            )
         if stateful_updates:
             raise PrivacyError(
                 "These non-trainable variables are updated in a training-mode forward pass: "

@@ -1,0 +1,52 @@
+"""The vectorized per-example conv filter-gradient rule equals TensorFlow's own loop."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_privacy.training.backend.tensorflow.vectorization import (
+    vectorized_conv_filter_gradients,
+)
+
+
+def _per_example_kernel_grads(layer, x):
+    def one(xi):
+        with tf.GradientTape() as tape:
+            out = layer(xi[None])
+            loss = tf.reduce_sum(tf.sin(out))  # a non-trivial output gradient
+        return tape.gradient(loss, layer.kernel)
+
+    return tf.function(lambda x: tf.vectorized_map(one, x))(x).numpy()
+
+
+@pytest.mark.parametrize(
+    "make_layer, shape",
+    [
+        (lambda: keras.layers.Conv2D(4, 3, strides=2, padding="same"), (6, 9, 9, 2)),
+        (lambda: keras.layers.Conv2D(4, (3, 2), strides=(1, 2), padding="valid"), (5, 8, 7, 3)),
+        (lambda: keras.layers.Conv2D(3, 3, dilation_rate=2, padding="same"), (4, 10, 10, 1)),
+        (lambda: keras.layers.Conv2D(16, 8, strides=2, padding="same"), (3, 28, 28, 1)),
+        (lambda: keras.layers.Conv1D(5, 3, strides=2, padding="same"), (6, 11, 2)),
+        (lambda: keras.layers.Conv1D(5, 4, padding="valid"), (6, 11, 2)),
+    ],
+)
+def test_rule_matches_tensorflow_loop(make_layer, shape):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=shape).astype("float32"))
+    layer = make_layer()
+    layer.build(shape)
+    expected = _per_example_kernel_grads(layer, x)  # TensorFlow's while_loop fallback
+    with vectorized_conv_filter_gradients():
+        got = _per_example_kernel_grads(layer, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert got.shape == (shape[0], *layer.kernel.shape)
+
+
+def test_rule_is_removed_afterwards():
+    from tensorflow.python.ops.parallel_for import pfor
+
+    before = pfor._pfor_converter_registry["Conv2DBackpropFilter"]
+    with vectorized_conv_filter_gradients():
+        assert pfor._pfor_converter_registry["Conv2DBackpropFilter"] is not before
+    assert pfor._pfor_converter_registry["Conv2DBackpropFilter"] is before
