@@ -45,15 +45,6 @@ from keras_privacy.training.record import (
 )
 from keras_privacy.training.sampling import PoissonBatches, is_array_data
 
-_DP_KEYS = (
-    "l2_norm_clip",
-    "noise_multiplier",
-    "num_microbatches",
-    "gradient_accumulation_steps",
-    "sampling",
-    "seed",
-)
-
 
 class _RecordUpdates(keras.callbacks.Callback):
     """Keeps ``segment.updates`` equal to the optimizer updates done in this ``fit``."""
