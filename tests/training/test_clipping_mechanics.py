@@ -72,6 +72,20 @@ def _lstm(rng):
     ), rng.normal(size=(12, 4, 3)).astype("float32")
 
 
+def _embedding_gru(rng):
+    """A text model: the recurrent layer needs input gradients, which TensorFlow's
+    vectorizer cannot convert; the engine falls back to an exact per-example loop."""
+    return keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            keras.layers.Embedding(20, 4, mask_zero=True),
+            keras.layers.GRU(5, return_sequences=True),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    ), rng.integers(0, 20, size=(12, 6)).astype("int32")
+
+
 def _multi_input(rng):
     a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
     h = keras.layers.Concatenate()([keras.layers.Dense(5)(a), b])
@@ -87,6 +101,7 @@ BUILDERS = {
     "conv1d": _conv1d,
     "conv2d": _conv2d,
     "embedding": _embedding,
+    "embedding_gru": _embedding_gru,
     "layer_norm": _layer_norm,
     "lstm": _lstm,
     "multi_input": _multi_input,
@@ -219,3 +234,16 @@ def test_dropout_gives_every_example_its_own_mask_and_stays_bounded(rng):
     private_small = _private(model, clip=0.01)
     contribution = flat(sgd_step_sum(private_small, x[:1], y[:1], batch_size=1))
     assert np.linalg.norm(contribution) <= 0.01 * (1 + 1e-5)
+
+
+def test_unvectorizable_models_fall_back_to_an_exact_loop_with_one_warning(rng):
+    model, x = _embedding_gru(rng)
+    y = rng.integers(0, 3, size=12)
+    private = _private(model, 0.01)
+    with pytest.warns(UserWarning, match="computing them one example at a time"):
+        private.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        private.train_on_batch(x, y)  # retraced for another input path: no second warning

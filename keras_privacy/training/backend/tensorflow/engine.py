@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -44,6 +45,45 @@ def _from_units(tensor: tf.Tensor) -> tf.Tensor:
     """[units, rows_per_unit, ...] -> [rows, ...]."""
     shape = tf.shape(tensor)
     return tf.reshape(tensor, tf.concat([[-1], shape[2:]], axis=0))
+
+
+_warned_models: set[int] = set()
+
+
+def _warn_loop_fallback(model: Any, error: Exception) -> None:
+    if id(model) in _warned_models:
+        return
+    _warned_models.add(id(model))
+    warnings.warn(
+        f"keras-privacy: TensorFlow could not vectorize the per-example gradients of "
+        f"{model.name!r} ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+        "computing them one example at a time instead. Results are the same, training is "
+        "slower. (For recurrent layers, unroll=True usually vectorizes.)",
+        stacklevel=4,
+    )
+
+
+def _vectorized(fn, elems):
+    """``tf.vectorized_map(fn, elems)``, traced as a nested function first.
+
+    A conversion that fails half-way would otherwise leave unconvertible ops in the
+    training graph; traced apart, a failure leaves nothing behind.
+    """
+
+    @tf.function(autograph=False)
+    def vectorized():
+        with vectorized_conv_filter_gradients():
+            return tf.vectorized_map(fn, elems)
+
+    return vectorized.get_concrete_function()()
+
+
+def _per_unit_loop(fn, elems):
+    """``fn`` over the units in a ``tf.map_fn`` loop (the vectorizer's exact fallback)."""
+    leaves, index = elems
+    first = fn(([t[0] for t in leaves], index[0]))  # traced only for the output signature
+    signature = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), first)
+    return tf.map_fn(fn, elems, fn_output_signature=signature, parallel_iterations=8)
 
 
 class VectorizedEngine:
@@ -145,10 +185,19 @@ class VectorizedEngine:
             ]
             return grads, loss, y_pred, seed_advance
 
-        with vectorized_conv_filter_gradients():
-            grads, unit_losses, y_pred, seed_advance = tf.vectorized_map(
-                unit_gradient, (unit_leaves, unit_index)
-            )
+        elems = (unit_leaves, unit_index)
+        try:
+            outputs = _vectorized(unit_gradient, elems)
+        except PrivacyError:
+            raise
+        except (TypeError, ValueError, NotImplementedError) as error:
+            # TensorFlow's vectorizer cannot convert every graph (e.g. the gradient of a
+            # recurrent layer with respect to its input sequence, as after an Embedding).
+            # The same per-unit function in a loop is exact, only slower.
+            _warn_loop_fallback(model, error)
+            stateful_updates.clear()
+            outputs = _per_unit_loop(unit_gradient, elems)
+        grads, unit_losses, y_pred, seed_advance = outputs
         if stateful_updates:
             raise PrivacyError(
                 "These non-trainable variables are updated in a training-mode forward pass: "
