@@ -148,8 +148,9 @@ def build_language_model(
 ) -> keras.Model:
     """Embedding → GRU (all time steps) → next-character logits.
 
-    The GRU is unrolled: DP-SGD's per-example gradients (``tf.vectorized_map``) cannot
-    vectorize the while loop of a recurrent layer that returns sequences.
+    The GRU is unrolled: TensorFlow's vectorizer cannot convert the gradient of a
+    recurrent ``while`` loop with respect to its input sequence, so without unrolling the
+    DP engine computes per-example gradients one example at a time (exact, but slower).
     """
     return keras.Sequential(
         [
