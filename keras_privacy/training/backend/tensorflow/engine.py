@@ -47,6 +47,15 @@ def _from_units(tensor: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tensor, tf.concat([[-1], shape[2:]], axis=0))
 
 
+def _dense(grad: Any, value: tf.Tensor) -> tf.Tensor:
+    """An Embedding's sparse gradient (IndexedSlices) as a dense tensor, summing repeated
+    rows (each unit's gradient is materialised anyway; this avoids TensorFlow's implicit,
+    warning-emitting conversion)."""
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.math.unsorted_segment_sum(grad.values, grad.indices, tf.shape(value)[0])
+    return grad
+
+
 _warned_models: set[int] = set()
 
 
@@ -177,7 +186,10 @@ class VectorizedEngine:
             grads = tape.gradient(
                 loss, trainable_values, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
-            grads = [tf.cast(g, "float32") for g in grads]
+            grads = [
+                tf.cast(_dense(g, value), "float32")
+                for g, value in zip(grads, trainable_values, strict=True)
+            ]
             seed_advance = [
                 new - old
                 for var, old, new in zip(non_trainable, before, after, strict=True)
