@@ -95,6 +95,21 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, needs_length: bool) -
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+def _add_noise_multiplier(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--noise-multiplier", type=float, required=True, help="sigma: noise std / clipping norm"
+    )
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target-epsilon", type=float, required=True, help="privacy budget epsilon > 0"
+    )
+    parser.add_argument(
+        "--sampling", choices=("poisson", "shuffle"), default="poisson", help=_SAMPLING_HELP
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-privacy",
@@ -111,9 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: keras-privacy epsilon --n 60000 --batch-size 256 "
         "--noise-multiplier 1.1 --epochs 60 --delta 1e-5",
     )
-    epsilon.add_argument(
-        "--noise-multiplier", type=float, required=True, help="sigma: noise std / clipping norm"
-    )
+    _add_noise_multiplier(epsilon)
     _add_run_arguments(epsilon, needs_length=True)
 
     noise = commands.add_parser(
@@ -124,12 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: keras-privacy noise --n 60000 --batch-size 256 --epochs 60 "
         "--target-epsilon 3 --delta 1e-5",
     )
-    noise.add_argument(
-        "--target-epsilon", type=float, required=True, help="privacy budget epsilon > 0"
-    )
-    noise.add_argument(
-        "--sampling", choices=("poisson", "shuffle"), default="poisson", help=_SAMPLING_HELP
-    )
+    _add_target(noise)
     _add_run_arguments(noise, needs_length=True)
 
     epochs = commands.add_parser(
@@ -140,15 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: keras-privacy epochs --n 60000 --batch-size 256 "
         "--noise-multiplier 1.1 --target-epsilon 3 --delta 1e-5",
     )
-    epochs.add_argument(
-        "--noise-multiplier", type=float, required=True, help="sigma: noise std / clipping norm"
-    )
-    epochs.add_argument(
-        "--target-epsilon", type=float, required=True, help="privacy budget epsilon > 0"
-    )
-    epochs.add_argument(
-        "--sampling", choices=("poisson", "shuffle"), default="poisson", help=_SAMPLING_HELP
-    )
+    _add_noise_multiplier(epochs)
+    _add_target(epochs)
     _add_run_arguments(epochs, needs_length=False)
     return parser
 
