@@ -93,3 +93,12 @@ def check_epochs_or_steps(epochs: Any, steps: Any) -> tuple[float | None, int | 
     if epochs is not None:
         return check_positive_real(epochs, "epochs"), None
     return None, check_positive_int(steps, "steps")
+
+
+def check_format_header(data: Any, format_name: str, version: int, what: str) -> dict:
+    """Check the ``format`` and ``version`` fields of a saved JSON document."""
+    if not isinstance(data, dict) or data.get("format") != format_name:
+        raise ValueError(f"not a {what} (expected format {format_name!r})")
+    if data.get("version") != version:
+        raise ValueError(f"{what} version must be {version}, received {data.get('version')!r}")
+    return data

@@ -21,7 +21,7 @@ from typing import Any
 
 import dp_accounting
 
-from keras_privacy.accounting import accountants, events
+from keras_privacy.accounting import _checks, accountants, events
 
 LEDGER_FORMAT = "keras-privacy/privacy-ledger"
 LEDGER_VERSION = 1
@@ -193,12 +193,7 @@ class PrivacyLedger:
 
     @classmethod
     def from_dict(cls, data: Any) -> PrivacyLedger:
-        if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT:
-            raise ValueError(f"not a privacy ledger (expected format {LEDGER_FORMAT!r})")
-        if data.get("version") != LEDGER_VERSION:
-            raise ValueError(
-                f"privacy ledger version must be {LEDGER_VERSION}, received {data.get('version')!r}"
-            )
+        _checks.check_format_header(data, LEDGER_FORMAT, LEDGER_VERSION, "privacy ledger")
         entries = data.get("entries")
         if not isinstance(entries, list):
             raise ValueError("privacy ledger: entries must be a list")

@@ -26,6 +26,7 @@ from typing import Any
 import keras
 
 from keras_privacy import accounting
+from keras_privacy.accounting._checks import check_format_header
 from keras_privacy.training.record import SAMPLING_KINDS, TrainingRecord, TrainingSegment
 
 STATE_FORMAT = "keras-privacy/privacy-state"
@@ -122,12 +123,7 @@ def privacy_state(record: TrainingRecord) -> dict[str, Any]:
 
 def record_from_state(data: Any) -> TrainingRecord:
     """Inverse of :func:`privacy_state`; checks every field and the ledger's consistency."""
-    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-        raise ValueError(f"not a keras-privacy privacy state (expected format {STATE_FORMAT!r})")
-    if data.get("version") != STATE_VERSION:
-        raise ValueError(
-            f"privacy state version must be {STATE_VERSION}, received {data.get('version')!r}"
-        )
+    check_format_header(data, STATE_FORMAT, STATE_VERSION, "keras-privacy privacy state")
     record_data = data.get("training_record")
     if not isinstance(record_data, dict) or not isinstance(record_data.get("segments"), list):
         raise ValueError("privacy state: training_record.segments must be a list")
