@@ -257,6 +257,12 @@ class PrivacyBudget(keras.callbacks.Callback):
         if self.state_path is not None:
             save_privacy_state(self.model, self.state_path)
 
+    def on_dp_fit_exit(self, model: Any) -> None:
+        """Called by the DP model when ``fit`` returns or raises: the state file then
+        holds every update that ran, also after an interrupt."""
+        if self.state_path is not None:
+            save_privacy_state(model, self.state_path)
+
     # Helpers.
     def _updates_per_call(self) -> int:
         """Most optimizer updates one ``train_function`` call can make."""

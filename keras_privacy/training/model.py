@@ -46,25 +46,51 @@ from keras_privacy.training.record import (
 from keras_privacy.training.sampling import PoissonBatches, is_array_data
 
 
-class _RecordUpdates(keras.callbacks.Callback):
-    """Keeps ``segment.updates`` equal to the optimizer updates done in this ``fit``."""
+class _CheckPassSize(keras.callbacks.Callback):
+    """For a finite pipeline, checks that one epoch (one pass) holds ``dataset_size`` rows.
+
+    The accountant takes N from ``dataset_size``: a pass of fewer rows than N makes each
+    example's share of the updates larger than accounted, so training stops, loudly, and
+    the record keeps the pass size actually seen.
+    """
 
     def __init__(self, segment: TrainingSegment) -> None:
         super().__init__()
         self.segment = segment
         self._start = 0
 
-    def _iterations(self) -> int:
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = self.model._dp_counters()["examples"]
 
-    def on_train_begin(self, logs=None):
-        self._start = self._iterations() - self.segment.updates
+    def on_epoch_end(self, epoch, logs=None):
+        rows = self.model._dp_counters()["examples"] - self._start
+        declared = self.segment.dataset_size
+        if rows == declared:
+            return
+        if rows < declared:
+            self.segment.dataset_size = rows  # the accountant now uses what was seen
+        raise PrivacyError(
+            f"fit(dataset_size={declared}) but one pass over the dataset held {rows} "
+            "examples. The accountant needs the true number of examples per pass: pass "
+            f"dataset_size={rows} (the record now uses {self.segment.dataset_size})."
+            + (
+                " A pass with more rows than dataset_size repeats examples, so the recorded "
+                "epsilon does not hold for this run."
+                if rows > declared
+                else ""
+            )
+        )
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.segment.updates = self._iterations() - self._start
 
-    def on_train_end(self, logs=None):
-        self.segment.updates = self._iterations() - self._start
+def _is_finite_dataset(x: Any) -> bool:
+    """True for a ``tf.data.Dataset`` of known, finite length (one epoch = one pass)."""
+    cardinality = getattr(x, "cardinality", None)
+    if cardinality is None or not hasattr(x, "element_spec"):
+        return False
+    try:
+        return int(cardinality()) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 class DPTrainingMixin:
@@ -102,8 +128,12 @@ class DPTrainingMixin:
         self._dp_config: DPConfig | None = None
         if l2_norm_clip is not None and noise_multiplier is not None:
             self._dp_config = DPConfig(**self._dp_settings)
-        #: What DP training this model has done (sampling, N, batch, updates).
-        self.privacy_record = TrainingRecord()
+        # What DP training this model has done; read it through ``privacy_record``.
+        self._dp_record = TrainingRecord()
+        # The segment being trained and the step's update counter when it began.
+        self._dp_live: tuple[TrainingSegment, int] | None = None
+        # Set when a make_private wrapper was released: it may no longer train.
+        self._dp_released = False
         # Backend step state (noise generator, accumulators): created on first training.
         self._dp_step_state = None
         # One sampler stream per model: every fit continues it, so no batch is re-drawn.
@@ -114,6 +144,56 @@ class DPTrainingMixin:
         self._dp_user_sample_weight = False
         self._dp_trace_key: tuple | None = None
         self._dp_warned_sampling = False
+
+    @property
+    def privacy_record(self) -> TrainingRecord:
+        """What DP training this model has done: one segment per ``fit`` (sampling, N,
+        batch, noise, clip and the number of noised updates), as counted by the DP step."""
+        self._dp_sync_record()
+        return self._dp_record
+
+    def _dp_open_segment(self, segment: TrainingSegment) -> None:
+        self._dp_sync_record()  # the previous segment's final counts
+        self._dp_reset_segment_counters()
+        self._dp_live = (segment, self._dp_counters()["updates"])
+        self._dp_record.segments.append(segment)
+
+    def _dp_sync_record(self) -> None:
+        """Copy the DP step's own counters into the segment being trained.
+
+        The step counts noised updates in state that nothing else advances or rewinds, so
+        the record holds every update that ran, even when ``fit`` ended by an exception.
+        For fixed-size batches it also keeps the largest logical batch and clipping unit
+        that the step actually saw (the accountant's pass length and sensitivity).
+        """
+        if self._dp_live is None:
+            return
+        segment, base = self._dp_live
+        counters = self._dp_counters()
+        segment.updates = counters["updates"] - base
+        if segment.sampling != POISSON and counters["largest_batch"]:
+            segment.expected_batch_size = max(
+                segment.expected_batch_size or 0, counters["largest_batch"]
+            )
+            segment.examples_per_clipping_unit = max(
+                segment.examples_per_clipping_unit, counters["largest_unit"]
+            )
+
+    def _dp_check_trainable(self) -> None:
+        """Refuse what would train without the DP step (see the messages)."""
+        if type(self).train_step is not DPTrainer.train_step:
+            raise PrivacyError(
+                f"{type(self).__name__} overrides train_step, which would replace the DP "
+                "training step (clipping and noise) while the privacy record still counted "
+                "epsilon. Override call() or compute_loss() instead; the DP step calls them "
+                "for each example."
+            )
+        if self._dp_released:
+            raise PrivacyError(
+                f"{self.name!r} was released with release(): its weights may since have been "
+                "trained without DP, so it no longer trains. Wrap the model again with "
+                "make_private() for a new DP run."
+            )
 
     @property
     def dp_config(self) -> DPConfig | None:
@@ -178,6 +258,7 @@ class DPTrainingMixin:
         Poisson batches have a variable number of rows).
         """
         self._dp_resolve_config(optimizer)
+        self._dp_check_trainable()
         check_layers_supported(self)
         if kwargs.get("jit_compile") is True:
             warnings.warn(
@@ -236,7 +317,10 @@ class DPTrainingMixin:
         config = self._dp_require_config()
         if not getattr(self, "compiled", False):
             raise RuntimeError("You must call compile() before fit().")
+        self._dp_check_trainable()
         check_layers_supported(self)
+        accumulation = config.gradient_accumulation_steps
+        checks: list = []
         if is_array_data(x):
             if validation_split and validation_data is None:
                 from keras.src.trainers.data_adapters.array_slicing import (
@@ -274,60 +358,75 @@ class DPTrainingMixin:
                 shuffle = False  # the sampler's draws are already random
             else:
                 segment = self._dp_shuffle_segment(num_examples, batch_size)
-                self._dp_chunk_size = None
+                # Keras cuts whole logical batches (batch_size x accumulation rows); the DP
+                # step processes one in chunks of batch_size, so no update ever spans two
+                # passes over the data or two fit calls.
+                self._dp_chunk_size = batch_size if accumulation > 1 else None
+                batch_size *= accumulation
                 # Divide by the configured batch size, also for the last, smaller batch:
-                # the realised size would depend on N, which the neighbours differ in.
+                # it is a public constant (N is public: see the module docstring).
                 self._dp_expected_units = float(batch_size)
         else:
             self._dp_user_sample_weight = self._dp_pipeline_has_weights(x, sample_weight)
             segment = self._dp_fixed_batches_segment(x, dataset_size)
             self._dp_chunk_size = None
             batch = segment.expected_batch_size
-            self._dp_expected_units = (
-                None if batch is None else float(batch // config.gradient_accumulation_steps)
+            self._dp_expected_units = None if batch is None else float(batch)
+            if segment.dataset_size and steps_per_epoch is None and _is_finite_dataset(x):
+                checks.append(_CheckPassSize(segment))
+        self._dp_open_segment(segment)
+        callbacks = [*checks, *(callbacks or [])]
+        try:
+            return super().fit(
+                x=x,
+                y=y,
+                batch_size=batch_size,
+                epochs=epochs,
+                verbose=verbose,
+                callbacks=callbacks,
+                validation_split=validation_split,
+                validation_data=validation_data,
+                shuffle=shuffle,
+                class_weight=class_weight,
+                sample_weight=sample_weight,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch,
+                validation_steps=validation_steps,
+                validation_batch_size=validation_batch_size,
+                validation_freq=validation_freq,
             )
-        self.privacy_record.segments.append(segment)
-        callbacks = [_RecordUpdates(segment), *(callbacks or [])]
-        return super().fit(
-            x=x,
-            y=y,
-            batch_size=batch_size,
-            epochs=epochs,
-            verbose=verbose,
-            callbacks=callbacks,
-            validation_split=validation_split,
-            validation_data=validation_data,
-            shuffle=shuffle,
-            class_weight=class_weight,
-            sample_weight=sample_weight,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch,
-            validation_steps=validation_steps,
-            validation_batch_size=validation_batch_size,
-            validation_freq=validation_freq,
-        )
+        finally:
+            # Callbacks that persist privacy state (PrivacyBudget's state file) write it
+            # even when fit ends by an exception: spent privacy stays spent.
+            for callback in callbacks:
+                on_exit = getattr(callback, "on_dp_fit_exit", None)
+                if on_exit is not None:
+                    on_exit(self)
 
     def train_on_batch(self, x=None, y=None, sample_weight=None, class_weight=None, **kwargs):
-        """``keras.Model.train_on_batch`` with the DP step; the caller chose the batch, so
-        it is recorded as a fixed batch (not Poisson-sampled)."""
+        """``keras.Model.train_on_batch`` with the DP step: one noised update from the
+        given batch (in ``gradient_accumulation_steps`` chunks). The caller chose the batch,
+        so it is recorded as a fixed batch (not Poisson-sampled), without a dataset size."""
         config = self._dp_require_config()
-        segment = self.privacy_record.current
-        if segment is None or not getattr(segment, "_from_train_on_batch", False):
+        self._dp_check_trainable()
+        live = self._dp_live[0] if self._dp_live else None
+        if (
+            live is None
+            or live is not self._dp_record.current
+            or not getattr(live, "_from_train_on_batch", False)
+        ):
             rows = len(keras.tree.flatten(x)[0])
             segment = self._dp_segment(FIXED_BATCHES, None, rows)
             if config.num_microbatches is not None:
-                segment.examples_per_clipping_unit = rows // config.num_microbatches
+                segment.examples_per_clipping_unit = max(1, rows // config.num_microbatches)
             segment._from_train_on_batch = True
-            self.privacy_record.segments.append(segment)
+            self._dp_open_segment(segment)
         self._dp_user_sample_weight = sample_weight is not None or class_weight is not None
         self._dp_chunk_size = None
         self._dp_expected_units = None
-        before = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
-        logs = super().train_on_batch(
+        return super().train_on_batch(
             x, y, sample_weight=sample_weight, class_weight=class_weight, **kwargs
         )
-        segment.updates += int(keras.ops.convert_to_numpy(self.optimizer.iterations)) - before
-        return logs
 
     def _dp_segment(self, sampling: str, dataset_size: int | None, expected: int | None):
         config = self._dp_config
@@ -366,14 +465,22 @@ class DPTrainingMixin:
         config = self._dp_config
         k = config.num_microbatches
         if k is not None:
-            for size in {batch_size, num_examples % batch_size or batch_size}:
-                if size % k:
-                    raise PrivacyError(
-                        f"num_microbatches={k} must divide every batch size, but "
-                        f"{num_examples} examples in batches of {batch_size} give a batch "
-                        f"of {size}. Choose batch_size and num_microbatches that divide "
-                        "evenly (or drop the last examples)."
+            # The step clips chunks of batch_size rows (the last chunk of a pass may be
+            # shorter); each must split into k equal microbatches.
+            last = num_examples % (batch_size * config.gradient_accumulation_steps)
+            last_chunk = last % batch_size or batch_size
+            if batch_size % k or last_chunk % k:
+                raise PrivacyError(
+                    f"num_microbatches={k} must divide every batch, but with "
+                    f"{num_examples} examples and batch_size={batch_size} "
+                    + (
+                        f"batch_size itself is not a multiple of {k}"
+                        if batch_size % k
+                        else f"the last batch of each epoch has {last_chunk} examples"
                     )
+                    + ". Choose a batch_size that divides the data (or drop the last "
+                    "examples), and a num_microbatches that divides batch_size."
+                )
         segment = self._dp_segment(
             SHUFFLE, num_examples, batch_size * config.gradient_accumulation_steps
         )
@@ -395,13 +502,11 @@ class DPTrainingMixin:
             self._dp_warned_sampling = True
         batch = self._dp_pipeline_batch_size(x)
         config = self._dp_config
-        segment = self._dp_segment(
-            FIXED_BATCHES,
-            dataset_size,
-            None if batch is None else batch * config.gradient_accumulation_steps,
-        )
+        # Each pipeline batch is one logical batch (one update). This is the declared
+        # size; the DP step records the largest batch it actually sees.
+        segment = self._dp_segment(FIXED_BATCHES, dataset_size, batch)
         if config.num_microbatches is not None and batch is not None:
-            segment.examples_per_clipping_unit = batch // config.num_microbatches
+            segment.examples_per_clipping_unit = max(1, batch // config.num_microbatches)
         return segment
 
     @staticmethod
@@ -427,6 +532,7 @@ class DPTrainingMixin:
         return isinstance(spec, tuple) and len(spec) == 3
 
     def make_train_function(self, force: bool = False):
+        self._dp_check_trainable()
         key = (self._dp_chunk_size, self._dp_expected_units, self._dp_user_sample_weight)
         if key != self._dp_trace_key:
             force = True
@@ -451,7 +557,7 @@ class DPTrainingMixin:
         model = super().from_config(config, custom_objects=custom_objects)
         model._dp_setup(**{"seed": None, **settings})
         if record:
-            model.privacy_record = TrainingRecord.from_dict(record)
+            model._dp_record = TrainingRecord.from_dict(record)
         return model
 
     # -- accounting -------------------------------------------------------------------
@@ -610,6 +716,7 @@ class PrivateModel(DPModel):
         kwargs.setdefault("name", f"private_{model.name}")
         super().__init__(**kwargs)
         self.wrapped_model = model
+        _hold(model, self)
         inputs = getattr(model, "inputs", None) if model.built else None
         if inputs:
             # Building early only makes summary() work before fit(); fit builds anyway.
@@ -618,6 +725,18 @@ class PrivateModel(DPModel):
 
     def call(self, inputs, training=None):
         return self.wrapped_model(inputs, training=training)
+
+    def release(self) -> keras.Model:
+        """Let the wrapped model train on its own again, and return it.
+
+        While wrapped, the model refuses ``fit`` / ``train_on_batch`` (they would train
+        the shared weights without DP). After ``release()`` it trains normally -- without
+        DP -- and this private model refuses to train: its weights may no longer be the
+        result of DP training alone. (Evaluation, prediction and saving still work.)
+        """
+        _unhold(self.wrapped_model, self)
+        self._dp_released = True
+        return self.wrapped_model
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -637,8 +756,41 @@ class PrivateModel(DPModel):
         )
         private = cls(model, **settings, **config)
         if record:
-            private.privacy_record = TrainingRecord.from_dict(record)
+            private._dp_record = TrainingRecord.from_dict(record)
         return private
+
+
+def _hold(model: keras.Model, private: PrivateModel) -> None:
+    """Make ``model``'s own fit / train_on_batch refuse while ``private`` wraps it.
+
+    Both go through ``make_train_function`` before anything is updated; an instance
+    attribute shadows it on this one object (the user handed it to make_private), and
+    :meth:`PrivateModel.release` removes it. Custom training loops that apply an optimizer
+    to the shared variables directly are outside what this can see.
+    """
+    holders = model.__dict__.get("_dp_holders")
+    if holders is None:
+        holders = {}
+        object.__setattr__(model, "_dp_holders", holders)
+    holders[id(private)] = private.name
+
+    def make_train_function(force: bool = False):
+        raise PrivacyError(
+            f"Model {model.name!r} is wrapped by make_private() (as "
+            f"{', '.join(repr(n) for n in holders.values())}) and shares its weights: "
+            "training it directly would update them WITHOUT differential privacy. Train the "
+            "private model instead (private.fit(...)), or call private.release() first to "
+            "train this model without DP."
+        )
+
+    object.__setattr__(model, "make_train_function", make_train_function)
+
+
+def _unhold(model: keras.Model, private: PrivateModel) -> None:
+    holders = model.__dict__.get("_dp_holders", {})
+    holders.pop(id(private), None)
+    if not holders:
+        model.__dict__.pop("make_train_function", None)
 
 
 def make_private(

@@ -1,17 +1,24 @@
 """The DP training step on TensorFlow.
 
-One call of :meth:`TensorFlowDPTrainer.train_step` receives either
+Every call of :meth:`TensorFlowDPTrainer.train_step` makes exactly one optimizer update
+from one *logical batch*, and nothing of it carries over to the next call:
 
 * a Poisson batch ``(x, y, sample_weight, mask)`` padded to a fixed capacity, sampled
-  rows first (see :mod:`keras_privacy.training.sampling`); it makes exactly one
-  optimizer update, processing the sampled rows in chunks when gradient accumulation is
-  on; or
-* an ordinary ``(x, y, sample_weight)`` batch from a pipeline (``tf.data``, a
-  generator, or Keras's shuffled batching); every ``gradient_accumulation_steps``-th call
-  makes one update.
+  rows first (see :mod:`keras_privacy.training.sampling`); or
+* an ordinary ``(x, y, sample_weight)`` batch: Keras's shuffled batching of arrays
+  (``sampling="shuffle"``, batches of ``batch_size x gradient_accumulation_steps`` rows),
+  one batch of a pipeline (``tf.data``, a generator), or a ``train_on_batch`` batch.
 
-In both cases the update is ``(sum of clipped unit gradients + N(0, (sigma C)^2)) / B``
-with the noise drawn once per update.
+With ``gradient_accumulation_steps = n > 1`` the logical batch is processed in chunks
+(``batch_size`` rows each for arrays; ``ceil(rows / n)`` rows for a pipeline batch) to
+bound memory, and their clipped sums are added before the single noise draw. Because an
+update never holds more than one logical batch, it can never span an epoch, a pass over
+the data or a ``fit`` call: each example is in it at most once.
+
+The update is ``(sum of clipped unit gradients + N(0, (sigma C)^2)) / B`` with the noise
+drawn once. The step itself counts what it did (noised updates, the largest logical batch,
+the largest clipping unit) in variables only it advances; the model's privacy record is
+read from them.
 """
 
 from __future__ import annotations
@@ -29,11 +36,17 @@ from keras_privacy.training.optimizers import private_update
 
 class _StepState:
     """Per-model transient state of the DP step. Deliberately not tracked by Keras, so
-    nothing here (noise generator state, accumulators) ever reaches a saved model.
+    nothing here reaches a saved model or is restored by ``load_weights``.
 
     The noise generator lives as long as the model: recompiling or retracing never
     restarts it, so no noise draw is ever repeated (repeated noise could be cancelled
     by differencing two updates).
+
+    The counters are advanced only by the DP step: ``updates`` counts noised optimizer
+    updates over the model's life (resetting ``optimizer.iterations``, restoring a
+    checkpoint or interrupting ``fit`` cannot rewind it); ``largest_batch`` and
+    ``largest_unit`` hold the most examples one update and one clipping unit held since
+    the current record segment began; ``examples`` counts the rows trained on.
     """
 
     def __init__(self, seed: int | None) -> None:
@@ -41,18 +54,10 @@ class _StepState:
             self.noise = tf.random.Generator.from_non_deterministic_state()
         else:
             self.noise = tf.random.Generator.from_seed(seed)
-        self.accumulators: list | None = None
-        self.accumulated_units = tf.Variable(0.0, trainable=False)
-        self.calls = tf.Variable(0, dtype="int64", trainable=False)
-
-    def ensure_accumulators(self, trainable_variables: list) -> None:
-        shapes = [tuple(v.shape) for v in trainable_variables]
-        if self.accumulators is None or [tuple(a.shape) for a in self.accumulators] != shapes:
-            self.accumulators = [
-                tf.Variable(tf.zeros(shape, "float32"), trainable=False) for shape in shapes
-            ]
-            self.accumulated_units.assign(0.0)
-            self.calls.assign(0)
+        self.updates = tf.Variable(0, dtype="int64", trainable=False)
+        self.largest_batch = tf.Variable(0, dtype="int64", trainable=False)
+        self.largest_unit = tf.Variable(0, dtype="int64", trainable=False)
+        self.examples = tf.Variable(0, dtype="int64", trainable=False)
 
 
 def _rows(data: Any, start: Any, stop: Any) -> Any:
@@ -65,14 +70,35 @@ class TensorFlowDPTrainer:
 
     _dp_engine = VectorizedEngine()
 
-    def make_train_function(self, force: bool = False):
-        config = self._dp_require_config()
-        with tf.init_scope():
-            if self._dp_step_state is None:
+    # -- state shared with the backend-neutral model ----------------------------------
+
+    def _dp_state(self) -> _StepState:
+        if self._dp_step_state is None:
+            config = self._dp_require_config()
+            with tf.init_scope():
                 seed = None if config.seed is None else config.seed + 1
                 self._dp_step_state = _StepState(seed)
-            if config.gradient_accumulation_steps > 1:
-                self._dp_step_state.ensure_accumulators(self.trainable_variables)
+        return self._dp_step_state
+
+    def _dp_counters(self) -> dict[str, int]:
+        """What the DP step has done, as Python ints (zeros before any training)."""
+        state = self._dp_step_state
+        if state is None:
+            return dict.fromkeys(("updates", "largest_batch", "largest_unit", "examples"), 0)
+        return {
+            "updates": int(state.updates.numpy()),
+            "largest_batch": int(state.largest_batch.numpy()),
+            "largest_unit": int(state.largest_unit.numpy()),
+            "examples": int(state.examples.numpy()),
+        }
+
+    def _dp_reset_segment_counters(self) -> None:
+        state = self._dp_state()
+        state.largest_batch.assign(0)
+        state.largest_unit.assign(0)
+
+    def make_train_function(self, force: bool = False):
+        self._dp_state()
         return super().make_train_function(force=force)
 
     # -- the step ---------------------------------------------------------------------
@@ -80,9 +106,36 @@ class TensorFlowDPTrainer:
     def train_step(self, data):
         config = self._dp_require_config()
         if isinstance(data, (tuple, list)) and len(data) == 4:
-            return self._dp_poisson_step(*data)
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        return self._dp_fixed_batch_step(x, y, sample_weight, config)
+            x, y, sample_weight, mask = data
+            rows = tf.cast(tf.reduce_sum(mask), "int32")
+            data = _rows((x, y, sample_weight), 0, rows)
+            num_units = None  # Poisson sampling clips per example
+            divisor = self._dp_expected_units
+        else:
+            data = data_adapter_utils.unpack_x_y_sample_weight(data)
+            rows = tf.shape(keras.tree.flatten(data[0])[0])[0]
+            num_units = config.num_microbatches
+            # The public divisor: microbatches per update, the configured batch size, or
+            # (train_on_batch, pipelines of unknown batch size) the caller's batch.
+            if num_units:
+                divisor = float(num_units * config.gradient_accumulation_steps)
+            elif self._dp_expected_units is not None:
+                divisor = self._dp_expected_units
+            else:
+                divisor = rows
+        grad_sum, unit_losses, y_pred, chunk = self._dp_clipped_logical_batch(
+            data, rows, num_units, config.gradient_accumulation_steps
+        )
+        self._dp_apply(grad_sum, divisor)
+        state = self._dp_step_state
+        state.largest_batch.assign(tf.maximum(state.largest_batch, tf.cast(rows, "int64")))
+        state.examples.assign_add(tf.cast(rows, "int64"))
+        if num_units:  # every chunk splits evenly into microbatches (checked by the engine)
+            unit = tf.cast(tf.minimum(chunk, rows) // num_units, "int64")
+        else:
+            unit = tf.constant(1, "int64")
+        state.largest_unit.assign(tf.maximum(state.largest_unit, unit))
+        return self._dp_metrics(data, y_pred, unit_losses, rows)
 
     def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0) -> ClippedBatch:
         return self._dp_engine.clipped_gradient_sum(
@@ -95,86 +148,51 @@ class TensorFlowDPTrainer:
             unit_offset=unit_offset,
         )
 
-    def _dp_poisson_step(self, x, y, sample_weight, mask):
-        """One optimizer update from one padded Poisson batch (per-example clipping)."""
-        sampled = tf.cast(tf.reduce_sum(mask), "int32")
-        data = _rows((x, y, sample_weight), 0, sampled)
-        chunk = self._dp_chunk_size  # rows per vectorized pass, or None for all at once
+    def _dp_clipped_logical_batch(self, data, rows, num_units, accumulation_steps):
+        """The clipped sum of one logical batch, in chunks when accumulating.
 
-        if chunk is None:
-            batch = self._dp_clipped(*data, num_units=None)
-            grad_sum, unit_losses, y_pred = batch.grad_sum, batch.unit_losses, batch.y_pred
-        else:
-            # Gradient accumulation: the sampled rows in chunks of `chunk`, one vectorized
-            # pass each; the first chunk runs before the loop to fix the output structure.
-            first = self._dp_clipped(*_rows(data, 0, tf.minimum(chunk, sampled)), num_units=None)
+        Returns the summed clipped gradients, each unit's loss, the outputs, and the chunk
+        size (rows per vectorized pass).
+        """
+        chunk = self._dp_chunk_size  # rows per chunk for arrays, or None
+        if accumulation_steps == 1:
+            batch = self._dp_clipped(*data, num_units=num_units)
+            return batch.grad_sum, batch.unit_losses, batch.y_pred, rows
+        if chunk is None:  # a pipeline / train_on_batch batch: n nearly equal chunks
+            chunk = (rows + accumulation_steps - 1) // accumulation_steps
+        chunk = tf.maximum(tf.cast(chunk, "int32"), 1)
+        # The first chunk runs before the loop to fix the output structure.
+        first = self._dp_clipped(*_rows(data, 0, tf.minimum(chunk, rows)), num_units=num_units)
 
-            def new_array(_):
-                return tf.TensorArray("float32", size=0, dynamic_size=True, infer_shape=False)
+        def new_array():
+            return tf.TensorArray("float32", size=0, dynamic_size=True, infer_shape=False)
 
-            def body(i, sums, losses, preds):
-                start = i * chunk
-                part = _rows(data, start, tf.minimum(start + chunk, sampled))
-                batch = self._dp_clipped(*part, num_units=None, unit_offset=start)
-                sums = [s + g for s, g in zip(sums, batch.grad_sum, strict=True)]
-                losses = losses.write(i, batch.unit_losses)
-                preds = keras.tree.map_structure(
-                    lambda ta, p: ta.write(i, tf.cast(p, "float32")), preds, batch.y_pred
-                )
-                return i + 1, sums, losses, preds
-
-            losses = new_array(None).write(0, first.unit_losses)
+        def body(i, sums, losses, preds):
+            start = i * chunk
+            part = _rows(data, start, tf.minimum(start + chunk, rows))
+            units_before = start if num_units is None else i * num_units
+            batch = self._dp_clipped(*part, num_units=num_units, unit_offset=units_before)
+            sums = [s + g for s, g in zip(sums, batch.grad_sum, strict=True)]
+            losses = losses.write(i, batch.unit_losses)
             preds = keras.tree.map_structure(
-                lambda p: new_array(None).write(0, tf.cast(p, "float32")), first.y_pred
+                lambda ta, p: ta.write(i, tf.cast(p, "float32")), preds, batch.y_pred
             )
-            _, grad_sum, losses, preds = tf.while_loop(
-                lambda i, *_: i * chunk < sampled,
-                body,
-                (tf.constant(1), first.grad_sum, losses, preds),
-            )
-            unit_losses = losses.concat()
-            y_pred = keras.tree.map_structure(lambda ta: ta.concat(), preds)
+            return i + 1, sums, losses, preds
 
-        self._dp_apply(grad_sum, self._dp_expected_units)
-        return self._dp_metrics(data, y_pred, unit_losses, sampled)
-
-    def _dp_fixed_batch_step(self, x, y, sample_weight, config):
-        rows = tf.shape(keras.tree.flatten(x)[0])[0]
-        batch = self._dp_clipped(x, y, sample_weight, num_units=config.num_microbatches)
-        # The public divisor: microbatches per batch, the configured batch size, or (for
-        # train_on_batch and generators of unknown batch size) the caller's batch.
-        if config.num_microbatches:
-            units = float(config.num_microbatches)
-        elif self._dp_expected_units is not None:
-            units = self._dp_expected_units
-        else:
-            units = rows
-        units = tf.cast(units, "float32")
-        state = self._dp_step_state
-        if config.gradient_accumulation_steps == 1:
-            self._dp_apply(batch.grad_sum, units)
-        else:
-            for acc, g in zip(state.accumulators, batch.grad_sum, strict=True):
-                acc.assign_add(g)
-            state.accumulated_units.assign_add(units)
-            state.calls.assign_add(1)
-
-            def update():
-                self._dp_apply([a.value() for a in state.accumulators], state.accumulated_units)
-                for acc in state.accumulators:
-                    acc.assign(tf.zeros_like(acc))
-                state.accumulated_units.assign(0.0)
-                return tf.constant(True)
-
-            tf.cond(
-                state.calls % config.gradient_accumulation_steps == 0,
-                update,
-                lambda: tf.constant(False),
-            )
-        return self._dp_metrics((x, y, sample_weight), batch.y_pred, batch.unit_losses, rows)
+        losses = new_array().write(0, first.unit_losses)
+        preds = keras.tree.map_structure(
+            lambda p: new_array().write(0, tf.cast(p, "float32")), first.y_pred
+        )
+        _, grad_sum, losses, preds = tf.while_loop(
+            lambda i, *_: i * chunk < rows,
+            body,
+            (tf.constant(1), first.grad_sum, losses, preds),
+        )
+        y_pred = keras.tree.map_structure(lambda ta: ta.concat(), preds)
+        return grad_sum, losses.concat(), y_pred, chunk
 
     def _dp_apply(self, grad_sum: list, denominator: Any) -> None:
-        """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, update."""
+        """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, update, count."""
         config = self._dp_config
         noise = self._dp_step_state.noise
         variables = self.trainable_variables
@@ -189,6 +207,8 @@ class TensorFlowDPTrainer:
         optimizer = getattr(optimizer, "inner_optimizer", optimizer)
         with private_update():
             optimizer.apply(grads, variables)
+        # Counted here, where the noise is added: the accountant's events are these.
+        self._dp_step_state.updates.assign_add(1)
 
     def _dp_metrics(self, data, y_pred, unit_losses, rows):
         x, y, sample_weight = data
