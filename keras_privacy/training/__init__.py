@@ -3,12 +3,18 @@
 Public names: :func:`make_private`, :class:`DPModel`, :class:`DPSequential`, the DP
 optimizers ``DPKerasSGDOptimizer`` / ``DPKerasAdamOptimizer`` / ``DPKerasAdagradOptimizer``
 (and :func:`make_keras_optimizer_class` for others), :class:`PrivacyError`,
-:class:`SamplingWarning`, :class:`TrainingRecord`.
+:class:`SamplingWarning`, :class:`TrainingRecord`, :func:`clone_model`.
 """
 
 from keras_privacy.training.config import DPConfig
 from keras_privacy.training.errors import PrivacyError, SamplingWarning
-from keras_privacy.training.model import DPModel, DPSequential, PrivateModel, make_private
+from keras_privacy.training.model import (
+    DPModel,
+    DPSequential,
+    PrivateModel,
+    clone_model,
+    make_private,
+)
 from keras_privacy.training.optimizers import (
     DPKerasAdagradOptimizer,
     DPKerasAdamOptimizer,
@@ -29,6 +35,7 @@ __all__ = [
     "SamplingWarning",
     "TrainingRecord",
     "TrainingSegment",
+    "clone_model",
     "make_keras_optimizer_class",
     "make_private",
 ]

@@ -27,8 +27,17 @@ def _all_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
 
 
 def check_layers_supported(model: keras.layers.Layer) -> None:
-    """Raise :class:`PrivacyError` for layers that mix examples in training mode."""
+    """Raise :class:`PrivacyError` for layers that mix examples in training mode, and for
+    stateful layers, which carry state from one batch's examples into the next batch."""
     for layer in _all_layers(model):
+        if getattr(layer, "stateful", False):
+            raise PrivacyError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) has stateful=True: its state "
+                "after one batch (computed from those examples, without noise) feeds the next "
+                "batch, so one example's influence is not bounded by the clip norm. Use "
+                "stateful=False (the default); each example's sequence is then processed on "
+                "its own."
+            )
         for layer_type, why in _BATCH_MIXING_LAYERS:
             if isinstance(layer, layer_type) and layer.trainable:
                 raise PrivacyError(

@@ -20,7 +20,11 @@ class PerExampleLoss(keras.losses.Loss):
     """
 
     def __init__(self, fn: Callable, name: str | None = None, **kwargs: Any) -> None:
-        super().__init__(name=name or getattr(fn, "__name__", "loss"), **kwargs)
+        if name is None:
+            name = getattr(fn, "__name__", "")
+            # A lambda's name '<lambda>' is not a valid Keras name scope.
+            name = name if name.isidentifier() else "loss"
+        super().__init__(name=name, **kwargs)
         self.fn = fn
 
     def call(self, y_true, y_pred):

@@ -236,7 +236,8 @@ class DPTrainingMixin:
             raise PrivacyError(
                 "This DP model has no l2_norm_clip / noise_multiplier. Pass them to "
                 "DPModel / DPSequential / make_private, or compile with a DP optimizer such "
-                "as keras_privacy.DPKerasSGDOptimizer(l2_norm_clip=..., noise_multiplier=...)."
+                "as keras_privacy.DPKerasSGDOptimizer(l2_norm_clip=..., noise_multiplier=...). "
+                "(keras.models.clone_model drops DP settings; use keras_privacy.clone_model.)"
             )
         self._dp_settings = settings
         self._dp_config = DPConfig(**settings)
@@ -350,6 +351,9 @@ class DPTrainingMixin:
                         lambda a: None if a is None else np.asarray(a[:2]), (x, y, sample_weight)
                     )
                 )
+                # The Poisson stream is a generator: lists would not be a valid
+                # tf.data structure, and a model takes a tuple of inputs the same way.
+                x = keras.tree.lists_to_tuples(x)
                 segment, x, steps_per_epoch = self._dp_poisson_input(
                     x, y, sample_weight, batch_size, steps_per_epoch
                 )
@@ -831,3 +835,36 @@ def make_private(
     if getattr(model, "compiled", False):
         private.compile_from_config(model.get_compile_config())
     return private
+
+
+def clone_model(model: keras.Model, **kwargs: Any) -> keras.Model:
+    """``keras.models.clone_model`` that keeps a DP model's DP settings.
+
+    Keras builds a clone's class itself: a cloned ``DPSequential`` comes back as a plain
+    ``keras.Sequential`` and a functional ``DPModel`` without its clip and noise. This
+    returns the same kind of DP model with the same settings (the seed excepted), fresh
+    weights and an empty privacy record, compiled like ``model`` if it was. Other
+    arguments go to ``keras.models.clone_model``; plain models are cloned as Keras does.
+    """
+    if not isinstance(model, DPTrainingMixin):
+        return keras.models.clone_model(model, **kwargs)
+    settings = {k: v for k, v in model._dp_settings.items() if k != "seed"}
+    if isinstance(model, PrivateModel):
+        inner = keras.models.clone_model(model.wrapped_model, **kwargs)
+        clone = make_private(inner, **settings)
+    elif isinstance(model, DPSequential):
+        plain = keras.Sequential(list(model._layers), name=model.name, trainable=model.trainable)
+        clone = keras.models.clone_model(plain, **kwargs)
+        clone = DPSequential(
+            layers=list(clone._layers), name=clone.name, trainable=clone.trainable, **settings
+        )
+    elif isinstance(model, Functional):
+        plain = keras.Model(model.inputs, model.outputs, name=model.name)
+        clone = keras.models.clone_model(plain, **kwargs)
+        clone = DPModel(clone.inputs, clone.outputs, name=clone.name, **settings)
+    else:  # a subclassed DPModel: rebuilt from its config, as Keras clones subclasses
+        clone = type(model).from_config(model.get_config())
+        clone._dp_record = TrainingRecord()
+    if getattr(model, "compiled", False) and not getattr(clone, "compiled", False):
+        clone.compile_from_config(model.get_compile_config())
+    return clone

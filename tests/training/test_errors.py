@@ -188,3 +188,63 @@ def test_make_private_refuses_a_dp_model_and_non_models():
         kp.make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0)
     with pytest.raises(TypeError, match="expects a keras.Model"):
         kp.make_private(keras.layers.Dense(3), l2_norm_clip=1.0, noise_multiplier=1.0)
+
+
+# -- smaller defects found by the review (issue 7, item 6) ---------------------------------
+
+
+def test_a_lambda_loss_trains():
+    model = kp.DPSequential(
+        l2_norm_clip=1.0, noise_multiplier=1.0, layers=[keras.Input((3,)), keras.layers.Dense(2)]
+    )
+    model.compile(optimizer="sgd", loss=lambda y, p: keras.ops.mean((y - p) ** 2, axis=-1))
+    model.fit(np.zeros((16, 3)), np.zeros((16, 2)), batch_size=4, verbose=0)
+    assert model.privacy_record.total_updates == 4
+
+
+def test_a_list_of_input_arrays_is_poisson_sampled():
+    a, b = keras.Input((3,)), keras.Input((2,))
+    out = keras.layers.Dense(2)(keras.layers.Concatenate()([a, b]))
+    private = kp.make_private(keras.Model([a, b], out), l2_norm_clip=1.0, noise_multiplier=1.0)
+    private.compile(optimizer="sgd", loss="mse")
+    x = [np.ones((20, 3), "float32"), np.ones((20, 2), "float32")]
+    private.fit(x, np.zeros((20, 2)), batch_size=4, verbose=0)
+    assert private.privacy_record.current.sampling == "poisson"
+    assert private.privacy_record.total_updates == 5
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional", "make_private"])
+def test_clone_model_keeps_the_dp_settings(kind):
+    settings = {"l2_norm_clip": 0.5, "noise_multiplier": 2.0, "sampling": "shuffle"}
+    layers = [keras.Input((3,)), keras.layers.Dense(2)]
+    if kind == "sequential":
+        model = kp.DPSequential(layers=layers, **settings)
+    elif kind == "functional":
+        model = kp.DPModel(layers[0], layers[1](layers[0]), **settings)
+    else:
+        model = kp.make_private(keras.Sequential(layers), **settings)
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.zeros((8, 3)), np.zeros((8, 2)), batch_size=4, verbose=0)
+    clone = kp.clone_model(model)
+    assert type(clone) is type(model)
+    assert clone.dp_config == model.dp_config
+    assert clone.privacy_record.total_updates == 0  # fresh weights, nothing spent yet
+    clone.fit(np.zeros((8, 3)), np.zeros((8, 2)), batch_size=4, verbose=0)
+    assert clone.privacy_record.total_updates == 2
+
+
+def test_keras_clone_of_a_functional_dp_model_names_the_dp_clone():
+    inputs = keras.Input((3,))
+    model = kp.DPModel(inputs, keras.layers.Dense(2)(inputs), l2_norm_clip=1, noise_multiplier=1)
+    clone = keras.models.clone_model(model)
+    with pytest.raises(PrivacyError, match="keras_privacy.clone_model"):
+        clone.compile(optimizer="sgd", loss="mse")
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_a_stateful_rnn_is_refused(trainable):
+    rnn = keras.layers.SimpleRNN(2, stateful=True)
+    rnn.trainable = trainable
+    layers = [keras.Input((4, 3), batch_size=4), rnn, keras.layers.Dense(1)]
+    with pytest.raises(PrivacyError, match="stateful=True"):
+        kp.make_private(keras.Sequential(layers), l2_norm_clip=1.0, noise_multiplier=1.0)
