@@ -48,6 +48,18 @@ POISSON = "poisson"
 #: Shuffled (or otherwise fixed) batches, each example at most once per pass.
 SHUFFLE = "shuffle"
 
+#: The neighbouring relation each sampling's guarantee is stated for. Poisson sampling:
+#: add/remove one example (each example's inclusion is independent of the others, so the
+#: subsampled-Gaussian analysis applies). Fixed-size batches: adding one example would
+#: shift every later batch boundary of the pass, so the bound "sensitivity C once per pass"
+#: is proved for *zero-out* neighbours -- one example replaced by a null example whose
+#: clipped gradient is 0 (Kairouz et al. 2021; Ponomareva et al. 2023, "How to DP-fy ML").
+#: Replace-one neighbours would need sensitivity 2C (half the noise multiplier).
+NEIGHBOURING_RELATIONS = {
+    POISSON: "add-or-remove-one-example",
+    SHUFFLE: "zero-out-one-example (one example replaced by a null example with zero gradient)",
+}
+
 
 class DatasetSizeUnknownError(ValueError):
     """Raised when epsilon is asked for a training segment whose dataset size is unknown.

@@ -47,7 +47,7 @@ class DpSgdPrivacyReport:
             ),
             "delta": self.delta,
             "accountant": self.accountant,
-            "neighbouring_relation": "add-or-remove-one-example",
+            "neighbouring_relation": dict(events.NEIGHBOURING_RELATIONS),
             "epsilon": {name: _json_number(v) for name, v in self.epsilon.items()},
             "max_examples_per_user": plan.max_examples_per_user,
             "user_epsilon": None
@@ -83,9 +83,11 @@ class DpSgdPrivacyReport:
             f"Training set: N = {plan.number_of_examples:,} examples; batch size "
             f"{plan.batch_size} (q = B/N = {q:.6g}); {length}.",
             f"Noise multiplier: {plan.noise_multiplier:g} (noise std / clip norm C); {clipping}.",
-            f"Accounting: {_ACCOUNTANT_NAMES[self.accountant]}; add-or-remove-one-example "
-            f"neighbouring datasets; delta = {self.delta:g}. The guarantee covers every "
-            "intermediate model, not just the final one.",
+            f"Accounting: {_ACCOUNTANT_NAMES[self.accountant]}; delta = {self.delta:g}. The "
+            "guarantee covers every intermediate model, not just the final one. Neighbouring "
+            "datasets: with Poisson sampling, one example added or removed; with fixed-size "
+            "batches, one example replaced by a null example that adds no gradient (zero-out: "
+            "adding an example would shift every later batch boundary).",
             "",
             "Example-level epsilon:",
             f"  {_fmt(self.epsilon['shuffle'])}  with shuffled fixed-size batches, each example "
@@ -98,8 +100,8 @@ class DpSgdPrivacyReport:
             shuffle, poisson = self.user_epsilon["shuffle"], self.user_epsilon["poisson"]
             lines += [
                 "",
-                f"User-level epsilon (add-or-remove-one-user, at most {k} examples per user, "
-                f"delta = {self.delta:g}):",
+                f"User-level epsilon (one user's examples added/removed, or zeroed out for "
+                f"fixed batches; at most {k} examples per user; delta = {self.delta:g}):",
                 f"  {_fmt(shuffle['epsilon'])}  with shuffled batches ({shuffle['method']})",
                 f"  {_fmt(poisson['epsilon'])}  assuming Poisson sampling (*) "
                 f"({poisson['method']}, from example-level epsilon "

@@ -7,9 +7,12 @@ update is::
 
 ``u`` ranges over clipping units (examples; microbatches with ``num_microbatches``), each
 unit's whole gradient over all trainable variables is clipped to L2 norm C, the noise is
-drawn once per update and B is the expected number of units per update. The neighbouring
-relation is add/remove-one-example; with microbatches of more than one example the L2
-sensitivity of the clipped sum is 2C (one example changes one microbatch), without them C.
+drawn once per update and B is the expected number of units per update (a public
+constant: N, the number of examples, is treated as public). The neighbouring relation is
+add/remove-one-example under Poisson sampling and zero-out-one-example under fixed-size
+batches (see :data:`keras_privacy.accounting.events.NEIGHBOURING_RELATIONS`); with
+microbatches of more than one example the L2 sensitivity of the clipped sum is 2C (one
+example changes one microbatch), without them C.
 
 ``fit`` on in-memory arrays Poisson-samples every update (``sampling="poisson"``, the
 default), which is what the accountant's amplification-by-subsampling assumes. Data that
@@ -313,7 +316,17 @@ class DPTrainingMixin:
         ``q = batch_size * gradient_accumulation_steps / N``, and an epoch is ``N / (q N)``
         updates. With ``sampling="shuffle"`` arrays are shuffled each epoch and cut into
         fixed-size batches. ``tf.data`` datasets and generators are used as they come
-        (not Poisson); pass ``dataset_size=N`` so the accountant can use it.
+        (not Poisson), one pipeline batch per update; pass ``dataset_size=N`` so the
+        accountant can use it.
+
+        With ``gradient_accumulation_steps = n`` each update's logical batch (``batch_size
+        x n`` rows of arrays, or one pipeline batch) is processed in n chunks; an update
+        never spans two epochs or two ``fit`` calls.
+
+        Not private: the training ``loss`` and metrics that ``fit`` logs are computed from
+        the training rows without noise, so callbacks acting on them (``EarlyStopping``,
+        ``ReduceLROnPlateau`` on ``loss``) leak beyond epsilon; monitor validation
+        metrics on public or held-out data instead.
         """
         config = self._dp_require_config()
         if not getattr(self, "compiled", False):

@@ -109,3 +109,95 @@ def test_seeded_noise_is_never_repeated_after_recompiling_or_retracing():
     third = _noise_of_step(model)
     for a, b in ((first, second), (first, third), (second, third)):
         assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
+
+
+# -- every variable gets its own noise, on every training path ------------------------
+
+
+def _multi_variable_model(**dp):
+    """Embedding, Dense kernel and Dense bias; a loss with exactly zero gradient, so one
+    update (SGD, learning rate 1) is the noise divided by B, variable by variable."""
+    model = kp.DPSequential(
+        l2_norm_clip=CLIP,
+        noise_multiplier=SIGMA,
+        layers=[
+            keras.Input((4,), dtype="int32"),
+            keras.layers.Embedding(60, 10),
+            keras.layers.Flatten(),
+            keras.layers.Dense(300),
+        ],
+        seed=7,
+        **dp,
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(1.0),
+        loss=lambda y, p: 0.0 * keras.ops.sum(p, axis=-1),
+    )
+    return model
+
+
+def _tf_data(x, y, batch):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).take(1)
+
+
+# path -> (DP settings, how to run one update, the divisor B of that update)
+PATHS = {
+    "poisson": ({}, lambda m, x, y: m.fit(x, y, batch_size=16, steps_per_epoch=1), 16),
+    "poisson_accumulation": (
+        {"gradient_accumulation_steps": 2},
+        lambda m, x, y: m.fit(x, y, batch_size=8, steps_per_epoch=1),
+        16,
+    ),
+    "shuffle": (
+        {"sampling": "shuffle"},
+        lambda m, x, y: m.fit(x, y, batch_size=16, steps_per_epoch=1),
+        16,
+    ),
+    "shuffle_accumulation": (
+        {"sampling": "shuffle", "gradient_accumulation_steps": 4},
+        lambda m, x, y: m.fit(x, y, batch_size=4, steps_per_epoch=1),
+        16,
+    ),
+    "microbatches": (
+        {"sampling": "shuffle", "num_microbatches": 4},
+        lambda m, x, y: m.fit(x, y, batch_size=16, steps_per_epoch=1),
+        4,
+    ),
+    "tf_data": ({}, lambda m, x, y: m.fit(_tf_data(x, y, 16), dataset_size=16), 16),
+    "tf_data_accumulation": (
+        {"gradient_accumulation_steps": 2},
+        lambda m, x, y: m.fit(_tf_data(x, y, 16), dataset_size=16),
+        16,
+    ),
+}
+
+
+@pytest.mark.filterwarnings("ignore::keras_privacy.training.errors.SamplingWarning")
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_every_variable_gets_noise_of_std_sigma_c_over_b(path):
+    settings, run_one_update, divisor = PATHS[path]
+    model = _multi_variable_model(**settings)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 60, size=(64, 4)).astype("int32"), np.zeros((64, 300), "float32")
+    before = weights(model)
+    keras.utils.disable_interactive_logging()
+    try:
+        run_one_update(model, x, y)
+    finally:
+        keras.utils.enable_interactive_logging()
+    assert model.privacy_record.total_updates == 1
+    expected = SIGMA * CLIP / divisor
+    noises = [b - a for b, a in zip(before, weights(model), strict=True)]
+    assert [n.size for n in noises] == [600, 12000, 300]  # embedding, kernel, bias
+    for noise in noises:
+        sample = noise.ravel()
+        # Relative standard error of a sample std is 1/sqrt(2n): 4.1% for the 300 biases.
+        # A 5-standard-error band rejects a missing (0x), doubled (sqrt 2) or wrongly
+        # divided draw, and a variable noised with another's draw.
+        band = 5 / np.sqrt(2 * sample.size)
+        assert abs(np.std(sample) / expected - 1) < band, (path, sample.size, np.std(sample))
+        assert abs(np.mean(sample)) < 5 * expected / np.sqrt(sample.size)
+    # Fresh, independent draws for each variable (not one draw reused).
+    assert abs(np.corrcoef(noises[1].ravel()[:300], noises[2].ravel())[0, 1]) < 0.3
