@@ -198,6 +198,19 @@ def segment_event(segment: Any) -> dp_accounting.DpEvent:
     segments: one Gaussian per pass over the data, passes from
     :func:`shuffle_passes_for_updates`. Microbatching halves the effective noise multiplier.
 
+    What each event assumes, and where the training code enforces it:
+
+    * Poisson: each example joins each update independently with probability q -- the DP
+      model's own sampler (``training/sampling.py``) draws every batch, never truncates
+      one, and ``updates`` is counted by the DP step where the noise is added.
+    * Shuffle / fixed batches: each example at most once per pass and each update inside
+      one pass (zero-out neighbours, :data:`NEIGHBOURING_RELATIONS`) -- the DP step makes
+      one update from one logical batch and keeps nothing for the next call, so no update
+      spans a pass or a ``fit``; ``expected_batch_size`` is the largest batch the step
+      actually saw, so ``floor(N / B)`` never overstates the updates in a pass;
+      ``examples_per_clipping_unit`` is the largest microbatch it saw; for a finite
+      pipeline each epoch is checked to hold ``dataset_size`` rows.
+
     Raises:
       DatasetSizeUnknownError: the segment has updates but no dataset size (or no batch
         size), so epsilon cannot be computed.
@@ -212,7 +225,8 @@ def segment_event(segment: Any) -> dp_accounting.DpEvent:
         raise DatasetSizeUnknownError(
             f"cannot compute epsilon: a training segment ({sampling}, {updates} updates) has "
             f"dataset_size={dataset_size!r} and expected_batch_size={batch_size!r}; both are "
-            "needed (for a tf.data pipeline, pass the number of examples to the DP model)"
+            "needed (for a tf.data pipeline or generator, pass fit(..., dataset_size=N), the "
+            "number of training examples)"
         )
     noise_multiplier = float(segment.noise_multiplier)
     used_microbatching = int(segment.examples_per_clipping_unit) > 1

@@ -8,19 +8,14 @@ optimizers ``DPKerasSGDOptimizer`` / ``DPKerasAdamOptimizer`` / ``DPKerasAdagrad
 
 from keras_privacy.training.config import DPConfig
 from keras_privacy.training.errors import PrivacyError, SamplingWarning
-from keras_privacy.training.model import (
-    DPModel,
-    DPSequential,
-    PrivateModel,
-    clone_model,
-    make_private,
-)
+from keras_privacy.training.model import DPModel, DPSequential
 from keras_privacy.training.optimizers import (
     DPKerasAdagradOptimizer,
     DPKerasAdamOptimizer,
     DPKerasSGDOptimizer,
     make_keras_optimizer_class,
 )
+from keras_privacy.training.private import PrivateModel, clone_model, make_private
 from keras_privacy.training.record import TrainingRecord, TrainingSegment
 
 __all__ = [

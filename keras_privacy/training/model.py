@@ -23,7 +23,6 @@ was done, for the accountant.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Any
 
@@ -36,64 +35,16 @@ from keras.src.models.model import functional_init_arguments
 from keras_privacy.training.backend import DPTrainer
 from keras_privacy.training.checks import check_layers_supported
 from keras_privacy.training.config import DPConfig, validate_dp_arguments
-from keras_privacy.training.errors import PrivacyError, SamplingWarning
+from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.fit_input import new_segment, plan_fit_input
 from keras_privacy.training.losses import check_per_example_losses
 from keras_privacy.training.optimizers import DPOptimizerMixin
 from keras_privacy.training.record import (
     FIXED_BATCHES,
     POISSON,
-    SHUFFLE,
     TrainingRecord,
     TrainingSegment,
 )
-from keras_privacy.training.sampling import PoissonBatches, is_array_data
-
-
-class _CheckPassSize(keras.callbacks.Callback):
-    """For a finite pipeline, checks that one epoch (one pass) holds ``dataset_size`` rows.
-
-    The accountant takes N from ``dataset_size``: a pass of fewer rows than N makes each
-    example's share of the updates larger than accounted, so training stops, loudly, and
-    the record keeps the pass size actually seen.
-    """
-
-    def __init__(self, segment: TrainingSegment) -> None:
-        super().__init__()
-        self.segment = segment
-        self._start = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = self.model._dp_counters()["examples"]
-
-    def on_epoch_end(self, epoch, logs=None):
-        rows = self.model._dp_counters()["examples"] - self._start
-        declared = self.segment.dataset_size
-        if rows == declared:
-            return
-        if rows < declared:
-            self.segment.dataset_size = rows  # the accountant now uses what was seen
-        raise PrivacyError(
-            f"fit(dataset_size={declared}) but one pass over the dataset held {rows} "
-            "examples. The accountant needs the true number of examples per pass: pass "
-            f"dataset_size={rows} (the record now uses {self.segment.dataset_size})."
-            + (
-                " A pass with more rows than dataset_size repeats examples, so the recorded "
-                "epsilon does not hold for this run."
-                if rows > declared
-                else ""
-            )
-        )
-
-
-def _is_finite_dataset(x: Any) -> bool:
-    """True for a ``tf.data.Dataset`` of known, finite length (one epoch = one pass)."""
-    cardinality = getattr(x, "cardinality", None)
-    if cardinality is None or not hasattr(x, "element_spec"):
-        return False
-    try:
-        return int(cardinality()) > 0
-    except (TypeError, ValueError):
-        return False
 
 
 class DPTrainingMixin:
@@ -333,84 +284,39 @@ class DPTrainingMixin:
             raise RuntimeError("You must call compile() before fit().")
         self._dp_check_trainable()
         check_layers_supported(self)
-        accumulation = config.gradient_accumulation_steps
-        checks: list = []
-        if is_array_data(x):
-            if validation_split and validation_data is None:
-                from keras.src.trainers.data_adapters.array_slicing import (
-                    train_validation_split,
-                )
-
-                (x, y, sample_weight), validation_data = train_validation_split(
-                    (x, y, sample_weight), validation_split=validation_split
-                )
-            validation_split = 0.0
-            if class_weight is not None:
-                from keras.src.trainers.data_adapters.data_adapter_utils import (
-                    class_weight_to_sample_weights,
-                )
-
-                weights = class_weight_to_sample_weights(np.asarray(y), class_weight)
-                sample_weight = weights if sample_weight is None else weights * sample_weight
-                class_weight = None
-            batch_size = batch_size or 32
-            self._dp_user_sample_weight = sample_weight is not None
-            num_examples = len(keras.tree.flatten(x)[0])
-            if config.sampling == POISSON:
-                # Build model, loss and metrics from real rows: the Poisson stream's
-                # (x, y, sample_weight, mask) elements are not a Keras data format.
-                self._symbolic_build(
-                    data_batch=keras.tree.map_structure(
-                        lambda a: None if a is None else np.asarray(a[:2]), (x, y, sample_weight)
-                    )
-                )
-                # The Poisson stream is a generator: lists would not be a valid
-                # tf.data structure, and a model takes a tuple of inputs the same way.
-                x = keras.tree.lists_to_tuples(x)
-                segment, x, steps_per_epoch = self._dp_poisson_input(
-                    x, y, sample_weight, batch_size, steps_per_epoch
-                )
-                y = sample_weight = None
-                batch_size = None
-                shuffle = False  # the sampler's draws are already random
-            else:
-                segment = self._dp_shuffle_segment(num_examples, batch_size)
-                # Keras cuts whole logical batches (batch_size x accumulation rows); the DP
-                # step processes one in chunks of batch_size, so no update ever spans two
-                # passes over the data or two fit calls.
-                self._dp_chunk_size = batch_size if accumulation > 1 else None
-                batch_size *= accumulation
-                # Divide by the configured batch size, also for the last, smaller batch:
-                # it is a public constant (N is public: see the module docstring).
-                self._dp_expected_units = float(batch_size)
-        else:
-            self._dp_user_sample_weight = self._dp_pipeline_has_weights(x, sample_weight)
-            segment = self._dp_fixed_batches_segment(x, dataset_size)
-            self._dp_chunk_size = None
-            batch = segment.expected_batch_size
-            self._dp_expected_units = None if batch is None else float(batch)
-            if segment.dataset_size and steps_per_epoch is None and _is_finite_dataset(x):
-                checks.append(_CheckPassSize(segment))
-        self._dp_open_segment(segment)
-        callbacks = [*checks, *(callbacks or [])]
+        plan = plan_fit_input(
+            self,
+            config,
+            x=x,
+            y=y,
+            sample_weight=sample_weight,
+            class_weight=class_weight,
+            batch_size=batch_size,
+            validation_split=validation_split,
+            validation_data=validation_data,
+            shuffle=shuffle,
+            steps_per_epoch=steps_per_epoch,
+            dataset_size=dataset_size,
+            sampler_rng=self._dp_sampler_rng,
+            warn_sampling=not self._dp_warned_sampling,
+        )
+        if plan.segment.sampling == FIXED_BATCHES:
+            self._dp_warned_sampling = True
+        self._dp_chunk_size = plan.chunk_size
+        self._dp_expected_units = plan.expected_units
+        self._dp_user_sample_weight = plan.user_sample_weight
+        self._dp_open_segment(plan.segment)
+        callbacks = [*plan.callbacks, *(callbacks or [])]
         try:
             return super().fit(
-                x=x,
-                y=y,
-                batch_size=batch_size,
                 epochs=epochs,
                 verbose=verbose,
                 callbacks=callbacks,
-                validation_split=validation_split,
-                validation_data=validation_data,
-                shuffle=shuffle,
-                class_weight=class_weight,
-                sample_weight=sample_weight,
                 initial_epoch=initial_epoch,
-                steps_per_epoch=steps_per_epoch,
                 validation_steps=validation_steps,
                 validation_batch_size=validation_batch_size,
                 validation_freq=validation_freq,
+                **plan.fit_kwargs,
             )
         finally:
             # Callbacks that persist privacy state (PrivacyBudget's state file) write it
@@ -433,7 +339,7 @@ class DPTrainingMixin:
             or not getattr(live, "_from_train_on_batch", False)
         ):
             rows = len(keras.tree.flatten(x)[0])
-            segment = self._dp_segment(FIXED_BATCHES, None, rows)
+            segment = new_segment(config, FIXED_BATCHES, None, rows)
             if config.num_microbatches is not None:
                 segment.examples_per_clipping_unit = max(1, rows // config.num_microbatches)
             segment._from_train_on_batch = True
@@ -444,109 +350,6 @@ class DPTrainingMixin:
         return super().train_on_batch(
             x, y, sample_weight=sample_weight, class_weight=class_weight, **kwargs
         )
-
-    def _dp_segment(self, sampling: str, dataset_size: int | None, expected: int | None):
-        config = self._dp_config
-        return TrainingSegment(
-            sampling=sampling,
-            dataset_size=dataset_size,
-            expected_batch_size=expected,
-            noise_multiplier=config.noise_multiplier,
-            l2_norm_clip=config.l2_norm_clip,
-            num_microbatches=config.num_microbatches,
-        )
-
-    def _dp_poisson_input(self, x, y, sample_weight, batch_size, steps_per_epoch):
-        config = self._dp_config
-        if config.num_microbatches not in (None, batch_size):
-            raise PrivacyError(
-                f"num_microbatches={config.num_microbatches} needs fixed-size batches, but "
-                "sampling='poisson' gives batches of random size. Use per-example clipping "
-                "(num_microbatches=None, the tighter choice) or sampling='shuffle'."
-            )
-        if y is None:
-            raise ValueError(
-                "Poisson sampling needs targets y. For models without targets pass "
-                "sampling='shuffle' or a tf.data dataset."
-            )
-        logical = batch_size * config.gradient_accumulation_steps
-        sampler = PoissonBatches(
-            x, y, sample_weight, expected_batch_size=logical, rng=self._dp_sampler_rng
-        )
-        self._dp_expected_units = float(logical)
-        self._dp_chunk_size = batch_size if config.gradient_accumulation_steps > 1 else None
-        segment = self._dp_segment(POISSON, sampler.dataset_size, logical)
-        return segment, iter(sampler), steps_per_epoch or sampler.updates_per_epoch
-
-    def _dp_shuffle_segment(self, num_examples: int, batch_size: int) -> TrainingSegment:
-        config = self._dp_config
-        k = config.num_microbatches
-        if k is not None:
-            # The step clips chunks of batch_size rows (the last chunk of a pass may be
-            # shorter); each must split into k equal microbatches.
-            last = num_examples % (batch_size * config.gradient_accumulation_steps)
-            last_chunk = last % batch_size or batch_size
-            if batch_size % k or last_chunk % k:
-                raise PrivacyError(
-                    f"num_microbatches={k} must divide every batch, but with "
-                    f"{num_examples} examples and batch_size={batch_size} "
-                    + (
-                        f"batch_size itself is not a multiple of {k}"
-                        if batch_size % k
-                        else f"the last batch of each epoch has {last_chunk} examples"
-                    )
-                    + ". Choose a batch_size that divides the data (or drop the last "
-                    "examples), and a num_microbatches that divides batch_size."
-                )
-        segment = self._dp_segment(
-            SHUFFLE, num_examples, batch_size * config.gradient_accumulation_steps
-        )
-        if k is not None:
-            segment.examples_per_clipping_unit = batch_size // k
-        return segment
-
-    def _dp_fixed_batches_segment(self, x: Any, dataset_size: int | None) -> TrainingSegment:
-        if not self._dp_warned_sampling:
-            warnings.warn(
-                "keras-privacy: this data arrives already batched (tf.data / generator), so "
-                "its batches are NOT Poisson-sampled. Training is still clipped and noised, "
-                "but the privacy accounting must use the bound for shuffled fixed-size "
-                "batches (no amplification by subsampling), which gives a larger epsilon. "
-                "Pass in-memory arrays to fit() for Poisson sampling.",
-                SamplingWarning,
-                stacklevel=3,
-            )
-            self._dp_warned_sampling = True
-        batch = self._dp_pipeline_batch_size(x)
-        config = self._dp_config
-        # Each pipeline batch is one logical batch (one update). This is the declared
-        # size; the DP step records the largest batch it actually sees.
-        segment = self._dp_segment(FIXED_BATCHES, dataset_size, batch)
-        if config.num_microbatches is not None and batch is not None:
-            segment.examples_per_clipping_unit = max(1, batch // config.num_microbatches)
-        return segment
-
-    @staticmethod
-    def _dp_pipeline_batch_size(x: Any) -> int | None:
-        """The batch size of a tf.data pipeline: static if known, else its first batch."""
-        spec = getattr(x, "element_spec", None)
-        if spec is None or not hasattr(x, "take"):
-            return None
-        leaves = [s for s in keras.tree.flatten(spec) if getattr(s, "shape", None) is not None]
-        if not leaves or not leaves[0].shape.rank:
-            return None
-        if leaves[0].shape[0] is not None:
-            return int(leaves[0].shape[0])
-        for element in x.take(1):
-            return int(keras.tree.flatten(element)[0].shape[0])
-        return None
-
-    @staticmethod
-    def _dp_pipeline_has_weights(x: Any, sample_weight: Any) -> bool:
-        if sample_weight is not None:
-            return True
-        spec = getattr(x, "element_spec", None)
-        return isinstance(spec, tuple) and len(spec) == 3
 
     def make_train_function(self, force: bool = False):
         self._dp_check_trainable()
@@ -719,165 +522,3 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
             sampling=sampling,
             seed=seed,
         )
-
-
-@keras.saving.register_keras_serializable(package="keras_privacy")
-class PrivateModel(DPModel):
-    """The model returned by :func:`make_private`: a DP model that calls another model.
-
-    It shares the wrapped model's layers and weights (training it updates them), and
-    leaves the wrapped model object itself unchanged.
-    """
-
-    def __init__(self, model: keras.Model, **kwargs: Any) -> None:
-        kwargs.setdefault("name", f"private_{model.name}")
-        super().__init__(**kwargs)
-        self.wrapped_model = model
-        _hold(model, self)
-        inputs = getattr(model, "inputs", None) if model.built else None
-        if inputs:
-            # Building early only makes summary() work before fit(); fit builds anyway.
-            with contextlib.suppress(Exception):
-                self(inputs if len(inputs) > 1 else inputs[0])
-
-    def call(self, inputs, training=None):
-        return self.wrapped_model(inputs, training=training)
-
-    def release(self) -> keras.Model:
-        """Let the wrapped model train on its own again, and return it.
-
-        While wrapped, the model refuses ``fit`` / ``train_on_batch`` (they would train
-        the shared weights without DP). After ``release()`` it trains normally -- without
-        DP -- and this private model refuses to train: its weights may no longer be the
-        result of DP training alone. (Evaluation, prediction and saving still work.)
-        """
-        _unhold(self.wrapped_model, self)
-        self._dp_released = True
-        return self.wrapped_model
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "model": keras.saving.serialize_keras_object(self.wrapped_model),
-            "dp_config": {k: v for k, v in self._dp_settings.items() if k != "seed"},
-            "privacy_record": self.privacy_record.to_dict(),
-        }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects: Any = None):
-        config = dict(config)
-        settings = config.pop("dp_config", {})
-        record = config.pop("privacy_record", None)
-        model = keras.saving.deserialize_keras_object(
-            config.pop("model"), custom_objects=custom_objects
-        )
-        private = cls(model, **settings, **config)
-        if record:
-            private._dp_record = TrainingRecord.from_dict(record)
-        return private
-
-
-def _hold(model: keras.Model, private: PrivateModel) -> None:
-    """Make ``model``'s own fit / train_on_batch refuse while ``private`` wraps it.
-
-    Both go through ``make_train_function`` before anything is updated; an instance
-    attribute shadows it on this one object (the user handed it to make_private), and
-    :meth:`PrivateModel.release` removes it. Custom training loops that apply an optimizer
-    to the shared variables directly are outside what this can see.
-    """
-    holders = model.__dict__.get("_dp_holders")
-    if holders is None:
-        holders = {}
-        object.__setattr__(model, "_dp_holders", holders)
-    holders[id(private)] = private.name
-
-    def make_train_function(force: bool = False):
-        raise PrivacyError(
-            f"Model {model.name!r} is wrapped by make_private() (as "
-            f"{', '.join(repr(n) for n in holders.values())}) and shares its weights: "
-            "training it directly would update them WITHOUT differential privacy. Train the "
-            "private model instead (private.fit(...)), or call private.release() first to "
-            "train this model without DP."
-        )
-
-    object.__setattr__(model, "make_train_function", make_train_function)
-
-
-def _unhold(model: keras.Model, private: PrivateModel) -> None:
-    holders = model.__dict__.get("_dp_holders", {})
-    holders.pop(id(private), None)
-    if not holders:
-        model.__dict__.pop("make_train_function", None)
-
-
-def make_private(
-    model: keras.Model,
-    *,
-    l2_norm_clip: float,
-    noise_multiplier: float,
-    num_microbatches: int | None = None,
-    gradient_accumulation_steps: int = 1,
-    sampling: str = POISSON,
-    seed: int | None = None,
-) -> PrivateModel:
-    """Return a model that trains ``model``'s layers with DP-SGD through compile/fit.
-
-    The returned model shares ``model``'s layers and weights; ``model`` itself is not
-    modified (no monkey-patching). If ``model`` was compiled, the returned model is
-    compiled the same way (with a fresh optimizer); otherwise compile it yourself. See
-    :class:`DPModel` for the arguments and the exact update rule.
-
-    Raises:
-      PrivacyError: for bad DP arguments, or layers that mix examples
-        (BatchNormalization): DP-SGD cannot bound one example's influence through them.
-    """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"make_private expects a keras.Model, received {type(model).__name__}")
-    if isinstance(model, DPTrainingMixin):
-        raise PrivacyError(f"Model {model.name!r} is already a DP model.")
-    check_layers_supported(model)
-    private = PrivateModel(
-        model,
-        l2_norm_clip=l2_norm_clip,
-        noise_multiplier=noise_multiplier,
-        num_microbatches=num_microbatches,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        sampling=sampling,
-        seed=seed,
-    )
-    if getattr(model, "compiled", False):
-        private.compile_from_config(model.get_compile_config())
-    return private
-
-
-def clone_model(model: keras.Model, **kwargs: Any) -> keras.Model:
-    """``keras.models.clone_model`` that keeps a DP model's DP settings.
-
-    Keras builds a clone's class itself: a cloned ``DPSequential`` comes back as a plain
-    ``keras.Sequential`` and a functional ``DPModel`` without its clip and noise. This
-    returns the same kind of DP model with the same settings (the seed excepted), fresh
-    weights and an empty privacy record, compiled like ``model`` if it was. Other
-    arguments go to ``keras.models.clone_model``; plain models are cloned as Keras does.
-    """
-    if not isinstance(model, DPTrainingMixin):
-        return keras.models.clone_model(model, **kwargs)
-    settings = {k: v for k, v in model._dp_settings.items() if k != "seed"}
-    if isinstance(model, PrivateModel):
-        inner = keras.models.clone_model(model.wrapped_model, **kwargs)
-        clone = make_private(inner, **settings)
-    elif isinstance(model, DPSequential):
-        plain = keras.Sequential(list(model._layers), name=model.name, trainable=model.trainable)
-        clone = keras.models.clone_model(plain, **kwargs)
-        clone = DPSequential(
-            layers=list(clone._layers), name=clone.name, trainable=clone.trainable, **settings
-        )
-    elif isinstance(model, Functional):
-        plain = keras.Model(model.inputs, model.outputs, name=model.name)
-        clone = keras.models.clone_model(plain, **kwargs)
-        clone = DPModel(clone.inputs, clone.outputs, name=clone.name, **settings)
-    else:  # a subclassed DPModel: rebuilt from its config, as Keras clones subclasses
-        clone = type(model).from_config(model.get_config())
-        clone._dp_record = TrainingRecord()
-    if getattr(model, "compiled", False) and not getattr(clone, "compiled", False):
-        clone.compile_from_config(model.get_compile_config())
-    return clone
