@@ -20,6 +20,7 @@ import math
 import numbers
 import os
 import tempfile
+import time
 import warnings
 from typing import Any
 
@@ -166,7 +167,10 @@ class PrivacyBudget(keras.callbacks.Callback):
 
     Each epoch, ``logs["epsilon"]`` (shown by the progress bar, kept in ``History``) is the
     example-level epsilon at ``delta`` of all DP training the model has done, including
-    earlier ``fit`` calls and, with ``state_path``, earlier runs.
+    earlier ``fit`` calls and, with ``state_path``, earlier runs. During the epoch the
+    progress bar shows it too (``live=True``): recomputed with the same accountant every
+    few updates, as often as keeps the accounting under ``live_overhead`` of the training
+    time (each value shown is exact for the updates done when it was computed).
 
     With ``target_epsilon``, the largest number of optimizer updates that keeps epsilon
     <= target is computed when ``fit`` begins, and training stops after the last update
@@ -184,6 +188,8 @@ class PrivacyBudget(keras.callbacks.Callback):
       target_epsilon: the budget, or None to only report epsilon.
       accountant: ``"pld"`` (default) or ``"rdp"``.
       state_path: JSON file for the accountant state, or None.
+      live: show epsilon in the progress bar while an epoch runs.
+      live_overhead: the fraction of training time the live epsilon may take (0.05).
     """
 
     def __init__(
@@ -192,8 +198,17 @@ class PrivacyBudget(keras.callbacks.Callback):
         target_epsilon: float | None = None,
         accountant: str = "pld",
         state_path: str | os.PathLike | None = None,
+        live: bool = True,
+        live_overhead: float = 0.05,
     ) -> None:
         super().__init__()
+        self.live = bool(live)
+        self.live_overhead = accounting._checks.check_positive_real(live_overhead, "live_overhead")
+        self._live_epsilon: float | None = None
+        self._live_interval = 1
+        self._since_live = 0
+        self._last_batch_end: float | None = None
+        self._step_seconds: float | None = None
         self.delta = accounting._checks.check_delta(delta)
         self.target_epsilon = (
             None
@@ -214,6 +229,8 @@ class PrivacyBudget(keras.callbacks.Callback):
         record = _record_of(self.model)
         self.stopped_by_budget = False
         self.max_updates = None
+        self._live_epsilon = self._last_batch_end = self._step_seconds = None
+        self._live_interval, self._since_live = 1, 0
         self._restore_earlier_training(record)
         # Raises DatasetSizeUnknownError now, not after an epoch of training.
         accounting.training_record_event(_with_one_more_update(record))
@@ -233,6 +250,8 @@ class PrivacyBudget(keras.callbacks.Callback):
         record = _record_of(self.model)
         if self.state_path is not None:
             save_privacy_state(record, self.state_path)
+        if self.live:
+            self._show_live_epsilon(logs)
         if self.max_updates is None:
             return
         if record.current.updates + self._updates_per_call() > self.max_updates:
@@ -264,6 +283,27 @@ class PrivacyBudget(keras.callbacks.Callback):
             save_privacy_state(model, self.state_path)
 
     # Helpers.
+    def _show_live_epsilon(self, logs: dict | None) -> None:
+        """Recompute epsilon every ``_live_interval`` batches, the interval chosen so that
+        accounting time / training time stays below ``live_overhead``."""
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            step = now - self._last_batch_end
+            self._step_seconds = (
+                step if self._step_seconds is None else (0.9 * self._step_seconds + 0.1 * step)
+            )
+        self._since_live += 1
+        if self._live_epsilon is None or self._since_live >= self._live_interval:
+            self._live_epsilon = privacy_spent(self.model, self.delta, self.accountant)
+            cost = time.perf_counter() - now
+            if self._step_seconds:
+                budget = self.live_overhead * self._step_seconds
+                self._live_interval = max(1, math.ceil(cost / budget))
+            self._since_live = 0
+        if logs is not None:
+            logs["epsilon"] = self._live_epsilon
+        self._last_batch_end = time.perf_counter()
+
     def _updates_per_call(self) -> int:
         """Most optimizer updates one ``train_function`` call can make."""
         return max(1, int(getattr(self.model, "steps_per_execution", 1) or 1))

@@ -72,7 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         f"(noise std sigma*C={args.noise_multiplier * args.l2_norm_clip:g} per update)"
     )
     start = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=2)
+    # A live progress bar with epsilon (PLD, the default accountant) when run in a
+    # terminal; one line per epoch otherwise.
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        verbose=1 if sys.stdout.isatty() else 2,
+        callbacks=[kp.PrivacyBudget(delta=args.delta)],
+    )
     elapsed = time.perf_counter() - start
     loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
     record = model.privacy_record

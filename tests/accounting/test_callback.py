@@ -211,7 +211,7 @@ def test_tf_data_without_dataset_size_says_epsilon_cannot_be_computed():
     model = _model()
     with (
         pytest.warns(kp.SamplingWarning),
-        pytest.raises(accounting.DatasetSizeUnknownError, match="dataset_size"),
+        pytest.raises(accounting.DatasetSizeUnknownError, match=r"fit\(\.\.\., dataset_size=N\)"),
     ):
         model.fit(dataset, epochs=1, verbose=0, callbacks=[PrivacyBudget(DELTA)])
     assert model.privacy_record.total_updates == 0  # refused before training
@@ -238,3 +238,29 @@ def test_bad_arguments_name_themselves():
         PrivacyBudget(delta=DELTA, target_epsilon=0)
     with pytest.raises(ValueError, match="accountant"):
         PrivacyBudget(delta=DELTA, accountant="moments")
+
+
+class _BatchLogs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epsilons = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.epsilons.append(logs.get("epsilon"))
+
+
+def test_epsilon_is_shown_while_the_epoch_runs():
+    x, y = _data()
+    model = _model()
+    seen = _BatchLogs()  # after PrivacyBudget, before the progress bar would read logs
+    budget = PrivacyBudget(DELTA, accountant=FAST, live_overhead=1e9)  # every batch
+    history = model.fit(x, y, batch_size=B, epochs=2, verbose=0, callbacks=[budget, seen])
+    assert len(seen.epsilons) == 2 * (N // B) and None not in seen.epsilons
+    assert seen.epsilons == sorted(seen.epsilons) and seen.epsilons[0] > 0
+    for updates, shown in enumerate(seen.epsilons, 1):
+        assert shown == pytest.approx(_target_for(steps=updates) / (1 + 1e-9), rel=1e-9)
+    assert seen.epsilons[-1] == pytest.approx(history.history["epsilon"][-1], rel=1e-12)
+    # live=False: only the epoch-end value, as before.
+    quiet = _BatchLogs()
+    model.fit(x, y, batch_size=B, verbose=0, callbacks=[PrivacyBudget(DELTA, live=False), quiet])
+    assert set(quiet.epsilons) == {None}
