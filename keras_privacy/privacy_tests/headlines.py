@@ -119,14 +119,15 @@ def ppv_interval(result: SingleAttackResult, confidence: float = 0.95) -> tuple[
 
 def advantage_interval(result: SingleAttackResult, confidence: float = 0.95) -> tuple[float, float]:
     """Interval of TPR − FPR at the ROC point of the largest advantage, from Clopper–Pearson
-    intervals of the TPR and the FPR, each at 1 − (1 − confidence) / 2."""
+    intervals of the TPR and the FPR, each at 1 − (1 − confidence) / 2 (lower end at least 0)."""
     curve = result.roc_curve
     index = int(np.argmax(np.asarray(curve.tpr) - np.asarray(curve.fpr)))
     true_positives, false_positives = _counts(result, index)
     each = 1.0 - (1.0 - confidence) / 2.0
     tpr_low, tpr_high = clopper_pearson_interval(true_positives, result.data_size["train"], each)
     fpr_low, fpr_high = clopper_pearson_interval(false_positives, result.data_size["test"], each)
-    return max(-1.0, tpr_low - fpr_high), min(1.0, tpr_high - fpr_low)
+    # the advantage is a maximum over thresholds that include TPR = FPR = 0: never below 0
+    return max(0.0, tpr_low - fpr_high), min(1.0, tpr_high - fpr_low)
 
 
 def _ci(interval: tuple[float, ...], confidence: float, digits: int = 2) -> str:
