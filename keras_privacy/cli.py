@@ -373,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _validate(args)
         # dp_accounting logs numerical warnings through absl; they are not actionable here.
         logging.getLogger("absl").setLevel(logging.ERROR)
-        with _progress(_DOING[args.command], enabled=not args.no_progress):
+        doing = f"{_DOING[args.command]} ({args.accountant.upper()} accountant)"
+        with _progress(doing, enabled=not args.no_progress):
             text, data = _run(args)
     except ValueError as error:
         message = str(error)
