@@ -27,7 +27,7 @@ It prints a table of exposure by repetition count and saves ``secret_sharer_expo
     python examples/secret_sharer_fortunes.py [--output-dir DIR] [--epochs 20] ...
 
 Needs the ``fortunes`` package (``apt-get install fortunes``). With the defaults it runs in
-about 2.5 minutes on two CPU cores (3 GB of memory).
+2–3.5 minutes on two shared CPU cores (3 GB of memory).
 """
 
 from __future__ import annotations
