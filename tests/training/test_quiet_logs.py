@@ -18,6 +18,12 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
+def _vectorizer(record):
+    """A record of TensorFlow's vectorizer (other TensorFlow notices, e.g. about
+    retracing when a session builds many models, are not the engine's business)."""
+    return "parallel_for" in record.pathname or "pfor" in record.getMessage()
+
+
 @pytest.fixture
 def tensorflow_records():
     logger = logging.getLogger("tensorflow")
@@ -48,15 +54,16 @@ def test_loop_fallback_is_one_warning_line_and_no_tensorflow_errors(rng, tensorf
     messages = _fit(layers, rng.integers(0, 20, size=(32, 6)).astype("int32"), rng)
     assert len(messages) == 1 and "could not vectorize" in messages[0]
     assert "\n" not in messages[0]
-    errors = [r for r in tensorflow_records if r.levelno >= logging.WARNING]
-    assert not errors, [r.getMessage()[:200] for r in errors]
+    unwanted = [r for r in tensorflow_records if r.levelno >= logging.ERROR or _vectorizer(r)]
+    assert not unwanted, [r.getMessage()[:200] for r in unwanted]
 
 
 def test_dropout_vectorizes_without_tensorflow_warnings(rng, tensorflow_records):
     layers = [keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dropout(0.5)]
     messages = _fit(layers, rng.normal(size=(32, 6)).astype("float32"), rng)
     assert messages == []
-    assert not [r for r in tensorflow_records if r.levelno >= logging.WARNING]
+    # not TensorFlow's "Using a while_loop for converting StatelessRandom..." warnings
+    assert not [r.getMessage() for r in tensorflow_records if _vectorizer(r)]
 
 
 def test_other_tensorflow_records_pass():
