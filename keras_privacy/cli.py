@@ -13,13 +13,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
 import sys
-from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import Any
+
+from keras_privacy import programs
 
 _DESCRIPTION = """\
 Privacy accounting for DP-SGD (differentially private training).
@@ -188,27 +189,6 @@ def _validate(args: argparse.Namespace) -> None:
     _used_microbatching(args)
 
 
-@contextlib.contextmanager
-def _progress(
-    description: str, enabled: bool = True, stream: TextIO | None = None
-) -> Iterator[None]:
-    """A spinner and the elapsed time on ``stream`` (stderr) while a calculation runs.
-
-    Shown only on a terminal, and cleared when done, so piped output stays clean.
-    """
-    stream = sys.stderr if stream is None else stream
-    if not enabled or not stream.isatty():
-        yield
-        return
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=Console(file=stream), transient=True) as progress:
-        progress.add_task(description, total=None)
-        yield
-
-
 def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     from keras_privacy import accounting
 
@@ -374,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # dp_accounting logs numerical warnings through absl; they are not actionable here.
         logging.getLogger("absl").setLevel(logging.ERROR)
         doing = f"{_DOING[args.command]} ({args.accountant.upper()} accountant)"
-        with _progress(doing, enabled=not args.no_progress):
+        with programs.spinner(doing, programs.show_progress(args.no_progress, sys.stderr)):
             text, data = _run(args)
     except ValueError as error:
         message = str(error)

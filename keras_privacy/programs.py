@@ -1,7 +1,7 @@
 """Helpers for *programs* — the tutorials, the examples, the benchmarks — never the library.
 
 The library neither prints nor reconfigures logging. A program may: it decides what its own
-terminal shows. Two things every program here wants:
+terminal shows. What the programs here share:
 
 * :func:`quiet_tensorflow_startup` — TensorFlow's C++ start-up notices. Even with
   ``TF_CPP_MIN_LOG_LEVEL=3`` set before the first import, TensorFlow 2.19+ writes the absl
@@ -9,9 +9,10 @@ terminal shows. Two things every program here wants:
   because they are logged before that variable is read (tensorflow/tensorflow#100442). This
   sets the variable unless the user did, and imports TensorFlow with those known lines held
   back; every other line is passed on.
-* :func:`show_progress` and :func:`progress` — progress bars (``rich``), drawn only on a
-  terminal and not when the user asked for quiet (``--no-progress`` or
-  ``KERAS_PRIVACY_NO_PROGRESS=1``).
+* :func:`show_progress`, :func:`progress` and :func:`spinner` — progress bars and spinners
+  (``rich``), drawn only on a terminal and not when the user asked for quiet
+  (``--no-progress`` or ``KERAS_PRIVACY_NO_PROGRESS=1``); the ``keras-privacy`` command
+  uses them too.
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from typing import TextIO
 
-__all__ = ["is_startup_notice", "progress", "quiet_tensorflow_startup", "show_progress"]
+__all__ = [
+    "is_startup_notice",
+    "progress",
+    "quiet_tensorflow_startup",
+    "show_progress",
+    "spinner",
+]
 
 #: TensorFlow's known start-up notices (not warnings about the user's program).
 _STARTUP_NOTICES = re.compile(
@@ -101,3 +109,20 @@ def progress(enabled: bool = True):
         TimeRemainingColumn(),
         disable=not enabled,
     )
+
+
+@contextlib.contextmanager
+def spinner(description: str, enabled: bool = True, stream: TextIO | None = None) -> Iterator[None]:
+    """A spinner and the elapsed time on ``stream`` (stderr) while work of unknown length
+    runs (a calibration search); cleared when done. Draws nothing unless ``enabled``."""
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    console = Console(file=sys.stderr if stream is None else stream)
+    with Progress(*columns, console=console, transient=True) as display:
+        display.add_task(description, total=None)
+        yield

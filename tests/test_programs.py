@@ -107,6 +107,16 @@ def test_progress_bar_draws_only_when_enabled():
         assert ("training" in terminal.getvalue() and "4/4" in terminal.getvalue()) is enabled
 
 
+def test_spinner_only_when_enabled():
+    terminal, quiet = _Terminal(), _Terminal()
+    with programs.spinner("searching for the noise multiplier", stream=terminal):
+        pass
+    with programs.spinner("searching", enabled=False, stream=quiet):
+        pass
+    assert "searching for the noise multiplier" in terminal.getvalue()
+    assert quiet.getvalue() == ""
+
+
 #: Calls only a program may make: printing, configuring logging, TensorFlow's log level.
 _PROGRAM_ONLY = {"print", "basicConfig", "setLevel", "set_verbosity", "disable", "addHandler"}
 _PROGRAM_MODULES = {"cli.py", "programs.py"}

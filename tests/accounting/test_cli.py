@@ -1,6 +1,5 @@
 """The keras-privacy command-line tool."""
 
-import io
 import json
 import subprocess
 import sys
@@ -176,24 +175,6 @@ def test_help_lists_each_command_once(capsys):
         listed = [line for line in out.splitlines() if line.startswith(f"    {command} ")]
         assert len(listed) == 1, (command, out)
     assert out.count("find the smallest noise multiplier") == 1
-
-
-class _Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_only_on_a_terminal_and_unless_asked():
-    terminal, pipe = _Terminal(), io.StringIO()
-    with cli._progress("searching for the noise multiplier", stream=terminal):
-        pass
-    assert "searching for the noise multiplier" in terminal.getvalue()
-    with cli._progress("searching", stream=pipe):
-        pass
-    quiet = _Terminal()
-    with cli._progress("searching", enabled=False, stream=quiet):
-        pass
-    assert pipe.getvalue() == "" and quiet.getvalue() == ""
 
 
 def test_piped_run_writes_nothing_to_stderr():
