@@ -19,7 +19,12 @@ import tempfile
 
 import numpy as np
 
-from keras_privacy.programs import progress, quiet_tensorflow_startup, show_progress
+from keras_privacy.programs import (
+    progress,
+    progress_callback,
+    quiet_tensorflow_startup,
+    show_progress,
+)
 
 quiet_tensorflow_startup()  # before Keras imports TensorFlow
 
@@ -66,17 +71,6 @@ ATTACKS = [
 ]
 
 
-class EpochProgress(keras.callbacks.Callback):
-    """Advances a progress task once per epoch."""
-
-    def __init__(self, bar, task) -> None:
-        super().__init__()
-        self.bar, self.task = bar, task
-
-    def on_epoch_end(self, epoch, logs=None) -> None:
-        self.bar.advance(self.task)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
@@ -111,14 +105,13 @@ def run(args: argparse.Namespace, output: pathlib.Path, bar) -> None:
         every_n_epochs=10,
         model_variant_label="overfit (1k examples, 50 epochs)",
     )
-    task = bar.add_task("overfit model (50 epochs)", total=50)
     history = overfit.fit(
         x_small,
         y_small,
         epochs=50,
         batch_size=64,
         verbose=0,
-        callbacks=[callback, EpochProgress(bar, task)],
+        callbacks=[callback, progress_callback(bar, "overfit model", 50)],
     )
     print(
         "threshold-attack AUC by epoch:", [round(a, 3) for a in history.history["mia_auc"][9::10]]
@@ -127,14 +120,13 @@ def run(args: argparse.Namespace, output: pathlib.Path, bar) -> None:
     # 2. A model that generalizes: 30,000 examples, 3 epochs, dropout. We attack 1,000 of
     #    its training examples against the same 1,000 non-members.
     general = build_model(dropout=0.3)
-    task = bar.add_task("generalizing model (3 epochs)", total=3)
     general.fit(
         x_train[:30000],
         y_train[:30000],
         epochs=3,
         batch_size=128,
         verbose=0,
-        callbacks=[EpochProgress(bar, task)],
+        callbacks=[progress_callback(bar, "generalizing model", 3)],
     )
 
     # 3. The overfit recipe (1,000 examples, 50 epochs) trained with DP-SGD.
@@ -144,9 +136,13 @@ def run(args: argparse.Namespace, output: pathlib.Path, bar) -> None:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    task = bar.add_task("DP-SGD model (50 epochs)", total=50)
     private.fit(
-        x_small, y_small, epochs=50, batch_size=50, verbose=0, callbacks=[EpochProgress(bar, task)]
+        x_small,
+        y_small,
+        epochs=50,
+        batch_size=50,
+        verbose=0,
+        callbacks=[progress_callback(bar, "DP-SGD model", 50)],
     )
     epsilon = kp.compute_epsilon(len(x_small), 50, 1.1, delta=1e-5, epochs=50, sampling="poisson")
     print(f"DP model: ε = {epsilon:.2f} at δ = 1e-5 (PLD accountant)")

@@ -48,7 +48,12 @@ from typing import Any
 
 import numpy as np
 
-from keras_privacy.programs import progress, quiet_tensorflow_startup, show_progress
+from keras_privacy.programs import (
+    progress,
+    progress_callback,
+    quiet_tensorflow_startup,
+    show_progress,
+)
 
 quiet_tensorflow_startup()  # before Keras imports TensorFlow
 
@@ -298,17 +303,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class EpochProgress(keras.callbacks.Callback):
-    """Advances a progress task once per epoch."""
-
-    def __init__(self, bar, description: str, epochs: int) -> None:
-        super().__init__()
-        self.bar, self.task = bar, bar.add_task(description, total=epochs)
-
-    def on_epoch_end(self, epoch, logs=None) -> None:
-        self.bar.advance(self.task)
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the experiment; print the table and return the results (also saved as JSON)."""
     args = parse_args(argv)
@@ -385,7 +379,7 @@ def _run(args: argparse.Namespace, bar) -> dict[str, Any]:
         batch_size=args.batch_size,
         epochs=args.epochs,
         verbose=0,
-        callbacks=[EpochProgress(bar, "non-private model", args.epochs)],
+        callbacks=[progress_callback(bar, "non-private model", args.epochs)],
     )
     seconds = time.perf_counter() - tic
     scores = canary_exposures(
@@ -414,7 +408,7 @@ def _run(args: argparse.Namespace, bar) -> dict[str, Any]:
         batch_size=args.batch_size,
         epochs=args.dp_epochs,
         verbose=0,
-        callbacks=[EpochProgress(bar, "DP-SGD model", args.dp_epochs)],
+        callbacks=[progress_callback(bar, "DP-SGD model", args.dp_epochs)],
     )
     seconds = time.perf_counter() - tic
     epsilon = private.privacy_spent(args.delta)

@@ -29,6 +29,7 @@ from typing import TextIO
 __all__ = [
     "is_startup_notice",
     "progress",
+    "progress_callback",
     "quiet_tensorflow_startup",
     "show_progress",
     "spinner",
@@ -109,6 +110,22 @@ def progress(enabled: bool = True):
         TimeRemainingColumn(),
         disable=not enabled,
     )
+
+
+def progress_callback(bar, description: str, epochs: int):
+    """A Keras callback that advances a new task of ``bar`` (from :func:`progress`) once per
+    epoch, for a ``fit(..., verbose=0)`` inside a longer program."""
+    import keras
+
+    class _EpochProgress(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.task = bar.add_task(description, total=epochs)
+
+        def on_epoch_end(self, epoch, logs=None) -> None:
+            bar.advance(self.task)
+
+    return _EpochProgress()
 
 
 @contextlib.contextmanager

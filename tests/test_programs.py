@@ -117,6 +117,23 @@ def test_spinner_only_when_enabled():
     assert quiet.getvalue() == ""
 
 
+def test_progress_callback_advances_once_per_epoch():
+    import keras
+    import numpy as np
+    from rich.console import Console
+
+    bar = programs.progress(True)
+    terminal = _Terminal()
+    bar.live.console = Console(file=terminal, force_terminal=True)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    with bar:
+        callback = programs.progress_callback(bar, "tiny model", 3)
+        model.fit(np.zeros((4, 2)), np.zeros(4), epochs=3, verbose=0, callbacks=[callback])
+        assert bar.tasks[0].completed == 3 and bar.tasks[0].description == "tiny model"
+    assert "3/3" in terminal.getvalue()
+
+
 #: Calls only a program may make: printing, configuring logging, TensorFlow's log level.
 _PROGRAM_ONLY = {"print", "basicConfig", "setLevel", "set_verbosity", "disable", "addHandler"}
 _PROGRAM_MODULES = {"cli.py", "programs.py"}
