@@ -156,3 +156,24 @@ def test_the_library_neither_prints_nor_configures_logging():
             ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} os.environ[...]=")
     assert not offenders, offenders
+
+
+def test_the_tutorial_prints_no_tensorflow_start_up_lines():
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_privacy.tutorials.fashion_mnist", "--epochs", "1"]
+        + ["--train-examples", "500", "--seed", "0"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=600,
+    )
+    if "apt-get install dataset-fashion-mnist" in result.stderr:
+        pytest.skip("dataset-fashion-mnist not installed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tensorflow_lines = [
+        line
+        for line in result.stderr.splitlines()
+        if programs.is_startup_notice(line) or "tensorflow" in line.lower()
+    ]
+    assert not tensorflow_lines, tensorflow_lines

@@ -183,3 +183,14 @@ def test_piped_run_writes_nothing_to_stderr():
         [sys.executable, "-m", "keras_privacy.cli", *argv], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stderr == "" and "epsilon" in result.stdout
+
+
+def test_every_lazy_accounting_name_resolves():
+    # keras_privacy.accounting loads its names on first use (so that the CLI can check its
+    # arguments without dp_accounting); each must still be there
+    from keras_privacy import accounting
+
+    assert accounting.__all__ and all(getattr(accounting, n) for n in accounting.__all__)
+    assert accounting._checks.check_delta(0.5) == 0.5 and accounting.events.POISSON == "poisson"
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        accounting.nothing  # noqa: B018
