@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
-
-from keras_privacy.programs import progress, show_progress
 
 BATCH = 250
 
 
 def _measure(model_name: str, mode: str, steps: int) -> dict:
-    from keras_privacy.programs import quiet_tensorflow_startup
-
-    quiet_tensorflow_startup()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import resource
 
     import keras
@@ -87,26 +84,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=["cnn", "mlp"])
     parser.add_argument("--steps", type=int, default=40, help="timed updates per run")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(_measure(*args.worker, args.steps)))
         return
     rows = []
-    with progress(show_progress(args.no_progress)) as bar:
-        task = bar.add_task("benchmark runs", total=2 * len(args.models))
-        for model_name in args.models:
-            for mode in ("plain", "dp"):
-                steps = 240 if mode == "plain" else args.steps  # plain: all 60,000 examples
-                out = subprocess.run(
-                    [sys.executable, __file__, "--worker", model_name, mode, "--steps", str(steps)],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                ).stdout
-                rows.append(json.loads(out.strip().splitlines()[-1]))
-                bar.advance(task)
+    for model_name in args.models:
+        for mode in ("plain", "dp"):
+            steps = 240 if mode == "plain" else args.steps  # plain: all 60,000 examples
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", model_name, mode, "--steps", str(steps)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
     print(f"{'model':<6}{'mode':<7}{'examples/s':>12}{'ms/step':>10}{'peak RSS MB':>13}")
     for r in rows:
         print(

@@ -369,14 +369,10 @@ class DPTrainingMixin:
             for size in {batch_size, num_examples % batch_size or batch_size}:
                 if size % k:
                     raise PrivacyError(
-                        f"num_microbatches={k} must divide every batch size, but the batch "
-                        f"size {batch_size} is not a multiple of {k}. Choose a batch_size "
-                        "that is a multiple of num_microbatches."
-                        if size == batch_size
-                        else f"num_microbatches={k} must divide every batch size, but "
-                        f"{num_examples} examples in batches of {batch_size} leave a last "
-                        f"batch of {size}, not a multiple of {k}. Drop the last {size} "
-                        f"examples or choose a batch_size that divides {num_examples}."
+                        f"num_microbatches={k} must divide every batch size, but "
+                        f"{num_examples} examples in batches of {batch_size} give a batch "
+                        f"of {size}. Choose batch_size and num_microbatches that divide "
+                        "evenly (or drop the last examples)."
                     )
         segment = self._dp_segment(
             SHUFFLE, num_examples, batch_size * config.gradient_accumulation_steps
