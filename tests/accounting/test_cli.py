@@ -1,5 +1,6 @@
 """The keras-privacy command-line tool."""
 
+import io
 import json
 import subprocess
 import sys
@@ -194,3 +195,19 @@ def test_every_lazy_accounting_name_resolves():
     assert accounting._checks.check_delta(0.5) == 0.5 and accounting.events.POISSON == "poisson"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         accounting.nothing  # noqa: B018
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("quiet", [[], ["--no-progress"]])
+def test_spinner_on_a_terminal_unless_asked(monkeypatch, capsys, quiet):
+    monkeypatch.delenv("KERAS_PRIVACY_NO_PROGRESS", raising=False)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["noise", *TUTORIAL, "--steps", "100", "--target-epsilon", "3", "--accountant", "rdp"]
+    assert cli.main(argv + quiet) == 0
+    shown = "searching for the noise multiplier (RDP accountant)" in terminal.getvalue()
+    assert shown == (not quiet) and "noise multiplier:" in capsys.readouterr().out
