@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from keras_privacy import programs
+
 _DESCRIPTION = """\
 Privacy accounting for DP-SGD (differentially private training).
 
@@ -29,11 +31,6 @@ steps), the noise multiplier sigma (noise standard deviation / clipping norm), a
 length (--epochs or --steps). The guarantee is (epsilon, delta)-differential privacy for
 adding or removing one example (or one user, with --max-examples-per-user). Smaller
 epsilon means more privacy; delta is usually chosen below 1/N.
-
-commands:
-  epsilon   print the privacy statement (epsilon) of a planned or finished run
-  noise     find the smallest noise multiplier that meets a target epsilon
-  epochs    find how many epochs (and steps) fit in a target epsilon
 """
 
 _SAMPLING_HELP = (
@@ -93,6 +90,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, needs_length: bool) -
         help="also give user-level privacy for users with at most K examples",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress display on stderr (there is none when stderr is not a terminal)",
+    )
 
 
 def _add_noise_multiplier(parser: argparse.ArgumentParser) -> None:
@@ -116,11 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{epsilon,noise,epochs}")
+    commands = parser.add_subparsers(
+        dest="command", title="commands", metavar="{epsilon,noise,epochs}"
+    )
 
     epsilon = commands.add_parser(
         "epsilon",
-        help="privacy statement of a run",
+        help="print the privacy statement (epsilon) of a planned or finished run",
         description="Print the privacy statement of a DP-SGD run: epsilon with shuffled "
         "batches and assuming Poisson sampling, side by side, each with its assumption.",
         epilog="example: keras-privacy epsilon --n 60000 --batch-size 256 "
@@ -131,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     noise = commands.add_parser(
         "noise",
-        help="noise multiplier for a target epsilon",
+        help="find the smallest noise multiplier that meets a target epsilon",
         description="Find the smallest noise multiplier whose epsilon is at most the target "
         "(never above it).",
         epilog="example: keras-privacy noise --n 60000 --batch-size 256 --epochs 60 "
@@ -142,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     epochs = commands.add_parser(
         "epochs",
-        help="how long a run fits in a target epsilon",
+        help="find how many epochs (and steps) fit in a target epsilon",
         description="Find the largest number of epochs and of optimizer steps whose epsilon "
         "is at most the target.",
         epilog="example: keras-privacy epochs --n 60000 --batch-size 256 "
@@ -168,6 +172,23 @@ def _number(value: float) -> Any:
     return value if math.isfinite(value) else "inf"
 
 
+def _validate(args: argparse.Namespace) -> None:
+    """Check every value before the accountants (``dp_accounting``, ~1 s) are imported."""
+    from keras_privacy.accounting import _checks  # pure Python: loads no accountant
+
+    n = _checks.check_positive_int(args.n, "number_of_examples")
+    _checks.check_batch_size(args.batch_size, n)
+    _checks.check_delta(args.delta)
+    if "noise_multiplier" in args:
+        _checks.check_noise_multiplier(args.noise_multiplier)
+    if "target_epsilon" in args:
+        _checks.check_positive_real(args.target_epsilon, "target_epsilon")
+    if "epochs" in args:
+        _checks.check_epochs_or_steps(args.epochs, args.steps)
+    _checks.check_examples_per_user(args.max_examples_per_user)
+    _used_microbatching(args)
+
+
 def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     from keras_privacy import accounting
 
@@ -186,7 +207,14 @@ def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             steps=args.steps,
             **common,
         )
-        return report.to_text(), report.to_dict()
+        text, data = report.to_text(), report.to_dict()
+        if args.noise_multiplier == 0:
+            data["reason"] = (
+                "epsilon is infinite: --noise-multiplier 0 adds no noise, so the run is not "
+                "differentially private"
+            )
+            text += "\n" + data["reason"]
+        return text, data
 
     if args.command == "noise":
         sigma = accounting.compute_noise_multiplier(
@@ -226,24 +254,7 @@ def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         }
         return text, data
 
-    steps = accounting.compute_max_steps(
-        args.target_epsilon,
-        args.delta,
-        args.n,
-        args.batch_size,
-        args.noise_multiplier,
-        sampling=args.sampling,
-        **common,
-    )
-    epochs = accounting.compute_max_epochs(
-        args.target_epsilon,
-        args.delta,
-        args.n,
-        args.batch_size,
-        args.noise_multiplier,
-        sampling=args.sampling,
-        **common,
-    )
+    epochs, steps = _max_epochs_and_steps(accounting, args, common)
     text = (
         f"max epochs: {epochs}\nmax optimizer steps: {steps}\n"
         f"(epsilon <= {args.target_epsilon:g} at delta = {args.delta:g}, noise multiplier "
@@ -259,8 +270,64 @@ def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         "sampling": args.sampling,
         **common,
     }
+    if epochs == 0:
+        data["reason"] = _why_no_epoch_fits(accounting, args, common, steps)
+        text += "\n" + data["reason"]
     return text, data
 
+
+def _max_epochs_and_steps(
+    accounting: Any, args: argparse.Namespace, common: dict[str, Any]
+) -> tuple[int, int]:
+    """``compute_max_epochs`` and ``compute_max_steps`` with one search instead of two.
+
+    Each library function runs the other's search for its own answer; here the search runs
+    once and the other number follows by the library's rule (``tests`` check they agree).
+    """
+    budget = (args.target_epsilon, args.delta, args.n, args.batch_size, args.noise_multiplier)
+    if args.sampling == "poisson":
+        steps = accounting.compute_max_steps(*budget, sampling=args.sampling, **common)
+        # compute_max_epochs: ceil(E N / B) <= S  <=>  E <= S B / N
+        return math.floor(steps * args.batch_size / args.n + 1e-12), steps
+    epochs = accounting.compute_max_epochs(*budget, sampling=args.sampling, **common)
+    # compute_max_steps: whole passes of floor(N / B) updates
+    return epochs, epochs * max(1, args.n // args.batch_size)
+
+
+def _why_no_epoch_fits(
+    accounting: Any, args: argparse.Namespace, common: dict[str, Any], steps: int
+) -> str:
+    """One line: why ``epochs`` found no epoch within the target epsilon."""
+    if args.noise_multiplier == 0:
+        return (
+            "why: --noise-multiplier 0 adds no noise, so not even one step is private "
+            "(epsilon is infinite)"
+        )
+    one_step = args.sampling == "poisson" and steps == 0
+    epsilon = accounting.compute_epsilon(
+        args.n,
+        args.batch_size,
+        args.noise_multiplier,
+        delta=args.delta,
+        epochs=None if one_step else 1,
+        steps=1 if one_step else None,
+        sampling=args.sampling,
+        **common,
+    )
+    what = "a single optimizer step" if one_step else "one epoch"
+    per_epoch = math.ceil(args.n / args.batch_size)
+    fits = "" if one_step or steps == 0 else f" (only {steps} of its {per_epoch} steps fit)"
+    return (
+        f"why: {what} already gives epsilon = {epsilon:.3g} > --target-epsilon "
+        f"{args.target_epsilon:g}{fits}; raise --noise-multiplier or --target-epsilon"
+    )
+
+
+_DOING = {
+    "epsilon": "computing epsilon",
+    "noise": "searching for the noise multiplier",
+    "epochs": "searching for the longest run",
+}
 
 #: Library argument names as the command line spells them, for error messages.
 _FLAG_NAMES = {
@@ -282,10 +349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    # dp_accounting logs numerical warnings through absl; they are not actionable here.
-    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
-        text, data = _run(args)
+        _validate(args)
+        # dp_accounting logs numerical warnings through absl; they are not actionable here.
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        doing = f"{_DOING[args.command]} ({args.accountant.upper()} accountant)"
+        with programs.spinner(doing, programs.show_progress(args.no_progress, sys.stderr)):
+            text, data = _run(args)
     except ValueError as error:
         message = str(error)
         for name, flag in _FLAG_NAMES.items():

@@ -4,63 +4,59 @@ Imports only numpy, scipy and Google's ``dp_accounting``, whose RDP and PLD acco
 and DpEvents do the math. This package models a DP-SGD run as DpEvents (see
 :mod:`~keras_privacy.accounting.events`), plans runs (epsilon, noise calibration, budget
 inverses), writes the privacy statement, and keeps a JSON-serialisable ledger.
+
+The names below are imported on first use, so that the argument checks
+(:mod:`~keras_privacy.accounting._checks`) load without ``dp_accounting`` (about a second):
+the command line validates its arguments before it imports the accountants.
 """
 
-from keras_privacy.accounting.accountants import (
-    GroupPrivacyEpsilon,
-    delta_for_event,
-    epsilon_for_event,
-    group_privacy_epsilon,
-    make_accountant,
-)
-from keras_privacy.accounting.events import (
-    DatasetSizeUnknownError,
-    dp_sgd_event,
-    poisson_dp_sgd_event,
-    segment_event,
-    shuffle_dp_sgd_event,
-    training_record_event,
-)
-from keras_privacy.accounting.ledger import LedgerEntry, PrivacyLedger
-from keras_privacy.accounting.planning import (
-    DpSgdPlan,
-    compute_epsilon,
-    compute_max_epochs,
-    compute_max_steps,
-    compute_noise_multiplier,
-)
-from keras_privacy.accounting.record_accounting import (
-    epsilon_of_record,
-    max_updates_within_budget,
-)
-from keras_privacy.accounting.statement import (
-    DpSgdPrivacyReport,
-    compute_dp_sgd_privacy_report,
-    compute_dp_sgd_privacy_statement,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DatasetSizeUnknownError",
-    "DpSgdPlan",
-    "DpSgdPrivacyReport",
-    "GroupPrivacyEpsilon",
-    "LedgerEntry",
-    "PrivacyLedger",
-    "compute_dp_sgd_privacy_report",
-    "compute_dp_sgd_privacy_statement",
-    "compute_epsilon",
-    "compute_max_epochs",
-    "compute_max_steps",
-    "compute_noise_multiplier",
-    "delta_for_event",
-    "dp_sgd_event",
-    "epsilon_for_event",
-    "epsilon_of_record",
-    "group_privacy_epsilon",
-    "make_accountant",
-    "max_updates_within_budget",
-    "poisson_dp_sgd_event",
-    "segment_event",
-    "shuffle_dp_sgd_event",
-    "training_record_event",
-]
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_LAZY = {
+    "GroupPrivacyEpsilon": "accountants",
+    "delta_for_event": "accountants",
+    "epsilon_for_event": "accountants",
+    "group_privacy_epsilon": "accountants",
+    "make_accountant": "accountants",
+    "DatasetSizeUnknownError": "events",
+    "dp_sgd_event": "events",
+    "poisson_dp_sgd_event": "events",
+    "segment_event": "events",
+    "shuffle_dp_sgd_event": "events",
+    "training_record_event": "events",
+    "LedgerEntry": "ledger",
+    "PrivacyLedger": "ledger",
+    "DpSgdPlan": "planning",
+    "compute_epsilon": "planning",
+    "compute_max_epochs": "planning",
+    "compute_max_steps": "planning",
+    "compute_noise_multiplier": "planning",
+    "epsilon_of_record": "record_accounting",
+    "max_updates_within_budget": "record_accounting",
+    "DpSgdPrivacyReport": "statement",
+    "compute_dp_sgd_privacy_report": "statement",
+    "compute_dp_sgd_privacy_statement": "statement",
+}
+
+__all__ = sorted(_LAZY)
+
+_SUBMODULES = frozenset(_LAZY.values()) | {"_checks"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # ``accounting.events`` works as it did with eager imports
+        return importlib.import_module(f"{__name__}.{name}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

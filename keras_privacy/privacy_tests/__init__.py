@@ -58,6 +58,7 @@ from keras_privacy.privacy_tests.lira import (
 )
 from keras_privacy.privacy_tests.metrics import (
     EpsilonLowerBound,
+    clopper_pearson_interval,
     clopper_pearson_upper,
     compute_epsilon_lower_bound,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "SlicingFeature",
     "SlicingSpec",
     "attack_input_from_model",
+    "clopper_pearson_interval",
     "clopper_pearson_upper",
     "compute_epsilon_lower_bound",
     "compute_exposure_extrapolation",

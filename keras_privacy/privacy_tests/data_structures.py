@@ -642,10 +642,37 @@ class AttackResults:
     def get_result_with_max_tpr_at_fpr(self, max_fpr: float = 0.01) -> SingleAttackResult:
         return max(self.single_attack_results, key=lambda r: r.get_tpr_at_fpr(max_fpr))
 
-    def summary(self, by_slices: bool = False) -> str:
-        """A readable account of the strongest attacks, overall and (optionally) per slice."""
-        lines = ["Best-performing attacks over all slices"]
-        lines += _best_lines(self.single_attack_results, indent="  ")
+    def summary(self, by_slices: bool = False, min_slice_size: int | None = None) -> str:
+        """A readable account of the strongest attacks, overall and (optionally) per slice.
+
+        The overall headlines come only from slices with at least ``min_slice_size``
+        members and non-members (default
+        :data:`~keras_privacy.privacy_tests.headlines.DEFAULT_MIN_SLICE_SIZE`; the largest
+        slice when none is that big), and every figure has a 95% confidence interval; see
+        :mod:`keras_privacy.privacy_tests.headlines`.
+        """
+        from keras_privacy.privacy_tests import headlines
+
+        if min_slice_size is None:
+            min_slice_size = headlines.DEFAULT_MIN_SLICE_SIZE
+        chosen, big_enough = headlines.headline_results(self.single_attack_results, min_slice_size)
+        left_out = len({str(r.slice_spec) for r in self.single_attack_results}) - len(
+            {str(r.slice_spec) for r in chosen}
+        )
+        if big_enough:
+            header = (
+                f"Best-performing attacks over slices with at least {min_slice_size} members "
+                "and non-members"
+            )
+            if left_out:
+                header += f" ({left_out} smaller slices left out)"
+        else:
+            header = (
+                f"Best-performing attacks over the largest slice (no slice has {min_slice_size} "
+                "members and non-members: treat these figures with care)"
+            )
+        lines = [header]
+        lines += headlines.best_lines(chosen, indent="  ")
         if by_slices:
             slices: dict[str, list[SingleAttackResult]] = {}
             for result in self.single_attack_results:
@@ -653,7 +680,7 @@ class AttackResults:
             for name, results in slices.items():
                 lines.append("")
                 lines.append(f"Best-performing attacks over slice: {name}")
-                lines += _best_lines(results, indent="  ", with_slice=False)
+                lines += headlines.best_lines(results, indent="  ", with_slice=False)
         if self.skipped_slices:
             lines.append("")
             lines.append("Slices skipped (too few examples): " + ", ".join(self.skipped_slices))
@@ -695,43 +722,6 @@ class AttackResults:
     def load(cls, path: str) -> AttackResults:
         with open(path, encoding="utf-8") as handle:
             return cls.from_json(handle.read())
-
-
-def _best_lines(
-    results: Sequence[SingleAttackResult], indent: str, with_slice: bool = True
-) -> list[str]:
-    def describe(result: SingleAttackResult, what: str) -> str:
-        where = f" on slice {result.slice_spec}" if with_slice else ""
-        return (
-            f"{indent}{result.attack_type} (with {result.data_size['train']} training and "
-            f"{result.data_size['test']} test examples) achieved {what}{where}"
-        )
-
-    best_auc = max(results, key=lambda r: r.get_auc())
-    best_advantage = max(results, key=lambda r: r.get_attacker_advantage())
-    best_ppv = max(results, key=lambda r: r.get_ppv())
-    best_tpr = max(results, key=lambda r: r.get_tpr_at_fpr(0.01))
-    lines = [
-        describe(best_auc, f"an AUC of {best_auc.get_auc():.2f}"),
-        describe(
-            best_advantage,
-            f"an advantage of {best_advantage.get_attacker_advantage():.2f}",
-        ),
-        describe(best_ppv, f"a positive predictive value of {best_ppv.get_ppv():.2f}"),
-        describe(best_tpr, f"a TPR of {best_tpr.get_tpr_at_fpr(0.01):.3f} at 1% FPR"),
-    ]
-    with_bound = [r for r in results if r.epsilon_lower_bound is not None]
-    if with_bound:
-        best_eps = max(with_bound, key=lambda r: r.get_epsilon_lower_bound())
-        bound = best_eps.epsilon_lower_bound
-        lines.append(
-            describe(
-                best_eps,
-                f"an ε lower bound of {bound.epsilon:.2f} (δ={bound.delta:g}, "
-                f"{bound.confidence:.0%} confidence)",
-            )
-        )
-    return lines
 
 
 @dataclasses.dataclass

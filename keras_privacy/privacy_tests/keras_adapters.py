@@ -8,6 +8,7 @@ works on NumPy scores. It works with any Keras 3 backend.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -251,6 +252,7 @@ def train_shadow_models(
     output: str = "auto",
     seed: int | None = 0,
     on_model_trained: Callable[[int, keras.Model], None] | None = None,
+    verbose: int | str = "auto",
 ) -> ShadowModelScores:
     """Train K shadow models on random halves of an in-memory dataset, for LiRA.
 
@@ -263,6 +265,9 @@ def train_shadow_models(
     Any of the returned models' rows can serve as the target in
     :func:`keras_privacy.privacy_tests.run_lira` (leave-one-model-out evaluation).
     ``on_model_trained(k, model)`` is called after each model, e.g. to save it.
+
+    ``verbose``: 1 shows Keras's progress bar over the K models (with its time estimate),
+    0 nothing; ``"auto"`` (default) shows it only when standard output is a terminal.
     """
     x = np.asarray(x)
     y = np.asarray(y)
@@ -282,6 +287,13 @@ def train_shadow_models(
     scores = np.zeros((num_shadow_models, x.shape[0], len(transforms)))
     train_accuracy = np.zeros(num_shadow_models)
     test_accuracy = np.zeros(num_shadow_models)
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 0
+    bar = None
+    if verbose:
+        bar = keras.utils.Progbar(
+            num_shadow_models, stateful_metrics=["train accuracy"], unit_name="model"
+        )
     for k in range(num_shadow_models):
         model = build_model()
         members = in_mask[k]
@@ -303,6 +315,8 @@ def train_shadow_models(
         test_accuracy[k] = correct[~members].mean() if (~members).any() else math.nan
         if on_model_trained is not None:
             on_model_trained(k, model)
+        if bar is not None:
+            bar.update(k + 1, [("train accuracy", train_accuracy[k])])
     if len(transforms) == 1:
         scores = scores[..., 0]
     return ShadowModelScores(scores, in_mask, train_accuracy, test_accuracy)

@@ -33,6 +33,7 @@ __all__ = [
     "EpsilonLowerBound",
     "attacker_advantage",
     "auc",
+    "clopper_pearson_interval",
     "clopper_pearson_upper",
     "compute_epsilon_lower_bound",
     "epsilon_lower_bound_at_counts",
@@ -146,6 +147,31 @@ def clopper_pearson_upper(
     with np.errstate(invalid="ignore"):
         bound = stats.beta.ppf(confidence, k + 1, np.maximum(n - k, 1e-300))
     return np.where(k >= n, 1.0, bound)
+
+
+def clopper_pearson_interval(
+    successes: int, trials: int, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Two-sided Clopper–Pearson (exact) interval for a binomial proportion k / n.
+
+    Each side holds with probability (1 − ``confidence``) / 2 at most: the lower end is the
+    (1 − confidence) / 2 quantile of Beta(k, n − k + 1) (0 when k = 0), the upper end the
+    (1 + confidence) / 2 quantile of Beta(k + 1, n − k) (1 when k = n).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), received {confidence}")
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(
+            f"need 0 ≤ successes ≤ trials and trials > 0, received {successes}/{trials}"
+        )
+    tail = (1.0 - confidence) / 2.0
+    low = 0.0 if successes == 0 else float(stats.beta.ppf(tail, successes, trials - successes + 1))
+    high = (
+        1.0
+        if successes == trials
+        else float(stats.beta.ppf(1.0 - tail, successes + 1, trials - successes))
+    )
+    return low, high
 
 
 def _epsilon_from_rates(fpr: np.ndarray, fnr: np.ndarray, delta: float) -> np.ndarray:

@@ -18,6 +18,7 @@ from keras_privacy.privacy_tests.data_structures import (
     RocCurve,
     SingleAttackResult,
 )
+from keras_privacy.privacy_tests.headlines import DEFAULT_MIN_SLICE_SIZE, headline_results
 
 __all__ = ["plot_by_epochs", "plot_privacy_vs_accuracy", "plot_roc_curve"]
 
@@ -91,16 +92,33 @@ def _label(result: SingleAttackResult) -> str:
     return f"{result.attack_type}, {result.slice_spec}"
 
 
+#: Where each metric's axis starts and ends: its chance level and its maximum, so that a
+#: report shows how far from chance an attack is rather than magnifying a small trend.
+_AXIS_RANGE = {
+    PrivacyMetric.AUC: (0.5, 1.0),
+    PrivacyMetric.ATTACKER_ADVANTAGE: (0.0, 1.0),
+    PrivacyMetric.PPV: (0.0, 1.0),
+    PrivacyMetric.TPR_AT_1_PERCENT_FPR: (0.0, 1.0),
+    PrivacyMetric.TPR_AT_0_1_PERCENT_FPR: (0.0, 1.0),
+}
+
+
+def _set_metric_axis(axes, privacy_metric: PrivacyMetric) -> None:
+    low, high = _AXIS_RANGE.get(privacy_metric, (0.0, None))
+    axes.set_ylim(bottom=low, top=high)
+
+
 def _best_per_results(
-    collection: AttackResultsCollection, privacy_metric: PrivacyMetric
+    collection: AttackResultsCollection, privacy_metric: PrivacyMetric, min_slice_size: int
 ) -> dict[str, list[tuple[AttackResults, float]]]:
-    """{model variant: [(results, best metric over attacks and slices)]}."""
+    """{model variant: [(results, best metric over attacks and big-enough slices)]}."""
     variants: dict[str, list[tuple[AttackResults, float]]] = {}
     for results in collection.attack_results_list:
         metadata = results.privacy_report_metadata
         if metadata is None:
             raise ValueError("each AttackResults in the report needs privacy_report_metadata")
-        best = max(r.metric(privacy_metric) for r in results.single_attack_results)
+        chosen, _ = headline_results(results.single_attack_results, min_slice_size)
+        best = max(r.metric(privacy_metric) for r in chosen)
         variants.setdefault(metadata.model_variant_label, []).append((results, best))
     return variants
 
@@ -116,14 +134,21 @@ def plot_by_epochs(
     collection: AttackResultsCollection,
     privacy_metrics: Iterable[PrivacyMetric] = _DEFAULT_METRICS,
     path: str | None = None,
+    min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
 ) -> Figure:
     """One panel per metric: the strongest attack's value against the epoch, one line per
-    model variant (every result needs ``privacy_report_metadata.epoch_num``)."""
+    model variant (every result needs ``privacy_report_metadata.epoch_num``).
+
+    The strongest attack is taken over slices with at least ``min_slice_size`` members and
+    non-members (the largest slice if none is that big); the AUC axis starts at 0.5
+    (chance), the others at 0."""
     chosen = _metrics(privacy_metrics)
     figure = _new_figure(4.5 * len(chosen), 4.0)
     for index, privacy_metric in enumerate(chosen):
         axes = figure.add_subplot(1, len(chosen), index + 1)
-        for variant, points in _best_per_results(collection, privacy_metric).items():
+        for variant, points in _best_per_results(
+            collection, privacy_metric, min_slice_size
+        ).items():
             epochs = [r.privacy_report_metadata.epoch_num for r, _ in points]
             if any(epoch is None for epoch in epochs):
                 raise ValueError("plot_by_epochs needs epoch_num in every result's metadata")
@@ -134,6 +159,7 @@ def plot_by_epochs(
         axes.set_xlabel("Epoch")
         axes.set_ylabel(str(privacy_metric))
         axes.set_title(f"{privacy_metric} by epoch")
+        _set_metric_axis(axes, privacy_metric)
         axes.legend(fontsize="small")
     _save(figure, path)
     return figure
@@ -144,15 +170,19 @@ def plot_privacy_vs_accuracy(
     privacy_metrics: Iterable[PrivacyMetric] = _DEFAULT_METRICS,
     path: str | None = None,
     use_test_accuracy: bool = True,
+    min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
 ) -> Figure:
     """One panel per metric: the strongest attack's value against the model's (test)
-    accuracy, one series per model variant: the privacy–utility trade-off."""
+    accuracy, one series per model variant: the privacy–utility trade-off (slices and axes
+    as in :func:`plot_by_epochs`)."""
     chosen = _metrics(privacy_metrics)
     figure = _new_figure(4.5 * len(chosen), 4.0)
     which = "accuracy_test" if use_test_accuracy else "accuracy_train"
     for index, privacy_metric in enumerate(chosen):
         axes = figure.add_subplot(1, len(chosen), index + 1)
-        for variant, points in _best_per_results(collection, privacy_metric).items():
+        for variant, points in _best_per_results(
+            collection, privacy_metric, min_slice_size
+        ).items():
             accuracies = [getattr(r.privacy_report_metadata, which) for r, _ in points]
             if any(accuracy is None for accuracy in accuracies):
                 raise ValueError(f"plot_privacy_vs_accuracy needs {which} in every result")
@@ -163,6 +193,7 @@ def plot_privacy_vs_accuracy(
         axes.set_xlabel("Test accuracy" if use_test_accuracy else "Train accuracy")
         axes.set_ylabel(str(privacy_metric))
         axes.set_title(f"{privacy_metric} vs accuracy")
+        _set_metric_axis(axes, privacy_metric)
         axes.legend(fontsize="small")
     _save(figure, path)
     return figure

@@ -10,11 +10,8 @@ settings, the test accuracy, the training speed and the privacy spent.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from keras_privacy.programs import quiet_tensorflow_startup
+
+    quiet_tensorflow_startup()  # TF_CPP_MIN_LOG_LEVEL=3 and no start-up notices
     import keras
 
     import keras_privacy as kp

@@ -156,3 +156,14 @@ def test_attacks_through_adapter_match_direct_computation(classification_data):
     expected_loss = -special.log_softmax(logits.astype(np.float64), axis=1)[np.arange(100), y[:100]]
     np.testing.assert_allclose(data.get_loss_train(), expected_loss, rtol=1e-5)
     assert run_attacks(data).single_attack_results[0].data_size == {"train": 100, "test": 100}
+
+
+def test_shadow_training_shows_progress_only_when_asked_or_on_a_terminal(
+    classification_data, capsys
+):
+    x, y = classification_data[0][:40], classification_data[1][:40]
+    train_shadow_models(build_model, x, y, num_shadow_models=2, epochs=1)  # "auto", no tty
+    assert capsys.readouterr().out == ""
+    train_shadow_models(build_model, x, y, num_shadow_models=2, epochs=1, verbose=1)
+    out = capsys.readouterr().out
+    assert "2/2" in out and "train accuracy" in out

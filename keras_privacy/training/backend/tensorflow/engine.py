@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -72,6 +76,28 @@ def _warn_loop_fallback(model: Any, error: Exception) -> None:
     )
 
 
+def _is_vectorizer_record(record: logging.LogRecord) -> bool:
+    """False (drop) for a log record from TensorFlow's vectorizer (``parallel_for``)."""
+    return f"{os.sep}parallel_for{os.sep}" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_vectorizer_logs() -> Iterator[None]:
+    """Drop TensorFlow's vectorizer log records while it tries a conversion, and only then.
+
+    A failed conversion logs ~100 lines of ``ERROR:tensorflow`` with stack traces before it
+    raises, and a conversion through a loop (random ops) logs a ``WARNING:tensorflow``;
+    :func:`_warn_loop_fallback` says what matters in one line. Other records pass, and the
+    ``tensorflow`` logger is left as it was found.
+    """
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(_is_vectorizer_record)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_is_vectorizer_record)
+
+
 def _vectorized(fn, elems):
     """``tf.vectorized_map(fn, elems)``, traced as a nested function first.
 
@@ -81,7 +107,7 @@ def _vectorized(fn, elems):
 
     @tf.function(autograph=False)
     def vectorized():
-        with vectorized_conv_filter_gradients():
+        with vectorized_conv_filter_gradients(), _quiet_vectorizer_logs():
             return tf.vectorized_map(fn, elems)
 
     return vectorized.get_concrete_function()()
