@@ -1,4 +1,4 @@
-"""The vectorized per-example conv filter-gradient rule equals TensorFlow's own loop."""
+"""The engine's vectorizer rules (conv filter gradients, batched matmul) are exact."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_privacy.training.backend.tensorflow.vectorization import (
-    vectorized_conv_filter_gradients,
+    vectorizer_rules,
 )
 
 
@@ -37,7 +37,7 @@ def test_rule_matches_tensorflow_loop(make_layer, shape):
     layer = make_layer()
     layer.build(shape)
     expected = _per_example_kernel_grads(layer, x)  # TensorFlow's while_loop fallback
-    with vectorized_conv_filter_gradients():
+    with vectorizer_rules():
         got = _per_example_kernel_grads(layer, x)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert got.shape == (shape[0], *layer.kernel.shape)
@@ -47,6 +47,30 @@ def test_rule_is_removed_afterwards():
     from tensorflow.python.ops.parallel_for import pfor
 
     before = pfor._pfor_converter_registry["Conv2DBackpropFilter"]
-    with vectorized_conv_filter_gradients():
+    with vectorizer_rules():
         assert pfor._pfor_converter_registry["Conv2DBackpropFilter"] is not before
     assert pfor._pfor_converter_registry["Conv2DBackpropFilter"] is before
+
+
+def test_broadcast_batch_matmul_is_exact_for_every_unit():
+    """[units, 1, m, k] @ [k, n] (what EinsumDense becomes per example): TensorFlow 2.21's
+    oneDNN kernel gets units beyond the first thread's share wrong (#117700)."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(12, 1, 5, 4)).astype("float32"))
+    w = tf.constant(rng.normal(size=(4, 6)).astype("float32"))
+    z = tf.constant(rng.normal(size=(12, 4, 3)).astype("float32"))  # a per-unit operand
+
+    def per_unit(args):
+        xi, zi = args
+        return tf.matmul(xi, w), tf.matmul(xi, zi)
+
+    @tf.function(autograph=False)
+    def vectorized():
+        with vectorizer_rules():
+            return tf.vectorized_map(per_unit, (x, z))
+
+    got = vectorized()
+    for i in range(12):
+        expected = (x[i].numpy() @ w.numpy(), x[i].numpy() @ z[i].numpy())
+        np.testing.assert_allclose(got[0][i], expected[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got[1][i], expected[1], rtol=1e-5, atol=1e-5)

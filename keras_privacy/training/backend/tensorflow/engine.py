@@ -15,7 +15,7 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training import clipping
 from keras_privacy.training.backend.tensorflow.vectorization import (
-    vectorized_conv_filter_gradients,
+    vectorizer_rules,
 )
 from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import ClippedBatch
@@ -107,7 +107,7 @@ def _vectorized(fn, elems):
 
     @tf.function(autograph=False)
     def vectorized():
-        with vectorized_conv_filter_gradients(), _quiet_vectorizer_logs():
+        with vectorizer_rules(), _quiet_vectorizer_logs():
             return tf.vectorized_map(fn, elems)
 
     return vectorized.get_concrete_function()()

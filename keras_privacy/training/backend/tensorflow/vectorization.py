@@ -1,4 +1,19 @@
-"""A vectorized per-example rule for convolution filter gradients under ``tf.vectorized_map``.
+"""Rules for TensorFlow's vectorizer (pfor), installed only while the DP engine traces.
+
+Two rules replace TensorFlow's own under ``tf.vectorized_map``:
+
+1. **Convolution filter gradients** (speed).
+2. **Batched matmul with a broadcast operand** (correctness). Under the vectorizer an
+   ``EinsumDense`` / ``MultiHeadAttention`` matmul ``[m, k] @ [k, n]`` becomes
+   ``[units, 1, m, k] @ [k, n]``. TensorFlow 2.21's oneDNN kernel for that broadcast batch
+   matmul reads past the end of the right operand when it runs on more than one thread
+   (tensorflow/tensorflow#117700; the fix, PR #120199, is not in 2.21): the units after the
+   first thread's share get wrong gradients computed from out-of-bounds memory, which may
+   hold other examples' data, or the process aborts. The rule computes the same product
+   as one 2-D matmul (right operand 2-D, as in these layers) or with the broadcast made
+   explicit (equal batch shapes, which the kernel handles correctly).
+
+Convolution filter gradients:
 
 TensorFlow's vectorizer (pfor) has no batched rule for ``Conv2DBackpropFilter`` when the
 layer input differs per example: it falls back to a ``while_loop`` over the examples,
@@ -12,7 +27,7 @@ The rule here computes, for every example ``i`` at once::
 with ``tf.image.extract_patches`` (the same windows, strides, dilations and SAME/VALID
 padding as the convolution) and one batched matmul. It is exact (the same sums in another
 order). It is installed only while the DP engine traces its vectorized map
-(:func:`vectorized_conv_filter_gradients`), never left in TensorFlow's registry, and
+(:func:`vectorizer_rules`), never left in TensorFlow's registry, and
 anything it does not cover (NCHW, explicit padding, unknown filter sizes, an unknown
 TensorFlow layout) goes to TensorFlow's own rule.
 """
@@ -31,8 +46,11 @@ try:  # TensorFlow's vectorizer internals; without them the engine runs as befor
     _REGISTRY = _pfor._pfor_converter_registry
     _OP = "Conv2DBackpropFilter"
     _ORIGINAL = _REGISTRY.get(_OP)
+    _MATMUL_OP = "BatchMatMulV2"
+    _ORIGINAL_MATMUL = _REGISTRY.get(_MATMUL_OP)
 except (ImportError, AttributeError):  # pragma: no cover - depends on the TF version
-    _REGISTRY = _ORIGINAL = None
+    _REGISTRY = _ORIGINAL = _ORIGINAL_MATMUL = None
+    _OP = _MATMUL_OP = ""
 
 
 def _as_str(value) -> str:
@@ -67,14 +85,36 @@ def _per_example_filter_gradient(pfor_input):
     return _pfor.wrap(tf.reshape(kernel_grads, tf.stack([examples, kh, kw, cin, cout])), True)
 
 
+def _batch_matmul_without_broadcast(pfor_input):
+    """``BatchMatMulV2`` under the vectorizer, never as a broadcast batch matmul."""
+    pfor_input.expanddim_inputs_for_broadcast()
+    x, y = pfor_input.input(0)[0], pfor_input.input(1)[0]
+    adj_x, adj_y = pfor_input.get_attr("adj_x"), pfor_input.get_attr("adj_y")
+    if y.shape.rank == 2 and not adj_x:
+        # [..., m, k] @ [k, n] is one [(...) m, k] @ [k, n] matmul: no copy, no broadcast.
+        k = tf.shape(x)[-1]
+        out = tf.matmul(tf.reshape(x, [-1, k]), y, adjoint_b=adj_y)
+        out = tf.reshape(out, tf.concat([tf.shape(x)[:-1], tf.shape(out)[-1:]], axis=0))
+    else:
+        batch = tf.broadcast_dynamic_shape(tf.shape(x)[:-2], tf.shape(y)[:-2])
+        x = tf.broadcast_to(x, tf.concat([batch, tf.shape(x)[-2:]], axis=0))
+        y = tf.broadcast_to(y, tf.concat([batch, tf.shape(y)[-2:]], axis=0))
+        out = tf.matmul(x, y, adjoint_a=adj_x, adjoint_b=adj_y)
+    return _pfor.wrap(out, True)
+
+
 @contextlib.contextmanager
-def vectorized_conv_filter_gradients() -> Iterator[None]:
-    """While active, ``tf.vectorized_map`` vectorizes per-example conv filter gradients."""
-    if _REGISTRY is None or _ORIGINAL is None:
-        yield
-        return
-    _REGISTRY[_OP] = _per_example_filter_gradient
+def vectorizer_rules() -> Iterator[None]:
+    """While active, ``tf.vectorized_map`` uses this module's rules (see the docstring)."""
+    candidates = (
+        (_OP, _per_example_filter_gradient, _ORIGINAL),
+        (_MATMUL_OP, _batch_matmul_without_broadcast, _ORIGINAL_MATMUL),
+    )
+    rules = [(op, rule, original) for op, rule, original in candidates if original]
+    for op, rule, _ in rules:
+        _REGISTRY[op] = rule
     try:
         yield
     finally:
-        _REGISTRY[_OP] = _ORIGINAL
+        for op, _, original in rules:
+            _REGISTRY[op] = original
