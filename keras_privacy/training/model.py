@@ -81,6 +81,7 @@ class DPTrainingMixin:
         gradient_accumulation_steps: int,
         sampling: str,
         seed: int | None,
+        engine: str = "auto",
     ) -> None:
         # Validate what was given now; clip and noise may come from a DP optimizer later.
         validate_dp_arguments(
@@ -90,6 +91,7 @@ class DPTrainingMixin:
             gradient_accumulation_steps=gradient_accumulation_steps,
             sampling=sampling,
             seed=seed,
+            engine=engine,
         )
         self._dp_settings = {
             "l2_norm_clip": l2_norm_clip,
@@ -98,6 +100,7 @@ class DPTrainingMixin:
             "gradient_accumulation_steps": gradient_accumulation_steps,
             "sampling": sampling,
             "seed": seed,
+            "engine": engine,
         }
         self._dp_config: DPConfig | None = None
         if l2_norm_clip is not None and noise_multiplier is not None:
@@ -491,6 +494,9 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
       gradient_accumulation_steps: batches per optimizer update (noise added once).
       sampling: ``"poisson"`` (default) or ``"shuffle"`` for in-memory arrays.
       seed: for reproducible tests only; never saved.
+      engine: ``"auto"`` (default: the fast norm-only engine where it is exact for the
+        model, else the vectorized one; says which once), ``"fast"`` (raise
+        ``PrivacyError`` if it cannot be exact) or ``"vectorized"``.
     """
 
     def __init__(
@@ -502,6 +508,7 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
         gradient_accumulation_steps: int = 1,
         sampling: str = POISSON,
         seed: int | None = None,
+        engine: str = "auto",
         **kwargs: Any,
     ) -> None:
         if functional_init_arguments(args, kwargs):
@@ -521,6 +528,7 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
             gradient_accumulation_steps=gradient_accumulation_steps,
             sampling=sampling,
             seed=seed,
+            engine=engine,
         )
 
     def __new__(cls, *args: Any, **kwargs: Any):
@@ -545,6 +553,7 @@ class DPFunctional(DPModel, Functional):
         gradient_accumulation_steps: int = 1,
         sampling: str = POISSON,
         seed: int | None = None,
+        engine: str = "auto",
         **kwargs: Any,
     ) -> None:
         # What keras.Model.__init__ does for functional arguments, minus rewriting the
@@ -558,6 +567,7 @@ class DPFunctional(DPModel, Functional):
             gradient_accumulation_steps=gradient_accumulation_steps,
             sampling=sampling,
             seed=seed,
+            engine=engine,
         )
 
 
@@ -579,6 +589,7 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
         gradient_accumulation_steps: int = 1,
         sampling: str = POISSON,
         seed: int | None = None,
+        engine: str = "auto",
         layers: list | None = None,
         trainable: bool = True,
         name: str | None = None,
@@ -595,6 +606,7 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
             gradient_accumulation_steps=gradient_accumulation_steps,
             sampling=sampling,
             seed=seed,
+            engine=engine,
         )
 
 
@@ -650,6 +662,7 @@ def make_private(
     gradient_accumulation_steps: int = 1,
     sampling: str = POISSON,
     seed: int | None = None,
+    engine: str = "auto",
 ) -> PrivateModel:
     """Return a model that trains ``model``'s layers with DP-SGD through compile/fit.
 
@@ -675,6 +688,7 @@ def make_private(
         gradient_accumulation_steps=gradient_accumulation_steps,
         sampling=sampling,
         seed=seed,
+        engine=engine,
     )
     if getattr(model, "compiled", False):
         private.compile_from_config(model.get_compile_config())

@@ -23,6 +23,7 @@ import tensorflow as tf
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training.backend.tensorflow.engine import VectorizedEngine
+from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
 from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.optimizers import private_update
 
@@ -63,7 +64,12 @@ class TensorFlowDPTrainer:
     """Mixin for ``keras.Model`` subclasses on the TensorFlow backend (placed first in
     the bases): replaces ``train_step`` with the DP step."""
 
-    _dp_engine = VectorizedEngine()
+    _dp_engine = VectorizedEngine()  # the reference engine (engine="vectorized")
+    _dp_engines = {
+        "vectorized": _dp_engine,
+        "fast": FastEngine(require=True),
+        "auto": FastEngine(require=False),
+    }
 
     def make_train_function(self, force: bool = False):
         config = self._dp_require_config()
@@ -84,8 +90,19 @@ class TensorFlowDPTrainer:
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
         return self._dp_fixed_batch_step(x, y, sample_weight, config)
 
+    @property
+    def dp_engine_used(self) -> str | None:
+        """The clipping engine the last traced DP step used (``"fast"`` or
+        ``"vectorized"``), or ``None`` before training."""
+        used = getattr(self, "_dp_engine_used", None)
+        return None if used is None else used[0]
+
     def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0) -> ClippedBatch:
-        return self._dp_engine.clipped_gradient_sum(
+        choice = self._dp_settings.get("engine", "auto")
+        if choice == "vectorized":
+            object.__setattr__(self, "_dp_engine_used", ("vectorized", "engine='vectorized'"))
+        engine = self._dp_engines[choice]
+        return engine.clipped_gradient_sum(
             self,
             x,
             y,

@@ -1,0 +1,457 @@
+"""The fast (norm-only) engine: same norms and clipped sums as the vectorized engine,
+bounded contributions, the batch-independence guard, and the engine choice."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import flat, reference_clipped_sum, sgd_step_sum
+from keras import ops
+
+import keras_privacy as kp
+from keras_privacy.training.config import DPConfig
+from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.fast import (
+    LayerRule,
+    batch_mixing_reason,
+    register_per_example_layer,
+    register_rule,
+)
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _private(model, clip=1.0, engine="auto", loss=LOSS, **kwargs):
+    private = kp.make_private(
+        model, l2_norm_clip=clip, noise_multiplier=0.0, engine=engine, seed=0, **kwargs
+    )
+    private.compile(optimizer=keras.optimizers.SGD(1.0), loss=loss)
+    return private
+
+
+def _both(model, x, y, sw=None, num_units=None, clip=1.0, loss=LOSS):
+    """(fast, vectorized) ClippedBatch of the same batch."""
+    private = _private(model, clip, engine="fast", loss=loss)
+    args = (private, x, y, sw)
+    kwargs = {"num_units": num_units, "l2_norm_clip": clip}
+    fast = private._dp_engines["fast"].clipped_gradient_sum(*args, **kwargs)
+    ref = private._dp_engine.clipped_gradient_sum(*args, **kwargs)
+    return fast, ref
+
+
+class _Loop:
+    """Per-unit reference by a GradientTape loop (for EinsumDense: TensorFlow 2.21's
+    vectorizer computes wrong per-example einsum gradients and can corrupt memory)."""
+
+    def __init__(self, private, x, y, num_units, clip):
+        rows = 1 if num_units is None else len(x) // num_units
+        norms, total = [], None
+        for i in range(0, len(x), rows):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(
+                    LOSS(y[i : i + rows], private(x[i : i + rows], training=True))
+                )
+            grads = [
+                np.asarray(tf.convert_to_tensor(g), "float64")
+                for g in tape.gradient(loss, private.trainable_variables)
+            ]
+            norm = np.sqrt(sum(np.sum(g**2) for g in grads))
+            scaled = [min(1.0, clip / norm) * g for g in grads]
+            total = scaled if total is None else [t + g for t, g in zip(total, scaled, strict=True)]
+            norms.append(norm)
+        self.norms, self.grad_sum = np.array(norms), total
+
+
+def _assert_same(fast, ref, rtol=1e-5):
+    f_norms, r_norms = np.asarray(fast.norms), np.asarray(ref.norms)
+    np.testing.assert_array_equal(np.isfinite(f_norms), np.isfinite(r_norms))
+    ok = np.isfinite(r_norms)
+    np.testing.assert_allclose(f_norms[ok], r_norms[ok], rtol=rtol)
+    # Relative 1e-5 per variable; a variable whose true sum is 0 up to rounding (a key
+    # bias in attention) is compared relative to 1e-3 of the whole sum.
+    floor = 1e-3 * np.linalg.norm(flat([np.asarray(r, "float64") for r in ref.grad_sum]))
+    for f, r in zip(fast.grad_sum, ref.grad_sum, strict=True):
+        f, r = np.asarray(f, "float64"), np.asarray(r, "float64")
+        assert f.shape == r.shape
+        assert np.all(np.isfinite(f))
+        assert np.linalg.norm(f - r) <= rtol * max(np.linalg.norm(r), floor) + 1e-30
+
+
+def _mlp(rng, activation="tanh"):
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation=activation), keras.layers.Dense(3)]
+    )
+    return model, rng.normal(size=(12, 6)).astype("float32")
+
+
+def _sequence_dense(rng, steps, width):
+    """Dense on [B, T, d]: short sequences take the norm-only path, long ones the
+    materialised one (the rule picks from static shapes)."""
+    model = keras.Sequential(
+        [
+            keras.Input((steps, 4)),
+            keras.layers.Dense(width, activation="relu"),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    return model, rng.normal(size=(12, steps, 4)).astype("float32")
+
+
+def _einsum(rng):
+    inputs = keras.Input((5, 4))
+    h = keras.layers.EinsumDense("abc,cde->abde", (5, 2, 3), bias_axes="de")(inputs)
+    h = keras.layers.EinsumDense("abde,dec->abc", (5, 6), bias_axes="c", activation="tanh")(h)
+    h = keras.layers.Flatten()(h)
+    outputs = keras.layers.EinsumDense("ab,bc->ac", (3,))(h)
+    return keras.Model(inputs, outputs), rng.normal(size=(12, 5, 4)).astype("float32")
+
+
+def _embedding(rng, mask_zero=False):
+    model = keras.Sequential(
+        [
+            keras.Input((7,), dtype="int32"),
+            keras.layers.Embedding(30, 4, mask_zero=mask_zero),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    ids = rng.integers(0, 30, size=(12, 7)).astype("int32")
+    ids[:, :3] = 5  # repeated tokens within and across examples
+    ids[::2, -2:] = 0  # padding (masked with mask_zero)
+    return model, ids
+
+
+def _norms(rng):
+    layers = [keras.Input((5, 6)), keras.layers.Dense(8), keras.layers.LayerNormalization()]
+    if hasattr(keras.layers, "RMSNormalization"):
+        layers.append(keras.layers.RMSNormalization())
+    layers += [keras.layers.Flatten(), keras.layers.Dense(3)]
+    return keras.Sequential(layers), rng.normal(size=(12, 5, 6)).astype("float32")
+
+
+def _transformer(rng, dropout=0.0):
+    inputs = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(40, 8)(inputs)
+    a = keras.layers.MultiHeadAttention(2, 4, dropout=dropout)(h, h)
+    h = keras.layers.LayerNormalization()(keras.layers.Add()([h, a]))
+    f = keras.layers.Dense(16, activation="relu")(h)
+    f = keras.layers.Dropout(dropout)(keras.layers.Dense(8)(f))
+    h = keras.layers.LayerNormalization()(h + f)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(h))
+    return keras.Model(inputs, outputs), rng.integers(0, 40, size=(12, 6)).astype("int32")
+
+
+BUILDERS = {
+    "mlp": _mlp,
+    "mlp_linear": lambda rng: _mlp(rng, None),
+    "sequence_ghost": lambda rng: _sequence_dense(rng, 3, 16),
+    "sequence_materialised": lambda rng: _sequence_dense(rng, 20, 4),
+    "embedding": _embedding,
+    "embedding_mask_zero": lambda rng: _embedding(rng, True),
+    "layer_and_rms_norm": _norms,
+}
+
+
+@pytest.mark.parametrize("num_units", [None, 4])
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_fast_equals_vectorized(name, num_units, rng):
+    model, x = BUILDERS[name](rng)
+    y = rng.integers(0, 3, len(x))
+    fast, ref = _both(model, x, y, num_units=num_units)
+    _assert_same(fast, ref)
+    np.testing.assert_allclose(np.asarray(fast.unit_losses), np.asarray(ref.unit_losses), 1e-5)
+
+
+@pytest.mark.parametrize("num_units", [None, 4])
+def test_einsum_dense_equals_reference(num_units, rng):
+    model, x = _einsum(rng)
+    y = rng.integers(0, 3, len(x))
+    private = _private(model, engine="fast")
+    fast = private._dp_engines["fast"].clipped_gradient_sum(
+        private, x, y, None, num_units=num_units, l2_norm_clip=1.0
+    )
+    _assert_same(fast, _Loop(private, x, y, num_units, 1.0))
+
+
+def test_transformer_block_equals_reference(rng):
+    """MultiHeadAttention + Dense + LayerNormalization + Embedding (the vectorized engine
+    miscomputes per-example einsum gradients on TensorFlow 2.21, so the reference is the
+    GradientTape loop)."""
+    model, x = _transformer(rng)
+    y = rng.integers(0, 3, len(x))
+    private = _private(model, clip=0.5, engine="fast")
+    fast = private._dp_engines["fast"].clipped_gradient_sum(
+        private, x, y, None, num_units=None, l2_norm_clip=0.5
+    )
+    expected = reference_clipped_sum(private, LOSS, x, y, 0.5)
+    got = flat([np.asarray(g, "float64") for g in fast.grad_sum])
+    assert np.linalg.norm(got - flat(expected)) <= 1e-5 * np.linalg.norm(flat(expected))
+    _assert_same(fast, _Loop(private, x, y, None, 0.5))
+    fast = private._dp_engines["fast"].clipped_gradient_sum(
+        private, x, y, None, num_units=3, l2_norm_clip=0.5
+    )
+    _assert_same(fast, _Loop(private, x, y, 3, 0.5))
+
+
+def test_sample_weights_and_multiple_outputs(rng):
+    inputs = [keras.Input((4,)), keras.Input((3,))]
+    h = keras.layers.Dense(5, activation="tanh")(keras.layers.Concatenate()(inputs))
+    out_a = keras.layers.Dense(3, name="a")(h)
+    out_b = keras.layers.Dense(1, name="b")(h)
+    model = keras.Model(inputs, {"a": out_a, "b": out_b})
+    x = [rng.normal(size=(10, 4)).astype("float32"), rng.normal(size=(10, 3)).astype("float32")]
+    y = {"a": rng.integers(0, 3, 10), "b": rng.normal(size=(10, 1)).astype("float32")}
+    sw = rng.random(10).astype("float32")
+    loss = {"a": LOSS, "b": keras.losses.MeanSquaredError()}
+    fast, ref = _both(model, x, y, sw=sw, loss=loss)
+    _assert_same(fast, ref)
+
+
+@pytest.mark.parametrize("name", ["mlp_linear", "embedding", "sequence_ghost"])
+def test_adversarial_rows(name, rng):
+    """Rows x1e30 (squares overflow float32: the scaled path) and NaN rows (contribute
+    exactly zero) give the vectorized engine's norms and sums."""
+    model, x = BUILDERS[name](rng)
+    y = rng.integers(0, 3, len(x))
+    if name == "embedding":
+        model.layers[0].embeddings.assign(model.layers[0].embeddings * 1e30)
+    else:
+        x[1] *= 1e30
+        x[4] = np.nan
+    # Labels the saturated softmax gets wrong, so that the gradients are ~1e30.
+    y = (np.argmax(np.asarray(model(x)), axis=-1) + 1) % 3
+    fast, ref = _both(model, x, y)
+    norms = np.asarray(ref.norms)
+    assert np.any(norms > 1e20)
+    if name != "embedding":
+        assert not np.isfinite(norms[4])
+    _assert_same(fast, ref)
+
+
+@pytest.mark.parametrize("name", ["mlp", "embedding", "einsum"])
+def test_each_unit_contributes_at_most_clip(name, rng):
+    """Removing any one example changes the fast engine's clipped sum by at most C."""
+    model, x = _einsum(rng) if name == "einsum" else BUILDERS[name](rng)
+    y = rng.integers(0, 3, len(x))
+    clip = 0.1
+    private = _private(model, clip, engine="fast")
+    engine = private._dp_engines["fast"]
+
+    def total(xs, ys):
+        batch = engine.clipped_gradient_sum(
+            private, xs, ys, None, num_units=None, l2_norm_clip=clip
+        )
+        return flat([np.asarray(g, "float64") for g in batch.grad_sum])
+
+    full = total(x, y)
+    for i in range(len(x)):
+        rest = total(np.delete(x, i, axis=0), np.delete(y, i))
+        assert np.linalg.norm(full - rest) <= clip * (1 + 1e-5)
+
+
+class MixBatch(keras.layers.Layer):
+    """Subtracts the batch mean: every example's output depends on all the others."""
+
+    def call(self, x):
+        return x - ops.mean(x, axis=0, keepdims=True)
+
+
+def _mixing_model():
+    return keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8), MixBatch(), keras.layers.Dense(3)]
+    )
+
+
+def test_guard_catches_batch_mixing_layer(rng):
+    assert "MixBatch" in batch_mixing_reason(_mixing_model())
+    x = rng.normal(size=(8, 6)).astype("float32")
+    y = rng.integers(0, 3, 8)
+    private = _private(_mixing_model(), engine="fast")
+    with pytest.raises(PrivacyError, match="mix_batch"):
+        private.train_on_batch(x, y)
+
+
+def test_auto_falls_back_on_mixing_layer_and_stays_bounded(rng):
+    """With the mixing layer, auto uses the vectorized engine (each example alone), so
+    removing one example moves the clipped sum by at most C."""
+    x = rng.normal(size=(8, 6)).astype("float32") * 5
+    y = rng.integers(0, 3, 8)
+    clip = 0.1
+    private = _private(_mixing_model(), clip)
+    with pytest.warns(UserWarning, match="vectorized clipping engine"):
+        batch = private._dp_clipped(x, y, None, num_units=None)
+    assert private.dp_engine_used == "vectorized"
+    full = flat([np.asarray(g) for g in batch.grad_sum])
+    for i in range(len(x)):
+        rest = private._dp_clipped(np.delete(x, i, 0), np.delete(y, i), None, num_units=None)
+        assert np.linalg.norm(full - flat([np.asarray(g) for g in rest.grad_sum])) <= clip * (
+            1 + 1e-5
+        )
+
+
+def test_functional_op_mixing_is_caught():
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(4)(inputs)
+    h = h - ops.mean(h, axis=0)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    assert "not known to treat the examples" in batch_mixing_reason(model)
+
+
+def _shared(rng):
+    dense = keras.layers.Dense(6, activation="tanh")
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(dense(dense(inputs))))
+    return model, rng.normal(size=(8, 6)).astype("float32")
+
+
+def _regularized(rng):
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.1))]
+    )
+    return model, rng.normal(size=(8, 6)).astype("float32")
+
+
+def _conv(rng):
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    return model, rng.normal(size=(8, 6, 6, 1)).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "builder, reason",
+    [
+        (_shared, "called 2 times"),
+        (_regularized, "regularization"),
+        (_conv, "no exact fast rule"),
+    ],
+)
+def test_not_exact_falls_back_or_refuses(builder, reason, rng):
+    model, x = builder(rng)
+    y = rng.integers(0, 3, len(x))
+    private = _private(model, engine="fast")
+    with pytest.raises(PrivacyError, match=reason):
+        private._dp_clipped(x, y, None, num_units=None)
+    model, x = builder(rng)
+    private = _private(model)
+    with pytest.warns(UserWarning, match=reason):
+        got = private._dp_clipped(x, y, None, num_units=None)
+    assert private.dp_engine_used == "vectorized"
+    want = reference_clipped_sum(private, LOSS, x, y, 1.0)
+    np.testing.assert_allclose(flat(got.grad_sum), flat(want), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mlp", "embedding", "transformer"])
+def test_auto_picks_fast_and_trains_exactly(name, rng):
+    """One SGD(lr=1) step without noise through train_on_batch moves the weights by
+    exactly the per-example reference's clipped sum / B."""
+    model, x = _transformer(rng) if name == "transformer" else BUILDERS[name](rng)
+    y = rng.integers(0, 3, len(x))
+    private = _private(model, clip=0.5)
+    expected = reference_clipped_sum(private, LOSS, x, y, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        got = sgd_step_sum(private, x, y, len(x))
+    assert private.dp_engine_used == "fast"
+    assert np.linalg.norm(flat(got) - flat(expected)) <= 1e-4 * np.linalg.norm(flat(expected))
+
+
+def test_dropout_trains_with_fast_engine(rng):
+    model, x = _transformer(rng, dropout=0.5)
+    y = rng.integers(0, 3, len(x))
+    private = _private(model, clip=0.5)
+    private.fit(x, y, batch_size=6, epochs=1, verbose=0)
+    assert private.dp_engine_used == "fast"
+    # Identical rows get their own dropout masks, so their gradient norms differ.
+    same = np.repeat(x[:1], 6, axis=0)
+    batch = private._dp_clipped(same, np.repeat(y[:1], 6), None, num_units=None)
+    assert len(np.unique(np.round(np.asarray(batch.norms), 6))) > 1
+
+
+class Scale(keras.layers.Layer):
+    """y = x * w, per feature."""
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.w
+
+
+class ScaleRule(LayerRule):
+    def variables(self, layer):
+        return [layer.w]
+
+    def forward(self, layer, inputs, *args, **kwargs):
+        z = inputs * layer.w
+        return z, {"a": inputs}, {"z": z}
+
+    def _grads(self, call):
+        return ops.cast(call.saved["a"] * call.grads["z"], "float32")
+
+    def squared_norms(self, call, units):
+        return ops.sum(ops.square(self._grads(call)), axis=1)
+
+    def norms(self, call, units):
+        return ops.sqrt(self.squared_norms(call, units))
+
+    def clipped_sums(self, call, units, factors, safe):
+        return [ops.sum(self._grads(call) * factors[:, None], axis=0)]
+
+
+def test_register_rule_for_custom_layer(rng):
+    def model():
+        return keras.Sequential([keras.Input((6,)), Scale(), keras.layers.Dense(3)])
+
+    x = rng.normal(size=(8, 6)).astype("float32")
+    y = rng.integers(0, 3, 8)
+    assert "Scale" in batch_mixing_reason(model())
+    register_rule(Scale, ScaleRule())
+    fast, ref = _both(model(), x, y)
+    _assert_same(fast, ref)
+    with pytest.raises(TypeError):
+        register_rule(Scale, object())
+    with pytest.raises(TypeError):
+        register_per_example_layer(int)
+
+
+def test_engine_argument_validated_and_saved(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(PrivacyError, match="engine must be one of"):
+        kp.make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0, engine="ghost")
+    with pytest.raises(PrivacyError, match="engine must be one of"):
+        kp.DPSequential(1.0, 1.0, engine=None, layers=[keras.layers.Dense(2)])
+    private = kp.make_private(model, l2_norm_clip=1.0, noise_multiplier=1.0, engine="vectorized")
+    assert private.get_config()["dp_config"]["engine"] == "vectorized"
+    private.compile(optimizer="sgd", loss=LOSS)
+    private.train_on_batch(np.zeros((4, 3), "float32"), np.zeros(4, "int32"))
+    assert private.dp_engine_used == "vectorized"
+    path = str(tmp_path / "m.keras")
+    private.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config()["dp_config"]["engine"] == "vectorized"
+    sequential = kp.DPSequential(1.0, 1.0, engine="fast", layers=[keras.layers.Dense(2)])
+    assert sequential.get_config()["dp_config"]["engine"] == "fast"
+    assert DPConfig(1.0, 1.0).engine == "auto"
+
+
+def test_fast_engine_inside_tf_function_keeps_model_unchanged(rng):
+    model, x = _mlp(rng)
+    private = _private(model)
+    y = rng.integers(0, 3, len(x))
+
+    @tf.function
+    def step():
+        return private._dp_clipped(x, y, None, num_units=None).norms
+
+    step()
+    assert all("call" not in vars(layer) for layer in model.layers)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(model(x)))
