@@ -324,7 +324,8 @@ class EmbeddingRule(LayerRule):
         return ops.cast(z, layer.compute_dtype), {"ids": ids}, {"z": z}
 
     def _segments(self, call, units):
-        """The unit's distinct (unit, token) pairs, by sorting ``unit * V + id``."""
+        """Each unit's distinct tokens: sort ``id * U + unit`` and sum the output
+        gradients of equal keys (a sorted segment sum). Cached per call."""
         if "segments" in call.cache:
             return call.cache["segments"]
         ids = call.saved["ids"]
@@ -332,51 +333,60 @@ class EmbeddingRule(LayerRule):
         dim = d.shape[-1]
         count = units.count(ids)
         ids_u = ops.reshape(ops.cast(ids, "int64"), (count, -1))
-        d_u = ops.reshape(d, (count, -1, dim))
         positions = ops.shape(ids_u)[1]
         owner = ops.reshape(
             ops.broadcast_to(ops.arange(count, dtype="int64")[:, None], (count, positions)), (-1,)
         )
-        flat_ids = ops.reshape(ids_u, (-1,))
-        keys = owner * int(call.layer.input_dim) + flat_ids
+        keys = ops.reshape(ids_u, (-1,)) * ops.cast(count, "int64") + owner
         order = ops.argsort(keys)
         sorted_keys = ops.take(keys, order)
         first = ops.concatenate(
             [ops.ones((1,), "bool"), ops.not_equal(sorted_keys[1:], sorted_keys[:-1])]
         )
         segment = ops.cumsum(ops.cast(first, "int32")) - 1
-        result = (d_u, owner, flat_ids, order, first, segment, count)
-        call.cache["segments"] = result
-        return result
+        rows = ops.take(ops.reshape(d, (-1, dim)), order, axis=0)
+        segment_keys = ops.segment_max(sorted_keys, segment, sorted=True)
+        seg = {
+            "d_units": ops.reshape(d, (count, -1, dim)),
+            "rows": rows,
+            "row_units": ops.take(owner, order),
+            "segment": segment,
+            "sums": ops.segment_sum(rows, segment, sorted=True),
+            "unit": segment_keys % ops.cast(count, "int64"),
+            "id": segment_keys // ops.cast(count, "int64"),
+            "count": count,
+        }
+        call.cache["segments"] = seg
+        return seg
 
-    def _unit_sq(self, call, units, d_flat_sorted):
-        _, owner, _, order, first, segment, count = self._segments(call, units)
-        n = ops.shape(segment)[0]
-        sums = ops.segment_sum(d_flat_sorted, segment, num_segments=n)
-        seg_sq = ops.sum(ops.square(sums), axis=1)
-        contrib = ops.where(first, ops.take(seg_sq, segment), 0.0)
-        return ops.segment_sum(contrib, ops.take(owner, order), num_segments=count)
-
-    def _sorted_rows(self, call, units):
-        d_u, _, _, order, _, _, _ = self._segments(call, units)
-        return ops.take(ops.reshape(d_u, (-1, d_u.shape[-1])), order, axis=0)
+    def _unit_sq(self, seg, sums):
+        return ops.segment_sum(
+            ops.sum(ops.square(sums), axis=1), seg["unit"], num_segments=seg["count"]
+        )
 
     def squared_norms(self, call, units):
-        return self._unit_sq(call, units, self._sorted_rows(call, units))
+        seg = self._segments(call, units)
+        return self._unit_sq(seg, seg["sums"])
 
     def norms(self, call, units):
-        d_u, owner, _, order, _, _, _ = self._segments(call, units)
-        scale = U.unit_max_abs(d_u)
-        row_scale = ops.maximum(ops.take(scale, ops.take(owner, order)), 1e-30)
-        rows = self._sorted_rows(call, units) / row_scale[:, None]
-        return scale * ops.sqrt(self._unit_sq(call, units, rows))
+        seg = self._segments(call, units)
+        scale = U.unit_max_abs(seg["d_units"])
+        row_scale = ops.maximum(ops.take(scale, seg["row_units"]), 1e-30)
+        sums = ops.segment_sum(seg["rows"] / row_scale[:, None], seg["segment"], sorted=True)
+        return scale * ops.sqrt(self._unit_sq(seg, sums))
 
     def clipped_sums(self, call, units, factors, safe):
-        d_u, _, flat_ids, _, _, _, _ = self._segments(call, units)
-        d_scaled = _scale_units(d_u, factors, safe)
-        rows = ops.reshape(d_scaled, (-1, d_u.shape[-1]))
-        table = ops.segment_sum(rows, flat_ids, num_segments=int(call.layer.input_dim))
-        return [table]
+        seg = self._segments(call, units)
+        weights = ops.take(factors, seg["unit"])
+        sums = seg["sums"]
+        if safe:
+            sums = U.keep_rows(sums, weights)
+        # Segments are sorted by token id, so the table is a sorted segment sum over ids
+        # (rows up to the largest id present), completed with zero rows.
+        part = ops.segment_sum(U.scale_rows(sums, weights), seg["id"], sorted=True)
+        vocab = int(call.layer.input_dim)
+        missing = ops.zeros((vocab - ops.shape(part)[0], part.shape[-1]), part.dtype)
+        return [ops.concatenate([part, missing], axis=0)]
 
 
 def _trailing_axes(axis: Any, rank: int) -> list[int] | None:
