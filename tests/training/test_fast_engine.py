@@ -144,6 +144,21 @@ def _transformer(rng, dropout=0.0):
     return keras.Model(inputs, outputs), rng.integers(0, 40, size=(12, 6)).astype("int32")
 
 
+def _conv_net(rng, rank, padding, strides, dilation):
+    shape = (9, 3) if rank == 1 else (8, 7, 2)
+    conv = keras.layers.Conv1D if rank == 1 else keras.layers.Conv2D
+    model = keras.Sequential(
+        [
+            keras.Input(shape),
+            conv(4, 3, strides=strides, padding=padding, dilation_rate=dilation, activation="relu"),
+            conv(3, 2, padding="same" if padding != "causal" else "causal", use_bias=False),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    return model, rng.normal(size=(12, *shape)).astype("float32")
+
+
 BUILDERS = {
     "mlp": _mlp,
     "mlp_linear": lambda rng: _mlp(rng, None),
@@ -152,6 +167,10 @@ BUILDERS = {
     "embedding": _embedding,
     "embedding_mask_zero": lambda rng: _embedding(rng, True),
     "layer_and_rms_norm": _norms,
+    "conv1d_causal_dilated": lambda rng: _conv_net(rng, 1, "causal", 1, 2),
+    "conv1d_same_strided": lambda rng: _conv_net(rng, 1, "same", 2, 1),
+    "conv2d_valid_strided": lambda rng: _conv_net(rng, 2, "valid", 2, 1),
+    "conv2d_same_dilated": lambda rng: _conv_net(rng, 2, "same", 1, 2),
 }
 
 
@@ -317,13 +336,13 @@ def _regularized(rng):
 def _conv(rng):
     model = keras.Sequential(
         [
-            keras.Input((6, 6, 1)),
-            keras.layers.Conv2D(2, 3),
+            keras.Input((4, 4, 4, 1)),
+            keras.layers.Conv3D(2, 2),
             keras.layers.Flatten(),
             keras.layers.Dense(3),
         ]
     )
-    return model, rng.normal(size=(8, 6, 6, 1)).astype("float32")
+    return model, rng.normal(size=(8, 4, 4, 4, 1)).astype("float32")
 
 
 @pytest.mark.parametrize(
