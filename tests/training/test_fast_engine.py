@@ -14,6 +14,7 @@ import keras_privacy as kp
 from keras_privacy.training.config import DPConfig
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast import (
+    ConvRule,
     LayerRule,
     batch_mixing_reason,
     register_per_example_layer,
@@ -174,9 +175,24 @@ BUILDERS = {
 }
 
 
+@pytest.fixture
+def conv_rules():
+    """ConvRule is opt-in: register it for one test, then restore the registry."""
+    from keras_privacy.training.fast import rules
+
+    saved = dict(rules._RULES)
+    register_rule(keras.layers.Conv1D, ConvRule())
+    register_rule(keras.layers.Conv2D, ConvRule())
+    yield
+    rules._RULES.clear()
+    rules._RULES.update(saved)
+
+
 @pytest.mark.parametrize("num_units", [None, 4])
 @pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_fast_equals_vectorized(name, num_units, rng):
+def test_fast_equals_vectorized(name, num_units, rng, request):
+    if name.startswith("conv"):
+        request.getfixturevalue("conv_rules")
     model, x = BUILDERS[name](rng)
     y = rng.integers(0, 3, len(x))
     fast, ref = _both(model, x, y, num_units=num_units)

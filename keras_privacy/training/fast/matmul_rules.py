@@ -250,13 +250,8 @@ class ConvRule(_MatmulRule):
         if layer.rank == 1:
             a = ops.expand_dims(a, 1)
             size, strides, dilation = (1, *size), (1, *strides), (1, *dilation)
-        patches = ops.image.extract_patches(
-            a,
-            size,
-            strides=strides,
-            dilation_rate=dilation,
-            padding=call.saved["padding"],
-            data_format="channels_last",
+        patches = U.backend_ops["extract_patches"](
+            a, size, strides, dilation, call.saved["padding"]
         )
         features = math.prod(layer.kernel_size) * a.shape[-1]
         patches = ops.reshape(patches, (ops.shape(patches)[0], -1, features))

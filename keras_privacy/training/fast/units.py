@@ -48,6 +48,24 @@ class Units:
         return ops.repeat(unit_values, rows // self.num_units, axis=0)
 
 
+def _keras_extract_patches(images, size, strides, dilation_rate, padding):
+    return ops.image.extract_patches(
+        images,
+        size,
+        strides=strides,
+        dilation_rate=dilation_rate,
+        padding=padding,
+        data_format="channels_last",
+    )
+
+
+#: ``extract_patches(images [B, H, W, C], size, strides, dilation_rate, padding)`` ->
+#: ``[B, H', W', kh * kw * C]`` (features in (kh, kw, C) order). Keras's version is an
+#: identity convolution (exact, but costs a convolution with kh*kw*C output channels); a
+#: backend may install a plain copy (TensorFlow's ``tf.image.extract_patches``).
+backend_ops = {"extract_patches": _keras_extract_patches}
+
+
 def float32(tensor) -> object:
     return ops.cast(tensor, "float32")
 

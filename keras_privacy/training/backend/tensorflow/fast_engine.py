@@ -39,11 +39,28 @@ from keras_privacy.training.checks import _all_layers
 from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast import clip as fast_clip
+from keras_privacy.training.fast import units as fast_units
 from keras_privacy.training.fast.guard import batch_mixing_reason
 from keras_privacy.training.fast.rules import NotExact, RuleCall, rule_for
 from keras_privacy.training.fast.units import Units
 
 _log = logging.getLogger("keras_privacy")
+
+
+def _extract_patches(images, size, strides, dilation_rate, padding):
+    """Patches by copying (``tf.image.extract_patches``), the same windows and the same
+    (kh, kw, C) feature order as Keras's identity-convolution version, without its
+    convolution's cost."""
+    return tf.image.extract_patches(
+        images,
+        sizes=[1, *size, 1],
+        strides=[1, *strides, 1],
+        rates=[1, *dilation_rate, 1],
+        padding=padding.upper(),
+    )
+
+
+fast_units.backend_ops["extract_patches"] = _extract_patches
 
 
 class _Capture:
