@@ -361,9 +361,18 @@ def _conv(rng):
     return model, rng.normal(size=(8, 4, 4, 4, 1)).astype("float32")
 
 
+def _patched(rng):
+    """A Dense whose call is replaced on the instance (here: to mix the batch)."""
+    dense = keras.layers.Dense(4)
+    model = keras.Sequential([keras.Input((6,)), dense, keras.layers.Dense(3)])
+    dense.call = lambda x, **kwargs: keras.layers.Dense.call(dense, x - ops.mean(x, axis=0))
+    return model, rng.normal(size=(8, 6)).astype("float32")
+
+
 @pytest.mark.parametrize(
     "builder, reason",
     [
+        (_patched, "replaced on the instance"),
         (_shared, "called 2 times"),
         (_regularized, "regularization"),
         (_conv, "no exact fast rule"),

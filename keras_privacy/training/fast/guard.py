@@ -86,6 +86,8 @@ def _not_stateful(layer: Any) -> str | None:
 
 
 def _is_allowed_class(layer: Any) -> tuple[bool, str | None]:
+    if "call" in vars(layer):
+        return False, "its call is replaced on the instance"
     for cls in type(layer).__mro__:
         if cls in _PER_EXAMPLE:
             if type(layer).call is not cls.call:

@@ -85,28 +85,29 @@ class _Capture:
         return call
 
     def __enter__(self) -> _Capture:
+        seen: set[int] = set()
         for layer in [self.model, *_all_layers(self.model)]:
             rule = rule_for(layer)
-            if rule is None:
+            if rule is None or id(layer) in seen:
                 continue
+            seen.add(id(layer))
             variables = [v for v in rule.variables(layer) if v.trainable]
             if not variables:
                 continue
             reason = rule.unsupported(layer)
+            if "call" in vars(layer):
+                reason = "its call is replaced on the instance"
             if reason:
                 for v in variables:
                     self.uncovered[id(v)] = f"layer {layer.name!r}: {reason}"
                 continue
-            self._installed.append((layer, layer.__dict__.get("call")))
+            self._installed.append(layer)
             object.__setattr__(layer, "call", self._wrap(layer, rule))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for layer, previous in reversed(self._installed):
-            if previous is None:
-                object.__delattr__(layer, "call")
-            else:
-                object.__setattr__(layer, "call", previous)
+        for layer in reversed(self._installed):
+            object.__delattr__(layer, "call")
         self._installed.clear()
 
 
