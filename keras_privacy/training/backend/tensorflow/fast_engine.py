@@ -147,7 +147,12 @@ def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units:
             )
         return tf.reduce_mean(tf.cast(loss, "float32"))
 
-    return tf.vectorized_map(unit_loss, unit_leaves)
+    try:
+        return tf.vectorized_map(unit_loss, unit_leaves)
+    except (TypeError, ValueError, NotImplementedError) as error:
+        raise NotExact(
+            f"the loss could not be vectorized over units ({type(error).__name__})"
+        ) from error
 
 
 def _static_reason(model: Any) -> str | None:
