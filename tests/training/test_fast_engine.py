@@ -129,7 +129,12 @@ def _norms(rng):
     layers = [keras.Input((5, 6)), keras.layers.Dense(8), keras.layers.LayerNormalization()]
     if hasattr(keras.layers, "RMSNormalization"):
         layers.append(keras.layers.RMSNormalization())
-    layers += [keras.layers.Flatten(), keras.layers.Dense(3)]
+    layers += [
+        keras.layers.GroupNormalization(groups=2),
+        keras.layers.GroupNormalization(groups=4, center=False),
+        keras.layers.Flatten(),
+        keras.layers.Dense(3),
+    ]
     return keras.Sequential(layers), rng.normal(size=(12, 5, 6)).astype("float32")
 
 
@@ -167,7 +172,7 @@ BUILDERS = {
     "sequence_materialised": lambda rng: _sequence_dense(rng, 20, 4),
     "embedding": _embedding,
     "embedding_mask_zero": lambda rng: _embedding(rng, True),
-    "layer_and_rms_norm": _norms,
+    "norm_layers": _norms,
     "conv1d_causal_dilated": lambda rng: _conv_net(rng, 1, "causal", 1, 2),
     "conv1d_same_strided": lambda rng: _conv_net(rng, 1, "same", 2, 1),
     "conv2d_valid_strided": lambda rng: _conv_net(rng, 2, "valid", 2, 1),
@@ -501,7 +506,7 @@ def test_fast_engine_inside_tf_function_keeps_model_unchanged(rng):
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(model(x)))
 
 
-@pytest.mark.parametrize("name", ["mlp", "embedding", "layer_and_rms_norm"])
+@pytest.mark.parametrize("name", ["mlp", "embedding", "norm_layers"])
 def test_mixed_precision_matches_vectorized(name, rng):
     """Under mixed_float16 both engines compute in float16 and clip in float32; they agree
     to float16 rounding."""

@@ -2,7 +2,7 @@
 
 * :mod:`.rules`: the rule interface and its public registry (:func:`register_rule`);
   :mod:`.matmul_rules` (Dense, EinsumDense, Conv1D/Conv2D) and :mod:`.table_norm_rules`
-  (Embedding, LayerNormalization, RMSNormalization) hold the built-in rules;
+  (Embedding, LayerNormalization, RMSNormalization, GroupNormalization) hold the built-in rules;
 * :mod:`.guard`: the batch-independence guard (:func:`register_per_example_layer`);
 * :mod:`.clip`: per-unit norms and the clipped sum from the captured calls.
 
@@ -22,6 +22,7 @@ from keras_privacy.training.fast.rules import (
 )
 from keras_privacy.training.fast.table_norm_rules import (
     EmbeddingRule,
+    GroupNormalizationRule,
     LayerNormalizationRule,
     RMSNormalizationRule,
 )
@@ -33,6 +34,7 @@ register_rule(keras.layers.EinsumDense, EinsumDenseRule())
 # saves. ``register_rule(keras.layers.Conv2D, ConvRule())`` (and Conv1D) turns it on.
 register_rule(keras.layers.Embedding, EmbeddingRule())
 register_rule(keras.layers.LayerNormalization, LayerNormalizationRule())
+register_rule(keras.layers.GroupNormalization, GroupNormalizationRule())
 if hasattr(keras.layers, "RMSNormalization"):
     register_rule(keras.layers.RMSNormalization, RMSNormalizationRule())
 

@@ -197,3 +197,24 @@ class RMSNormalizationRule(_ScaleOffsetRule):
     def _normalize(self, layer, inputs):
         _check_axes(layer, inputs)
         return ops.rms_normalization(inputs, scale=None, axis=layer.axis, epsilon=layer.epsilon)
+
+
+class GroupNormalizationRule(_ScaleOffsetRule):
+    """``keras.layers.GroupNormalization`` with channels last: each example's channels are
+    normalized in groups over all its positions, then scaled and shifted per channel."""
+
+    def unsupported(self, layer):
+        return _trainable_only(layer, self.variables(layer))
+
+    def _gamma_beta(self, layer):
+        return (layer.gamma if layer.scale else None), (layer.beta if layer.center else None)
+
+    def _normalize(self, layer, inputs):
+        if layer.axis not in (-1, len(inputs.shape) - 1):
+            raise NotExact(f"layer {layer.name!r} normalizes groups over axis {layer.axis}")
+        channels = inputs.shape[-1]
+        x = ops.cast(inputs, "float32")
+        grouped = ops.reshape(x, (ops.shape(x)[0], -1, layer.groups, channels // layer.groups))
+        mean, variance = ops.moments(grouped, axes=(1, 3), keepdims=True)
+        xhat = (grouped - mean) * ops.rsqrt(variance + layer.epsilon)
+        return ops.reshape(xhat, ops.shape(inputs))
