@@ -516,3 +516,17 @@ def test_mixed_precision_matches_vectorized(name, rng):
     fast, ref = _both(model, x, y)
     assert all(g.dtype == "float32" for g in fast.grad_sum)
     _assert_same(fast, ref, rtol=2e-3)
+
+
+def test_frozen_batch_normalization_runs_per_example(rng):
+    """A frozen BatchNormalization uses its moving statistics (per example): allowed, and
+    equal to the vectorized engine; a trainable one is refused before any engine runs."""
+    bn = keras.layers.BatchNormalization()
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), bn, keras.layers.Dense(3)])
+    bn.trainable = False
+    assert batch_mixing_reason(model) is None
+    x = rng.normal(size=(10, 6)).astype("float32")
+    fast, ref = _both(model, x, rng.integers(0, 3, 10))
+    _assert_same(fast, ref)
+    bn.trainable = True
+    assert "batch statistics" in batch_mixing_reason(model)
