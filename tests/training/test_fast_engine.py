@@ -250,7 +250,9 @@ def test_sample_weights_and_multiple_outputs(rng):
     _assert_same(fast, ref)
 
 
-@pytest.mark.parametrize("name", ["mlp_linear", "embedding", "sequence_ghost"])
+@pytest.mark.parametrize(
+    "name", ["mlp_linear", "embedding", "sequence_ghost", "sequence_materialised"]
+)
 def test_adversarial_rows(name, rng):
     """Rows x1e30 (squares overflow float32: the scaled path) and NaN rows (contribute
     exactly zero) give the vectorized engine's norms and sums."""

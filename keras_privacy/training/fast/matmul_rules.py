@@ -39,7 +39,10 @@ class _MatmulRule(LayerRule):
             call.cache["a"], call.cache["d"] = self._kernel_2d(call, units)
         return call.cache["a"], call.cache["d"]
 
-    def _kernel_sq(self, a, d, positions):
+    def _kernel_sq(self, a, d, positions, keep=None):
+        """Per-unit ``||a_u^T d_u||^2``: a product of norms for one position, else the
+        cheaper of the position double sum and materialising ``G_u`` (kept in ``keep``,
+        so that the clipped sum adds exactly the ``G_u`` whose norm was taken)."""
         if positions == 1:
             return U.sum_squares(a) * U.sum_squares(d)
         d_in, d_out = a.shape[-1], d.shape[-1]
@@ -48,14 +51,17 @@ class _MatmulRule(LayerRule):
             aa = ops.matmul(a, ops.transpose(a, (0, 2, 1)))
             dd = ops.matmul(d, ops.transpose(d, (0, 2, 1)))
             return ops.sum(ops.reshape(aa * dd, (ops.shape(aa)[0], -1)), axis=1)
-        return U.sum_squares(ops.matmul(ops.transpose(a, (0, 2, 1)), d))
+        grads = ops.matmul(ops.transpose(a, (0, 2, 1)), d)
+        if keep is not None:
+            keep["G"] = grads
+        return U.sum_squares(grads)
 
     def _positions(self, call, units):
         return call.cache.get("positions")
 
     def squared_norms(self, call, units):
         a, d = self._grouped(call, units)
-        sq = self._kernel_sq(a, d, self._positions(call, units))
+        sq = self._kernel_sq(a, d, self._positions(call, units), keep=call.cache)
         if call.layer.bias is not None:
             sq = sq + U.sum_squares(self._bias_units(call, units))
         return sq
@@ -71,13 +77,17 @@ class _MatmulRule(LayerRule):
         return U.combine_norms(parts)
 
     def clipped_sums(self, call, units, factors, safe):
-        a, d = self._grouped(call, units)
-        if safe:
-            a = U.keep_rows(a, factors)
-        d_scaled = _scale_units(d, factors, safe)
-        a_flat = ops.reshape(a, (-1, a.shape[-1]))
-        d_flat = ops.reshape(d_scaled, (-1, d.shape[-1]))
-        out = [self._kernel_from_2d(call.layer, ops.matmul(ops.transpose(a_flat), d_flat))]
+        if "G" in call.cache:
+            kernel = ops.sum(_scale_units(call.cache["G"], factors, safe), axis=0)
+        else:
+            a, d = self._grouped(call, units)
+            if safe:
+                a = U.keep_rows(a, factors)
+            d_scaled = _scale_units(d, factors, safe)
+            a_flat = ops.reshape(a, (-1, a.shape[-1]))
+            d_flat = ops.reshape(d_scaled, (-1, d.shape[-1]))
+            kernel = ops.matmul(ops.transpose(a_flat), d_flat)
+        out = [self._kernel_from_2d(call.layer, kernel)]
         if call.layer.bias is not None:
             bias = _scale_units(self._bias_units(call, units), factors, safe)
             out.append(ops.reshape(ops.sum(bias, axis=0), call.layer.bias.shape))
