@@ -1,9 +1,18 @@
 """Examples/s and peak memory: non-private ``fit`` vs DP ``fit``, measured in one run.
 
-    python benchmarks/training_speed.py [--models cnn mlp] [--steps 40]
+    python benchmarks/training_speed.py [--models cnn mlp embedding transformer]
+        [--modes plain vectorized fast] [--steps 40]
 
-Models: the TF Privacy tutorial CNN and an MLP 784-512-512-10, batch 250, Fashion-MNIST
-(random data if the Debian package is missing). Each (model, mode) runs in its own
+    # one pinned core, one thread (the figures in the README):
+    TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 taskset -c 0 \
+        python benchmarks/training_speed.py
+
+Models (batch 250): the TF Privacy tutorial CNN and an MLP 784-512-512-10 on
+Fashion-MNIST (random data if the Debian package is missing); Embedding(10000, 64) x 64
+tokens -> GlobalAveragePooling1D -> Dense 64 -> Dense 2 and a small transformer text
+classifier (Embedding 20000 x 128, sequence 128, two encoder blocks of MultiHeadAttention
++ Dense + LayerNormalization) on random tokens. Modes: non-private ``fit`` and DP ``fit``
+with the vectorized and the fast clipping engine. Each (model, mode) runs in its own
 process so that its peak resident memory is its own. Speed is timed over a second epoch
 (all 60,000 examples for non-private ``fit``; ``--steps`` Poisson updates for DP ``fit``),
 after a first epoch that traces and warms up; the steps actually run are counted. Prints a table and
@@ -20,6 +29,57 @@ import sys
 import time
 
 BATCH = 250
+MODELS = ("cnn", "mlp", "embedding", "transformer")
+MODES = ("plain", "vectorized", "fast")
+
+
+def embedding_model():
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((64,), dtype="int32"),
+            keras.layers.Embedding(10000, 64),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(2),
+        ],
+        name="embedding",
+    )
+
+
+def transformer_model(vocab=20000, length=128, width=128, heads=4, blocks=2):
+    import keras
+
+    inputs = keras.Input((length,), dtype="int32")
+    h = keras.layers.Embedding(vocab, width)(inputs)
+    for _ in range(blocks):
+        a = keras.layers.MultiHeadAttention(heads, width // heads)(h, h)
+        h = keras.layers.LayerNormalization()(keras.layers.Add()([h, a]))
+        f = keras.layers.Dense(2 * width, activation="relu")(h)
+        f = keras.layers.Dense(width)(f)
+        h = keras.layers.LayerNormalization()(keras.layers.Add()([h, f]))
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(inputs, keras.layers.Dense(2)(h), name="transformer")
+
+
+def _data(model_name: str):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    if model_name == "embedding":
+        return rng.integers(0, 10000, (60000, 64)).astype("int32"), rng.integers(0, 2, 60000)
+    if model_name == "transformer":
+        return rng.integers(0, 20000, (20000, 128)).astype("int32"), rng.integers(0, 2, 20000)
+    try:
+        from keras_privacy.datasets import load_fashion_mnist
+
+        (x, y), _ = load_fashion_mnist()
+    except FileNotFoundError:
+        x, y = rng.random((60000, 28, 28, 1), dtype="float32"), rng.integers(0, 10, 60000)
+    if model_name == "mlp":
+        x = x.reshape(len(x), -1)
+    return x, y
 
 
 def _measure(model_name: str, mode: str, steps: int) -> dict:
@@ -27,23 +87,22 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
     import resource
 
     import keras
-    import numpy as np
 
     import keras_privacy as kp
     from keras_privacy.models import mlp, tutorial_cnn
 
-    try:
-        from keras_privacy.datasets import load_fashion_mnist
-
-        (x, y), _ = load_fashion_mnist()
-    except FileNotFoundError:
-        rng = np.random.default_rng(0)
-        x, y = rng.random((60000, 28, 28, 1), dtype="float32"), rng.integers(0, 10, 60000)
-    if model_name == "mlp":
-        x = x.reshape(len(x), -1)
-    model = tutorial_cnn() if model_name == "cnn" else mlp()
-    if mode == "dp":
-        model = kp.make_private(model, l2_norm_clip=1.0, noise_multiplier=1.1)
+    x, y = _data(model_name)
+    builders = {
+        "cnn": tutorial_cnn,
+        "mlp": mlp,
+        "embedding": embedding_model,
+        "transformer": transformer_model,
+    }
+    model = builders[model_name]()
+    if mode != "plain":
+        # "fast" runs engine="auto": the fast engine where it is exact, which is reported.
+        engine = "auto" if mode == "fast" else mode
+        model = kp.make_private(model, l2_norm_clip=1.0, noise_multiplier=1.1, engine=engine)
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -71,9 +130,10 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
         )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     seconds, ran = epochs[1]
+    used = getattr(model, "dp_engine_used", None)
     return {
         "model": model_name,
-        "mode": mode,
+        "mode": mode if used in (None, mode) else f"auto:{used}",
         "examples_per_s": ran * BATCH / seconds,
         "step_ms": 1000 * seconds / ran,
         "peak_rss_mb": peak_mb,
@@ -82,7 +142,8 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["cnn", "mlp"], choices=["cnn", "mlp"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--steps", type=int, default=40, help="timed updates per run")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -91,31 +152,37 @@ def main() -> None:
         return
     rows = []
     for model_name in args.models:
-        for mode in ("plain", "dp"):
-            steps = 240 if mode == "plain" else args.steps  # plain: all 60,000 examples
-            out = subprocess.run(
+        for mode in args.modes:
+            # plain: all 60,000 examples (transformer: 20,000); DP: --steps updates
+            steps = args.steps if mode != "plain" else (80 if model_name == "transformer" else 240)
+            if model_name == "transformer":
+                steps = min(steps, 8 if mode != "plain" else 16)
+            done = subprocess.run(
                 [sys.executable, __file__, "--worker", model_name, mode, "--steps", str(steps)],
-                check=True,
                 capture_output=True,
                 text=True,
-            ).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"{'model':<6}{'mode':<7}{'examples/s':>12}{'ms/step':>10}{'peak RSS MB':>13}")
+            )
+            if done.returncode != 0:
+                error = (done.stderr.strip().splitlines() or ["?"])[-1][:80]
+                print(f"{model_name} {mode}: failed ({error})", file=sys.stderr)
+                continue
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"{'model':<12}{'mode':<12}{'examples/s':>12}{'ms/step':>10}{'peak RSS MB':>13}")
     for r in rows:
         print(
-            f"{r['model']:<6}{r['mode']:<7}{r['examples_per_s']:>12,.0f}"
+            f"{r['model']:<12}{r['mode']:<12}{r['examples_per_s']:>12,.0f}"
             f"{r['step_ms']:>10.1f}{r['peak_rss_mb']:>13,.0f}"
         )
     for model_name in args.models:
-        plain, dp = (
-            next(r for r in rows if r["model"] == model_name and r["mode"] == m)
-            for m in ("plain", "dp")
-        )
-        print(
-            f"{model_name}: DP / non-private speed = "
-            f"{dp['examples_per_s'] / plain['examples_per_s']:.2f}x, "
-            f"memory = {dp['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x"
-        )
+        plain = next((r for r in rows if r["model"] == model_name and r["mode"] == "plain"), None)
+        for r in rows:
+            if plain is None or r["model"] != model_name or r is plain:
+                continue
+            print(
+                f"{model_name} {r['mode']}: DP / non-private speed = "
+                f"{r['examples_per_s'] / plain['examples_per_s']:.2f}x, "
+                f"memory = {r['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ from keras_privacy.training.record import POISSON, SHUFFLE
 #: Sampling a user can ask for when ``fit`` receives in-memory arrays.
 ARRAY_SAMPLING = (POISSON, SHUFFLE)
 
+#: Clipping engines: ``"auto"`` (the fast norm-only engine where it is exact for the model,
+#: else the vectorized one), ``"fast"`` (refuse models it cannot train exactly),
+#: ``"vectorized"`` (per-unit gradients; exact for any per-example model).
+ENGINES = ("auto", "fast", "vectorized")
+
 
 @dataclasses.dataclass(frozen=True)
 class DPConfig:
@@ -43,6 +48,8 @@ class DPConfig:
         shuffle; accounted without amplification).
       seed: seeds the noise and the Poisson sampler, for reproducible tests. Never used
         in production: a known seed makes the noise predictable. Not saved with the model.
+      engine: how the clipped sum is computed (one of :data:`ENGINES`); every engine
+        computes the same exact sum, they differ in speed and in the models they cover.
     """
 
     l2_norm_clip: float
@@ -51,6 +58,7 @@ class DPConfig:
     gradient_accumulation_steps: int = 1
     sampling: str = POISSON
     seed: int | None = None
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         validate_dp_arguments(
@@ -60,6 +68,7 @@ class DPConfig:
             gradient_accumulation_steps=self.gradient_accumulation_steps,
             sampling=self.sampling,
             seed=self.seed,
+            engine=self.engine,
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -70,6 +79,7 @@ class DPConfig:
             "num_microbatches": self.num_microbatches,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "sampling": self.sampling,
+            "engine": self.engine,
         }
 
     @property
@@ -90,6 +100,7 @@ def validate_dp_arguments(
     gradient_accumulation_steps: Any = 1,
     sampling: Any = POISSON,
     seed: Any = None,
+    engine: Any = "auto",
 ) -> None:
     """Raise :class:`PrivacyError` (a ``ValueError``) naming any bad DP argument."""
     if not _is_number(l2_norm_clip) or not math.isfinite(l2_norm_clip) or l2_norm_clip <= 0:
@@ -129,3 +140,9 @@ def validate_dp_arguments(
         raise PrivacyError(f"sampling must be one of {ARRAY_SAMPLING}, received {sampling!r}.")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         raise PrivacyError(f"seed must be None or a non-negative integer, received {seed!r}.")
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise PrivacyError(
+            f"engine must be one of {ENGINES}, received {engine!r}: 'auto' uses the fast "
+            "norm-only engine where it is exact for the model and the vectorized one "
+            "otherwise."
+        )

@@ -61,6 +61,7 @@ class DPTrainingMixin:
         gradient_accumulation_steps: int,
         sampling: str,
         seed: int | None,
+        engine: str = "auto",
     ) -> None:
         # Validate what was given now; clip and noise may come from a DP optimizer later.
         validate_dp_arguments(
@@ -70,6 +71,7 @@ class DPTrainingMixin:
             gradient_accumulation_steps=gradient_accumulation_steps,
             sampling=sampling,
             seed=seed,
+            engine=engine,
         )
         self._dp_settings = {
             "l2_norm_clip": l2_norm_clip,
@@ -78,6 +80,7 @@ class DPTrainingMixin:
             "gradient_accumulation_steps": gradient_accumulation_steps,
             "sampling": sampling,
             "seed": seed,
+            "engine": engine,
         }
         self._dp_config: DPConfig | None = None
         if l2_norm_clip is not None and noise_multiplier is not None:
@@ -417,6 +420,9 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
       gradient_accumulation_steps: batches per optimizer update (noise added once).
       sampling: ``"poisson"`` (default) or ``"shuffle"`` for in-memory arrays.
       seed: for reproducible tests only; never saved.
+      engine: ``"auto"`` (default: the fast norm-only engine where it is exact for the
+        model, else the vectorized one; says which once), ``"fast"`` (raise
+        ``PrivacyError`` if it cannot be exact) or ``"vectorized"``.
     """
 
     def __init__(
@@ -428,6 +434,7 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
         gradient_accumulation_steps: int = 1,
         sampling: str = POISSON,
         seed: int | None = None,
+        engine: str = "auto",
         **kwargs: Any,
     ) -> None:
         if functional_init_arguments(args, kwargs):
@@ -447,6 +454,7 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
             gradient_accumulation_steps=gradient_accumulation_steps,
             sampling=sampling,
             seed=seed,
+            engine=engine,
         )
 
     def __new__(cls, *args: Any, **kwargs: Any):
@@ -471,6 +479,7 @@ class DPFunctional(DPModel, Functional):
         gradient_accumulation_steps: int = 1,
         sampling: str = POISSON,
         seed: int | None = None,
+        engine: str = "auto",
         **kwargs: Any,
     ) -> None:
         # What keras.Model.__init__ does for functional arguments, minus rewriting the
@@ -484,6 +493,7 @@ class DPFunctional(DPModel, Functional):
             gradient_accumulation_steps=gradient_accumulation_steps,
             sampling=sampling,
             seed=seed,
+            engine=engine,
         )
 
 
@@ -505,6 +515,7 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
         gradient_accumulation_steps: int = 1,
         sampling: str = POISSON,
         seed: int | None = None,
+        engine: str = "auto",
         layers: list | None = None,
         trainable: bool = True,
         name: str | None = None,
@@ -521,4 +532,5 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
             gradient_accumulation_steps=gradient_accumulation_steps,
             sampling=sampling,
             seed=seed,
+            engine=engine,
         )

@@ -123,6 +123,7 @@ def make_private(
     gradient_accumulation_steps: int = 1,
     sampling: str = POISSON,
     seed: int | None = None,
+    engine: str = "auto",
 ) -> PrivateModel:
     """Return a model that trains ``model``'s layers with DP-SGD through compile/fit.
 
@@ -148,6 +149,7 @@ def make_private(
         gradient_accumulation_steps=gradient_accumulation_steps,
         sampling=sampling,
         seed=seed,
+        engine=engine,
     )
     if getattr(model, "compiled", False):
         private.compile_from_config(model.get_compile_config())

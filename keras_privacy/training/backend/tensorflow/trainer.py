@@ -30,6 +30,7 @@ import tensorflow as tf
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training.backend.tensorflow.engine import VectorizedEngine
+from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
 from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.optimizers import private_update
 
@@ -68,7 +69,12 @@ class TensorFlowDPTrainer:
     """Mixin for ``keras.Model`` subclasses on the TensorFlow backend (placed first in
     the bases): replaces ``train_step`` with the DP step."""
 
-    _dp_engine = VectorizedEngine()
+    _dp_engine = VectorizedEngine()  # the reference engine (engine="vectorized")
+    _dp_engines = {
+        "vectorized": _dp_engine,
+        "fast": FastEngine(require=True),
+        "auto": FastEngine(require=False),
+    }
 
     # -- state shared with the backend-neutral model ----------------------------------
 
@@ -137,8 +143,19 @@ class TensorFlowDPTrainer:
         state.largest_unit.assign(tf.maximum(state.largest_unit, unit))
         return self._dp_metrics(data, y_pred, unit_losses, rows)
 
+    @property
+    def dp_engine_used(self) -> str | None:
+        """The clipping engine the last traced DP step used (``"fast"`` or
+        ``"vectorized"``), or ``None`` before training."""
+        used = getattr(self, "_dp_engine_used", None)
+        return None if used is None else used[0]
+
     def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0) -> ClippedBatch:
-        return self._dp_engine.clipped_gradient_sum(
+        choice = self._dp_settings.get("engine", "auto")
+        if choice == "vectorized":
+            object.__setattr__(self, "_dp_engine_used", ("vectorized", "engine='vectorized'"))
+        engine = self._dp_engines[choice]
+        return engine.clipped_gradient_sum(
             self,
             x,
             y,

@@ -1,0 +1,265 @@
+"""The fast (norm-only, book-keeping) clipping engine on TensorFlow.
+
+One forward pass of the whole batch, in training mode, with every layer that has a rule
+(:mod:`keras_privacy.training.fast.rules`) running its rule's forward, which keeps the
+layer's inputs and names its output tensors; one backward pass for the gradients of the
+sum of unit losses with respect to those outputs (this module's only backend-specific
+part: ``tf.GradientTape``); then the rules compute per-unit norms and the clipped sum
+(:mod:`keras_privacy.training.fast.clip`). No per-unit gradient is materialised unless a
+rule finds that cheaper, and no second backward pass is run.
+
+The engine is used only when it is exact for the model, and otherwise falls back to the
+vectorized engine (``engine="auto"``) or refuses (``engine="fast"``):
+
+* every operation on the forward path is known to treat rows independently
+  (:func:`keras_privacy.training.fast.guard.batch_mixing_reason`);
+* every trainable variable belongs to exactly one layer with a rule, and that layer is
+  called exactly once per forward pass (shared or tied weights would need cross terms);
+* the loss is the compiled per-example loss, with no regularization or ``add_loss``
+  losses (their per-unit gradient terms are not covered by the rules).
+
+Each unit's loss is computed exactly as the vectorized engine computes it (the compiled
+loss on that unit's rows alone, vectorized over units), so the output gradients of the
+summed unit losses are each unit's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras.src.backend.common.stateless_scope import StatelessScope
+from keras.src.trainers.trainer import Trainer
+
+from keras_privacy.training.backend.tensorflow.engine import VectorizedEngine, _to_units
+from keras_privacy.training.checks import _all_layers
+from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.fast import clip as fast_clip
+from keras_privacy.training.fast import units as fast_units
+from keras_privacy.training.fast.guard import batch_mixing_reason
+from keras_privacy.training.fast.rules import NotExact, RuleCall, rule_for
+from keras_privacy.training.fast.units import Units
+
+_log = logging.getLogger("keras_privacy")
+
+
+def _extract_patches(images, size, strides, dilation_rate, padding):
+    """Patches by copying (``tf.image.extract_patches``), the same windows and the same
+    (kh, kw, C) feature order as Keras's identity-convolution version, without its
+    convolution's cost."""
+    return tf.image.extract_patches(
+        images,
+        sizes=[1, *size, 1],
+        strides=[1, *strides, 1],
+        rates=[1, *dilation_rate, 1],
+        padding=padding.upper(),
+    )
+
+
+fast_units.backend_ops["extract_patches"] = _extract_patches
+
+
+class _Capture:
+    """While active, layers with a rule run the rule's forward and record their calls.
+
+    The override is an instance attribute set for the duration of one trace and removed
+    on exit (also on error); the model object is left as it was.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.calls: list[RuleCall] = []
+        self.uncovered: dict[int, str] = {}
+        self._installed: list[tuple[Any, Any]] = []
+
+    def _wrap(self, layer: Any, rule: Any):
+        def call(inputs, *args, **kwargs):
+            outputs, saved, probes = rule.forward(layer, inputs, *args, **kwargs)
+            self.calls.append(RuleCall(layer, rule, saved, probes))
+            return outputs
+
+        return call
+
+    def __enter__(self) -> _Capture:
+        seen: set[int] = set()
+        for layer in [self.model, *_all_layers(self.model)]:
+            rule = rule_for(layer)
+            if rule is None or id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            variables = [v for v in rule.variables(layer) if v.trainable]
+            if not variables:
+                continue
+            reason = rule.unsupported(layer)
+            if "call" in vars(layer):
+                reason = "its call is replaced on the instance"
+            if reason:
+                for v in variables:
+                    self.uncovered[id(v)] = f"layer {layer.name!r}: {reason}"
+                continue
+            self._installed.append(layer)
+            object.__setattr__(layer, "call", self._wrap(layer, rule))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for layer in reversed(self._installed):
+            object.__delattr__(layer, "call")
+        self._installed.clear()
+
+
+def _check_exact(model: Any, capture: _Capture) -> None:
+    """Raise :class:`NotExact` unless each trainable variable has exactly one rule call."""
+    seen: dict[int, int] = {}
+    for call in capture.calls:
+        seen[id(call.layer)] = seen.get(id(call.layer), 0) + 1
+    for call in capture.calls:
+        if seen[id(call.layer)] > 1:
+            raise NotExact(
+                f"layer {call.layer.name!r} is called {seen[id(call.layer)]} times per "
+                "forward pass (shared weights: its per-example gradient norm has cross terms)"
+            )
+    covered = {id(v) for call in capture.calls for v in call.rule.variables(call.layer)}
+    for v in model.trainable_variables:
+        if id(v) not in covered:
+            why = capture.uncovered.get(id(v), "no fast rule for its layer")
+            raise NotExact(f"trainable variable {v.path!r} has no exact fast rule ({why})")
+
+
+def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
+    """``[U]``: each unit's loss, as the vectorized engine computes it (the compiled loss
+    of the unit's rows alone, averaged), vectorized over units."""
+    data = (y, y_pred, sample_weight)
+    leaves = [t for t in keras.tree.flatten(data) if t is not None]
+    unit_leaves = [_to_units(t, num_units) for t in leaves]
+
+    def unit_loss(leaves_u):
+        it = iter(leaves_u)
+        y_u, pred_u, sw_u = keras.tree.map_structure(
+            lambda t: None if t is None else next(it), data
+        )
+        with StatelessScope():
+            loss = model._compute_loss(
+                x=None, y=y_u, y_pred=pred_u, sample_weight=sw_u, training=True
+            )
+        return tf.reduce_mean(tf.cast(loss, "float32"))
+
+    try:
+        return tf.vectorized_map(unit_loss, unit_leaves)
+    except (TypeError, ValueError, NotImplementedError) as error:
+        raise NotExact(
+            f"the loss could not be vectorized over units ({type(error).__name__})"
+        ) from error
+
+
+def _static_reason(model: Any) -> str | None:
+    if type(model).compute_loss is not Trainer.compute_loss:
+        return f"{type(model).__name__} overrides compute_loss"
+    if getattr(model, "_compile_loss", None) is None:
+        return "the model was compiled without a loss"
+    return batch_mixing_reason(model)
+
+
+class FastEngine:
+    """Norm-only clipping for the batch at once; see the module docstring.
+
+    Args:
+      require: ``True`` for ``engine="fast"`` (refuse models it cannot train exactly),
+        ``False`` for ``engine="auto"`` (fall back to the vectorized engine).
+    """
+
+    def __init__(self, require: bool = False) -> None:
+        self.require = require
+        self.fallback = VectorizedEngine()
+
+    def clipped_gradient_sum(
+        self,
+        model: Any,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        num_units: int | None,
+        l2_norm_clip: float,
+        unit_offset: Any = 0,
+    ) -> ClippedBatch:
+        reason = _static_reason(model)
+        if reason is None:
+            try:
+                batch = self._fast(model, x, y, sample_weight, num_units, l2_norm_clip)
+            except NotExact as error:
+                reason = str(error)
+            else:
+                _record(model, "fast", None)
+                return batch
+        if self.require:
+            raise PrivacyError(
+                f"engine='fast' cannot train {model.name!r} exactly: {reason}. Use "
+                "engine='auto' (falls back to the exact vectorized engine) or "
+                "engine='vectorized'."
+            )
+        _record(model, "vectorized", reason)
+        return self.fallback.clipped_gradient_sum(
+            model,
+            x,
+            y,
+            sample_weight,
+            num_units=num_units,
+            l2_norm_clip=l2_norm_clip,
+            unit_offset=unit_offset,
+        )
+
+    def _fast(self, model, x, y, sample_weight, num_units, l2_norm_clip) -> ClippedBatch:
+        units = Units(num_units)
+
+        @tf.function(autograph=False)
+        def run():
+            # Every probe is computed from a trainable variable that the tape watches, so
+            # its loss gradient is available (watching probes explicitly would cut the
+            # paths between them).
+            with _Capture(model) as capture, tf.GradientTape() as tape:
+                training = {"training": True} if model._call_has_training_arg else {}
+                y_pred = model(x, **training)
+                if model.losses:
+                    raise NotExact(
+                        "the model has regularization or add_loss losses (their "
+                        "per-example gradient terms are not covered by the fast rules)"
+                    )
+                unit_losses = _unit_losses(model, y, y_pred, sample_weight, num_units)
+                total = tf.reduce_sum(unit_losses)
+            _check_exact(model, capture)
+            calls = capture.calls
+            probes = [t for call in calls for t in call.probes.values()]
+            grads = tape.gradient(total, probes, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            it = iter(grads)
+            for call in calls:
+                call.grads = {name: next(it) for name in call.probes}
+            norms = fast_clip.unit_norms(calls, units)
+            sums = fast_clip.clipped_sums(calls, units, norms, l2_norm_clip)
+            grad_sum = [sums[id(v)] for v in model.trainable_variables]
+            return grad_sum, unit_losses, y_pred, norms
+
+        grad_sum, unit_losses, y_pred, norms = run.get_concrete_function()()
+        return ClippedBatch(grad_sum=grad_sum, unit_losses=unit_losses, y_pred=y_pred, norms=norms)
+
+
+def _record(model: Any, engine: str, reason: str | None) -> None:
+    """Remember which engine trains the model; say it once per model and engine."""
+    previous = getattr(model, "_dp_engine_used", None)
+    object.__setattr__(model, "_dp_engine_used", (engine, reason))
+    if previous is not None and previous[0] == engine:
+        return
+    if engine == "fast":
+        _log.info("keras-privacy: %r trains with the fast (norm-only) clipping engine.", model.name)
+    else:
+        warnings.warn(
+            f"keras-privacy: {model.name!r} trains with the vectorized clipping engine "
+            f"(exact, slower), because the fast engine cannot be exact for it: {reason}.",
+            stacklevel=5,
+        )
+
+
+__all__ = ["FastEngine"]

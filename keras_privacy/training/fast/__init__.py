@@ -1,0 +1,56 @@
+"""The fast (norm-only, "book-keeping") clipping engine's backend-neutral parts.
+
+* :mod:`.rules`: the rule interface and its public registry (:func:`register_rule`);
+  :mod:`.matmul_rules` (Dense, EinsumDense, Conv1D/Conv2D) and :mod:`.table_norm_rules`
+  (Embedding, LayerNormalization, RMSNormalization, GroupNormalization) hold the built-in rules;
+* :mod:`.guard`: the batch-independence guard (:func:`register_per_example_layer`);
+* :mod:`.clip`: per-unit norms and the clipped sum from the captured calls.
+
+The backend supplies only the forward/backward pass and "gradients with respect to these
+tensors" (``keras_privacy/training/backend/<name>/fast_engine.py``).
+"""
+
+import keras
+
+from keras_privacy.training.fast.matmul_rules import ConvRule, DenseRule, EinsumDenseRule
+from keras_privacy.training.fast.rules import (
+    LayerRule,
+    NotExact,
+    RuleCall,
+    register_rule,
+    rule_for,
+)
+from keras_privacy.training.fast.table_norm_rules import (
+    EmbeddingRule,
+    GroupNormalizationRule,
+    LayerNormalizationRule,
+    RMSNormalizationRule,
+)
+
+register_rule(keras.layers.Dense, DenseRule())
+register_rule(keras.layers.EinsumDense, EinsumDenseRule())
+# ConvRule is exact but not registered by default: on the tutorial CNN, extracting the
+# input patches costs more than the vectorized engine's batched filter-gradient rule
+# saves. ``register_rule(keras.layers.Conv2D, ConvRule())`` (and Conv1D) turns it on.
+register_rule(keras.layers.Embedding, EmbeddingRule())
+register_rule(keras.layers.LayerNormalization, LayerNormalizationRule())
+register_rule(keras.layers.GroupNormalization, GroupNormalizationRule())
+if hasattr(keras.layers, "RMSNormalization"):
+    register_rule(keras.layers.RMSNormalization, RMSNormalizationRule())
+
+# Imported after the rules: the guard allows every layer that has a rule.
+from keras_privacy.training.fast.guard import (  # noqa: E402
+    batch_mixing_reason,
+    register_per_example_layer,
+)
+
+__all__ = [
+    "ConvRule",
+    "LayerRule",
+    "NotExact",
+    "RuleCall",
+    "batch_mixing_reason",
+    "register_per_example_layer",
+    "register_rule",
+    "rule_for",
+]

@@ -1,0 +1,59 @@
+"""Per-unit norms and the clipped sum from the captured rule calls (``keras.ops``).
+
+Each unit's gradient norm over *all* trainable variables is
+``||g_u|| = sqrt(sum_layers ||g_{u,layer}||^2)``; every trainable variable belongs to
+exactly one captured call (the engine checks this), so the sum has no cross terms. The
+clip factor is ``min(1, C / ||g_u||)`` (0 for a non-finite norm, as in
+:mod:`keras_privacy.training.clipping`), and each layer builds its share of
+``sum_u c_u g_u`` from the same activations and output gradients.
+
+Two paths, chosen at run time as in :func:`keras_privacy.training.clipping.global_norms`:
+the plain one (squares summed directly) when every unit's squared norm is finite, and a
+scaled one (norms computed as ``m * ||g / m||``) when a square overflowed; and for the
+sums, a plain one when every norm is finite and one that zeroes the tensors of units
+with factor 0 first (``0 * NaN`` is NaN) otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from keras import ops
+
+from keras_privacy.training import clipping
+from keras_privacy.training.fast.rules import RuleCall
+from keras_privacy.training.fast.units import Units, combine_norms
+
+
+def unit_norms(calls: Sequence[RuleCall], units: Units) -> Any:
+    """``[U]``: each unit's global gradient norm (NaN/inf where not finite)."""
+    squared = None
+    for call in calls:
+        sq = call.rule.squared_norms(call, units)
+        squared = sq if squared is None else squared + sq
+    return ops.cond(
+        ops.all(ops.isfinite(squared)),
+        lambda: ops.sqrt(squared),
+        lambda: combine_norms([call.rule.norms(call, units) for call in calls]),
+    )
+
+
+def clipped_sums(
+    calls: Sequence[RuleCall], units: Units, norms: Any, l2_norm_clip: float
+) -> dict[int, Any]:
+    """``{id(variable): sum_u c_u grad_u}`` for every variable of every call."""
+    factors = clipping.clip_factors(norms, l2_norm_clip)
+
+    def sums(safe: bool):
+        def run():
+            out = []
+            for call in calls:
+                out.extend(call.rule.clipped_sums(call, units, factors, safe))
+            return out
+
+        return run
+
+    flat = ops.cond(ops.all(ops.isfinite(norms)), sums(False), sums(True))
+    variables = [v for call in calls for v in call.rule.variables(call.layer)]
+    return {id(v): g for v, g in zip(variables, flat, strict=True)}

@@ -1,0 +1,284 @@
+"""Rules for layers that are a matmul of (patches of) their input with a kernel: Dense,
+EinsumDense, Conv1D/Conv2D. See :mod:`keras_privacy.training.fast.rules` for the math."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from keras import ops
+
+from keras_privacy.training.fast import units as U
+from keras_privacy.training.fast.rules import (
+    LayerRule,
+    RuleCall,
+    _plain_layer,
+    _scale_units,
+    _static_positions,
+    _trainable_only,
+)
+from keras_privacy.training.fast.units import Units
+
+
+class _MatmulRule(LayerRule):
+    """Shared math of Dense and EinsumDense: ``z = a W (+ b)`` on ``[B, S, d_in]``."""
+
+    def _kernel_2d(self, call: RuleCall, units: Units) -> tuple[Any, Any]:
+        """``a`` as ``[U, S, d_in]`` and ``dz`` as ``[U, S, d_out]``, float32."""
+        raise NotImplementedError
+
+    def _kernel_from_2d(self, layer: Any, grad_2d: Any) -> Any:
+        return grad_2d
+
+    def _bias_units(self, call: RuleCall, units: Units) -> Any:
+        """``[U, n_bias]``: each unit's bias gradient."""
+        raise NotImplementedError
+
+    def _grouped(self, call, units):
+        if "a" not in call.cache:
+            call.cache["a"], call.cache["d"] = self._kernel_2d(call, units)
+        return call.cache["a"], call.cache["d"]
+
+    def _kernel_sq(self, a, d, positions, keep=None):
+        """Per-unit ``||a_u^T d_u||^2``: a product of norms for one position, else the
+        cheaper of the position double sum and materialising ``G_u`` (kept in ``keep``,
+        so that the clipped sum adds exactly the ``G_u`` whose norm was taken)."""
+        if positions == 1:
+            return U.sum_squares(a) * U.sum_squares(d)
+        d_in, d_out = a.shape[-1], d.shape[-1]
+        ghost = positions is None or positions * (d_in + d_out) <= d_in * d_out
+        if ghost:
+            # The double sum has terms of both signs. In float64 the products of float32
+            # values are exact and the sums keep 29 more bits, so cancellation between
+            # positions loses ~5e8 times less than in float32.
+            a64, d64 = ops.cast(a, "float64"), ops.cast(d, "float64")
+            aa = ops.matmul(a64, ops.transpose(a64, (0, 2, 1)))
+            dd = ops.matmul(d64, ops.transpose(d64, (0, 2, 1)))
+            sq = ops.sum(ops.reshape(aa * dd, (ops.shape(aa)[0], -1)), axis=1)
+            return ops.cast(ops.maximum(sq, 0.0), "float32")
+        grads = ops.matmul(ops.transpose(a, (0, 2, 1)), d)
+        if keep is not None:
+            keep["G"] = grads
+        return U.sum_squares(grads)
+
+    def _positions(self, call, units):
+        return call.cache.get("positions")
+
+    def squared_norms(self, call, units):
+        a, d = self._grouped(call, units)
+        sq = self._kernel_sq(a, d, self._positions(call, units), keep=call.cache)
+        if call.layer.bias is not None:
+            sq = sq + U.sum_squares(self._bias_units(call, units))
+        return sq
+
+    def norms(self, call, units):
+        a, d = self._grouped(call, units)
+        ma, md = U.unit_max_abs(a), U.unit_max_abs(d)
+        a_hat, d_hat = U.safe_divide(a, ma), U.safe_divide(d, md)
+        kernel = ma * md * ops.sqrt(self._kernel_sq(a_hat, d_hat, self._positions(call, units)))
+        parts = [kernel]
+        if call.layer.bias is not None:
+            parts.append(U.safe_norm(self._bias_units(call, units)))
+        return U.combine_norms(parts)
+
+    def clipped_sums(self, call, units, factors, safe):
+        if "G" in call.cache:
+            kernel = ops.sum(_scale_units(call.cache["G"], factors, safe), axis=0)
+        else:
+            a, d = self._grouped(call, units)
+            if safe:
+                a = U.keep_rows(a, factors)
+            d_scaled = _scale_units(d, factors, safe)
+            a_flat = ops.reshape(a, (-1, a.shape[-1]))
+            d_flat = ops.reshape(d_scaled, (-1, d.shape[-1]))
+            kernel = ops.matmul(ops.transpose(a_flat), d_flat)
+        out = [self._kernel_from_2d(call.layer, kernel)]
+        if call.layer.bias is not None:
+            bias = _scale_units(self._bias_units(call, units), factors, safe)
+            out.append(ops.reshape(ops.sum(bias, axis=0), call.layer.bias.shape))
+        return out
+
+
+class DenseRule(_MatmulRule):
+    """``keras.layers.Dense`` on inputs of any rank (``[B, d]``, ``[B, T, d]``, ...)."""
+
+    def unsupported(self, layer):
+        return _plain_layer(layer) or _trainable_only(layer, self.variables(layer))
+
+    def variables(self, layer):
+        return [layer._kernel] + ([layer.bias] if layer.bias is not None else [])
+
+    def forward(self, layer, inputs, *args, **kwargs):
+        z = ops.matmul(inputs, layer.kernel)
+        if layer.bias is not None:
+            z = ops.add(z, layer.bias)
+        out = layer.activation(z) if layer.activation is not None else z
+        return out, {"a": inputs}, {"z": z}
+
+    def _kernel_2d(self, call, units):
+        a = call.saved["a"]
+        d = call.grads["z"]
+        call.cache["positions"] = _static_positions(a, units)
+        return U.float32(units.group(a)), U.float32(units.group(d))
+
+    def _bias_units(self, call, units):
+        if "bias" not in call.cache:
+            _, d = self._grouped(call, units)
+            call.cache["bias"] = ops.sum(d, axis=1)
+        return call.cache["bias"]
+
+
+def _parse_einsum(equation: str) -> tuple[str, str, str] | None:
+    if "..." in equation or "->" not in equation or equation.count(",") != 1:
+        return None
+    left, out = equation.replace(" ", "").split("->")
+    inp, ker = left.split(",")
+    return inp, ker, out
+
+
+class EinsumDenseRule(_MatmulRule):
+    """``keras.layers.EinsumDense`` (and so ``MultiHeadAttention``'s projections).
+
+    The equation ``I,K->O`` is read as a matmul: the batch letter (first of ``I`` and
+    ``O``), the free letters shared by input and output (positions), the contracted
+    letters (``I`` and ``K``) and the output letters (``K`` and ``O``). Equations that do
+    not split this way (ellipses, letters in all three, summed-out input letters) are
+    outside the rule.
+    """
+
+    def _letters(self, layer):
+        parsed = _parse_einsum(layer.equation)
+        if parsed is None:
+            return None
+        inp, ker, out = parsed
+        batch = inp[0]
+        if out[0] != batch or batch in ker or len(set(inp + ker + out)) == 0:
+            return None
+        pos = [c for c in inp if c in out and c not in ker and c != batch]
+        d_in = [c for c in inp if c in ker and c not in out]
+        d_out = [c for c in out if c in ker and c not in inp]
+        if sorted(inp) != sorted([batch, *pos, *d_in]) or sorted(out) != sorted(
+            [batch, *pos, *d_out]
+        ):
+            return None
+        if sorted(ker) != sorted(d_in + d_out) or len(set(inp)) != len(inp):
+            return None
+        return inp, ker, out, batch, "".join(pos), "".join(d_in), "".join(d_out)
+
+    def unsupported(self, layer):
+        if self._letters(layer) is None:
+            return f"its equation {layer.equation!r} is not a batched matmul"
+        return _plain_layer(layer) or _trainable_only(layer, self.variables(layer))
+
+    def variables(self, layer):
+        return [layer._kernel] + ([layer.bias] if layer.bias is not None else [])
+
+    def forward(self, layer, inputs, *args, **kwargs):
+        z = ops.einsum(layer.equation, inputs, layer.kernel)
+        if layer.bias is not None:
+            z = ops.add(z, layer.bias)
+        out = layer.activation(z) if layer.activation is not None else z
+        return out, {"a": inputs}, {"z": z}
+
+    def _kernel_2d(self, call, units):
+        inp, ker, out, b, pos, d_in, d_out = self._letters(call.layer)
+        a = ops.einsum(f"{inp}->{b}{pos}{d_in}", call.saved["a"])
+        d = ops.einsum(f"{out}->{b}{pos}{d_out}", call.grads["z"])
+        dims = dict(zip(ker, call.layer._kernel.shape, strict=True))
+        n_in = math.prod(dims[c] for c in d_in)
+        n_out = math.prod(dims[c] for c in d_out)
+        a = ops.reshape(a, (ops.shape(a)[0], -1, n_in))
+        d = ops.reshape(d, (ops.shape(d)[0], -1, n_out))
+        call.cache["positions"] = _static_positions(a, units)
+        return U.float32(units.group(a)), U.float32(units.group(d))
+
+    def _kernel_from_2d(self, layer, grad_2d):
+        _, ker, _, _, _, d_in, d_out = self._letters(layer)
+        dims = dict(zip(ker, layer._kernel.shape, strict=True))
+        grad = ops.reshape(grad_2d, tuple(dims[c] for c in d_in + d_out))
+        if d_in + d_out == ker:
+            return grad
+        return ops.einsum(f"{d_in}{d_out}->{ker}", grad)
+
+    def _bias_units(self, call, units):
+        if "bias" not in call.cache:
+            _, _, out, b, _, _, _ = self._letters(call.layer)
+            bias_letters = "".join(c for c in out if c in call.layer.bias_axes)
+            rest = "".join(c for c in out if c != b and c not in bias_letters)
+            d = U.float32(ops.einsum(f"{out}->{b}{rest}{bias_letters}", call.grads["z"]))
+            n_bias = math.prod(call.layer.bias.shape)
+            d = ops.reshape(d, (ops.shape(d)[0], -1, n_bias))
+            call.cache["bias"] = ops.sum(units.group(d), axis=1)
+        return call.cache["bias"]
+
+
+class ConvRule(_MatmulRule):
+    """``Conv1D`` / ``Conv2D`` (channels_last, ``groups=1``; any strides, dilation,
+    ``valid``/``same``, and ``causal`` for Conv1D).
+
+    A convolution is a matmul of the input's patches with the flattened kernel, so a
+    unit's kernel gradient is ``P_u^T dz_u`` over its output positions; the patches come
+    from ``keras.ops.image.extract_patches`` with the layer's own geometry (an identity
+    convolution: exact), and the Dense math applies.
+    """
+
+    def unsupported(self, layer):
+        if layer.rank not in (1, 2):
+            return f"it is a {layer.rank}-D convolution"
+        if layer.data_format != "channels_last":
+            return "data_format is channels_first"
+        if getattr(layer, "groups", 1) != 1:
+            return "groups != 1"
+        return _plain_layer(layer) or _trainable_only(layer, self.variables(layer))
+
+    def variables(self, layer):
+        kernel = getattr(layer, "_kernel", None)
+        kernel = layer.kernel if kernel is None else kernel
+        return [kernel] + ([layer.bias] if layer.bias is not None else [])
+
+    def forward(self, layer, inputs, *args, **kwargs):
+        padding = layer.padding
+        if padding == "causal":
+            inputs = ops.pad(inputs, layer._compute_causal_padding())
+            padding = "valid"
+        z = ops.conv(
+            inputs,
+            layer.kernel,
+            strides=list(layer.strides),
+            padding=padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+        if layer.bias is not None:
+            z = ops.add(z, ops.reshape(layer.bias, (1,) * (layer.rank + 1) + (layer.filters,)))
+        out = layer.activation(z) if layer.activation is not None else z
+        return out, {"a": inputs, "padding": padding}, {"z": z}
+
+    def _kernel_2d(self, call, units):
+        layer = call.layer
+        a = call.saved["a"]
+        size, strides, dilation = (
+            tuple(layer.kernel_size),
+            tuple(layer.strides),
+            tuple(layer.dilation_rate),
+        )
+        if layer.rank == 1:
+            a = ops.expand_dims(a, 1)
+            size, strides, dilation = (1, *size), (1, *strides), (1, *dilation)
+        patches = U.backend_ops["extract_patches"](
+            a, size, strides, dilation, call.saved["padding"]
+        )
+        features = math.prod(layer.kernel_size) * a.shape[-1]
+        patches = ops.reshape(patches, (ops.shape(patches)[0], -1, features))
+        call.cache["positions"] = _static_positions(patches, units)
+        d = call.grads["z"]
+        return U.float32(units.group(patches)), U.float32(units.group(d))
+
+    def _kernel_from_2d(self, layer, grad_2d):
+        return ops.reshape(grad_2d, self.variables(layer)[0].shape)
+
+    def _bias_units(self, call, units):
+        if "bias" not in call.cache:
+            _, d = self._grouped(call, units)
+            call.cache["bias"] = ops.sum(d, axis=1)
+        return call.cache["bias"]

@@ -1,0 +1,122 @@
+"""Clipping units and the per-unit arithmetic shared by the norm-only rules (``keras.ops``).
+
+A batch has ``B`` rows; the clipping units are the rows themselves (per-example clipping)
+or ``k`` equal microbatches of ``R = B / k`` rows. Every rule sees its layer's tensors with
+a leading row axis and groups them as ``[U, S, d]``: ``U`` units, ``S`` positions per unit
+(the unit's rows times the layer's sequence/spatial positions) and ``d`` features. A
+unit's gradient of a layer is then a sum over its ``S`` positions, which is what makes
+microbatches and sequence inputs the same case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from keras import ops
+
+_TINY = 1e-30
+
+
+class Units:
+    """How the rows of a batch form clipping units.
+
+    Args:
+      num_units: ``None`` for one unit per row, else the number of equal microbatches.
+    """
+
+    def __init__(self, num_units: int | None) -> None:
+        self.num_units = num_units
+
+    def count(self, rows_tensor) -> object:
+        """``U`` for a tensor whose leading axis is the batch's rows."""
+        if self.num_units is None:
+            return ops.shape(rows_tensor)[0]
+        return self.num_units
+
+    def group(self, tensor, features: int | None = None) -> object:
+        """``[B, ..., d] -> [U, S, d]`` (``d`` = the last axis, or ``features``)."""
+        last = tensor.shape[-1] if features is None else features
+        if last is None:
+            last = ops.shape(tensor)[-1]
+        return ops.reshape(tensor, (self.count(tensor), -1, last))
+
+    def per_row(self, unit_values, rows_tensor) -> object:
+        """``[U] -> [B]``: each row gets its unit's value."""
+        if self.num_units is None:
+            return unit_values
+        rows = ops.shape(rows_tensor)[0]
+        return ops.repeat(unit_values, rows // self.num_units, axis=0)
+
+
+def _keras_extract_patches(images, size, strides, dilation_rate, padding):
+    return ops.image.extract_patches(
+        images,
+        size,
+        strides=strides,
+        dilation_rate=dilation_rate,
+        padding=padding,
+        data_format="channels_last",
+    )
+
+
+#: ``extract_patches(images [B, H, W, C], size, strides, dilation_rate, padding)`` ->
+#: ``[B, H', W', kh * kw * C]`` (features in (kh, kw, C) order). Keras's version is an
+#: identity convolution (exact, but costs a convolution with kh*kw*C output channels); a
+#: backend may install a plain copy (TensorFlow's ``tf.image.extract_patches``).
+backend_ops = {"extract_patches": _keras_extract_patches}
+
+
+def float32(tensor) -> object:
+    return ops.cast(tensor, "float32")
+
+
+def unit_max_abs(grouped) -> object:
+    """``[U, ...] -> [U]``: the largest magnitude in each unit (a scale for safe norms)."""
+    return ops.max(ops.reshape(ops.abs(grouped), (ops.shape(grouped)[0], -1)), axis=1)
+
+
+def safe_divide(grouped, scale) -> object:
+    """Each unit's entries divided by its (positive) scale."""
+    shape = (-1,) + (1,) * (len(grouped.shape) - 1)
+    return grouped / ops.reshape(ops.maximum(scale, _TINY), shape)
+
+
+def sum_squares(grouped) -> object:
+    """``[U, ...] -> [U]``: sum of squares per unit."""
+    return ops.sum(ops.reshape(ops.square(grouped), (ops.shape(grouped)[0], -1)), axis=1)
+
+
+def safe_norm(grouped) -> object:
+    """``[U, ...] -> [U]``: L2 norm per unit as ``m * ||g / m||`` with ``m = max |g|``, so
+    that norms up to float32's maximum do not overflow in their squares."""
+    scale = unit_max_abs(grouped)
+    return scale * ops.sqrt(sum_squares(safe_divide(grouped, scale)))
+
+
+def combine_norms(norms: Sequence) -> object:
+    """``sqrt(sum_i n_i^2)`` computed as ``M * sqrt(sum_i (n_i / M)^2)``, ``M = max_i n_i``."""
+    norms = list(norms)
+    if len(norms) == 1:
+        return norms[0]
+    peak = norms[0]
+    for n in norms[1:]:
+        peak = ops.maximum(peak, n)
+    scale = ops.maximum(peak, _TINY)
+    total = None
+    for n in norms:
+        sq = ops.square(n / scale)
+        total = sq if total is None else total + sq
+    return scale * ops.sqrt(total)
+
+
+def keep_rows(tensor, row_factors) -> object:
+    """Zero the rows of units that contribute nothing (factor 0), so that a NaN or inf
+    in them cannot reach the sum (``0 * inf`` is NaN)."""
+    shape = (-1,) + (1,) * (len(tensor.shape) - 1)
+    keep = ops.reshape(row_factors > 0, shape)
+    return ops.where(keep, tensor, ops.zeros_like(tensor))
+
+
+def scale_rows(tensor, row_factors) -> object:
+    shape = (-1,) + (1,) * (len(tensor.shape) - 1)
+    return tensor * ops.reshape(row_factors, shape)

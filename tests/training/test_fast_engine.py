@@ -1,0 +1,393 @@
+"""The fast (norm-only) engine: same norms and clipped sums as the vectorized engine,
+bounded contributions, the batch-independence guard, and the engine choice."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import flat, reference_clipped_sum, sgd_step_sum
+from keras import ops
+
+import keras_privacy as kp
+from keras_privacy.training.fast import (
+    ConvRule,
+    LayerRule,
+    batch_mixing_reason,
+    register_per_example_layer,
+    register_rule,
+)
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _private(model, clip=1.0, engine="auto", loss=LOSS, **kwargs):
+    private = kp.make_private(
+        model, l2_norm_clip=clip, noise_multiplier=0.0, engine=engine, seed=0, **kwargs
+    )
+    private.compile(optimizer=keras.optimizers.SGD(1.0), loss=loss)
+    return private
+
+
+def _both(model, x, y, sw=None, num_units=None, clip=1.0, loss=LOSS):
+    """(fast, vectorized) ClippedBatch of the same batch."""
+    private = _private(model, clip, engine="fast", loss=loss)
+    args = (private, x, y, sw)
+    kwargs = {"num_units": num_units, "l2_norm_clip": clip}
+    fast = private._dp_engines["fast"].clipped_gradient_sum(*args, **kwargs)
+    ref = private._dp_engine.clipped_gradient_sum(*args, **kwargs)
+    return fast, ref
+
+
+class _Loop:
+    """Per-unit reference by a GradientTape loop (for EinsumDense: TensorFlow 2.21's
+    vectorizer computes wrong per-example einsum gradients and can corrupt memory)."""
+
+    def __init__(self, private, x, y, num_units, clip):
+        rows = 1 if num_units is None else len(x) // num_units
+        norms, total = [], None
+        for i in range(0, len(x), rows):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(
+                    LOSS(y[i : i + rows], private(x[i : i + rows], training=True))
+                )
+            grads = [
+                np.asarray(tf.convert_to_tensor(g), "float64")
+                for g in tape.gradient(loss, private.trainable_variables)
+            ]
+            norm = np.sqrt(sum(np.sum(g**2) for g in grads))
+            scaled = [min(1.0, clip / norm) * g for g in grads]
+            total = scaled if total is None else [t + g for t, g in zip(total, scaled, strict=True)]
+            norms.append(norm)
+        self.norms, self.grad_sum = np.array(norms), total
+
+
+def _assert_same(fast, ref, rtol=1e-5):
+    f_norms, r_norms = np.asarray(fast.norms), np.asarray(ref.norms)
+    np.testing.assert_array_equal(np.isfinite(f_norms), np.isfinite(r_norms))
+    ok = np.isfinite(r_norms)
+    np.testing.assert_allclose(f_norms[ok], r_norms[ok], rtol=rtol)
+    # Relative 1e-5 per variable, and for a variable whose sum is small against the whole
+    # (a bias whose per-example terms cancel; a key bias in attention, 0 up to rounding)
+    # relative to a tenth of the whole clipped sum.
+    floor = 0.1 * np.linalg.norm(flat([np.asarray(r, "float64") for r in ref.grad_sum]))
+    for f, r in zip(fast.grad_sum, ref.grad_sum, strict=True):
+        f, r = np.asarray(f, "float64"), np.asarray(r, "float64")
+        assert f.shape == r.shape
+        assert np.all(np.isfinite(f))
+        assert np.linalg.norm(f - r) <= rtol * max(np.linalg.norm(r), floor) + 1e-30
+
+
+def _mlp(rng, activation="tanh"):
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation=activation), keras.layers.Dense(3)]
+    )
+    return model, rng.normal(size=(12, 6)).astype("float32")
+
+
+def _sequence_dense(rng, steps, width):
+    """Dense on [B, T, d]: short sequences take the norm-only path, long ones the
+    materialised one (the rule picks from static shapes)."""
+    model = keras.Sequential(
+        [
+            keras.Input((steps, 4)),
+            keras.layers.Dense(width, activation="relu"),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    return model, rng.normal(size=(12, steps, 4)).astype("float32")
+
+
+def _einsum(rng):
+    inputs = keras.Input((5, 4))
+    h = keras.layers.EinsumDense("abc,cde->abde", (5, 2, 3), bias_axes="de")(inputs)
+    h = keras.layers.EinsumDense("abde,dec->abc", (5, 6), bias_axes="c", activation="tanh")(h)
+    h = keras.layers.Flatten()(h)
+    outputs = keras.layers.EinsumDense("ab,bc->ac", (3,))(h)
+    return keras.Model(inputs, outputs), rng.normal(size=(12, 5, 4)).astype("float32")
+
+
+def _embedding(rng, mask_zero=False):
+    model = keras.Sequential(
+        [
+            keras.Input((7,), dtype="int32"),
+            keras.layers.Embedding(30, 4, mask_zero=mask_zero),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    ids = rng.integers(0, 30, size=(12, 7)).astype("int32")
+    ids[:, :3] = 5  # repeated tokens within and across examples
+    ids[::2, -2:] = 0  # padding (masked with mask_zero)
+    return model, ids
+
+
+def _norms(rng):
+    layers = [keras.Input((5, 6)), keras.layers.Dense(8), keras.layers.LayerNormalization()]
+    if hasattr(keras.layers, "RMSNormalization"):
+        layers.append(keras.layers.RMSNormalization())
+    layers += [
+        keras.layers.GroupNormalization(groups=2),
+        keras.layers.GroupNormalization(groups=4, center=False),
+        keras.layers.Flatten(),
+        keras.layers.Dense(3),
+    ]
+    return keras.Sequential(layers), rng.normal(size=(12, 5, 6)).astype("float32")
+
+
+def _transformer(rng, dropout=0.0):
+    inputs = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(40, 8)(inputs)
+    a = keras.layers.MultiHeadAttention(2, 4, dropout=dropout)(h, h)
+    h = keras.layers.LayerNormalization()(keras.layers.Add()([h, a]))
+    f = keras.layers.Dense(16, activation="relu")(h)
+    f = keras.layers.Dropout(dropout)(keras.layers.Dense(8)(f))
+    h = keras.layers.LayerNormalization()(h + f)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(h))
+    return keras.Model(inputs, outputs), rng.integers(0, 40, size=(12, 6)).astype("int32")
+
+
+def _conv_net(rng, rank, padding, strides, dilation):
+    shape = (9, 3) if rank == 1 else (8, 7, 2)
+    conv = keras.layers.Conv1D if rank == 1 else keras.layers.Conv2D
+    model = keras.Sequential(
+        [
+            keras.Input(shape),
+            conv(4, 3, strides=strides, padding=padding, dilation_rate=dilation, activation="relu"),
+            conv(3, 2, padding="same" if padding != "causal" else "causal", use_bias=False),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    return model, rng.normal(size=(12, *shape)).astype("float32")
+
+
+BUILDERS = {
+    "mlp": _mlp,
+    "mlp_linear": lambda rng: _mlp(rng, None),
+    "sequence_ghost": lambda rng: _sequence_dense(rng, 3, 16),
+    "sequence_materialised": lambda rng: _sequence_dense(rng, 20, 4),
+    "embedding": _embedding,
+    "embedding_mask_zero": lambda rng: _embedding(rng, True),
+    "norm_layers": _norms,
+    "conv1d_causal_dilated": lambda rng: _conv_net(rng, 1, "causal", 1, 2),
+    "conv1d_same_strided": lambda rng: _conv_net(rng, 1, "same", 2, 1),
+    "conv2d_valid_strided": lambda rng: _conv_net(rng, 2, "valid", 2, 1),
+    "conv2d_same_dilated": lambda rng: _conv_net(rng, 2, "same", 1, 2),
+}
+
+
+@pytest.fixture
+def conv_rules():
+    """ConvRule is opt-in: register it for one test, then restore the registry."""
+    from keras_privacy.training.fast import rules
+
+    saved = dict(rules._RULES)
+    register_rule(keras.layers.Conv1D, ConvRule())
+    register_rule(keras.layers.Conv2D, ConvRule())
+    yield
+    rules._RULES.clear()
+    rules._RULES.update(saved)
+
+
+@pytest.mark.parametrize("num_units", [None, 4])
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_fast_equals_vectorized(name, num_units, rng, request):
+    if name.startswith("conv"):
+        request.getfixturevalue("conv_rules")
+    model, x = BUILDERS[name](rng)
+    y = rng.integers(0, 3, len(x))
+    fast, ref = _both(model, x, y, num_units=num_units)
+    _assert_same(fast, ref)
+    np.testing.assert_allclose(np.asarray(fast.unit_losses), np.asarray(ref.unit_losses), 1e-5)
+
+
+@pytest.mark.parametrize("num_units", [None, 4])
+def test_einsum_dense_equals_reference(num_units, rng):
+    model, x = _einsum(rng)
+    y = rng.integers(0, 3, len(x))
+    private = _private(model, engine="fast")
+    fast = private._dp_engines["fast"].clipped_gradient_sum(
+        private, x, y, None, num_units=num_units, l2_norm_clip=1.0
+    )
+    _assert_same(fast, _Loop(private, x, y, num_units, 1.0))
+
+
+def test_transformer_block_equals_reference(rng):
+    """MultiHeadAttention + Dense + LayerNormalization + Embedding (the vectorized engine
+    miscomputes per-example einsum gradients on TensorFlow 2.21, so the reference is the
+    GradientTape loop)."""
+    model, x = _transformer(rng)
+    y = rng.integers(0, 3, len(x))
+    private = _private(model, clip=0.5, engine="fast")
+    fast = private._dp_engines["fast"].clipped_gradient_sum(
+        private, x, y, None, num_units=None, l2_norm_clip=0.5
+    )
+    expected = reference_clipped_sum(private, LOSS, x, y, 0.5)
+    got = flat([np.asarray(g, "float64") for g in fast.grad_sum])
+    assert np.linalg.norm(got - flat(expected)) <= 1e-5 * np.linalg.norm(flat(expected))
+    _assert_same(fast, _Loop(private, x, y, None, 0.5))
+    fast = private._dp_engines["fast"].clipped_gradient_sum(
+        private, x, y, None, num_units=3, l2_norm_clip=0.5
+    )
+    _assert_same(fast, _Loop(private, x, y, 3, 0.5))
+
+
+def test_sample_weights_and_multiple_outputs(rng):
+    inputs = [keras.Input((4,)), keras.Input((3,))]
+    h = keras.layers.Dense(5, activation="tanh")(keras.layers.Concatenate()(inputs))
+    out_a = keras.layers.Dense(3, name="a")(h)
+    out_b = keras.layers.Dense(1, name="b")(h)
+    model = keras.Model(inputs, {"a": out_a, "b": out_b})
+    x = [rng.normal(size=(10, 4)).astype("float32"), rng.normal(size=(10, 3)).astype("float32")]
+    y = {"a": rng.integers(0, 3, 10), "b": rng.normal(size=(10, 1)).astype("float32")}
+    sw = rng.random(10).astype("float32")
+    loss = {"a": LOSS, "b": keras.losses.MeanSquaredError()}
+    fast, ref = _both(model, x, y, sw=sw, loss=loss)
+    _assert_same(fast, ref)
+
+
+@pytest.mark.parametrize(
+    "name", ["mlp_linear", "embedding", "sequence_ghost", "sequence_materialised"]
+)
+def test_adversarial_rows(name, rng):
+    """Rows x1e30 (squares overflow float32: the scaled path) and NaN rows (contribute
+    exactly zero) give the vectorized engine's norms and sums."""
+    model, x = BUILDERS[name](rng)
+    y = rng.integers(0, 3, len(x))
+    if name == "embedding":
+        model.layers[0].embeddings.assign(model.layers[0].embeddings * 1e30)
+    else:
+        x[1] *= 1e30
+        x[4] = np.nan
+    # Labels the saturated softmax gets wrong, so that the gradients are ~1e30.
+    y = (np.argmax(np.asarray(model(x)), axis=-1) + 1) % 3
+    fast, ref = _both(model, x, y)
+    norms = np.asarray(ref.norms)
+    assert np.any(norms > 1e20)
+    if name != "embedding":
+        assert not np.isfinite(norms[4])
+    _assert_same(fast, ref)
+
+
+@pytest.mark.parametrize("name", ["mlp", "embedding", "einsum"])
+def test_each_unit_contributes_at_most_clip(name, rng):
+    """Removing any one example changes the fast engine's clipped sum by at most C."""
+    model, x = _einsum(rng) if name == "einsum" else BUILDERS[name](rng)
+    y = rng.integers(0, 3, len(x))
+    clip = 0.1
+    private = _private(model, clip, engine="fast")
+    engine = private._dp_engines["fast"]
+
+    def total(xs, ys):
+        batch = engine.clipped_gradient_sum(
+            private, xs, ys, None, num_units=None, l2_norm_clip=clip
+        )
+        return flat([np.asarray(g, "float64") for g in batch.grad_sum])
+
+    full = total(x, y)
+    for i in range(len(x)):
+        rest = total(np.delete(x, i, axis=0), np.delete(y, i))
+        assert np.linalg.norm(full - rest) <= clip * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp", "embedding", "transformer"])
+def test_auto_picks_fast_and_trains_exactly(name, rng):
+    """One SGD(lr=1) step without noise through train_on_batch moves the weights by
+    exactly the per-example reference's clipped sum / B."""
+    model, x = _transformer(rng) if name == "transformer" else BUILDERS[name](rng)
+    y = rng.integers(0, 3, len(x))
+    private = _private(model, clip=0.5)
+    expected = reference_clipped_sum(private, LOSS, x, y, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        got = sgd_step_sum(private, x, y, len(x))
+    assert private.dp_engine_used == "fast"
+    assert np.linalg.norm(flat(got) - flat(expected)) <= 1e-4 * np.linalg.norm(flat(expected))
+
+
+def test_dropout_trains_with_fast_engine(rng):
+    model, x = _transformer(rng, dropout=0.5)
+    y = rng.integers(0, 3, len(x))
+    private = _private(model, clip=0.5)
+    private.fit(x, y, batch_size=6, epochs=1, verbose=0)
+    assert private.dp_engine_used == "fast"
+    # Identical rows get their own dropout masks, so their gradient norms differ.
+    same = np.repeat(x[:1], 6, axis=0)
+    batch = private._dp_clipped(same, np.repeat(y[:1], 6), None, num_units=None)
+    assert len(np.unique(np.round(np.asarray(batch.norms), 6))) > 1
+
+
+class Scale(keras.layers.Layer):
+    """y = x * w, per feature."""
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.w
+
+
+class ScaleRule(LayerRule):
+    def variables(self, layer):
+        return [layer.w]
+
+    def forward(self, layer, inputs, *args, **kwargs):
+        z = inputs * layer.w
+        return z, {"a": inputs}, {"z": z}
+
+    def _grads(self, call):
+        return ops.cast(call.saved["a"] * call.grads["z"], "float32")
+
+    def squared_norms(self, call, units):
+        return ops.sum(ops.square(self._grads(call)), axis=1)
+
+    def norms(self, call, units):
+        return ops.sqrt(self.squared_norms(call, units))
+
+    def clipped_sums(self, call, units, factors, safe):
+        return [ops.sum(self._grads(call) * factors[:, None], axis=0)]
+
+
+def test_register_rule_for_custom_layer(rng):
+    def model():
+        return keras.Sequential([keras.Input((6,)), Scale(), keras.layers.Dense(3)])
+
+    x = rng.normal(size=(8, 6)).astype("float32")
+    y = rng.integers(0, 3, 8)
+    assert "Scale" in batch_mixing_reason(model())
+    register_rule(Scale, ScaleRule())
+    fast, ref = _both(model(), x, y)
+    _assert_same(fast, ref)
+    with pytest.raises(TypeError):
+        register_rule(Scale, object())
+    with pytest.raises(TypeError):
+        register_per_example_layer(int)
+
+
+def test_fast_engine_inside_tf_function_keeps_model_unchanged(rng):
+    model, x = _mlp(rng)
+    private = _private(model)
+    y = rng.integers(0, 3, len(x))
+
+    @tf.function
+    def step():
+        return private._dp_clipped(x, y, None, num_units=None).norms
+
+    step()
+    assert all("call" not in vars(layer) for layer in model.layers)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(model(x)))
+
+
+@pytest.mark.parametrize("name", ["mlp", "embedding", "norm_layers"])
+def test_mixed_precision_matches_vectorized(name, rng):
+    """Under mixed_float16 both engines compute in float16 and clip in float32; they agree
+    to float16 rounding."""
+    keras.config.set_dtype_policy("mixed_float16")
+    model, x = BUILDERS[name](rng)
+    y = rng.integers(0, 3, len(x))
+    fast, ref = _both(model, x, y)
+    assert all(g.dtype == "float32" for g in fast.grad_sum)
+    _assert_same(fast, ref, rtol=2e-3)
