@@ -7,7 +7,7 @@ once and would let such influence escape the clip, silently. So before it is use
 operation on the model's forward path must be *known* to treat rows independently:
 
 * containers whose ``call`` is Keras's own graph walk (``Functional``, ``Sequential``) or
-  :class:`~keras_privacy.training.model.PrivateModel`'s forwarding are opened and their
+  :class:`~keras_privacy.training.private.PrivateModel`'s forwarding are opened and their
   operations checked one by one;
 * a layer passes if its class, or the nearest registered class in its MRO *whose ``call``
   it does not override*, is on the allow-list (by type, never by name), and the class's
@@ -100,7 +100,7 @@ def _is_allowed_class(layer: Any) -> tuple[bool, str | None]:
 def batch_mixing_reason(layer: Any) -> str | None:
     """``None`` if every operation on ``layer``'s forward path is known to be
     per-example; otherwise a sentence naming the first one that is not."""
-    from keras_privacy.training.model import PrivateModel
+    from keras_privacy.training.private import PrivateModel
 
     call = type(layer).call
     if isinstance(layer, PrivateModel) and call is PrivateModel.call:
