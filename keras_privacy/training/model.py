@@ -1,4 +1,6 @@
-"""DP models: :class:`DPModel`, :class:`DPSequential` and :func:`make_private`.
+"""DP models: :class:`DPModel` and :class:`DPSequential` (:func:`make_private` is in
+:mod:`keras_privacy.training.private`, ``fit``'s input planning in
+:mod:`keras_privacy.training.fit_input`).
 
 A DP model trains with DP-SGD inside the ordinary ``compile`` / ``fit``. Each optimizer
 update is::
