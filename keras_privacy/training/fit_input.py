@@ -93,9 +93,19 @@ def plan_fit_input(
         "steps_per_epoch": steps_per_epoch,
     }
     if not is_array_data(x):
+        _build_from_first_batch(model, x)
         return _pipeline_plan(config, kwargs, dataset_size, warn_sampling)
     kwargs = _arrays_with_weights_and_split(kwargs)
     kwargs["batch_size"] = kwargs["batch_size"] or 32
+    # Build model, loss and metrics from real rows before the DP step is traced: the
+    # engines read the trainable variables before they call the model (and the Poisson
+    # stream's (x, y, sample_weight, mask) elements are not a Keras data format).
+    model._symbolic_build(
+        data_batch=keras.tree.map_structure(
+            lambda a: None if a is None else np.asarray(a[:2]),
+            (kwargs["x"], kwargs["y"], kwargs["sample_weight"]),
+        )
+    )
     if config.sampling == POISSON:
         return _poisson_plan(model, config, kwargs, sampler_rng)
     return _shuffle_plan(config, kwargs)
@@ -138,13 +148,6 @@ def _poisson_plan(model, config: DPConfig, kwargs, sampler_rng) -> FitPlan:
             "Poisson sampling needs targets y. For models without targets pass "
             "sampling='shuffle' or a tf.data dataset."
         )
-    # Build model, loss and metrics from real rows: the Poisson stream's
-    # (x, y, sample_weight, mask) elements are not a Keras data format.
-    model._symbolic_build(
-        data_batch=keras.tree.map_structure(
-            lambda a: None if a is None else np.asarray(a[:2]), (x, y, sample_weight)
-        )
-    )
     logical = batch_size * config.gradient_accumulation_steps
     # The stream is a generator: lists are not a valid tf.data structure, and a model
     # takes a tuple of inputs the same way.
@@ -241,6 +244,16 @@ def _pipeline_plan(config: DPConfig, kwargs, dataset_size, warn_sampling) -> Fit
         user_sample_weight=pipeline_has_weights(x, kwargs["sample_weight"]),
         callbacks=checks,
     )
+
+
+def _build_from_first_batch(model: Any, x: Any) -> None:
+    """Build an unbuilt (subclassed) model from a tf.data pipeline's first batch."""
+    if model.built or not hasattr(x, "take") or not hasattr(x, "element_spec"):
+        return
+    from keras.src.trainers.data_adapters import data_adapter_utils
+
+    for element in x.take(1):
+        model._symbolic_build(data_batch=data_adapter_utils.unpack_x_y_sample_weight(element))
 
 
 def pipeline_batch_size(x: Any) -> int | None:

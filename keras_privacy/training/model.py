@@ -349,6 +349,8 @@ class DPTrainingMixin:
                 segment.examples_per_clipping_unit = max(1, rows // config.num_microbatches)
             segment._from_train_on_batch = True
             self._dp_open_segment(segment)
+        if not self.built:  # the engines read the variables before calling the model
+            self._symbolic_build(data_batch=(x, y, sample_weight))
         self._dp_user_sample_weight = sample_weight is not None or class_weight is not None
         self._dp_chunk_size = None
         self._dp_expected_units = None

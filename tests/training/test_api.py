@@ -206,3 +206,47 @@ def test_mixed_precision_update_matches_float32():
     ratio = np.linalg.norm(results[1]) / np.linalg.norm(results[0])
     assert 0.98 < ratio < 1.02, ratio
     np.testing.assert_allclose(results[1], results[0], atol=2e-3 * np.abs(results[0]).max())
+
+
+class TwoDenseModel(kp.DPModel):
+    def __init__(self, mix=False, **dp):
+        super().__init__(l2_norm_clip=1.0, noise_multiplier=0.0, **dp)
+        self.mix = mix
+        self.hidden = keras.layers.Dense(4)
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x):
+        h = self.hidden(x)
+        if self.mix:  # mixes the examples of a batch inside the model's own call
+            h = h - keras.ops.mean(h, axis=0)
+        return self.out(h)
+
+
+@pytest.mark.parametrize("path", ["shuffle", "tf_data", "train_on_batch"])
+def test_an_unbuilt_subclassed_model_trains_on_every_path(path):
+    import tensorflow as tf
+
+    x, y = np.ones((8, 3), "float32"), np.zeros((8, 1), "float32")
+    model = TwoDenseModel(sampling="shuffle")
+    model.compile(optimizer="sgd", loss="mse")
+    if path == "shuffle":
+        model.fit(x, y, batch_size=4, verbose=0)
+    elif path == "tf_data":
+        with pytest.warns(kp.SamplingWarning):
+            model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), verbose=0)
+    else:
+        model.train_on_batch(x, y)
+    assert model.privacy_record.total_updates >= 1
+
+
+def test_batch_mixing_in_a_subclassed_call_is_not_given_to_the_fast_engine():
+    x, y = np.random.default_rng(0).normal(size=(8, 3)).astype("float32"), np.ones((8, 1))
+    auto = TwoDenseModel(mix=True, sampling="shuffle")
+    auto.compile(optimizer="sgd", loss="mse")
+    with pytest.warns(UserWarning, match="vectorized clipping engine"):
+        auto.fit(x, y, batch_size=8, verbose=0)
+    assert auto.dp_engine_used == "vectorized"
+    fast = TwoDenseModel(mix=True, sampling="shuffle", engine="fast")
+    fast.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(kp.PrivacyError, match="not known to treat the examples"):
+        fast.fit(x, y, batch_size=8, verbose=0)
