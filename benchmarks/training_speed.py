@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from keras_privacy import programs
+
 BATCH = 250
 MODELS = ("cnn", "mlp", "embedding", "transformer")
 MODES = ("plain", "vectorized", "fast")
@@ -146,13 +148,17 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--steps", type=int, default=40, help="timed updates per run")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(_measure(*args.worker, args.steps)))
         return
     rows = []
-    for model_name in args.models:
-        for mode in args.modes:
+    runs = [(model_name, mode) for model_name in args.models for mode in args.modes]
+    with programs.progress(programs.show_progress(args.no_progress)) as bar:
+        task = bar.add_task("benchmark runs", total=len(runs))
+        for model_name, mode in runs:
+            bar.update(task, description=f"{model_name} {mode}")
             # plain: all 60,000 examples (transformer: 20,000); DP: --steps updates
             steps = args.steps if mode != "plain" else (80 if model_name == "transformer" else 240)
             if model_name == "transformer":
@@ -162,6 +168,7 @@ def main() -> None:
                 capture_output=True,
                 text=True,
             )
+            bar.advance(task)
             if done.returncode != 0:
                 error = (done.stderr.strip().splitlines() or ["?"])[-1][:80]
                 print(f"{model_name} {mode}: failed ({error})", file=sys.stderr)
