@@ -63,16 +63,29 @@ def _dense(grad: Any, value: tf.Tensor) -> tf.Tensor:
 _warned_models: set[int] = set()
 
 
+def queue_engine_note(model: Any, note: str) -> None:
+    """Queue a sentence about how ``model`` is trained; the engine says all queued notes
+    in one warning line when it has computed the batch (see :func:`_say_engine_notes`)."""
+    notes = model.__dict__.setdefault("_dp_engine_notes", [])
+    notes.append(note)
+
+
+def _say_engine_notes(model: Any) -> None:
+    notes = model.__dict__.pop("_dp_engine_notes", None)
+    if notes:
+        warnings.warn("keras-privacy: " + " ".join(notes), stacklevel=4)
+
+
 def _warn_loop_fallback(model: Any, error: Exception) -> None:
     if id(model) in _warned_models:
         return
     _warned_models.add(id(model))
-    warnings.warn(
-        f"keras-privacy: TensorFlow could not vectorize the per-example gradients of "
+    queue_engine_note(
+        model,
+        f"TensorFlow could not vectorize the per-example gradients of "
         f"{model.name!r} ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
         "computing them one example at a time instead. Results are the same, training is "
         "slower. (For recurrent layers, unroll=True usually vectorizes.)",
-        stacklevel=4,
     )
 
 
@@ -146,6 +159,7 @@ class VectorizedEngine:
         grads, unit_losses, y_pred = self.unit_gradients(
             model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
         )
+        _say_engine_notes(model)
         norms = clipping.global_norms(grads)
         factors = clipping.clip_factors(norms, l2_norm_clip)
         return ClippedBatch(

@@ -26,7 +26,6 @@ summed unit losses are each unit's own.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 import keras
@@ -34,7 +33,11 @@ import tensorflow as tf
 from keras.src.backend.common.stateless_scope import StatelessScope
 from keras.src.trainers.trainer import Trainer
 
-from keras_privacy.training.backend.tensorflow.engine import VectorizedEngine, _to_units
+from keras_privacy.training.backend.tensorflow.engine import (
+    VectorizedEngine,
+    _to_units,
+    queue_engine_note,
+)
 from keras_privacy.training.checks import _all_layers
 from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.errors import PrivacyError
@@ -255,10 +258,11 @@ def _record(model: Any, engine: str, reason: str | None) -> None:
     if engine == "fast":
         _log.info("keras-privacy: %r trains with the fast (norm-only) clipping engine.", model.name)
     else:
-        warnings.warn(
-            f"keras-privacy: {model.name!r} trains with the vectorized clipping engine "
-            f"(exact, slower), because the fast engine cannot be exact for it: {reason}.",
-            stacklevel=5,
+        # Said together with anything the vectorized engine has to add, in one line.
+        queue_engine_note(
+            model,
+            f"{model.name!r} trains with the vectorized clipping engine (exact, slower), "
+            f"because the fast engine cannot be exact for it: {reason}.",
         )
 
 
