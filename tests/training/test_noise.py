@@ -201,3 +201,42 @@ def test_every_variable_gets_noise_of_std_sigma_c_over_b(path):
         assert abs(np.mean(sample)) < 5 * expected / np.sqrt(sample.size)
     # Fresh, independent draws for each variable (not one draw reused).
     assert abs(np.corrcoef(noises[1].ravel()[:300], noises[2].ravel())[0, 1]) < 0.3
+
+
+# -- the noise is Gaussian ------------------------------------------------------------
+
+
+def test_box_muller_turns_uniforms_into_independent_standard_normals():
+    from scipy import stats
+
+    from keras_privacy.training.noise import gaussians_from_uniforms, pairs_needed, split_noise
+
+    rng = np.random.default_rng(0)
+    m = 100_000
+    uniforms = rng.random((2, m), dtype=np.float32)
+    z = keras.ops.convert_to_numpy(gaussians_from_uniforms(uniforms, 2.5)) / 2.5
+    assert z.shape == (2 * m,) and np.all(np.isfinite(z))
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    # The two halves come from the same radii: independent, so even their squares are
+    # uncorrelated (reusing one angle or one radius twice would correlate them).
+    cos_part, sin_part = z[:m], z[m:]
+    assert abs(np.corrcoef(cos_part, sin_part)[0, 1]) < 0.02
+    assert abs(np.corrcoef(cos_part**2, sin_part**2)[0, 1]) < 0.02
+    # The extreme uniform 1 - 2^-23 (float32's largest below 1) gives the largest radius.
+    edge = keras.ops.convert_to_numpy(
+        gaussians_from_uniforms(np.array([[1 - 2**-23], [0.0]], "float32"), 1.0)
+    )
+    assert np.isclose(edge[0], np.sqrt(2 * 23 * np.log(2)), rtol=1e-4)
+    assert pairs_needed([3, 4]) == 4
+    parts = split_noise(np.arange(8.0), [(3,), (2, 2)])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(parts[1]), [[3, 4], [5, 6]])
+
+
+def test_a_noised_update_is_gaussian_with_std_sigma_c_over_b():
+    from scipy import stats
+
+    noise = _noise_of_step(_zero_gradient_model(seed=9))  # 10,000 coordinates
+    scale = SIGMA * CLIP / BATCH
+    assert stats.kstest(noise / scale, "norm").pvalue > 1e-3
+    # A uniform or Laplace draw of the same std fails this (kurtosis 1.8 or 6).
+    assert abs(stats.kurtosis(noise, fisher=False) - 3) < 0.3

@@ -23,6 +23,7 @@ read from them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -32,6 +33,7 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 from keras_privacy.training.backend.tensorflow.engine import VectorizedEngine
 from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
 from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.noise import gaussians_from_uniforms, pairs_needed, split_noise
 from keras_privacy.training.optimizers import private_update
 
 
@@ -211,13 +213,20 @@ class TensorFlowDPTrainer:
     def _dp_apply(self, grad_sum: list, denominator: Any) -> None:
         """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, update, count."""
         config = self._dp_config
-        noise = self._dp_step_state.noise
         variables = self.trainable_variables
-        grads = []
-        for g, v in zip(grad_sum, variables, strict=True):
-            if config.noise_multiplier > 0:
-                g = g + noise.normal(tf.shape(g), stddev=config.noise_stddev, dtype="float32")
-            grads.append(tf.cast(g / tf.cast(denominator, "float32"), v.dtype))
+        if config.noise_multiplier > 0:
+            # One draw of uniforms for the whole update, made Gaussian by Box-Muller
+            # (keras_privacy.training.noise: 2-3x faster than Generator.normal on CPU).
+            shapes = [tuple(v.shape) for v in variables]
+            uniforms = self._dp_step_state.noise.uniform(
+                (2, pairs_needed([math.prod(s) for s in shapes])), dtype="float32"
+            )
+            flat = gaussians_from_uniforms(uniforms, config.noise_stddev)
+            grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
+        grads = [
+            tf.cast(g / tf.cast(denominator, "float32"), v.dtype)
+            for g, v in zip(grad_sum, variables, strict=True)
+        ]
         optimizer = self.optimizer
         # A LossScaleOptimizer would unscale gradients we never scaled: the DP gradient
         # is computed, clipped and noised in float32 without loss scaling.
