@@ -156,10 +156,14 @@ def _poisson_plan(model, config: DPConfig, kwargs, sampler_rng) -> FitPlan:
         y,
         sample_weight,
         expected_batch_size=logical,
-        rng=sampler_rng,
+        # A stream of its own for this fit, derived from the model's: however far the
+        # input pipeline draws ahead, the next fit's batches are the same for a seed.
+        rng=sampler_rng.spawn(1)[0],
     )
+    # A backend may gather the sampled rows itself (TensorFlow: in a tf.data pipeline).
+    stream = getattr(model, "_dp_poisson_stream", iter)(sampler)
     kwargs.update(
-        x=iter(sampler),
+        x=stream,
         y=None,
         sample_weight=None,
         batch_size=None,

@@ -121,3 +121,17 @@ class PoissonBatches:
     def __iter__(self) -> Iterator[tuple[Any, Any, np.ndarray, np.ndarray]]:
         while True:
             yield self.next_batch()
+
+    def index_blocks(self, block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """An endless stream of the same draws as :meth:`next_batch`, as indices only, for
+        a backend that gathers the rows itself: ``block`` draws at a time, as int32
+        indices ``[block, capacity]`` (each row's sampled indices first, then zeros) and
+        their counts ``[block]``."""
+        while True:
+            indices = np.zeros((block, self.capacity), dtype="int32")
+            counts = np.zeros(block, dtype="int32")
+            for i in range(block):
+                drawn = self.sample_indices()
+                indices[i, : len(drawn)] = drawn
+                counts[i] = len(drawn)
+            yield indices, counts

@@ -61,9 +61,10 @@ def test_padding_rows_contribute_nothing_and_the_divisor_is_the_expected_batch(r
     model = _model()
     private = kp.make_private(model, l2_norm_clip=0.05, noise_multiplier=0.0, seed=7)
     private.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS)
-    # The same seed reproduces the sampler's draw.
+    # The same seed reproduces the sampler's draw: each fit samples from its own stream,
+    # spawned from the model's.
     indices = PoissonBatches(
-        x, y, None, expected_batch_size=10, rng=np.random.default_rng(7)
+        x, y, None, expected_batch_size=10, rng=np.random.default_rng(7).spawn(1)[0]
     ).sample_indices()
     expected = flat(reference_clipped_sum(model, LOSS, x[indices], y[indices], 0.05)) / 10
     before = flat(weights(private))
@@ -203,3 +204,40 @@ def test_shuffled_batches_divide_by_the_configured_batch_size_also_for_the_last(
         flat(weights(private)), flat(weights(reference)), rtol=1e-5, atol=1e-6
     )
     assert private.privacy_record.current.updates == 2
+
+
+def test_the_tensorflow_pipeline_draws_exactly_the_samplers_batches(rng):
+    x = {"a": rng.normal(size=(300, 4)).astype("float32"), "b": np.arange(300)}
+    y = rng.integers(0, 3, size=300)
+    weights = rng.random(300).astype("float32")
+    model = kp.make_private(_model(), l2_norm_clip=1.0, noise_multiplier=1.0)
+    if not hasattr(model, "_dp_poisson_stream"):
+        pytest.skip("this backend hands Keras the sampler's own batches")
+    stream = model._dp_poisson_stream(
+        PoissonBatches(x, y, weights, expected_batch_size=20, rng=np.random.default_rng(5))
+    )
+    reference = PoissonBatches(x, y, weights, expected_batch_size=20, rng=np.random.default_rng(5))
+    for got in stream.take(40):  # more than one block of draws
+        want = reference.next_batch()
+        got = keras.tree.map_structure(np.asarray, got)
+        count = int(want[3].sum())
+        np.testing.assert_array_equal(got[3], want[3])
+        np.testing.assert_array_equal(got[0]["a"][:count], want[0]["a"][:count])
+        np.testing.assert_array_equal(got[0]["b"][:count], want[0]["b"][:count])
+        np.testing.assert_array_equal(got[1][:count], want[1][:count])
+        # Padding rows carry zero weight, as in the sampler's own batches.
+        np.testing.assert_array_equal(got[2], want[2])
+
+
+def test_a_seeded_model_trains_the_same_over_several_fits(rng):
+    x = rng.normal(size=(400, 5)).astype("float32")
+    y = rng.integers(0, 3, size=400)
+    results = []
+    for _ in range(2):
+        model = kp.make_private(_model(), l2_norm_clip=1.0, noise_multiplier=0.5, seed=4)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=LOSS)
+        model.set_weights([np.full(w.shape, 0.1, "float32") for w in model.get_weights()])
+        for _ in range(3):  # each fit's pipeline may draw ahead by a different amount
+            model.fit(x, y, batch_size=20, epochs=1, steps_per_epoch=2, verbose=0)
+        results.append(flat(weights(model)))
+    np.testing.assert_array_equal(results[0], results[1])

@@ -35,6 +35,7 @@ from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
 from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.noise import gaussians_from_uniforms, pairs_needed, split_noise
 from keras_privacy.training.optimizers import private_update
+from keras_privacy.training.sampling import PoissonBatches
 
 
 class _StepState:
@@ -108,6 +109,31 @@ class TensorFlowDPTrainer:
     def make_train_function(self, force: bool = False):
         self._dp_state()
         return super().make_train_function(force=force)
+
+    def _dp_poisson_stream(self, sampler: PoissonBatches) -> tf.data.Dataset:
+        """The sampler's Poisson batches as a ``tf.data`` pipeline: the same draws as
+        ``iter(sampler)`` (``(x, y, sample_weight, mask)`` padded to the capacity), but
+        the sampler only draws indices, 16 batches per Python call, and the rows are
+        gathered in the pipeline. Handing Keras a Python generator of padded arrays
+        instead cost ~1.6 ms per step on one CPU core (converting each batch)."""
+        block, capacity = 16, sampler.capacity
+        data = keras.tree.map_structure(
+            lambda a: None if a is None else tf.convert_to_tensor(a),
+            (sampler.x, sampler.y, sampler.sample_weight),
+        )
+        spec = tf.TensorSpec([block, capacity], tf.int32), tf.TensorSpec([block], tf.int32)
+        draws = tf.data.Dataset.from_generator(
+            lambda: sampler.index_blocks(block), output_signature=spec
+        )
+
+        def gather(indices, count):
+            mask = tf.cast(tf.range(capacity) < count, "float32")
+            x, y, sample_weight = keras.tree.map_structure(
+                lambda t: None if t is None else tf.gather(t, indices), data
+            )
+            return x, y, sample_weight * mask, mask
+
+        return draws.unbatch().map(gather).prefetch(2)
 
     # -- the step ---------------------------------------------------------------------
 
