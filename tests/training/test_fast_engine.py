@@ -12,7 +12,6 @@ from keras import ops
 
 import keras_privacy as kp
 from keras_privacy.training.fast import (
-    ConvRule,
     LayerRule,
     batch_mixing_reason,
     register_per_example_layer,
@@ -86,18 +85,18 @@ def _mlp(rng, activation="tanh"):
     return model, rng.normal(size=(12, 6)).astype("float32")
 
 
-def _sequence_dense(rng, steps, width):
+def _sequence_dense(rng, steps, width, features=4):
     """Dense on [B, T, d]: short sequences take the norm-only path, long ones the
     materialised one (the rule picks from static shapes)."""
     model = keras.Sequential(
         [
-            keras.Input((steps, 4)),
+            keras.Input((steps, features)),
             keras.layers.Dense(width, activation="relu"),
             keras.layers.GlobalAveragePooling1D(),
             keras.layers.Dense(3),
         ]
     )
-    return model, rng.normal(size=(12, steps, 4)).astype("float32")
+    return model, rng.normal(size=(12, steps, features)).astype("float32")
 
 
 def _einsum(rng):
@@ -167,7 +166,7 @@ def _conv_net(rng, rank, padding, strides, dilation):
 BUILDERS = {
     "mlp": _mlp,
     "mlp_linear": lambda rng: _mlp(rng, None),
-    "sequence_ghost": lambda rng: _sequence_dense(rng, 3, 16),
+    "sequence_ghost": lambda rng: _sequence_dense(rng, 2, 32, features=16),
     "sequence_materialised": lambda rng: _sequence_dense(rng, 20, 4),
     "embedding": _embedding,
     "embedding_mask_zero": lambda rng: _embedding(rng, True),
@@ -179,24 +178,9 @@ BUILDERS = {
 }
 
 
-@pytest.fixture
-def conv_rules():
-    """ConvRule is opt-in: register it for one test, then restore the registry."""
-    from keras_privacy.training.fast import rules
-
-    saved = dict(rules._RULES)
-    register_rule(keras.layers.Conv1D, ConvRule())
-    register_rule(keras.layers.Conv2D, ConvRule())
-    yield
-    rules._RULES.clear()
-    rules._RULES.update(saved)
-
-
 @pytest.mark.parametrize("num_units", [None, 4])
 @pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_fast_equals_vectorized(name, num_units, rng, request):
-    if name.startswith("conv"):
-        request.getfixturevalue("conv_rules")
+def test_fast_equals_vectorized(name, num_units, rng):
     model, x = BUILDERS[name](rng)
     y = rng.integers(0, 3, len(x))
     fast, ref = _both(model, x, y, num_units=num_units)
@@ -272,7 +256,7 @@ def test_adversarial_rows(name, rng):
     _assert_same(fast, ref)
 
 
-@pytest.mark.parametrize("name", ["mlp", "embedding", "einsum"])
+@pytest.mark.parametrize("name", ["mlp", "embedding", "einsum", "conv2d_same_dilated"])
 def test_each_unit_contributes_at_most_clip(name, rng):
     """Removing any one example changes the fast engine's clipped sum by at most C."""
     model, x = _einsum(rng) if name == "einsum" else BUILDERS[name](rng)
@@ -293,11 +277,18 @@ def test_each_unit_contributes_at_most_clip(name, rng):
         assert np.linalg.norm(full - rest) <= clip * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("name", ["mlp", "embedding", "transformer"])
+def _tutorial_cnn(rng):
+    from keras_privacy.models import tutorial_cnn
+
+    return tutorial_cnn(), rng.normal(size=(8, 28, 28, 1)).astype("float32")
+
+
+@pytest.mark.parametrize("name", ["mlp", "embedding", "transformer", "tutorial_cnn"])
 def test_auto_picks_fast_and_trains_exactly(name, rng):
     """One SGD(lr=1) step without noise through train_on_batch moves the weights by
     exactly the per-example reference's clipped sum / B."""
-    model, x = _transformer(rng) if name == "transformer" else BUILDERS[name](rng)
+    special = {"transformer": _transformer, "tutorial_cnn": _tutorial_cnn}
+    model, x = special[name](rng) if name in special else BUILDERS[name](rng)
     y = rng.integers(0, 3, len(x))
     private = _private(model, clip=0.5)
     expected = reference_clipped_sum(private, LOSS, x, y, 0.5)
@@ -391,3 +382,17 @@ def test_mixed_precision_matches_vectorized(name, rng):
     fast, ref = _both(model, x, y)
     assert all(g.dtype == "float32" for g in fast.grad_sum)
     _assert_same(fast, ref, rtol=2e-3)
+
+
+def test_the_matmul_rule_picks_the_double_sum_or_materialising_from_static_shapes():
+    from keras_privacy.training.fast import DenseRule
+
+    rng = np.random.default_rng(3)
+    for positions, d_in, d_out, materialised in ((2, 16, 32, False), (20, 4, 4, True)):
+        a = rng.normal(size=(3, positions, d_in)).astype("float32")
+        d = rng.normal(size=(3, positions, d_out)).astype("float32")
+        keep = {}
+        sq = keras.ops.convert_to_numpy(DenseRule()._kernel_sq(a, d, positions, keep=keep))
+        assert ("G" in keep) == materialised
+        want = [np.sum((a[u].T.astype("float64") @ d[u]) ** 2) for u in range(3)]
+        np.testing.assert_allclose(sq, want, rtol=1e-5)

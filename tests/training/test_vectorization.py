@@ -74,3 +74,24 @@ def test_broadcast_batch_matmul_is_exact_for_every_unit():
         expected = (x[i].numpy() @ w.numpy(), x[i].numpy() @ z[i].numpy())
         np.testing.assert_allclose(got[0][i], expected[0], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(got[1][i], expected[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, size, strides, dilation, padding",
+    [
+        ((3, 28, 28, 1), (8, 8), (2, 2), (1, 1), "same"),  # identity convolution
+        ((2, 9, 8, 3), (3, 2), (1, 2), (1, 1), "valid"),  # identity convolution
+        ((2, 9, 9, 2), (3, 3), (1, 1), (2, 2), "same"),  # dilated: copied
+        ((2, 7, 7, 16), (4, 4), (2, 2), (1, 1), "valid"),  # many channels: copied
+    ],
+)
+def test_image_patches_are_the_convolution_windows(shape, size, strides, dilation, padding):
+    from keras_privacy.training.backend.tensorflow.vectorization import image_patches
+
+    images = tf.constant(np.random.default_rng(0).normal(size=shape).astype("float32"))
+    got = image_patches(images, size, strides, dilation, padding).numpy()
+    want = tf.image.extract_patches(
+        images, [1, *size, 1], [1, *strides, 1], [1, *dilation, 1], padding.upper()
+    ).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

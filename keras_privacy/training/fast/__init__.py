@@ -29,9 +29,8 @@ from keras_privacy.training.fast.table_norm_rules import (
 
 register_rule(keras.layers.Dense, DenseRule())
 register_rule(keras.layers.EinsumDense, EinsumDenseRule())
-# ConvRule is exact but not registered by default: on the tutorial CNN, extracting the
-# input patches costs more than the vectorized engine's batched filter-gradient rule
-# saves. ``register_rule(keras.layers.Conv2D, ConvRule())`` (and Conv1D) turns it on.
+register_rule(keras.layers.Conv1D, ConvRule())
+register_rule(keras.layers.Conv2D, ConvRule())
 register_rule(keras.layers.Embedding, EmbeddingRule())
 register_rule(keras.layers.LayerNormalization, LayerNormalizationRule())
 register_rule(keras.layers.GroupNormalization, GroupNormalizationRule())

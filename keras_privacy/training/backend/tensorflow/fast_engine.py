@@ -38,6 +38,7 @@ from keras_privacy.training.backend.tensorflow.engine import (
     _to_units,
     queue_engine_note,
 )
+from keras_privacy.training.backend.tensorflow.vectorization import image_patches
 from keras_privacy.training.checks import _all_layers
 from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.errors import PrivacyError
@@ -50,20 +51,7 @@ from keras_privacy.training.fast.units import Units
 _log = logging.getLogger("keras_privacy")
 
 
-def _extract_patches(images, size, strides, dilation_rate, padding):
-    """Patches by copying (``tf.image.extract_patches``), the same windows and the same
-    (kh, kw, C) feature order as Keras's identity-convolution version, without its
-    convolution's cost."""
-    return tf.image.extract_patches(
-        images,
-        sizes=[1, *size, 1],
-        strides=[1, *strides, 1],
-        rates=[1, *dilation_rate, 1],
-        padding=padding.upper(),
-    )
-
-
-fast_units.backend_ops["extract_patches"] = _extract_patches
+fast_units.backend_ops["extract_patches"] = image_patches
 
 
 class _Capture:

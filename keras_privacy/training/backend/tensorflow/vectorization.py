@@ -57,6 +57,41 @@ def _as_str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+#: Below this many input channels the identity convolution extracts patches faster.
+_IDENTITY_CONV_MAX_CHANNELS = 8
+
+
+def image_patches(images, size, strides, dilation_rate, padding):
+    """``[N, H, W, C]`` → ``[N, Ho, Wo, kh * kw * C]``: each output position's input
+    window, features in ``(kh, kw, C)`` order, for the windows of a convolution with these
+    sizes, strides, dilations and ``"valid"``/``"same"`` padding.
+
+    Two exact ways, picked by the channel count: ``tf.image.extract_patches`` copies
+    element by element and is slow for few channels (on one CPU core, batch 250: 15.6 ms
+    for 28x28x1 with 8x8 windows, 56 ms for 28x28x3 with 3x3); a convolution with a 0/1
+    identity kernel (the same sums, each of one nonzero product) took 6.2 and 5.1 ms
+    there, but grows with ``(kh kw C)^2`` and lost from 8 channels on (16.3 against
+    6.1 ms for 13x13x16 with 4x4 windows). Dilated windows always use the copy.
+    """
+    channels = images.shape[-1]
+    kh, kw = size
+    if (
+        channels is not None
+        and channels < _IDENTITY_CONV_MAX_CHANNELS
+        and (tuple(dilation_rate) == (1, 1))
+    ):
+        features = kh * kw * channels
+        kernel = tf.reshape(tf.eye(features, dtype=images.dtype), [kh, kw, channels, features])
+        return tf.nn.conv2d(images, kernel, strides=[1, *strides, 1], padding=padding.upper())
+    return tf.image.extract_patches(
+        images,
+        sizes=[1, kh, kw, 1],
+        strides=[1, *strides, 1],
+        rates=[1, *dilation_rate, 1],
+        padding=padding.upper(),
+    )
+
+
 def _per_example_filter_gradient(pfor_input):
     inputs, inputs_stacked, _ = pfor_input.input(0)
     filter_sizes = tensor_util.constant_value(pfor_input.unstacked_input(1))
@@ -76,9 +111,8 @@ def _per_example_filter_gradient(pfor_input):
     examples = pfor_input.pfor.loop_len_vector[0]
     shape = tf.shape(inputs)  # [examples, n, H, W, cin]
     images = tf.reshape(inputs, tf.concat([[-1], shape[2:]], axis=0))
-    patches = tf.image.extract_patches(
-        images, sizes=[1, kh, kw, 1], strides=strides, rates=dilations, padding=padding
-    )
+    images.set_shape([None, None, None, cin])
+    patches = image_patches(images, (kh, kw), strides[1:3], dilations[1:3], padding)
     patches = tf.reshape(patches, tf.stack([examples, -1, kh * kw * cin]))
     grads = tf.reshape(grads, tf.stack([examples, -1, cout]))
     kernel_grads = tf.matmul(patches, grads, transpose_a=True)
