@@ -21,7 +21,9 @@ answers and the result names it (``"accountant"``); an infinite result carries a
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 from keras_privacy.accounting import accountants, events
@@ -97,6 +99,16 @@ def poisson_user_epsilon(
     return result
 
 
+@functools.lru_cache(maxsize=16)
+def _mixture_epsilon_curve(
+    q: float, sigma: float, updates: int, k: int, discretization: float
+) -> Callable[[float], float]:
+    """``delta -> epsilon`` of the user-level mixture event; its PLD takes seconds to build,
+    so the last few are kept (a statement and the searches ask for the same one again)."""
+    event = events.poisson_user_dp_sgd_event(q, sigma, updates, k)
+    return accountants.epsilon_curve(event, "pld", pld_discretization=discretization)
+
+
 def _one_accountant(
     q: float,
     sigma: float,
@@ -108,9 +120,9 @@ def _one_accountant(
     pld_discretization: float,
 ) -> dict[str, Any]:
     if accountant == "pld":
-        event = events.poisson_user_dp_sgd_event(q, sigma, updates, k, used_microbatching)
+        sigma_effective = events.effective_noise_multiplier(sigma, used_microbatching)
         discretization = max(pld_discretization, MIXTURE_PLD_DISCRETIZATION)
-        epsilon = accountants.epsilon_curve(event, "pld", pld_discretization=discretization)(delta)
+        epsilon = _mixture_epsilon_curve(q, sigma_effective, updates, k, discretization)(delta)
         reason = (
             ""
             if math.isfinite(epsilon)
