@@ -16,11 +16,11 @@ for the small composed noise multipliers this gives.
 Both use the add-or-remove-one neighbouring relation (datasets differing by one example,
 or, for user-level statements, one user).
 
-Group (user-level) privacy for events that are not a plain Gaussian uses the standard
-(epsilon, delta) group-privacy lemma (Vadhan 2017, "The Complexity of Differential
-Privacy", Lemma 2.2): an (eps, d)-DP mechanism is (k eps, k e^{(k-1) eps} d)-DP for datasets
-differing in k examples. The example-level delta is chosen so that the user-level delta is
-met, and among those choices the one giving the smallest user-level epsilon is used.
+User-level privacy under Poisson sampling is computed in
+:mod:`~keras_privacy.accounting.user_level`: with PLD from the mixture-of-Gaussians event
+that dominates a user's k examples (Ganesh 2024), with RDP by the (epsilon, delta)
+group-privacy lemma (:func:`group_privacy_epsilon`; Vadhan 2017, "The Complexity of
+Differential Privacy", Lemma 2.2, in the tighter form of its proof).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import math
 from collections.abc import Callable
 
 import dp_accounting
-import numpy as np
 from dp_accounting import pld, rdp
 
 from keras_privacy.accounting import _checks
@@ -156,7 +155,8 @@ class GroupPrivacyEpsilon:
       group_size: k, the maximum number of examples per user.
       example_epsilon: the example-level epsilon used.
       example_delta: the example-level delta used, with
-        ``k e^{(k-1) example_epsilon} example_delta <= delta``.
+        ``example_delta (e^{k example_epsilon} - 1) / (e^{example_epsilon} - 1) <= delta``.
+      reason: why ``epsilon`` is infinite (empty when it is finite).
     """
 
     epsilon: float
@@ -164,11 +164,33 @@ class GroupPrivacyEpsilon:
     group_size: int
     example_epsilon: float
     example_delta: float
+    reason: str = ""
 
 
-def _group_delta_log(group_size: int, example_epsilon: float, example_delta: float) -> float:
-    """log of the user-level delta ``k e^{(k-1) eps} d`` of Vadhan's Lemma 2.2."""
-    return math.log(group_size) + (group_size - 1) * example_epsilon + math.log(example_delta)
+#: Smallest example-level delta the group-privacy search will try (about the smallest
+#: positive normal double); below it the accountants' answers are not meaningful.
+SMALLEST_EXAMPLE_DELTA = 1e-300
+
+
+def _log_expm1(x: float) -> float:
+    """log(e^x - 1) for x > 0, without overflow."""
+    return x + math.log(-math.expm1(-x))
+
+
+def group_delta_log(group_size: int, example_epsilon: float, example_delta: float) -> float:
+    """log of the user-level delta of the group-privacy lemma (Vadhan 2017, Lemma 2.2).
+
+    An (eps, d)-DP mechanism is (k eps, d_k)-DP for datasets differing in k examples,
+    with ``d_k = d (1 + e^eps + ... + e^{(k-1) eps}) = d (e^{k eps} - 1) / (e^eps - 1)``
+    (the sum in the lemma's proof; the lemma states the looser ``k e^{(k-1) eps} d``).
+    """
+    if example_epsilon <= 0:
+        return math.log(group_size) + math.log(example_delta)
+    return (
+        math.log(example_delta)
+        + _log_expm1(group_size * example_epsilon)
+        - _log_expm1(example_epsilon)
+    )
 
 
 def group_privacy_epsilon(
@@ -177,18 +199,21 @@ def group_privacy_epsilon(
     delta: float,
     accountant: str = "pld",
     *,
-    search_decades: float = 12.0,
-    grid_points: int = 49,
+    smallest_example_delta: float = SMALLEST_EXAMPLE_DELTA,
     pld_discretization: float = PLD_DISCRETIZATION,
 ) -> GroupPrivacyEpsilon:
-    """User-level epsilon at user-level ``delta`` via the group-privacy lemma.
+    """User-level epsilon at user-level ``delta`` via the (epsilon, delta) group-privacy lemma.
 
-    The example-level delta ``d`` ranges over a log-spaced grid from ``delta / k`` down by
-    ``search_decades`` decades; a grid point is admissible when
-    ``k e^{(k-1) eps(d)} d <= delta`` (computed, not assumed). The admissible point with the
-    smallest ``k eps(d)`` is then refined by bisection towards its inadmissible neighbour.
-    Every returned value is admissible, so the statement is a valid bound even where the
-    search is not optimal.
+    The example-level delta ``d`` is admissible when ``d_k(eps(d), d) <= delta``
+    (:func:`group_delta_log`, computed, not assumed); the smallest user-level epsilon
+    ``k eps(d)`` comes from the largest admissible ``d``. Search: start at ``log delta``
+    and step down. If ``log d`` is inadmissible by a gap ``g = log d_k - log delta > 0``,
+    every ``log d' > log d - g`` is inadmissible too (``eps`` only grows as ``d`` shrinks
+    and ``d_k`` grows with ``eps``), so the next probe is at least a decade below
+    ``log d - g``; no admissible point is skipped. The first admissible probe and the
+    bound above it are then bisected. The search goes down to ``smallest_example_delta``
+    (the answer often needs 1e-40 or less); ``inf`` with a reason if nothing is admissible.
+    Every returned value is admissible, so it is a valid bound.
     """
     delta = _checks.check_delta(delta)
     group_size = _checks.check_positive_int(group_size, "group_size")
@@ -198,44 +223,54 @@ def group_privacy_epsilon(
         return GroupPrivacyEpsilon(example_epsilon, delta, 1, example_epsilon, delta)
 
     log_user_delta = math.log(delta)
+    log_floor = math.log(smallest_example_delta)
 
-    def admissible(log_example_delta: float) -> tuple[bool, float]:
-        example_delta = math.exp(log_example_delta)
-        example_epsilon = epsilon_at(example_delta)
+    def gap(log_example_delta: float) -> tuple[float, float]:
+        """(log d_k - log delta, example epsilon) at example-level delta e^log_d."""
+        example_epsilon = epsilon_at(math.exp(log_example_delta))
         if not math.isfinite(example_epsilon):
-            return False, example_epsilon
-        ok = _group_delta_log(group_size, example_epsilon, example_delta) <= log_user_delta
-        return ok, example_epsilon
+            return math.inf, example_epsilon
+        return (
+            group_delta_log(group_size, example_epsilon, math.exp(log_example_delta))
+            - log_user_delta,
+            example_epsilon,
+        )
 
-    upper = log_user_delta - math.log(group_size)
-    grid = np.linspace(upper, upper - search_decades * math.log(10.0), grid_points)
-    best: tuple[float, float] | None = None  # (example_epsilon, log_example_delta)
-    best_index = -1
-    for index, log_d in enumerate(grid):
-        ok, example_epsilon = admissible(float(log_d))
-        if ok and (best is None or example_epsilon < best[0]):
-            best, best_index = (example_epsilon, float(log_d)), index
-    if best is None:
-        return GroupPrivacyEpsilon(math.inf, delta, group_size, math.inf, 0.0)
-    if best_index > 0:
-        # The larger neighbour (smaller epsilon) was inadmissible: bisect towards it.
-        admissible_log_d, inadmissible_log_d = best[1], float(grid[best_index - 1])
-        for _ in range(30):
-            middle = 0.5 * (admissible_log_d + inadmissible_log_d)
-            ok, example_epsilon = admissible(middle)
-            if ok:
-                admissible_log_d = middle
-                if example_epsilon < best[0]:
-                    best = (example_epsilon, middle)
-            else:
-                inadmissible_log_d = middle
-            if inadmissible_log_d - admissible_log_d < 1e-4:
-                break
-    example_epsilon, log_example_delta = best
+    upper = log_user_delta  # proven inadmissible or the start (d = delta never works, k > 1)
+    probe_gap, probe_epsilon = gap(upper)
+    probe = upper
+    while probe_gap > 0:
+        if not math.isfinite(probe_gap) and probe < upper:
+            break  # epsilon itself is infinite here; smaller d cannot help
+        upper = probe - (probe_gap if math.isfinite(probe_gap) else 0.0)
+        probe = upper - math.log(10.0)
+        if probe < log_floor:
+            break
+        probe_gap, probe_epsilon = gap(probe)
+    if not probe_gap <= 0:
+        reason = (
+            f"the group-privacy lemma found no example-level delta >= "
+            f"{smallest_example_delta:g} whose example-level epsilon ({accountant} "
+            f"accountant) gives user-level delta <= {delta:g} for {group_size} examples per user"
+        )
+        return GroupPrivacyEpsilon(math.inf, delta, group_size, math.inf, 0.0, reason)
+    best_log_d, best_epsilon = probe, probe_epsilon
+    low, high = probe, upper  # low admissible, high inadmissible
+    for _ in range(60):
+        if high - low < 1e-6:
+            break
+        middle = 0.5 * (low + high)
+        middle_gap, middle_epsilon = gap(middle)
+        if middle_gap <= 0:
+            low = middle
+            if middle_epsilon < best_epsilon:
+                best_log_d, best_epsilon = middle, middle_epsilon
+        else:
+            high = middle
     return GroupPrivacyEpsilon(
-        epsilon=group_size * example_epsilon,
+        epsilon=group_size * best_epsilon,
         delta=delta,
         group_size=group_size,
-        example_epsilon=example_epsilon,
-        example_delta=math.exp(log_example_delta),
+        example_epsilon=best_epsilon,
+        example_delta=math.exp(best_log_d),
     )

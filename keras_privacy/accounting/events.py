@@ -128,6 +128,36 @@ def poisson_dp_sgd_event(
     return dp_accounting.SelfComposedDpEvent(one_update, updates)
 
 
+def poisson_user_dp_sgd_event(
+    sampling_probability: float,
+    noise_multiplier: float,
+    updates: int,
+    examples_per_user: int,
+    used_microbatching: bool = False,
+) -> dp_accounting.DpEvent:
+    """User-level event of Poisson-sampled DP-SGD: a mixture of Gaussians per update.
+
+    A user with k examples, each Poisson-sampled with probability q, puts ``J ~ Binomial(k,
+    q)`` of them into one update, moving its clipped sum by at most ``J`` clipping units.
+    Ganesh (2024), "Tight Group-Level DP Guarantees for DP-SGD with Sampling via Mixture
+    of Gaussians Mechanisms" (arXiv:2401.10294), Theorem 3.1: the add-or-remove-one-user
+    privacy loss of one update is dominated by the mixture-of-Gaussians mechanism
+    ``sum_j P(J = j) N(j, sigma_eff^2)`` against ``N(0, sigma_eff^2)``, with
+    ``P(J = j) = C(k, j) q^j (1 - q)^(k - j)``. With microbatching each of the user's
+    examples may sit in a different microbatch: sensitivity 2 per example (sigma / 2).
+    """
+    from scipy import stats
+
+    k = _checks.check_positive_int(examples_per_user, "examples_per_user")
+    sigma = effective_noise_multiplier(noise_multiplier, used_microbatching)
+    sensitivities = list(range(k + 1))
+    probabilities = [float(p) for p in stats.binom.pmf(sensitivities, k, sampling_probability)]
+    one_update = dp_accounting.dp_event.MixtureOfGaussiansDpEvent(
+        sigma, sensitivities, probabilities
+    )
+    return dp_accounting.SelfComposedDpEvent(one_update, updates)
+
+
 def shuffle_dp_sgd_event(
     passes: int,
     noise_multiplier: float,

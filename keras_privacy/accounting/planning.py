@@ -26,7 +26,7 @@ from typing import Any
 
 import dp_accounting
 
-from keras_privacy.accounting import _checks, accountants, events
+from keras_privacy.accounting import _checks, accountants, events, user_level
 
 #: Lowest noise multiplier the calibration search will try.
 _SMALLEST_SIGMA = 1e-3
@@ -133,7 +133,7 @@ class DpSgdPlan:
         """Epsilon at ``delta``: example-level, or user-level when k is set.
 
         User-level: under shuffling, exactly (the pass has sensitivity k clipping units);
-        under Poisson sampling, by the group-privacy lemma (see ``accountants``).
+        under Poisson sampling, see :mod:`~keras_privacy.accounting.user_level`.
         """
         return self.epsilon_details(delta, sampling, accountant)["epsilon"]
 
@@ -144,8 +144,14 @@ class DpSgdPlan:
         accountant: str = "pld",
         *,
         pld_discretization: float = accountants.PLD_DISCRETIZATION,
+        fallback: bool = True,
     ) -> dict[str, Any]:
-        """Epsilon plus how it was obtained (method, example-level delta for group privacy)."""
+        """Epsilon plus how it was obtained (method, accountant; see ``user_level``).
+
+        User-level under Poisson sampling: :func:`~keras_privacy.accounting.user_level.
+        poisson_user_epsilon`; with ``fallback`` the other accountant answers when the
+        requested one gives ``inf`` (``"accountant"`` names the one that answered).
+        """
         delta = _checks.check_delta(delta)
         sampling = _checks.check_sampling(sampling)
         accountant = _checks.check_accountant(accountant)
@@ -154,7 +160,7 @@ class DpSgdPlan:
             epsilon = accountants.epsilon_curve(
                 self.example_event(sampling), accountant, pld_discretization=pld_discretization
             )(delta)
-            return {"epsilon": epsilon, "method": "example-level"}
+            return {"epsilon": epsilon, "method": "example-level", "accountant": accountant}
         if sampling == events.SHUFFLE:
             event = events.shuffle_dp_sgd_event(
                 self.shuffle_passes, self.noise_multiplier, self.used_microbatching, k
@@ -165,20 +171,19 @@ class DpSgdPlan:
             return {
                 "epsilon": epsilon,
                 "method": f"Gaussian mechanism with L2 sensitivity {k} clipping units per pass",
+                "accountant": accountant,
             }
-        group = accountants.group_privacy_epsilon(
-            self.example_event(sampling),
+        return user_level.poisson_user_epsilon(
+            self.sampling_probability,
+            self.noise_multiplier,
+            self.poisson_updates,
             k,
             delta,
             accountant,
+            used_microbatching=self.used_microbatching,
             pld_discretization=pld_discretization,
+            fallback=fallback,
         )
-        return {
-            "epsilon": group.epsilon,
-            "method": "group privacy (Vadhan 2017, Lemma 2.2)",
-            "example_epsilon": group.example_epsilon,
-            "example_delta": group.example_delta,
-        }
 
 
 def compute_epsilon(
@@ -392,7 +397,7 @@ def compute_noise_multiplier(
 
         def epsilon_of_sigma(candidate: float, name=stage_accountant, disc=discretization):
             return dataclasses.replace(plan, noise_multiplier=candidate).epsilon_details(
-                delta, sampling, name, pld_discretization=disc
+                delta, sampling, name, pld_discretization=disc, fallback=False
             )["epsilon"]
 
         sigma = _smallest_feasible_sigma(
@@ -449,7 +454,7 @@ def compute_max_steps(
 
     return staged_count_search(
         lambda count, name, disc: dataclasses.replace(plan, steps=count).epsilon_details(
-            delta, sampling, name, pld_discretization=disc
+            delta, sampling, name, pld_discretization=disc, fallback=False
         )["epsilon"],
         target_epsilon,
         accountant,
@@ -504,7 +509,7 @@ def compute_max_epochs(
         return math.floor(max_steps * plan.batch_size / plan.number_of_examples + 1e-12)
     return staged_count_search(
         lambda passes, name, disc: dataclasses.replace(plan, epochs=float(passes)).epsilon_details(
-            delta, sampling, name, pld_discretization=disc
+            delta, sampling, name, pld_discretization=disc, fallback=False
         )["epsilon"],
         target_epsilon,
         accountant,

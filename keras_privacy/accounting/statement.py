@@ -91,9 +91,11 @@ class DpSgdPrivacyReport:
             "",
             "Example-level epsilon:",
             f"  {_fmt(self.epsilon['shuffle'])}  with shuffled fixed-size batches, each example "
-            f"used once per epoch ({plan.shuffle_passes} passes; no amplification by sampling)",
+            f"used once per epoch ({plan.shuffle_passes} passes; no amplification by sampling)"
+            + _why_infinite({"epsilon": self.epsilon["shuffle"]}, plan),
             f"  {_fmt(self.epsilon['poisson'])}  assuming Poisson sampling (*): each example in "
-            f"each batch independently with probability q ({plan.poisson_updates:,} updates)",
+            f"each batch independently with probability q ({plan.poisson_updates:,} updates)"
+            + _why_infinite({"epsilon": self.epsilon["poisson"]}, plan),
         ]
         if self.user_epsilon is not None:
             k = plan.max_examples_per_user
@@ -102,11 +104,10 @@ class DpSgdPrivacyReport:
                 "",
                 f"User-level epsilon (one user's examples added/removed, or zeroed out for "
                 f"fixed batches; at most {k} examples per user; delta = {self.delta:g}):",
-                f"  {_fmt(shuffle['epsilon'])}  with shuffled batches ({shuffle['method']})",
+                f"  {_fmt(shuffle['epsilon'])}  with shuffled batches ({shuffle['method']})"
+                + _why_infinite(shuffle, plan),
                 f"  {_fmt(poisson['epsilon'])}  assuming Poisson sampling (*) "
-                f"({poisson['method']}, from example-level epsilon "
-                f"{_fmt(poisson.get('example_epsilon', math.nan)).strip()} at delta "
-                f"{poisson.get('example_delta', math.nan):.3g})",
+                f"({_user_method(poisson, self.accountant)})" + _why_infinite(poisson, plan),
             ]
         lines += [
             "",
@@ -135,6 +136,34 @@ def _indent_of(line: str) -> str:
 
 def _fmt(value: float) -> str:
     return f"{value:8.4g}" if math.isfinite(value) else "     inf"
+
+
+def _user_method(details: dict[str, Any], requested: str) -> str:
+    """How a user-level epsilon was obtained, naming the accountant that answered."""
+    used = details.get("accountant", requested)
+    text = f"{details['method']}; {_ACCOUNTANT_NAMES[used]}"
+    if used != requested:
+        text += f", because the {requested} accountant gave no finite bound"
+    if "example_epsilon" in details and math.isfinite(details["example_epsilon"]):
+        text += (
+            f"; from example-level epsilon {details['example_epsilon']:.4g} at delta "
+            f"{details['example_delta']:.3g}"
+        )
+    return text
+
+
+def _why_infinite(details: dict[str, Any], plan: planning.DpSgdPlan) -> str:
+    """Empty for a finite epsilon; else why it is infinite and what would answer."""
+    if math.isfinite(details["epsilon"]):
+        return ""
+    if plan.noise_multiplier == 0:
+        reason = "noise_multiplier is 0: no finite epsilon exists; add noise"
+    else:
+        reason = details.get("reason") or (
+            "the accountant gives no finite bound at this delta; a larger noise multiplier, "
+            "fewer updates or a larger delta would answer"
+        )
+    return f". Infinite because {reason}"
 
 
 def _json_number(value: Any) -> Any:

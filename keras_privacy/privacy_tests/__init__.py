@@ -56,6 +56,11 @@ from keras_privacy.privacy_tests.lira import (
     make_shadow_in_mask,
     run_lira,
 )
+from keras_privacy.privacy_tests.membership_probability import (
+    MembershipProbabilityResults,
+    SingleMembershipProbabilityResult,
+    run_membership_probability_analysis,
+)
 from keras_privacy.privacy_tests.metrics import (
     EpsilonLowerBound,
     clopper_pearson_interval,
@@ -70,6 +75,7 @@ from keras_privacy.privacy_tests.secret_sharer import (
     insert_canaries,
     log_perplexity,
 )
+from keras_privacy.privacy_tests.seq2seq import Seq2SeqAttackInputData, run_seq2seq_attack
 from keras_privacy.privacy_tests.slicing import get_single_slice_specs, get_slice
 
 # names loaded on first use: plotting needs matplotlib, the adapters need Keras
@@ -92,11 +98,14 @@ __all__ = [
     "CanaryFormat",
     "EpsilonLowerBound",
     "MembershipInferenceCallback",
+    "MembershipProbabilityResults",
     "PrivacyMetric",
     "PrivacyReportMetadata",
     "RocCurve",
+    "Seq2SeqAttackInputData",
     "ShadowModelScores",
     "SingleAttackResult",
+    "SingleMembershipProbabilityResult",
     "SingleSliceSpec",
     "SlicingFeature",
     "SlicingSpec",
@@ -125,6 +134,8 @@ __all__ = [
     "plot_roc_curve",
     "run_attacks",
     "run_lira",
+    "run_membership_probability_analysis",
+    "run_seq2seq_attack",
     "run_threshold_attack",
     "run_trained_attack",
     "sequence_log_perplexities",

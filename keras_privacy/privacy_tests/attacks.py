@@ -43,7 +43,7 @@ from keras_privacy.privacy_tests.data_structures import (
     SingleSliceSpec,
     SlicingSpec,
 )
-from keras_privacy.privacy_tests.slicing import get_single_slice_specs, get_slice
+from keras_privacy.privacy_tests.slicing import get_single_slice_specs, get_slice, slice_indices
 
 __all__ = [
     "AttackerData",
@@ -321,6 +321,8 @@ def run_attacks(
     epsilon_lower_bound_confidence: float = 0.95,
     epsilon_lower_bound_method: str = "holdout",
     seed: int = 0,
+    backend: str | None = None,
+    return_slice_indices: bool = False,
 ) -> AttackResults:
     """Run each attack in ``attack_types`` on each slice of ``slicing_spec``.
 
@@ -337,6 +339,11 @@ def run_attacks(
       epsilon_lower_bound_delta, epsilon_lower_bound_confidence, epsilon_lower_bound_method:
         parameters of the empirical ε lower bound attached to each result.
       seed: seeds the balancing, the folds, the attack models and the ε holdout split.
+      backend: a joblib backend (``"threading"``, ``"loky"``...) for the scikit-learn
+        attack models that run jobs in parallel (as in TF Privacy); ``None`` runs them as
+        configured (single-threaded by default). It changes speed, not results.
+      return_slice_indices: attach each slice's member and non-member indices to its
+        results (``train_indices``, ``test_indices``; not for the entire dataset).
 
     Returns:
       :class:`AttackResults`; slices (and attack × slice pairs) with too few examples are
@@ -351,6 +358,28 @@ def run_attacks(
         if attack_type in (AttackType.LIRA_ONLINE, AttackType.LIRA_OFFLINE):
             raise ValueError(
                 f"{attack_type} needs shadow models; use keras_privacy.privacy_tests.lira"
+            )
+    if attack_input.is_multilabel_data() and AttackType.THRESHOLD_ENTROPY_ATTACK in attack_types:
+        raise NotImplementedError("entropy attacks are not defined for multi-label data")
+    if backend is not None:
+        import joblib
+
+        with joblib.parallel_backend(backend):
+            return run_attacks(
+                attack_input,
+                slicing_spec,
+                attack_types,
+                privacy_report_metadata,
+                balance_attacker_training,
+                min_num_samples,
+                cross_validation_folds,
+                attack_model_factories,
+                epsilon_lower_bound_delta,
+                epsilon_lower_bound_confidence,
+                epsilon_lower_bound_method,
+                seed,
+                None,
+                return_slice_indices,
             )
     slicing_spec = slicing_spec or SlicingSpec()
     factories = dict(attack_model_factories or {})
@@ -386,6 +415,10 @@ def run_attacks(
                 )
             else:
                 result = run_threshold_attack(sliced, attack_type, slice_spec, **common)
+            if return_slice_indices and not slice_spec.entire_dataset:
+                result.train_indices, result.test_indices = slice_indices(
+                    attack_input, slice_spec, slicing_spec
+                )
             results.append(result)
     if not results:
         raise ValueError("no slice had enough examples to attack; skipped: " + ", ".join(skipped))

@@ -207,13 +207,30 @@ class AttackInputData:
     entropy_test: np.ndarray | None = None
     sample_weight_train: np.ndarray | None = None
     sample_weight_test: np.ndarray | None = None
+    multilabel_data: bool | None = None
+    force_multilabel_data: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
 
+    def is_multilabel_data(self) -> bool:
+        """Multi-label data: multi-hot ``(n, num_classes)`` labels (see ``multilabel``)."""
+        from keras_privacy.privacy_tests import multilabel
+
+        return multilabel.is_multilabel(self)
+
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
-        """Check shapes, emptiness and values; raise ``ValueError`` with the reason."""
+        """Check shapes, emptiness and values; raise ``ValueError`` with the reason.
+
+        Multi-label data (``multilabel_data``/``force_multilabel_data``, or multi-hot 2-D
+        labels) are first reduced to per-example losses: see
+        :mod:`keras_privacy.privacy_tests.multilabel`.
+        """
+        if self.is_multilabel_data():
+            from keras_privacy.privacy_tests import multilabel
+
+            multilabel.reduce_to_losses(self)
         for split in ("train", "test"):
             for kind, ndims in (
                 ("logits", (1, 2)),
@@ -471,6 +488,8 @@ class SingleAttackResult:
         predictions on the (balanced) evaluation set.
       epsilon_lower_bound: an empirical lower bound on ε, see
         :func:`keras_privacy.privacy_tests.metrics.compute_epsilon_lower_bound`.
+      train_indices, test_indices: with ``run_attacks(..., return_slice_indices=True)``,
+        the indices of the slice's members and non-members (None for the entire dataset).
     """
 
     slice_spec: SingleSliceSpec
@@ -480,6 +499,8 @@ class SingleAttackResult:
     membership_scores_train: np.ndarray | None = None
     membership_scores_test: np.ndarray | None = None
     epsilon_lower_bound: metrics.EpsilonLowerBound | None = None
+    train_indices: np.ndarray | None = None
+    test_indices: np.ndarray | None = None
 
     def get_auc(self) -> float:
         return self.roc_curve.get_auc()
@@ -572,6 +593,8 @@ class PrivacyReportMetadata:
     accuracy_test: float | None = None
     epoch_num: int | None = None
     model_variant_label: str = "Default model variant"
+    loss_train: float | None = None
+    loss_test: float | None = None
 
 
 _DATAFRAME_COLUMNS = [
@@ -601,9 +624,22 @@ class AttackResults:
         if not self.single_attack_results:
             raise ValueError("AttackResults needs at least one result")
 
-    def calculate_pd_dataframe(self) -> Any:
-        """The results as a ``pandas.DataFrame``, one row per attack and slice."""
+    def calculate_pd_dataframe(self, columns: str = "keras_privacy") -> Any:
+        """The results as a ``pandas.DataFrame``, one row per attack and slice.
+
+        ``columns="tf_privacy"`` gives TF Privacy's column set and order instead (see
+        :func:`keras_privacy.privacy_tests.tf_privacy_forms.tf_privacy_dataframe`).
+        """
         import pandas as pd
+
+        if columns == "tf_privacy":
+            from keras_privacy.privacy_tests import tf_privacy_forms
+
+            return tf_privacy_forms.tf_privacy_dataframe(self)
+        if columns != "keras_privacy":
+            raise ValueError(
+                f"columns must be 'keras_privacy' or 'tf_privacy', received {columns!r}"
+            )
 
         rows = []
         for result in self.single_attack_results:
@@ -638,6 +674,10 @@ class AttackResults:
 
     def get_result_with_max_epsilon_lower_bound(self) -> SingleAttackResult:
         return self._best(PrivacyMetric.EPSILON_LOWER_BOUND)
+
+    def get_result_with_max_epsilon(self) -> SingleAttackResult:
+        """TF Privacy's name for :meth:`get_result_with_max_epsilon_lower_bound`."""
+        return self.get_result_with_max_epsilon_lower_bound()
 
     def get_result_with_max_tpr_at_fpr(self, max_fpr: float = 0.01) -> SingleAttackResult:
         return max(self.single_attack_results, key=lambda r: r.get_tpr_at_fpr(max_fpr))

@@ -20,7 +20,14 @@ from keras_privacy.privacy_tests.data_structures import (
 )
 from keras_privacy.privacy_tests.headlines import DEFAULT_MIN_SLICE_SIZE, headline_results
 
-__all__ = ["plot_by_epochs", "plot_privacy_vs_accuracy", "plot_roc_curve"]
+__all__ = [
+    "plot_by_epochs",
+    "plot_curve_with_area",
+    "plot_histograms",
+    "plot_privacy_vs_accuracy",
+    "plot_roc_curve",
+    "save_plot",
+]
 
 _DEFAULT_METRICS = (PrivacyMetric.AUC, PrivacyMetric.ATTACKER_ADVANTAGE)
 
@@ -34,6 +41,43 @@ def _new_figure(width: float, height: float) -> Figure:
 def _save(figure: Figure, path: str | None) -> None:
     if path is not None:
         figure.savefig(path, format="png", dpi=100, bbox_inches="tight")
+
+
+def save_plot(figure: Figure, path: str, outformat: str = "png") -> None:
+    """Write ``figure`` to ``path`` in ``outformat`` (TF Privacy's helper of this name)."""
+    figure.savefig(path, format=outformat, dpi=100, bbox_inches="tight")
+
+
+def plot_curve_with_area(
+    x: Iterable[float], y: Iterable[float], xlabel: str = "x", ylabel: str = "y"
+) -> Figure:
+    """A curve in the unit square with the area under it shaded, and the diagonal."""
+    figure = _new_figure(5.0, 5.0)
+    axes = figure.add_subplot(1, 1, 1)
+    x, y = list(x), list(y)
+    axes.plot([0, 1], [0, 1], "k--", lw=1)
+    axes.plot(x, y, lw=2)
+    axes.fill_between(x, y, alpha=0.1)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    return figure
+
+
+def plot_histograms(
+    train: Iterable[float], test: Iterable[float], threshold: float | None = None
+) -> Figure:
+    """Normalised histograms of a score for members and non-members, optional threshold."""
+    figure = _new_figure(6.0, 4.0)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.hist(list(train), bins=50, density=True, alpha=0.5, label="members (train)")
+    axes.hist(list(test), bins=50, density=True, alpha=0.5, label="non-members (test)")
+    if threshold is not None:
+        axes.axvline(threshold, color="k", ls="--", lw=1, label="threshold")
+    axes.set_ylabel("density")
+    axes.legend(fontsize="small")
+    return figure
 
 
 def plot_roc_curve(

@@ -210,10 +210,35 @@ def _perplexities(name: str, values: Any) -> np.ndarray:
     return array
 
 
+def _canary_values(canary_perplexities: Any) -> np.ndarray:
+    """All canary perplexities as one 1-D array (mapping values may be sequences)."""
+    if not isinstance(canary_perplexities, Mapping):
+        return _perplexities("canary_perplexities", canary_perplexities)
+    if not canary_perplexities:
+        raise ValueError("canary_perplexities is empty")
+    parts = [np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in canary_perplexities.values()]
+    for part in parts:
+        if part.ndim != 1:
+            raise ValueError("each value of canary_perplexities must be a number or 1-D")
+    return _perplexities("canary_perplexities", np.concatenate(parts))
+
+
 def _keep_mapping(canary_perplexities: Any, exposures: np.ndarray) -> Any:
-    if isinstance(canary_perplexities, Mapping):
-        return dict(zip(canary_perplexities.keys(), exposures.tolist(), strict=True))
-    return exposures
+    """Exposures in the shape of the input: an array, ``{key: exposure}`` for a mapping of
+    numbers, or ``{key: array of exposures}`` for a mapping of sequences (TF Privacy's
+    form, e.g. keyed by the number of repetitions)."""
+    if not isinstance(canary_perplexities, Mapping):
+        return exposures
+    result, start = {}, 0
+    for key, value in canary_perplexities.items():
+        if np.ndim(value) == 0:
+            result[key] = float(exposures[start])
+            start += 1
+        else:
+            size = np.asarray(value).size
+            result[key] = exposures[start : start + size]
+            start += size
+    return result
 
 
 def compute_exposure_interpolation(
@@ -232,14 +257,15 @@ def compute_exposure_interpolation(
       R is estimated as 1 + #{r: Px(r) < Px(s)} · (|R| − 1) / len(references).
 
     Each canary is ranked against the references only (not against the other canaries).
-    Returns an array of exposures, or a dict when ``canary_perplexities`` is a mapping.
+    Returns an array of exposures, or a dict when ``canary_perplexities`` is a mapping
+    (of numbers, or of sequences as TF Privacy's ``{repetitions: perplexities}``).
+
+    TF Privacy's version takes |R| = len(references) = n (the canary not counted) and puts
+    references tied with a canary ahead of it. Its exposure is therefore lower by
+    ``log2((n + 1) / n)`` (and by the ties), and negative, ``log2(n / (n + 1))``, for a
+    canary that every reference beats; here exposure is always in ``[0, log2 |R|]``.
     """
-    values = (
-        list(canary_perplexities.values())
-        if isinstance(canary_perplexities, Mapping)
-        else canary_perplexities
-    )
-    canaries = _perplexities("canary_perplexities", values)
+    canaries = _canary_values(canary_perplexities)
     references = np.sort(_perplexities("reference_perplexities", reference_perplexities))
     lower = np.searchsorted(references, canaries, side="left").astype(np.float64)
     if candidate_space_size is None:
@@ -268,12 +294,7 @@ def compute_exposure_extrapolation(
     continuous distribution, skew-normal by default) fitted by maximum likelihood to the
     references. Computed with ``logcdf``, so exposures far in the tail stay finite.
     """
-    values = (
-        list(canary_perplexities.values())
-        if isinstance(canary_perplexities, Mapping)
-        else canary_perplexities
-    )
-    canaries = _perplexities("canary_perplexities", values)
+    canaries = _canary_values(canary_perplexities)
     references = _perplexities("reference_perplexities", reference_perplexities)
     if references.size < 3 or np.ptp(references) == 0:
         raise ValueError("need at least 3 distinct reference perplexities to fit a distribution")

@@ -118,6 +118,16 @@ def _slice_masks(
     raise ValueError(f"unknown slicing feature {spec.feature}")
 
 
+def slice_indices(
+    attack_input: AttackInputData,
+    slice_spec: SingleSliceSpec,
+    slicing_spec: SlicingSpec | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the members and non-members in the slice."""
+    train_mask, test_mask = _slice_masks(slice_spec, attack_input, slicing_spec)
+    return np.flatnonzero(train_mask), np.flatnonzero(test_mask)
+
+
 def get_slice(
     attack_input: AttackInputData,
     slice_spec: SingleSliceSpec,
@@ -131,8 +141,8 @@ def get_slice(
     fields = {}
     for field in dataclasses.fields(AttackInputData):
         value = getattr(attack_input, field.name)
-        if value is None:
-            fields[field.name] = None
+        if value is None or not isinstance(value, np.ndarray):
+            fields[field.name] = value  # absent arrays and flags (multilabel_data) as they are
         else:
             fields[field.name] = value[train_mask if field.name.endswith("_train") else test_mask]
     return AttackInputData(**fields)

@@ -48,6 +48,8 @@ class DPConfig:
         shuffle; accounted without amplification).
       seed: seeds the noise and the Poisson sampler, for reproducible tests. Never used
         in production: a known seed makes the noise predictable. Not saved with the model.
+        ``keras.utils.set_random_seed`` / ``tf.random.set_seed`` do not seed them (by
+        design); without ``seed`` they draw from non-deterministic state.
       engine: how the clipped sum is computed (one of :data:`ENGINES`); every engine
         computes the same exact sum, they differ in speed and in the models they cover.
     """

@@ -423,7 +423,8 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
         batch, each clipped as a unit (doubles the sensitivity; needs fixed batches).
       gradient_accumulation_steps: batches per optimizer update (noise added once).
       sampling: ``"poisson"`` (default) or ``"shuffle"`` for in-memory arrays.
-      seed: for reproducible tests only; never saved.
+      seed: for reproducible tests only; never saved. The only way to fix the noise and
+        the sampling: ``keras.utils.set_random_seed`` / ``tf.random.set_seed`` do not.
       engine: ``"auto"`` (default: the fast norm-only engine where it is exact for the
         model, else the vectorized one; says which once), ``"fast"`` (raise
         ``PrivacyError`` if it cannot be exact) or ``"vectorized"``.

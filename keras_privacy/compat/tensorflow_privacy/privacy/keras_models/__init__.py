@@ -1,0 +1,1 @@
+"""``tensorflow_privacy.privacy.keras_models``."""

@@ -1,0 +1,1 @@
+"""``tensorflow_privacy.privacy.membership_inference_attack`` (TF Privacy's older path)."""

@@ -1,0 +1,1 @@
+"""``tensorflow_privacy.privacy.privacy_tests.membership_inference_attack``."""
