@@ -24,6 +24,7 @@ read from them.
 from __future__ import annotations
 
 import math
+import secrets
 from typing import Any
 
 import keras
@@ -38,13 +39,36 @@ from keras_privacy.training.optimizers import private_update
 from keras_privacy.training.sampling import PoissonBatches
 
 
+@tf.function(jit_compile=True)
+def _threefry_uniforms(key, pairs: int):
+    """``[2, pairs]`` U[0, 1) float32 numbers from the counter-based ThreeFry generator,
+    compiled by XLA: 1.1-1.3 ms for the 670k coordinates of a 784-512-512-10 MLP on one
+    CPU core, against 3.2-3.4 ms for TensorFlow's own (Philox) kernel."""
+    return tf.random.stateless_uniform((2, pairs), seed=key, alg="threefry")
+
+
+def _philox_uniforms(key, pairs: int):
+    """The same without XLA (TensorFlow's Philox kernel), where XLA is unavailable."""
+    return tf.random.stateless_uniform((2, pairs), seed=key, alg="philox")
+
+
+def _uniform_sampler():
+    try:
+        _threefry_uniforms(tf.constant([0, 0], "int64"), 1)
+    except Exception:  # pragma: no cover - a TensorFlow build without XLA on the CPU
+        return _philox_uniforms
+    return _threefry_uniforms
+
+
 class _StepState:
     """Per-model transient state of the DP step. Deliberately not tracked by Keras, so
     nothing here reaches a saved model or is restored by ``load_weights``.
 
-    The noise generator lives as long as the model: recompiling or retracing never
-    restarts it, so no noise draw is ever repeated (repeated noise could be cancelled
-    by differencing two updates).
+    The noise key ``(seed, n)`` lives as long as the model: the n-th update's noise comes
+    from the counter-based generator at key ``(seed, n)``, and ``n`` only ever grows, so
+    recompiling or retracing never repeats a draw (repeated noise could be cancelled by
+    differencing two updates). ``seed`` is the DP ``seed`` when one is given (tests),
+    else 62 bits from the operating system's entropy.
 
     The counters are advanced only by the DP step: ``updates`` counts noised optimizer
     updates over the model's life (resetting ``optimizer.iterations``, restoring a
@@ -54,10 +78,9 @@ class _StepState:
     """
 
     def __init__(self, seed: int | None) -> None:
-        if seed is None:
-            self.noise = tf.random.Generator.from_non_deterministic_state()
-        else:
-            self.noise = tf.random.Generator.from_seed(seed)
+        base = secrets.randbits(62) if seed is None else seed
+        self.noise_key = tf.Variable([base, 0], dtype="int64", trainable=False)
+        self.uniforms = _uniform_sampler()
         self.updates = tf.Variable(0, dtype="int64", trainable=False)
         self.largest_batch = tf.Variable(0, dtype="int64", trainable=False)
         self.largest_unit = tf.Variable(0, dtype="int64", trainable=False)
@@ -243,10 +266,10 @@ class TensorFlowDPTrainer:
         if config.noise_multiplier > 0:
             # One draw of uniforms for the whole update, made Gaussian by Box-Muller
             # (keras_privacy.training.noise: 2-3x faster than Generator.normal on CPU).
+            state = self._dp_step_state
             shapes = [tuple(v.shape) for v in variables]
-            uniforms = self._dp_step_state.noise.uniform(
-                (2, pairs_needed([math.prod(s) for s in shapes])), dtype="float32"
-            )
+            key = state.noise_key.assign_add(tf.constant([0, 1], "int64"))
+            uniforms = state.uniforms(key, pairs_needed([math.prod(s) for s in shapes]))
             flat = gaussians_from_uniforms(uniforms, config.noise_stddev)
             grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
         grads = [
