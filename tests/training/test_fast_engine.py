@@ -163,7 +163,34 @@ def _conv_net(rng, rank, padding, strides, dilation):
     return model, rng.normal(size=(12, *shape)).astype("float32")
 
 
+def _conv_layers_net(rng, shape, *layers):
+    model = keras.Sequential(
+        [keras.Input(shape), *layers, keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    return model, rng.normal(size=(12, *shape)).astype("float32")
+
+
+CONV = keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D
 BUILDERS = {
+    "conv2d_groups": lambda rng: _conv_layers_net(
+        rng,
+        (7, 6, 4),
+        CONV[1](6, 3, groups=2, padding="same", activation="relu"),
+        CONV[1](6, 2, groups=3, strides=2),
+    ),
+    # Two output positions per example and wide groups: the double sum is cheaper.
+    "conv2d_groups_double_sum": lambda rng: _conv_layers_net(
+        rng, (4, 3, 16), CONV[1](32, 3, groups=2)
+    ),
+    "conv1d_depthwise_causal": lambda rng: _conv_layers_net(
+        rng, (9, 4), CONV[0](4, 3, groups=4, padding="causal", dilation_rate=2)
+    ),
+    "conv3d": lambda rng: _conv_layers_net(
+        rng,
+        (5, 6, 4, 2),
+        CONV[2](4, (2, 3, 2), strides=(1, 2, 1), padding="same", activation="relu"),
+        CONV[2](3, 2, dilation_rate=2, padding="same", use_bias=False),
+    ),
     "mlp": _mlp,
     "mlp_linear": lambda rng: _mlp(rng, None),
     "sequence_ghost": lambda rng: _sequence_dense(rng, 2, 32, features=16),
@@ -186,6 +213,19 @@ def test_fast_equals_vectorized(name, num_units, rng):
     fast, ref = _both(model, x, y, num_units=num_units)
     _assert_same(fast, ref)
     np.testing.assert_allclose(np.asarray(fast.unit_losses), np.asarray(ref.unit_losses), 1e-5)
+
+
+@pytest.mark.parametrize("num_units", [None, 4])
+def test_grouped_conv3d_equals_reference(num_units, rng):
+    """TensorFlow's vectorizer cannot run a grouped Conv3D on the CPU: compared with the
+    one-example-at-a-time reference instead."""
+    model, x = _conv_layers_net(rng, (4, 4, 3, 4), CONV[2](4, 2, groups=2, padding="valid"))
+    y = rng.integers(0, 3, len(x))
+    private = _private(model, engine="fast")
+    fast = private._dp_engines["fast"].clipped_gradient_sum(
+        private, x, y, None, num_units=num_units, l2_norm_clip=1.0
+    )
+    _assert_same(fast, _Loop(private, x, y, num_units, 1.0))
 
 
 @pytest.mark.parametrize("num_units", [None, 4])
@@ -234,7 +274,16 @@ def test_sample_weights_and_multiple_outputs(rng):
 
 
 @pytest.mark.parametrize(
-    "name", ["mlp_linear", "embedding", "sequence_ghost", "sequence_materialised"]
+    "name",
+    [
+        "mlp_linear",
+        "embedding",
+        "sequence_ghost",
+        "sequence_materialised",
+        "conv2d_groups",
+        "conv2d_groups_double_sum",
+        "conv3d",
+    ],
 )
 def test_adversarial_rows(name, rng):
     """Rows x1e30 (squares overflow float32: the scaled path) and NaN rows (contribute
@@ -256,7 +305,9 @@ def test_adversarial_rows(name, rng):
     _assert_same(fast, ref)
 
 
-@pytest.mark.parametrize("name", ["mlp", "embedding", "einsum", "conv2d_same_dilated"])
+@pytest.mark.parametrize(
+    "name", ["mlp", "embedding", "einsum", "conv2d_same_dilated", "conv2d_groups"]
+)
 def test_each_unit_contributes_at_most_clip(name, rng):
     """Removing any one example changes the fast engine's clipped sum by at most C."""
     model, x = _einsum(rng) if name == "einsum" else BUILDERS[name](rng)

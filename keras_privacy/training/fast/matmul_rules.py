@@ -217,22 +217,23 @@ class EinsumDenseRule(_MatmulRule):
 
 
 class ConvRule(_MatmulRule):
-    """``Conv1D`` / ``Conv2D`` (channels_last, ``groups=1``; any strides, dilation,
-    ``valid``/``same``, and ``causal`` for Conv1D).
+    """``Conv1D`` / ``Conv2D`` / ``Conv3D`` (channels_last; any strides, dilation,
+    ``valid``/``same``, ``causal`` for Conv1D, and ``groups``).
 
     A convolution is a matmul of the input's patches with the flattened kernel, so a
     unit's kernel gradient is ``P_u^T dz_u`` over its output positions; the patches come
-    from ``keras.ops.image.extract_patches`` with the layer's own geometry (an identity
-    convolution: exact), and the Dense math applies.
+    from ``extract_patches`` with the layer's own geometry (exact), and the Dense math
+    applies. With ``groups = g`` the kernel is block-diagonal: output channels of group
+    ``j`` see only input channels of group ``j``, so a unit's kernel gradient is ``g``
+    blocks ``P_{u,j}^T dz_{u,j}`` and its squared norm is the sum of theirs; the rule runs
+    the Dense math on ``U g`` (unit, group) pairs and adds each unit's ``g`` results.
     """
 
     def unsupported(self, layer):
-        if layer.rank not in (1, 2):
+        if layer.rank not in (1, 2, 3):
             return f"it is a {layer.rank}-D convolution"
         if layer.data_format != "channels_last":
             return "data_format is channels_first"
-        if getattr(layer, "groups", 1) != 1:
-            return "groups != 1"
         return _plain_layer(layer) or _trainable_only(layer, self.variables(layer))
 
     def variables(self, layer):
@@ -258,7 +259,13 @@ class ConvRule(_MatmulRule):
         out = layer.activation(z) if layer.activation is not None else z
         return out, {"a": inputs, "padding": padding}, {"z": z}
 
-    def _kernel_2d(self, call, units):
+    @staticmethod
+    def _groups(layer) -> int:
+        return getattr(layer, "groups", 1) or 1
+
+    def _patches(self, call):
+        """``[B, positions, kh kw C]`` patches of the layer's input (features in
+        ``(kernel position, channel)`` order) and ``dz`` as ``[B, positions, F]``."""
         layer = call.layer
         a = call.saved["a"]
         size, strides, dilation = (
@@ -266,23 +273,104 @@ class ConvRule(_MatmulRule):
             tuple(layer.strides),
             tuple(layer.dilation_rate),
         )
-        if layer.rank == 1:
-            a = ops.expand_dims(a, 1)
-            size, strides, dilation = (1, *size), (1, *strides), (1, *dilation)
-        patches = U.backend_ops["extract_patches"](
-            a, size, strides, dilation, call.saved["padding"]
-        )
+        if layer.rank == 3:
+            patches = U.backend_ops["extract_patches_3d"](
+                a, size, strides, dilation, call.saved["padding"]
+            )
+        else:
+            if layer.rank == 1:
+                a = ops.expand_dims(a, 1)
+                size, strides, dilation = (1, *size), (1, *strides), (1, *dilation)
+            patches = U.backend_ops["extract_patches"](
+                a, size, strides, dilation, call.saved["padding"]
+            )
         features = math.prod(layer.kernel_size) * a.shape[-1]
         patches = ops.reshape(patches, (ops.shape(patches)[0], -1, features))
+        return patches, call.grads["z"]
+
+    def _kernel_2d(self, call, units):
+        layer = call.layer
+        patches, d = self._patches(call)
         call.cache["positions"] = _static_positions(patches, units)
-        d = call.grads["z"]
-        return U.float32(units.group(patches)), U.float32(units.group(d))
+        a, d = U.float32(units.group(patches)), U.float32(units.group(d))
+        call.cache["d_full"] = d
+        g = self._groups(layer)
+        if g == 1:
+            return a, d
+        # [U, S, K C] -> [U g, S, K C/g] and [U, S, F] -> [U g, S, F/g]: (unit, group)
+        # pairs, group j holding its own input channels and its own output channels.
+        k, channels = math.prod(layer.kernel_size), a.shape[-1] // math.prod(layer.kernel_size)
+        s = ops.shape(a)[1]
+        a = ops.reshape(a, (-1, s, k, g, channels // g))
+        a = ops.reshape(ops.transpose(a, (0, 3, 1, 2, 4)), (-1, s, k * channels // g))
+        d = ops.reshape(d, (-1, s, g, layer.filters // g))
+        d = ops.reshape(ops.transpose(d, (0, 2, 1, 3)), (-1, s, layer.filters // g))
+        return a, d
+
+    def _per_unit(self, call, values):
+        """``[U g]`` per (unit, group) values -> ``[U, g]``."""
+        return ops.reshape(values, (-1, self._groups(call.layer)))
+
+    def squared_norms(self, call, units):
+        g = self._groups(call.layer)
+        if g == 1:
+            return super().squared_norms(call, units)
+        a, d = self._grouped(call, units)
+        sq = self._kernel_sq(a, d, self._positions(call, units), keep=call.cache)
+        sq = ops.sum(self._per_unit(call, sq), axis=1)
+        if call.layer.bias is not None:
+            sq = sq + U.sum_squares(self._bias_units(call, units))
+        return sq
+
+    def norms(self, call, units):
+        g = self._groups(call.layer)
+        if g == 1:
+            return super().norms(call, units)
+        a, d = self._grouped(call, units)
+        ma, md = U.unit_max_abs(a), U.unit_max_abs(d)
+        a_hat, d_hat = U.safe_divide(a, ma), U.safe_divide(d, md)
+        pair = ma * md * ops.sqrt(self._kernel_sq(a_hat, d_hat, self._positions(call, units)))
+        blocks = self._per_unit(call, pair)  # [U, g]
+        parts = [U.combine_norms([blocks[:, j] for j in range(g)])]
+        if call.layer.bias is not None:
+            parts.append(U.safe_norm(self._bias_units(call, units)))
+        return U.combine_norms(parts)
+
+    def clipped_sums(self, call, units, factors, safe):
+        layer = call.layer
+        g = self._groups(layer)
+        if g == 1:
+            return super().clipped_sums(call, units, factors, safe)
+        pair_factors = ops.repeat(factors, g, axis=0)
+        if "G" in call.cache:  # [U g, K C/g, F/g], materialised for the norm
+            blocks = _scale_units(call.cache["G"], pair_factors, safe)
+            blocks = ops.sum(ops.reshape(blocks, (-1, g, *blocks.shape[1:])), axis=0)
+        else:
+            a, d = self._grouped(call, units)
+            if safe:
+                a = U.keep_rows(a, pair_factors)
+            d = _scale_units(d, pair_factors, safe)
+            # Group-major rows: [g, U S, .] per group, then one batched matmul.
+            a = ops.transpose(ops.reshape(a, (-1, g, *a.shape[1:])), (1, 0, 2, 3))
+            d = ops.transpose(ops.reshape(d, (-1, g, *d.shape[1:])), (1, 0, 2, 3))
+            a = ops.reshape(a, (g, -1, a.shape[-1]))
+            d = ops.reshape(d, (g, -1, d.shape[-1]))
+            blocks = ops.matmul(ops.transpose(a, (0, 2, 1)), d)  # [g, K C/g, F/g]
+        kernel_shape = self.variables(layer)[0].shape  # (*kernel_size, C/g, F)
+        k, cg = math.prod(layer.kernel_size), kernel_shape[-2]
+        kernel = ops.reshape(blocks, (g, k, cg, layer.filters // g))
+        kernel = ops.reshape(ops.transpose(kernel, (1, 2, 0, 3)), kernel_shape)
+        out = [kernel]
+        if layer.bias is not None:
+            bias = _scale_units(self._bias_units(call, units), factors, safe)
+            out.append(ops.reshape(ops.sum(bias, axis=0), layer.bias.shape))
+        return out
 
     def _kernel_from_2d(self, layer, grad_2d):
         return ops.reshape(grad_2d, self.variables(layer)[0].shape)
 
     def _bias_units(self, call, units):
         if "bias" not in call.cache:
-            _, d = self._grouped(call, units)
-            call.cache["bias"] = ops.sum(d, axis=1)
+            self._grouped(call, units)
+            call.cache["bias"] = ops.sum(call.cache["d_full"], axis=1)
         return call.cache["bias"]

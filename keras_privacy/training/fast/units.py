@@ -63,7 +63,22 @@ def _keras_extract_patches(images, size, strides, dilation_rate, padding):
 #: ``[B, H', W', kh * kw * C]`` (features in (kh, kw, C) order). Keras's version is an
 #: identity convolution (exact, but costs a convolution with kh*kw*C output channels); a
 #: backend may install a plain copy (TensorFlow's ``tf.image.extract_patches``).
-backend_ops = {"extract_patches": _keras_extract_patches}
+def _keras_extract_patches_3d(volumes, size, strides, dilation_rate, padding):
+    return ops.image.extract_patches_3d(
+        volumes,
+        size,
+        strides=strides,
+        dilation_rate=dilation_rate,
+        padding=padding,
+        data_format="channels_last",
+    )
+
+
+backend_ops = {
+    "extract_patches": _keras_extract_patches,
+    # ``[B, D, H, W, C]`` -> ``[B, D', H', W', kd * kh * kw * C]``, same conventions.
+    "extract_patches_3d": _keras_extract_patches_3d,
+}
 
 
 def float32(tensor) -> object:
