@@ -447,3 +447,31 @@ def test_the_matmul_rule_picks_the_double_sum_or_materialising_from_static_shape
         assert ("G" in keep) == materialised
         want = [np.sum((a[u].T.astype("float64") @ d[u]) ** 2) for u in range(3)]
         np.testing.assert_allclose(sq, want, rtol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="traces a tf.function")
+def test_conv_positions_are_known_for_a_batch_of_unknown_size():
+    """Poisson batches have a dynamic size; the rule must still see 196 output positions
+    per example (else it picks the position double sum: 196^2 terms per example)."""
+    import tensorflow as tf
+
+    from keras_privacy.training.fast import ConvRule
+    from keras_privacy.training.fast.rules import RuleCall
+    from keras_privacy.training.fast.units import Units
+
+    layer = keras.layers.Conv2D(16, 8, strides=2, padding="same")
+    layer.build((None, 28, 28, 1))
+    rule, seen = ConvRule(), {}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1])])
+    def trace(x):
+        out, saved, probes = rule.forward(layer, x)
+        call = RuleCall(layer, rule, saved, probes, grads={"z": probes["z"]})
+        keep = {}
+        a, d = rule._kernel_2d(call, Units(None))
+        rule._kernel_sq(a, d, call.cache["positions"], keep=keep)
+        seen.update(positions=call.cache["positions"], materialised="G" in keep)
+        return out
+
+    trace.get_concrete_function()
+    assert seen == {"positions": 196, "materialised": True}

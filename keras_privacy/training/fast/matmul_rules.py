@@ -19,6 +19,10 @@ from keras_privacy.training.fast.rules import (
 )
 from keras_privacy.training.fast.units import Units
 
+#: Kernel entries below which a unit's gradient is materialised when the positions per
+#: unit are not known statically.
+_MATERIALISE_UNKNOWN = 1 << 16
+
 
 class _MatmulRule(LayerRule):
     """Shared math of Dense and EinsumDense: ``z = a W (+ b)`` on ``[B, S, d_in]``."""
@@ -50,7 +54,13 @@ class _MatmulRule(LayerRule):
         # float64, materialising positions d_in d_out in float32; a float64 matmul ran at
         # about half the float32 rate here (tutorial CNN's second convolution, 25
         # positions, 256 x 32: 6.1 ms double sum against 2.0 ms materialised).
-        ghost = positions is None or 2 * positions * (d_in + d_out) <= d_in * d_out
+        if positions is None:
+            # Rows per unit unknown until run time (microbatches of a batch of unknown
+            # size): materialise small kernels (at most 256 KB per unit), whose cost is
+            # bounded, rather than risk a double sum over many positions.
+            ghost = d_in * d_out > _MATERIALISE_UNKNOWN
+        else:
+            ghost = 2 * positions * (d_in + d_out) <= d_in * d_out
         if ghost:
             # The double sum has terms of both signs. In float64 the products of float32
             # values are exact and the sums keep 29 more bits, so cancellation between
@@ -263,7 +273,7 @@ class ConvRule(_MatmulRule):
     def _groups(layer) -> int:
         return getattr(layer, "groups", 1) or 1
 
-    def _patches(self, call):
+    def _patches(self, call, units):
         """``[B, positions, kh kw C]`` patches of the layer's input (features in
         ``(kernel position, channel)`` order) and ``dz`` as ``[B, positions, F]``."""
         layer = call.layer
@@ -284,14 +294,16 @@ class ConvRule(_MatmulRule):
             patches = U.backend_ops["extract_patches"](
                 a, size, strides, dilation, call.saved["padding"]
             )
+        # Output positions from the patches' own (static) spatial shape: after the
+        # reshape below they would be unknown whenever the batch size is (Poisson).
+        call.cache["positions"] = _static_positions(patches, units)
         features = math.prod(layer.kernel_size) * a.shape[-1]
         patches = ops.reshape(patches, (ops.shape(patches)[0], -1, features))
         return patches, call.grads["z"]
 
     def _kernel_2d(self, call, units):
         layer = call.layer
-        patches, d = self._patches(call)
-        call.cache["positions"] = _static_positions(patches, units)
+        patches, d = self._patches(call, units)
         a, d = U.float32(units.group(patches)), U.float32(units.group(d))
         call.cache["d_full"] = d
         g = self._groups(layer)
