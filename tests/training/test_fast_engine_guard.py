@@ -76,15 +76,16 @@ def _regularized(rng):
 
 
 def _conv(rng):
+    """A per-example layer without a rule (DepthwiseConv2D)."""
     model = keras.Sequential(
         [
-            keras.Input((4, 4, 4, 1)),
-            keras.layers.Conv3D(2, 2),
+            keras.Input((5, 5, 2)),
+            keras.layers.DepthwiseConv2D(2),
             keras.layers.Flatten(),
             keras.layers.Dense(3),
         ]
     )
-    return model, rng.normal(size=(8, 4, 4, 4, 1)).astype("float32")
+    return model, rng.normal(size=(8, 5, 5, 2)).astype("float32")
 
 
 def _patched(rng):
