@@ -27,7 +27,7 @@ import numpy as np
 from keras_privacy.training.config import DPConfig
 from keras_privacy.training.errors import PrivacyError, SamplingWarning
 from keras_privacy.training.record import FIXED_BATCHES, POISSON, SHUFFLE, TrainingSegment
-from keras_privacy.training.sampling import PoissonBatches, is_array_data
+from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses, is_array_data
 
 
 @dataclasses.dataclass
@@ -108,7 +108,7 @@ def plan_fit_input(
     )
     if config.sampling == POISSON:
         return _poisson_plan(model, config, kwargs, sampler_rng)
-    return _shuffle_plan(config, kwargs)
+    return _shuffle_plan(model, config, kwargs, sampler_rng)
 
 
 def _arrays_with_weights_and_split(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -180,10 +180,11 @@ def _poisson_plan(model, config: DPConfig, kwargs, sampler_rng) -> FitPlan:
     )
 
 
-def _shuffle_plan(config: DPConfig, kwargs) -> FitPlan:
-    """Shuffled fixed-size batches: Keras cuts whole logical batches of ``batch_size x
-    accumulation`` rows from one permutation per epoch; the DP step processes each in
-    chunks of ``batch_size``, so an update never spans two passes or two fit calls."""
+def _shuffle_plan(model, config: DPConfig, kwargs, sampler_rng) -> FitPlan:
+    """Shuffled fixed-size batches: whole logical batches of ``batch_size x accumulation``
+    rows cut from one permutation per pass (by Keras, or by a backend's own stream); the
+    DP step processes each in chunks of ``batch_size``, so an update never spans two
+    passes or two fit calls."""
     batch_size = kwargs["batch_size"]
     accumulation = config.gradient_accumulation_steps
     num_examples = len(keras.tree.flatten(kwargs["x"])[0])
@@ -208,6 +209,28 @@ def _shuffle_plan(config: DPConfig, kwargs) -> FitPlan:
         segment.examples_per_clipping_unit = batch_size // k
     user_sample_weight = kwargs["sample_weight"] is not None
     kwargs["batch_size"] = batch_size * accumulation
+    stream = getattr(model, "_dp_shuffle_stream", None)
+    # (Weights without targets stay with Keras: a batch (x, weights) would read as (x, y).)
+    weights_without_y = kwargs["y"] is None and kwargs["sample_weight"] is not None
+    if stream is not None and kwargs["shuffle"] in (True, False) and not weights_without_y:
+        # The backend cuts the passes itself (one iterator for the whole fit: no
+        # per-epoch pipeline teardown); an epoch is one pass unless steps_per_epoch says.
+        passes = ShuffledPasses(
+            kwargs["x"],
+            kwargs["y"],
+            kwargs["sample_weight"],
+            logical_batch_size=batch_size * accumulation,
+            shuffle=bool(kwargs["shuffle"]),
+            rng=sampler_rng.spawn(1)[0],
+        )
+        kwargs.update(
+            x=stream(passes),
+            y=None,
+            sample_weight=None,
+            batch_size=None,
+            shuffle=False,
+            steps_per_epoch=kwargs["steps_per_epoch"] or passes.batches_per_pass,
+        )
     return FitPlan(
         segment=segment,
         fit_kwargs=kwargs,

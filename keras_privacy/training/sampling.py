@@ -135,3 +135,47 @@ class PoissonBatches:
                 indices[i, : len(drawn)] = drawn
                 counts[i] = len(drawn)
             yield indices, counts
+
+
+class ShuffledPasses:
+    """An endless stream of passes over in-memory data, each cut into logical batches.
+
+    Each pass is a fresh uniform permutation (or the data's order, without ``shuffle``)
+    cut into ``ceil(N / L)`` batches of ``L = logical_batch_size`` row indices, the last
+    one shorter when ``L`` does not divide ``N``: every example is in exactly one batch
+    of each pass, and no batch spans two passes (what the accounting of
+    ``sampling="shuffle"`` assumes).
+    """
+
+    def __init__(
+        self,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        logical_batch_size: int,
+        shuffle: bool,
+        rng: np.random.Generator,
+    ) -> None:
+        self.x = keras.tree.map_structure(np.asarray, keras.tree.lists_to_tuples(x))
+        self.y = None if y is None else keras.tree.map_structure(np.asarray, y)
+        self.sample_weight = None if sample_weight is None else np.asarray(sample_weight)
+        self.dataset_size = len(keras.tree.flatten(self.x)[0])
+        self.logical_batch_size = logical_batch_size
+        self.shuffle = shuffle
+        self._rng = rng
+
+    @property
+    def batches_per_pass(self) -> int:
+        return -(-self.dataset_size // self.logical_batch_size)
+
+    def index_batches(self) -> Iterator[np.ndarray]:
+        """Row indices (int32) of each logical batch, pass after pass."""
+        while True:
+            order = (
+                self._rng.permutation(self.dataset_size)
+                if self.shuffle
+                else np.arange(self.dataset_size)
+            ).astype("int32")
+            for start in range(0, self.dataset_size, self.logical_batch_size):
+                yield order[start : start + self.logical_batch_size]

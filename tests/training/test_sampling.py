@@ -241,3 +241,54 @@ def test_a_seeded_model_trains_the_same_over_several_fits(rng):
             model.fit(x, y, batch_size=20, epochs=1, steps_per_epoch=2, verbose=0)
         results.append(flat(weights(model)))
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_shuffled_passes_hold_every_example_once_per_pass(rng):
+    from keras_privacy.training.sampling import ShuffledPasses
+
+    passes = ShuffledPasses(np.arange(23), None, None, logical_batch_size=5, shuffle=True, rng=rng)
+    assert passes.batches_per_pass == 5
+    stream = passes.index_batches()
+    orders = []
+    for _ in range(3):
+        batches = [next(stream) for _ in range(5)]
+        assert [len(b) for b in batches] == [5, 5, 5, 5, 3]  # the last one shorter
+        order = np.concatenate(batches)
+        np.testing.assert_array_equal(np.sort(order), np.arange(23))
+        orders.append(order)
+    assert not np.array_equal(orders[0], orders[1])  # a fresh permutation per pass
+    in_order = ShuffledPasses(
+        np.arange(7), None, None, logical_batch_size=3, shuffle=False, rng=rng
+    )
+    got = [next(in_order.index_batches()) for _ in range(1)][0]
+    np.testing.assert_array_equal(got, [0, 1, 2])
+
+
+def test_the_shuffle_pipeline_gathers_each_batchs_rows(rng):
+    from keras_privacy.training.sampling import ShuffledPasses
+
+    model = kp.make_private(_model(), l2_norm_clip=1.0, noise_multiplier=1.0, sampling="shuffle")
+    if not hasattr(model, "_dp_shuffle_stream"):
+        pytest.skip("this backend hands Keras the arrays")
+    x = {"a": rng.normal(size=(11, 4)).astype("float32"), "b": np.arange(11)}
+    y, w = rng.integers(0, 3, 11), rng.random(11).astype("float32")
+    for targets, row_weights in ((y, w), (y, None), (None, None)):
+        passes = ShuffledPasses(
+            x, targets, row_weights, logical_batch_size=4, shuffle=True, rng=rng
+        )
+        reference = ShuffledPasses(
+            x, targets, row_weights, logical_batch_size=4, shuffle=True, rng=None
+        )
+        reference._rng = np.random.default_rng(9)
+        passes._rng = np.random.default_rng(9)
+        indices = reference.index_batches()
+        for got in model._dp_shuffle_stream(passes).take(7):
+            rows = next(indices)
+            got = keras.tree.map_structure(np.asarray, got)
+            np.testing.assert_array_equal(got[0]["b"], rows)
+            np.testing.assert_array_equal(got[0]["a"], x["a"][rows])
+            assert len(got) == 1 + (targets is not None) + (row_weights is not None)
+            if targets is not None:
+                np.testing.assert_array_equal(got[1], y[rows])
+            if row_weights is not None:
+                np.testing.assert_array_equal(got[2], w[rows])
