@@ -74,3 +74,6 @@ def test_broadcast_batch_matmul_is_exact_for_every_unit():
         expected = (x[i].numpy() @ w.numpy(), x[i].numpy() @ z[i].numpy())
         np.testing.assert_allclose(got[0][i], expected[0], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(got[1][i], expected[1], rtol=1e-5, atol=1e-5)
+
+
+pytestmark = pytest.mark.tensorflow_only(reason="rules for TensorFlow's vectorizer")

@@ -116,6 +116,10 @@ class VectorizedEngine:
         count = unit_leaves[0].shape[0]
         unit_index = jnp.arange(count, dtype="uint32") + jnp.asarray(unit_offset, "uint32")
         stateful_updates: list[str] = []
+        # The compiled loss updates its per-output loss trackers; per unit those updates
+        # are discarded (the trainer logs metrics once per batch), so they get scratch
+        # values (Keras's fit detaches the real ones from the variables while training).
+        scratch_metrics = [(v, jnp.zeros(v.shape, v.dtype)) for v in model.metrics_variables]
 
         def unit_loss(train_values, leaves_u, index):
             it = iter(leaves_u)
@@ -128,8 +132,10 @@ class VectorizedEngine:
                 else value
                 for var, value in zip(non_trainable, non_trainable_values, strict=True)
             ]
-            mapping = list(zip(trainable, train_values, strict=True)) + list(
-                zip(non_trainable, unit_non_trainable, strict=True)
+            mapping = (
+                list(zip(trainable, train_values, strict=True))
+                + list(zip(non_trainable, unit_non_trainable, strict=True))
+                + scratch_metrics
             )
             with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
                 before = [scope.get_current_value(v) for v in non_trainable]

@@ -122,6 +122,25 @@ class JAXDPTrainer:
             )
         object.__setattr__(self, "_dp_engine_used", ("vectorized", None))
 
+    def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0):
+        """The engine's clipped sum for a batch at the current weights, eagerly (tests and
+        debugging); random layers' seed states advance as in a step."""
+        non_trainable = self.non_trainable_variables
+        batch, new_values = self._dp_engine.clipped_gradient_sum(
+            self,
+            [v.value for v in self.trainable_variables],
+            [v.value for v in non_trainable],
+            x,
+            y,
+            sample_weight,
+            num_units=num_units,
+            l2_norm_clip=self._dp_require_config().l2_norm_clip,
+            unit_offset=unit_offset,
+        )
+        for variable, value in zip(non_trainable, new_values, strict=True):
+            variable.assign(value)
+        return batch
+
     def make_train_function(self, force: bool = False):
         """The DP step, ``jax.jit``-compiled unless ``run_eagerly`` or ``jit_compile=False``,
         with the DP step state threaded through it (the state's arrays are donated)."""
