@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append((backend, code, time.perf_counter() - start))
     print("\n== results")
     for backend, code, seconds in results:
-        print(f"{backend:<12}{'passed' if code == 0 else f'FAILED (exit {code})':<20}{seconds:8.0f} s")
+        print(
+            f"{backend:<12}{'passed' if code == 0 else f'FAILED (exit {code})':<20}{seconds:8.0f} s"
+        )
     return max((code for _, code, _ in results), default=0)
 
 

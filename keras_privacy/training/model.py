@@ -220,6 +220,8 @@ class DPTrainingMixin:
         """
         self._dp_resolve_config(optimizer)
         self._dp_check_trainable()
+        if isinstance(optimizer, DPOptimizerMixin):
+            optimizer._dp_model_owned = True  # its updates come from this DP step
         check_layers_supported(self)
         if not getattr(self, "_dp_supports_jit", False):
             if kwargs.get("jit_compile") is True:

@@ -102,3 +102,22 @@ def unit_gradients(private, x, y, num_units=None):
     for variable, value in zip(non_trainable, new_values, strict=True):
         variable.assign(value)
     return [np.asarray(g) for g in grads]
+
+
+def engine_batch(private, engine, x, y, sample_weight, **kwargs):
+    """An engine's ClippedBatch for a batch at the model's current weights, eagerly.
+
+    ``engine`` is a name in ``private._dp_engines`` or an engine object."""
+    engine = private._dp_engines[engine] if isinstance(engine, str) else engine
+    if BACKEND == "tensorflow":
+        return engine.clipped_gradient_sum(private, x, y, sample_weight, **kwargs)
+    batch, _ = engine.clipped_gradient_sum(
+        private,
+        [v.value for v in private.trainable_variables],
+        [v.value for v in private.non_trainable_variables],
+        x,
+        y,
+        sample_weight,
+        **kwargs,
+    )
+    return batch

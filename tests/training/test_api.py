@@ -239,7 +239,6 @@ def test_an_unbuilt_subclassed_model_trains_on_every_path(path):
     assert model.privacy_record.total_updates >= 1
 
 
-@pytest.mark.tensorflow_only(reason="the fast engine is not ported to this backend")
 def test_batch_mixing_in_a_subclassed_call_is_not_given_to_the_fast_engine():
     x, y = np.random.default_rng(0).normal(size=(8, 3)).astype("float32"), np.ones((8, 1))
     auto = TwoDenseModel(mix=True, sampling="shuffle")

@@ -192,8 +192,8 @@ def _interrupt_after_first_call(model):
         make(force)
         train = model.train_function
 
-        def interrupted(iterator):
-            train(iterator)
+        def interrupted(*args):  # (iterator) on TensorFlow, (state, iterator) on JAX
+            train(*args)
             raise KeyboardInterrupt
 
         model.train_function = interrupted

@@ -151,7 +151,3 @@ def test_frozen_batch_normalization_runs_per_example(rng):
     _assert_same(fast, ref)
     bn.trainable = True
     assert "batch statistics" in batch_mixing_reason(model)
-
-
-# The fast (norm-only) engine is implemented on TensorFlow only so far.
-pytestmark = pytest.mark.tensorflow_only(reason="the fast engine is not ported to this backend")

@@ -51,7 +51,9 @@ class _MatmulRule(LayerRule):
             # The double sum has terms of both signs. In float64 the products of float32
             # values are exact and the sums keep 29 more bits, so cancellation between
             # positions loses ~5e8 times less than in float32.
-            a64, d64 = ops.cast(a, "float64"), ops.cast(d, "float64")
+            # (JAX without x64 has no float64: there the sums stay in float32.)
+            wide = U.backend_ops["wide_float"]
+            a64, d64 = ops.cast(a, wide), ops.cast(d, wide)
             aa = ops.matmul(a64, ops.transpose(a64, (0, 2, 1)))
             dd = ops.matmul(d64, ops.transpose(d64, (0, 2, 1)))
             sq = ops.sum(ops.reshape(aa * dd, (ops.shape(aa)[0], -1)), axis=1)
@@ -112,6 +114,7 @@ class DenseRule(_MatmulRule):
         z = ops.matmul(inputs, layer.kernel)
         if layer.bias is not None:
             z = ops.add(z, layer.bias)
+        z = U.probe(z)
         out = layer.activation(z) if layer.activation is not None else z
         return out, {"a": inputs}, {"z": z}
 
@@ -177,6 +180,7 @@ class EinsumDenseRule(_MatmulRule):
         z = ops.einsum(layer.equation, inputs, layer.kernel)
         if layer.bias is not None:
             z = ops.add(z, layer.bias)
+        z = U.probe(z)
         out = layer.activation(z) if layer.activation is not None else z
         return out, {"a": inputs}, {"z": z}
 
@@ -251,6 +255,7 @@ class ConvRule(_MatmulRule):
         )
         if layer.bias is not None:
             z = ops.add(z, ops.reshape(layer.bias, (1,) * (layer.rank + 1) + (layer.filters,)))
+        z = U.probe(z)
         out = layer.activation(z) if layer.activation is not None else z
         return out, {"a": inputs, "padding": padding}, {"z": z}
 

@@ -116,6 +116,7 @@ class VectorizedEngine:
         count = unit_leaves[0].shape[0]
         unit_index = jnp.arange(count, dtype="uint32") + jnp.asarray(unit_offset, "uint32")
         stateful_updates: list[str] = []
+        training = {"training": True} if model._call_has_training_arg else {}
         # The compiled loss updates its per-output loss trackers; per unit those updates
         # are discarded (the trainer logs metrics once per batch), so they get scratch
         # values (Keras's fit detaches the real ones from the variables while training).
@@ -139,10 +140,7 @@ class VectorizedEngine:
             )
             with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
                 before = [scope.get_current_value(v) for v in non_trainable]
-                if model._call_has_training_arg:
-                    y_pred = model(x_u, training=True)
-                else:
-                    y_pred = model(x_u)
+                y_pred = model(x_u, **training)
                 loss = model._compute_loss(
                     x=x_u, y=y_u, y_pred=y_pred, sample_weight=sw_u, training=True
                 )

@@ -31,6 +31,7 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training import step as shared
 from keras_privacy.training.backend.jax.engine import VectorizedEngine
+from keras_privacy.training.backend.jax.fast_engine import FastEngine
 from keras_privacy.training.errors import PrivacyError
 
 
@@ -86,6 +87,11 @@ class JAXDPTrainer:
     bases): replaces ``train_step`` with the DP step and compiles it with ``jax.jit``."""
 
     _dp_engine = VectorizedEngine()  # the reference engine (engine="vectorized")
+    _dp_engines = {
+        "vectorized": _dp_engine,
+        "fast": FastEngine(require=True),
+        "auto": FastEngine(require=False),
+    }
     _dp_supports_jit = True  # compile() leaves jit_compile to Keras ("auto": on)
 
     # -- state shared with the backend-neutral model ----------------------------------
@@ -107,26 +113,22 @@ class JAXDPTrainer:
 
     @property
     def dp_engine_used(self) -> str | None:
-        """The clipping engine the last compiled DP step used (``"vectorized"`` on JAX),
-        or ``None`` before training."""
+        """The clipping engine the last compiled DP step used (``"fast"`` or
+        ``"vectorized"``), or ``None`` before training."""
         used = getattr(self, "_dp_engine_used", None)
         return None if used is None else used[0]
 
-    def _dp_check_engine(self) -> None:
+    def _dp_engine_for_step(self):
         choice = self._dp_settings.get("engine", "auto")
-        if choice == "fast":
-            raise PrivacyError(
-                "engine='fast' (norm-only clipping) is not available on the JAX backend yet. "
-                "Use engine='auto' or engine='vectorized' (exact per-example gradients), or "
-                "KERAS_BACKEND=tensorflow for the fast engine."
-            )
-        object.__setattr__(self, "_dp_engine_used", ("vectorized", None))
+        if choice == "vectorized":
+            object.__setattr__(self, "_dp_engine_used", ("vectorized", "engine='vectorized'"))
+        return self._dp_engines[choice]
 
     def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0):
         """The engine's clipped sum for a batch at the current weights, eagerly (tests and
         debugging); random layers' seed states advance as in a step."""
         non_trainable = self.non_trainable_variables
-        batch, new_values = self._dp_engine.clipped_gradient_sum(
+        batch, new_values = self._dp_engine_for_step().clipped_gradient_sum(
             self,
             [v.value for v in self.trainable_variables],
             [v.value for v in non_trainable],
@@ -151,7 +153,6 @@ class JAXDPTrainer:
                 "keras-privacy's JAX DP step does not support keras.distribution (sharded "
                 "training) yet. Train without a distribution, or on TensorFlow."
             )
-        self._dp_check_engine()
         dp_state = self._dp_state()
         step = self.train_step
         if not self.run_eagerly and self.jit_compile:
@@ -224,9 +225,10 @@ class JAXDPTrainer:
         """
         config = self._dp_config
         capacity = keras.tree.flatten(data[0])[0].shape[0]
+        engine = self._dp_engine_for_step()
 
         def clipped(non_trainable, part, part_mask, offset):
-            batch, non_trainable = self._dp_engine.clipped_gradient_sum(
+            batch, non_trainable = engine.clipped_gradient_sum(
                 self,
                 trainable,
                 non_trainable,
