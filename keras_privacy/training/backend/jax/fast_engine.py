@@ -35,12 +35,20 @@ from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import units as fast_units
 from keras_privacy.training.fast.capture import _Capture, _check_exact, _static_reason
-from keras_privacy.training.fast.rules import NotExact, RuleCall
+from keras_privacy.training.fast.matmul_rules import ConvRule
+from keras_privacy.training.fast.rules import _RULES, NotExact, RuleCall, register_rule
 from keras_privacy.training.fast.units import Units
 
 _log = logging.getLogger("keras_privacy")
 
 fast_units.backend_ops.update(static_segments=True, wide_int="int32", wide_float="float32")
+
+# On JAX the convolution rule beats the vectorized engine, whose per-example filter
+# gradients become grouped convolutions (tutorial CNN, batch 250, one core: ~141 against
+# ~168 ms per step), so here it is on by default (on TensorFlow it is opt-in).
+for _conv in (keras.layers.Conv1D, keras.layers.Conv2D):
+    if _conv not in _RULES:
+        register_rule(_conv, ConvRule())
 
 
 class _Tap:
