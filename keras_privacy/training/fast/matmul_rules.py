@@ -51,9 +51,7 @@ class _MatmulRule(LayerRule):
             # The double sum has terms of both signs. In float64 the products of float32
             # values are exact and the sums keep 29 more bits, so cancellation between
             # positions loses ~5e8 times less than in float32.
-            # (JAX without x64 has no float64: there the sums stay in float32.)
-            wide = U.backend_ops["wide_float"]
-            a64, d64 = ops.cast(a, wide), ops.cast(d, wide)
+            a64, d64 = ops.cast(a, "float64"), ops.cast(d, "float64")
             aa = ops.matmul(a64, ops.transpose(a64, (0, 2, 1)))
             dd = ops.matmul(d64, ops.transpose(d64, (0, 2, 1)))
             sq = ops.sum(ops.reshape(aa * dd, (ops.shape(aa)[0], -1)), axis=1)

@@ -43,18 +43,12 @@ class EmbeddingRule(LayerRule):
         d = U.float32(call.grads["z"])
         dim = d.shape[-1]
         count = units.count(ids)
-        wide = U.backend_ops["wide_int"]
-        if wide == "int32" and int(call.layer.input_dim) * int(count) >= 2**31:
-            raise NotExact(
-                f"Embedding {call.layer.name!r}: input_dim x units does not fit the "
-                "backend's 32-bit token keys"
-            )
-        ids_u = ops.reshape(ops.cast(ids, wide), (count, -1))
+        ids_u = ops.reshape(ops.cast(ids, "int64"), (count, -1))
         positions = ops.shape(ids_u)[1]
         owner = ops.reshape(
-            ops.broadcast_to(ops.arange(count, dtype=wide)[:, None], (count, positions)), (-1,)
+            ops.broadcast_to(ops.arange(count, dtype="int64")[:, None], (count, positions)), (-1,)
         )
-        keys = ops.reshape(ids_u, (-1,)) * ops.cast(count, wide) + owner
+        keys = ops.reshape(ids_u, (-1,)) * ops.cast(count, "int64") + owner
         order = ops.argsort(keys)
         sorted_keys = ops.take(keys, order)
         first = ops.concatenate(
@@ -75,8 +69,8 @@ class EmbeddingRule(LayerRule):
             "segment": segment,
             "sums": ops.segment_sum(rows, segment, num_segments=slots, sorted=True),
             "slots": slots,
-            "unit": segment_keys % ops.cast(count, wide),
-            "id": segment_keys // ops.cast(count, wide),
+            "unit": segment_keys % ops.cast(count, "int64"),
+            "id": segment_keys // ops.cast(count, "int64"),
             "count": count,
         }
         call.cache["segments"] = seg

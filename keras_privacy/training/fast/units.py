@@ -68,9 +68,6 @@ backend_ops = {
     "probe": lambda tensor: tensor,
     # True where every shape must be static (JAX): segment sums get a fixed segment count.
     "static_segments": False,
-    # The widest dtypes the backend computes in (JAX without x64: 32 bits).
-    "wide_int": "int64",
-    "wide_float": "float64",
 }
 
 

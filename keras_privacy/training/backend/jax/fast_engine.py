@@ -9,7 +9,8 @@ tensors ``z`` (a traced function has no gradient with respect to an intermediate
    rules' :func:`~keras_privacy.training.fast.units.probe` tap) and take
    ``d(sum_u loss_u) / de``, which is ``dL/dz``, in one backward pass;
 3. the shared rules compute each unit's norm and the clipped sum from the layers' inputs
-   and those gradients (:mod:`keras_privacy.training.fast.clip`).
+   and those gradients (:mod:`keras_privacy.training.fast.clip`), with 64-bit types
+   enabled for that part (``jax.enable_x64``) as the rules use them on TensorFlow.
 
 Padding rows of a Poisson batch are left out of the summed loss and get clip factor 0.
 Only random layers' seed states may change in the forward pass; any other non-trainable
@@ -41,7 +42,7 @@ from keras_privacy.training.fast.units import Units
 
 _log = logging.getLogger("keras_privacy")
 
-fast_units.backend_ops.update(static_segments=True, wide_int="int32", wide_float="float32")
+fast_units.backend_ops["static_segments"] = True
 
 # On JAX the convolution rule beats the vectorized engine, whose per-example filter
 # gradients become grouped convolutions (tutorial CNN, batch 250, one core: ~141 against
@@ -210,14 +211,17 @@ class FastEngine:
         grads = iter(probe_grads)
         for (layer, rule, key), arrays in zip(static["calls"], saved, strict=True):
             calls.append(RuleCall(layer, rule, {**arrays, **static[key]}, {}, {"z": next(grads)}))
-        norms = fast_clip.unit_norms(calls, units)
-        sums = fast_clip.clipped_sums(calls, units, norms, clip, mask)
-        batch = ClippedBatch(
-            grad_sum=[sums[id(v)] for v in trainable],
-            unit_losses=unit_losses,
-            y_pred=y_pred,
-            norms=norms,
-        )
+        # The rules compute some sums in 64 bits (the Dense rule's position double sum in
+        # float64, Embedding token keys in int64): JAX allows them within this scope.
+        with jax.enable_x64(True):
+            norms = fast_clip.unit_norms(calls, units)
+            sums = fast_clip.clipped_sums(calls, units, norms, clip, mask)
+            batch = ClippedBatch(
+                grad_sum=[jnp.asarray(sums[id(v)], "float32") for v in trainable],
+                unit_losses=unit_losses,
+                y_pred=y_pred,
+                norms=jnp.asarray(norms, "float32"),
+            )
         return batch, new_non_trainable
 
 
