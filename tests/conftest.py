@@ -49,17 +49,26 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "tensorflow_only: needs the TensorFlow backend (skipped on others)"
     )
+    config.addinivalue_line(
+        "markers", "extended: a non-core case of a large matrix (slow on non-TF backends)"
+    )
 
 
 def pytest_report_header(config):
     return f"keras backend: {os.environ['KERAS_BACKEND']}"
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects: "extended" items become "slow"
 def pytest_collection_modifyitems(config, items):
     backend = os.environ["KERAS_BACKEND"]
     if backend == "tensorflow":
         return
     for item in items:
+        if item.get_closest_marker("extended") is not None:
+            # Cases of a large matrix beyond the core ones: in the default suite on
+            # TensorFlow; on other backends (where each case compiles, ~10x slower) with
+            # -m slow.
+            item.add_marker(pytest.mark.slow)
         marker = item.get_closest_marker("tensorflow_only")
         if marker is not None:
             reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")

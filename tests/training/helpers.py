@@ -13,6 +13,14 @@ BACKEND = keras.backend.backend()
 tensorflow_only = pytest.mark.tensorflow_only
 
 
+def core_cases(names, core):
+    """``names`` as pytest params, those not in ``core`` marked ``extended`` (in the
+    default suite on TensorFlow; with ``-m slow`` on the other backends)."""
+    return [
+        pytest.param(name, marks=() if name in core else pytest.mark.extended) for name in names
+    ]
+
+
 def to_numpy(value):
     return np.asarray(keras.ops.convert_to_numpy(value))
 

@@ -6,7 +6,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from helpers import engine_batch, flat, gradients, reference_clipped_sum, sgd_step_sum
+from helpers import core_cases, engine_batch, flat, gradients, reference_clipped_sum, sgd_step_sum
 from keras import ops
 
 import keras_privacy as kp
@@ -191,7 +191,13 @@ def conv_rules():
 
 
 @pytest.mark.parametrize("num_units", [None, 4])
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize(
+    "name",
+    core_cases(
+        sorted(BUILDERS),
+        {"mlp", "sequence_ghost", "embedding", "norm_layers", "conv2d_valid_strided"},
+    ),
+)
 def test_fast_equals_vectorized(name, num_units, rng, request):
     if name.startswith("conv"):
         request.getfixturevalue("conv_rules")
