@@ -280,7 +280,12 @@ class JAXDPTrainer:
         grads = []
         for g, v, k in zip(grad_sum, trainable, keys, strict=True):
             if config.noise_multiplier > 0:
-                g = g + config.noise_stddev * jax.random.normal(k, g.shape, "float32")
+                # The partitionable threefry derivation draws the same distribution ~2x
+                # faster on CPU (one core: 5.6 against 9-11 ms for 670k normals); set for
+                # this draw only, the user's own random streams are left as they are.
+                with jax.threefry_partitionable(True):
+                    noise = jax.random.normal(k, g.shape, "float32")
+                g = g + config.noise_stddev * noise
             grads.append((g / jnp.asarray(divisor, "float32")).astype(v.dtype))
         optimizer = self.optimizer
         # A LossScaleOptimizer would unscale gradients we never scaled: the DP gradient
