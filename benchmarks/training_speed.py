@@ -6,6 +6,9 @@
     # one pinned core, one thread (the figures in the README):
     TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 taskset -c 0 \
         python benchmarks/training_speed.py
+    # the same on JAX (the DP step is jit-compiled, as Keras's own step):
+    KERAS_BACKEND=jax XLA_FLAGS="--xla_cpu_multi_thread_eigen=false \
+        intra_op_parallelism_threads=1" taskset -c 0 python benchmarks/training_speed.py
 
 Models (batch 250): the TF Privacy tutorial CNN and an MLP 784-512-512-10 on
 Fashion-MNIST (random data if the Debian package is missing); Embedding(10000, 64) x 64
@@ -180,6 +183,9 @@ def main() -> None:
                 print(f"{model_name} {mode}: failed ({error})", file=sys.stderr)
                 continue
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    import keras
+
+    print(f"Keras backend: {keras.backend.backend()}")
     print(
         f"{'model':<12}{'mode':<12}{'examples/s':>12}{'per CPU s':>11}{'ms/step':>10}"
         f"{'peak RSS MB':>13}"

@@ -77,14 +77,24 @@ class DPOptimizerMixin:
     def num_microbatches(self) -> int | None:
         return self.dp_config.num_microbatches
 
+    def build(self, variables):
+        # Refused here, before any step: on JAX a plain model's first step would otherwise
+        # fail inside Keras's compiled step, after Keras detached the model's weights.
+        if not getattr(self, "_dp_model_owned", False):
+            self._refuse()
+        return super().build(variables)
+
+    def _refuse(self):
+        raise PrivacyError(
+            f"{type(self).__name__} is being used by a model that is not a DP model, "
+            "which would train WITHOUT differential privacy (Keras 3 optimizers never see "
+            "per-example gradients). Build the model with keras_privacy.DPSequential / "
+            "keras_privacy.DPModel, or wrap it with keras_privacy.make_private(model, ...)."
+        )
+
     def apply(self, grads, trainable_variables=None):
         if not in_private_update():
-            raise PrivacyError(
-                f"{type(self).__name__} is being used by a model that is not a DP model, "
-                "which would train WITHOUT differential privacy (Keras 3 optimizers never see "
-                "per-example gradients). Build the model with keras_privacy.DPSequential / "
-                "keras_privacy.DPModel, or wrap it with keras_privacy.make_private(model, ...)."
-            )
+            self._refuse()
         return super().apply(grads, trainable_variables)
 
     def get_config(self) -> dict[str, Any]:

@@ -1,12 +1,57 @@
-"""Reference computations for the DP-mechanics tests: slow, obvious, per-example loops."""
+"""Reference computations for the DP-mechanics tests: slow, obvious, per-example loops.
+
+Backend-neutral: :func:`gradients` is ``tf.GradientTape`` on TensorFlow and ``jax.grad``
+over a :class:`keras.StatelessScope` on JAX.
+"""
 
 import keras
 import numpy as np
-import tensorflow as tf
+import pytest
+
+BACKEND = keras.backend.backend()
+
+tensorflow_only = pytest.mark.tensorflow_only
+
+
+def core_cases(names, core):
+    """``names`` as pytest params, those not in ``core`` marked ``extended`` (in the
+    default suite on TensorFlow; with ``-m slow`` on the other backends)."""
+    return [
+        pytest.param(name, marks=() if name in core else pytest.mark.extended) for name in names
+    ]
+
+
+def to_numpy(value):
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def gradients(model, loss_fn):
+    """The gradients of ``loss_fn()`` (which calls ``model``) w.r.t. its trainable
+    variables, as float64 NumPy arrays."""
+    variables = model.trainable_variables
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, variables)
+        return [tf.convert_to_tensor(g).numpy().astype("float64") for g in grads]
+    if BACKEND == "jax":
+        import jax
+        from keras.src.backend.common.stateless_scope import StatelessScope
+
+        def f(values):
+            mapping = list(zip(variables, values, strict=True))
+            with StatelessScope(state_mapping=mapping, collect_losses=True):
+                return loss_fn()
+
+        grads = jax.grad(f)([v.value for v in variables])
+        return [np.asarray(g, "float64") for g in grads]
+    raise NotImplementedError(BACKEND)
 
 
 def weights(model):
-    return [v.numpy().copy() for v in model.trainable_variables]
+    return [to_numpy(v.value).copy() for v in model.trainable_variables]
 
 
 def flat(arrays):
@@ -14,16 +59,17 @@ def flat(arrays):
 
 
 def reference_clipped_sum(model, loss_fn, x, y, clip):
-    """sum_i clip_C(grad of loss(example i)), one example at a time with GradientTape."""
+    """sum_i clip_C(grad of loss(example i)), one example at a time."""
     n = len(keras.tree.flatten(x)[0])
     total = [np.zeros(v.shape, "float64") for v in model.trainable_variables]
     for i in range(n):
         xi = keras.tree.map_structure(lambda a, i=i: a[i : i + 1], x)
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(loss_fn(y[i : i + 1], model(xi, training=True)))
-            loss += sum(model.losses) if model.losses else 0.0
-        grads = tape.gradient(loss, model.trainable_variables)
-        grads = [tf.convert_to_tensor(g).numpy().astype("float64") for g in grads]
+
+        def loss(xi=xi, i=i):
+            value = keras.ops.mean(loss_fn(y[i : i + 1], model(xi, training=True)))
+            return value + sum(model.losses) if model.losses else value
+
+        grads = gradients(model, loss)
         norm = np.sqrt(sum(np.sum(g**2) for g in grads))
         factor = min(1.0, clip / norm) if np.isfinite(norm) else 0.0
         total = [t + factor * g for t, g in zip(total, grads, strict=True)]
@@ -41,4 +87,45 @@ def sgd_step_sum(model, x, y, batch_size):
 def engine_clipped_sum(private, x, y, num_units=None):
     """The DP engine's clipped sum for a batch, exactly as the training step computes it."""
     batch = private._dp_clipped(x, y, None, num_units=num_units)
-    return [g.numpy() for g in batch.grad_sum]
+    return [to_numpy(g) for g in batch.grad_sum]
+
+
+def unit_gradients(private, x, y, num_units=None):
+    """Each unit's gradient from the vectorized engine (list per variable, unit axis
+    first), advancing random layers' seeds as a step does."""
+    engine = private._dp_engine
+    if BACKEND == "tensorflow":
+        grads = engine.unit_gradients(private, x, y, None, num_units=num_units)[0]
+        return [g.numpy() for g in grads]
+    non_trainable = private.non_trainable_variables
+    grads, _, _, new_values = engine.unit_gradients(
+        private,
+        [v.value for v in private.trainable_variables],
+        [v.value for v in non_trainable],
+        x,
+        y,
+        None,
+        num_units=num_units,
+    )
+    for variable, value in zip(non_trainable, new_values, strict=True):
+        variable.assign(value)
+    return [np.asarray(g) for g in grads]
+
+
+def engine_batch(private, engine, x, y, sample_weight, **kwargs):
+    """An engine's ClippedBatch for a batch at the model's current weights, eagerly.
+
+    ``engine`` is a name in ``private._dp_engines`` or an engine object."""
+    engine = private._dp_engines[engine] if isinstance(engine, str) else engine
+    if BACKEND == "tensorflow":
+        return engine.clipped_gradient_sum(private, x, y, sample_weight, **kwargs)
+    batch, _ = engine.clipped_gradient_sum(
+        private,
+        [v.value for v in private.trainable_variables],
+        [v.value for v in private.non_trainable_variables],
+        x,
+        y,
+        sample_weight,
+        **kwargs,
+    )
+    return batch

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import BACKEND
 
 import keras_privacy as kp
 from keras_privacy.accounting import events
@@ -192,8 +193,8 @@ def _interrupt_after_first_call(model):
         make(force)
         train = model.train_function
 
-        def interrupted(iterator):
-            train(iterator)
+        def interrupted(*args):  # (iterator) on TensorFlow, (state, iterator) on JAX
+            train(*args)
             raise KeyboardInterrupt
 
         model.train_function = interrupted
@@ -231,8 +232,11 @@ def test_an_interrupted_fit_records_every_update_that_ran(tmp_path, steps_per_ex
     budget = kp.PrivacyBudget(delta=1e-5, accountant="rdp", state_path=state)
     with pytest.raises(KeyboardInterrupt):
         model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[budget])
-    ran = int(model.optimizer.iterations.numpy())
-    assert ran == steps_per_execution
+    ran = steps_per_execution
+    if BACKEND == "tensorflow":
+        # (On JAX, Keras's fit drops the state of a train function call that raised, so
+        # the optimizer's variables are not synced back; the DP counters are kept.)
+        assert int(model.optimizer.iterations.numpy()) == ran
     assert model.privacy_record.total_updates == ran
     assert load_privacy_state(state).total_updates == ran
 

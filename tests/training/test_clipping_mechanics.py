@@ -8,7 +8,17 @@ must equal ``sum_i clip_C(g_i)`` computed the obvious way.
 import keras
 import numpy as np
 import pytest
-from helpers import engine_clipped_sum, flat, reference_clipped_sum, sgd_step_sum, weights
+from helpers import (
+    core_cases,
+    engine_clipped_sum,
+    flat,
+    gradients,
+    reference_clipped_sum,
+    sgd_step_sum,
+    tensorflow_only,
+    unit_gradients,
+    weights,
+)
 
 import keras_privacy as kp
 
@@ -186,7 +196,12 @@ def _private(model, clip, noise=0.0, **kwargs):
     return private
 
 
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+# The core cases; the others run in the default suite on TensorFlow and with -m slow on
+# the other backends (each case compiles a step there).
+CORE = {"activity_regularized", "attention_einsum", "conv2d", "dense", "dict_input", "lstm"}
+
+
+@pytest.mark.parametrize("name", core_cases(sorted(BUILDERS), CORE | {"embedding"}))
 @pytest.mark.parametrize("clip", [1e-3, 1e6])
 def test_dp_step_equals_per_example_loop(name, clip, rng):
     model, x = BUILDERS[name](rng)
@@ -217,7 +232,7 @@ def test_huge_clip_and_no_noise_is_plain_sgd_on_the_mean_loss(rng):
     np.testing.assert_allclose(flat(weights(dp)), flat(weights(plain)), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("name", core_cases(sorted(BUILDERS), CORE))
 def test_each_example_contribution_is_bounded_by_clip(name, rng):
     """One example per step: the whole update (times B = 1) has norm <= C."""
     model, x = BUILDERS[name](rng)
@@ -262,23 +277,23 @@ def test_non_finite_example_contributes_exactly_zero(rng):
 
 def test_sample_weights_are_applied_before_clipping(rng):
     """A weight of 1e6 scales an example's loss, never its clipped contribution."""
-    import tensorflow as tf
-
     model, x = _dense(rng)
     y = rng.integers(0, 3, size=12)
     w = np.where(np.arange(12) % 2, 1e6, 0.5).astype("float32")
     clip = 1e-2
     expected = [np.zeros(v.shape) for v in model.trainable_variables]
     for i in range(12):
-        with tf.GradientTape() as tape:
+
+        def loss(i=i):
             logits = model(x[i : i + 1])
-            loss = (
+            return (
                 w[i]
                 * keras.losses.sparse_categorical_crossentropy(
                     y[i : i + 1], logits, from_logits=True
                 )[0]
             )
-        grads = [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+        grads = gradients(model, loss)
         norm = np.sqrt(sum(np.sum(g**2) for g in grads))
         expected = [e + min(1, clip / norm) * g for e, g in zip(expected, grads, strict=True)]
     private = _private(model, clip)
@@ -294,13 +309,12 @@ def test_microbatches_clip_each_microbatch_mean(rng):
     y = rng.integers(0, 3, size=12)
     clip = 1e-3
     # Reference: 4 microbatches of 3 consecutive examples, mean gradient of each clipped.
-    import tensorflow as tf
-
     expected = [np.zeros(v.shape) for v in model.trainable_variables]
     for m in range(4):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(LOSS(y[3 * m : 3 * m + 3], model(x[3 * m : 3 * m + 3])))
-        grads = [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+        grads = gradients(
+            model,
+            lambda m=m: keras.ops.mean(LOSS(y[3 * m : 3 * m + 3], model(x[3 * m : 3 * m + 3]))),
+        )
         norm = np.sqrt(sum(np.sum(g**2) for g in grads))
         expected = [e + min(1, clip / norm) * g for e, g in zip(expected, grads, strict=True)]
     private = _private(model, clip, num_microbatches=4)
@@ -323,15 +337,13 @@ def test_dropout_gives_every_example_its_own_mask_and_stays_bounded(rng):
         [keras.Input((20,)), keras.layers.Dropout(0.5), keras.layers.Dense(3, use_bias=False)]
     )
     private = _private(model, clip=1e6)
-    engine = private._dp_engine
     x = np.ones((6, 20), "float32")  # identical examples: only the masks can differ
     y = np.zeros(6, "int64")
-    grads, _, _ = engine.unit_gradients(private, x, y, None, num_units=None)
-    per_example = grads[0].numpy().reshape(6, -1)
+    per_example = unit_gradients(private, x, y)[0].reshape(6, -1)
     distinct = {tuple(np.round(g, 6)) for g in per_example}
     assert len(distinct) == 6
     # The masks are fresh on the next step too.
-    again = engine.unit_gradients(private, x, y, None, num_units=None)[0][0].numpy()
+    again = unit_gradients(private, x, y)[0]
     assert not np.allclose(again.reshape(6, -1), per_example)
     # Bounded like any other layer.
     private_small = _private(model, clip=0.01)
@@ -339,6 +351,7 @@ def test_dropout_gives_every_example_its_own_mask_and_stays_bounded(rng):
     assert np.linalg.norm(contribution) <= 0.01 * (1 + 1e-5)
 
 
+@tensorflow_only
 def test_unvectorizable_models_fall_back_to_an_exact_loop_with_one_warning(rng):
     model, x = _embedding_gru(rng)
     y = rng.integers(0, 3, size=12)

@@ -80,3 +80,6 @@ def test_other_tensorflow_records_pass():
     finally:
         logger.removeHandler(handler)
     assert [r.getMessage() for r in handler.records] == ["not from the vectorizer"]
+
+
+pytestmark = pytest.mark.tensorflow_only(reason="TensorFlow's vectorizer logs")

@@ -95,3 +95,6 @@ def test_image_patches_are_the_convolution_windows(shape, size, strides, dilatio
     ).numpy()
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+pytestmark = pytest.mark.tensorflow_only(reason="rules for TensorFlow's vectorizer")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keras
 
-SUPPORTED_BACKENDS = ("tensorflow",)
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
 
 _name = keras.backend.backend()
 
@@ -17,6 +17,8 @@ if _name == "tensorflow":
     from keras_privacy.training.backend.tensorflow.trainer import (
         TensorFlowDPTrainer as DPTrainer,
     )
+elif _name == "jax":
+    from keras_privacy.training.backend.jax.trainer import JAXDPTrainer as DPTrainer
 else:  # pragma: no cover - exercised only under other KERAS_BACKEND values
 
     class DPTrainer:  # type: ignore[no-redef]
@@ -25,7 +27,7 @@ else:  # pragma: no cover - exercised only under other KERAS_BACKEND values
         def make_train_function(self, force=False):
             raise NotImplementedError(
                 f"keras-privacy's DP training supports the {SUPPORTED_BACKENDS} backend(s); "
-                f"this process runs Keras on {_name!r}. Set KERAS_BACKEND=tensorflow. "
+                f"this process runs Keras on {_name!r}. Set KERAS_BACKEND=tensorflow or jax. "
                 "(Accounting and privacy testing work with any backend.)"
             )
 

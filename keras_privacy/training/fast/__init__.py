@@ -26,6 +26,7 @@ from keras_privacy.training.fast.table_norm_rules import (
     LayerNormalizationRule,
     RMSNormalizationRule,
 )
+from keras_privacy.training.fast.units import probe
 
 register_rule(keras.layers.Dense, DenseRule())
 register_rule(keras.layers.EinsumDense, EinsumDenseRule())
@@ -50,6 +51,7 @@ __all__ = [
     "NotExact",
     "RuleCall",
     "batch_mixing_reason",
+    "probe",
     "register_per_example_layer",
     "register_rule",
     "rule_for",

@@ -40,10 +40,15 @@ def unit_norms(calls: Sequence[RuleCall], units: Units) -> Any:
 
 
 def clipped_sums(
-    calls: Sequence[RuleCall], units: Units, norms: Any, l2_norm_clip: float
+    calls: Sequence[RuleCall],
+    units: Units,
+    norms: Any,
+    l2_norm_clip: float,
+    unit_mask: Any = None,
 ) -> dict[int, Any]:
-    """``{id(variable): sum_u c_u grad_u}`` for every variable of every call."""
-    factors = clipping.clip_factors(norms, l2_norm_clip)
+    """``{id(variable): sum_u c_u grad_u}`` for every variable of every call; units
+    outside ``unit_mask`` (padding rows) get ``c_u = 0``."""
+    factors = clipping.clip_factors(norms, l2_norm_clip, unit_mask)
 
     def sums(safe: bool):
         def run():

@@ -126,6 +126,7 @@ class DenseRule(_MatmulRule):
         z = ops.matmul(inputs, layer.kernel)
         if layer.bias is not None:
             z = ops.add(z, layer.bias)
+        z = U.probe(z)
         out = layer.activation(z) if layer.activation is not None else z
         return out, {"a": inputs}, {"z": z}
 
@@ -191,6 +192,7 @@ class EinsumDenseRule(_MatmulRule):
         z = ops.einsum(layer.equation, inputs, layer.kernel)
         if layer.bias is not None:
             z = ops.add(z, layer.bias)
+        z = U.probe(z)
         out = layer.activation(z) if layer.activation is not None else z
         return out, {"a": inputs}, {"z": z}
 
@@ -266,6 +268,7 @@ class ConvRule(_MatmulRule):
         )
         if layer.bias is not None:
             z = ops.add(z, ops.reshape(layer.bias, (1,) * (layer.rank + 1) + (layer.filters,)))
+        z = U.probe(z)
         out = layer.activation(z) if layer.activation is not None else z
         return out, {"a": inputs, "padding": padding}, {"z": z}
 

@@ -4,7 +4,9 @@ For a layer computing ``z = f(a, W)`` the per-unit gradient of ``W`` is a functi
 layer's input ``a`` and of the loss gradient ``dz = dL/dz`` at the unit's positions. A rule
 
 1. runs the layer's forward itself (:meth:`LayerRule.forward`), keeping what it needs
-   (``saved``) and naming the tensors whose loss gradients it needs (``probes``);
+   (``saved``) and naming the tensors whose loss gradients it needs (``probes``), each
+   passed through :func:`~keras_privacy.training.fast.units.probe` where the computation
+   goes on from it (the identity on TensorFlow; on JAX the engine differentiates there);
 2. computes each unit's squared gradient norm over the layer's variables from those
    tensors without materialising per-unit gradients where that is cheaper
    (:meth:`squared_norms`, and :meth:`norms` without overflow in the squares);

@@ -31,7 +31,7 @@ class EmbeddingRule(LayerRule):
         ids = inputs
         if ids.dtype not in ("int32", "int64"):
             ids = ops.cast(ids, "int32")
-        z = ops.take(layer.embeddings, ids, axis=0)
+        z = U.probe(ops.take(layer.embeddings, ids, axis=0))
         return ops.cast(z, layer.compute_dtype), {"ids": ids}, {"z": z}
 
     def _segments(self, call, units):
@@ -56,13 +56,19 @@ class EmbeddingRule(LayerRule):
         )
         segment = ops.cumsum(ops.cast(first, "int32")) - 1
         rows = ops.take(ops.reshape(d, (-1, dim)), order, axis=0)
-        segment_keys = ops.segment_max(sorted_keys, segment, sorted=True)
+        # Backends that need static shapes (JAX) get one segment per position; the unused
+        # ones are empty (zero sums, negative keys that the segment sums below drop).
+        slots = None
+        if U.backend_ops["static_segments"]:
+            slots = keys.shape[0]
+        segment_keys = ops.segment_max(sorted_keys, segment, num_segments=slots, sorted=True)
         seg = {
             "d_units": ops.reshape(d, (count, -1, dim)),
             "rows": rows,
             "row_units": ops.take(owner, order),
             "segment": segment,
-            "sums": ops.segment_sum(rows, segment, sorted=True),
+            "sums": ops.segment_sum(rows, segment, num_segments=slots, sorted=True),
+            "slots": slots,
             "unit": segment_keys % ops.cast(count, "int64"),
             "id": segment_keys // ops.cast(count, "int64"),
             "count": count,
@@ -83,7 +89,9 @@ class EmbeddingRule(LayerRule):
         seg = self._segments(call, units)
         scale = U.unit_max_abs(seg["d_units"])
         row_scale = ops.maximum(ops.take(scale, seg["row_units"]), 1e-30)
-        sums = ops.segment_sum(seg["rows"] / row_scale[:, None], seg["segment"], sorted=True)
+        sums = ops.segment_sum(
+            seg["rows"] / row_scale[:, None], seg["segment"], num_segments=seg["slots"], sorted=True
+        )
         return scale * ops.sqrt(self._unit_sq(seg, sums))
 
     def clipped_sums(self, call, units, factors, safe):
@@ -94,8 +102,11 @@ class EmbeddingRule(LayerRule):
             sums = U.keep_rows(sums, weights)
         # Segments are sorted by token id, so the table is a sorted segment sum over ids
         # (rows up to the largest id present), completed with zero rows.
-        part = ops.segment_sum(U.scale_rows(sums, weights), seg["id"], sorted=True)
         vocab = int(call.layer.input_dim)
+        if seg["slots"] is not None:
+            keep = ops.cast(seg["id"] >= 0, sums.dtype)[:, None]
+            return [ops.segment_sum(U.scale_rows(sums, weights) * keep, seg["id"], vocab)]
+        part = ops.segment_sum(U.scale_rows(sums, weights), seg["id"], sorted=True)
         missing = ops.zeros((vocab - ops.shape(part)[0], part.shape[-1]), part.dtype)
         return [ops.concatenate([part, missing], axis=0)]
 
@@ -128,6 +139,7 @@ class _ScaleOffsetRule(LayerRule):
             y = y * ops.cast(gamma, y.dtype)
         if beta is not None:
             y = y + ops.cast(beta, y.dtype)
+        y = U.probe(y)
         return ops.cast(y, layer.compute_dtype), {"xhat": xhat}, {"z": y}
 
     def _unit_grads(self, call, units):

@@ -59,10 +59,6 @@ def _keras_extract_patches(images, size, strides, dilation_rate, padding):
     )
 
 
-#: ``extract_patches(images [B, H, W, C], size, strides, dilation_rate, padding)`` ->
-#: ``[B, H', W', kh * kw * C]`` (features in (kh, kw, C) order). Keras's version is an
-#: identity convolution (exact, but costs a convolution with kh*kw*C output channels); a
-#: backend may install a plain copy (TensorFlow's ``tf.image.extract_patches``).
 def _keras_extract_patches_3d(volumes, size, strides, dilation_rate, padding):
     return ops.image.extract_patches_3d(
         volumes,
@@ -75,10 +71,25 @@ def _keras_extract_patches_3d(volumes, size, strides, dilation_rate, padding):
 
 
 backend_ops = {
+    #: ``extract_patches(images [B, H, W, C], size, strides, dilation_rate, padding)`` ->
+    #: ``[B, H', W', kh * kw * C]`` (features in (kh, kw, C) order). Keras's version is an
+    #: identity convolution (exact, but costs a convolution with kh*kw*C output channels);
+    #: a backend may install a plain copy (TensorFlow's ``tf.image.extract_patches``).
     "extract_patches": _keras_extract_patches,
     # ``[B, D, H, W, C]`` -> ``[B, D', H', W', kd * kh * kw * C]``, same conventions.
     "extract_patches_3d": _keras_extract_patches_3d,
+    "probe": lambda tensor: tensor,
+    # True where every shape must be static (JAX): segment sums get a fixed segment count.
+    "static_segments": False,
 }
+
+
+def probe(tensor) -> object:
+    """Marks a tensor whose loss gradient a rule needs (a rule's ``probes``) at the point
+    where the layer's computation goes on from it. The identity, unless a backend installs
+    a tap: JAX adds a zero perturbation there and differentiates with respect to it (a
+    traced function has no gradient with respect to an intermediate tensor otherwise)."""
+    return backend_ops["probe"](tensor)
 
 
 def float32(tensor) -> object:

@@ -31,7 +31,6 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras.src.backend.common.stateless_scope import StatelessScope
-from keras.src.trainers.trainer import Trainer
 
 from keras_privacy.training.backend.tensorflow.engine import (
     VectorizedEngine,
@@ -39,85 +38,18 @@ from keras_privacy.training.backend.tensorflow.engine import (
     queue_engine_note,
 )
 from keras_privacy.training.backend.tensorflow.vectorization import image_patches
-from keras_privacy.training.checks import _all_layers
 from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import units as fast_units
-from keras_privacy.training.fast.guard import batch_mixing_reason
-from keras_privacy.training.fast.rules import NotExact, RuleCall, rule_for
+from keras_privacy.training.fast.capture import _Capture, _check_exact, _static_reason
+from keras_privacy.training.fast.rules import NotExact
 from keras_privacy.training.fast.units import Units
 
 _log = logging.getLogger("keras_privacy")
 
 
 fast_units.backend_ops["extract_patches"] = image_patches
-
-
-class _Capture:
-    """While active, layers with a rule run the rule's forward and record their calls.
-
-    The override is an instance attribute set for the duration of one trace and removed
-    on exit (also on error); the model object is left as it was.
-    """
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.calls: list[RuleCall] = []
-        self.uncovered: dict[int, str] = {}
-        self._installed: list[tuple[Any, Any]] = []
-
-    def _wrap(self, layer: Any, rule: Any):
-        def call(inputs, *args, **kwargs):
-            outputs, saved, probes = rule.forward(layer, inputs, *args, **kwargs)
-            self.calls.append(RuleCall(layer, rule, saved, probes))
-            return outputs
-
-        return call
-
-    def __enter__(self) -> _Capture:
-        seen: set[int] = set()
-        for layer in [self.model, *_all_layers(self.model)]:
-            rule = rule_for(layer)
-            if rule is None or id(layer) in seen:
-                continue
-            seen.add(id(layer))
-            variables = [v for v in rule.variables(layer) if v.trainable]
-            if not variables:
-                continue
-            reason = rule.unsupported(layer)
-            if "call" in vars(layer):
-                reason = "its call is replaced on the instance"
-            if reason:
-                for v in variables:
-                    self.uncovered[id(v)] = f"layer {layer.name!r}: {reason}"
-                continue
-            self._installed.append(layer)
-            object.__setattr__(layer, "call", self._wrap(layer, rule))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for layer in reversed(self._installed):
-            object.__delattr__(layer, "call")
-        self._installed.clear()
-
-
-def _check_exact(model: Any, capture: _Capture) -> None:
-    """Raise :class:`NotExact` unless each trainable variable has exactly one rule call."""
-    seen: dict[int, int] = {}
-    for call in capture.calls:
-        seen[id(call.layer)] = seen.get(id(call.layer), 0) + 1
-    for call in capture.calls:
-        if seen[id(call.layer)] > 1:
-            raise NotExact(
-                f"layer {call.layer.name!r} is called {seen[id(call.layer)]} times per "
-                "forward pass (shared weights: its per-example gradient norm has cross terms)"
-            )
-    covered = {id(v) for call in capture.calls for v in call.rule.variables(call.layer)}
-    for v in model.trainable_variables:
-        if id(v) not in covered:
-            why = capture.uncovered.get(id(v), "no fast rule for its layer")
-            raise NotExact(f"trainable variable {v.path!r} has no exact fast rule ({why})")
 
 
 def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
@@ -144,14 +76,6 @@ def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units:
         raise NotExact(
             f"the loss could not be vectorized over units ({type(error).__name__})"
         ) from error
-
-
-def _static_reason(model: Any) -> str | None:
-    if type(model).compute_loss is not Trainer.compute_loss:
-        return f"{type(model).__name__} overrides compute_loss"
-    if getattr(model, "_compile_loss", None) is None:
-        return "the model was compiled without a loss"
-    return batch_mixing_reason(model)
 
 
 class FastEngine:

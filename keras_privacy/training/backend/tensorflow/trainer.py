@@ -37,6 +37,7 @@ from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.noise import gaussians_from_uniforms, pairs_needed, split_noise
 from keras_privacy.training.optimizers import private_update
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses
+from keras_privacy.training.step import dp_metrics, public_divisor
 
 
 @tf.function(jit_compile=True)
@@ -193,14 +194,7 @@ class TensorFlowDPTrainer:
             data = data_adapter_utils.unpack_x_y_sample_weight(data)
             rows = tf.shape(keras.tree.flatten(data[0])[0])[0]
             num_units = config.num_microbatches
-            # The public divisor: microbatches per update, the configured batch size, or
-            # (train_on_batch, pipelines of unknown batch size) the caller's batch.
-            if num_units:
-                divisor = float(num_units * config.gradient_accumulation_steps)
-            elif self._dp_expected_units is not None:
-                divisor = self._dp_expected_units
-            else:
-                divisor = rows
+            divisor = public_divisor(config, self._dp_expected_units, rows, poisson=False)
         grad_sum, unit_losses, y_pred, chunk = self._dp_clipped_logical_batch(
             data, rows, num_units, config.gradient_accumulation_steps
         )
@@ -307,16 +301,4 @@ class TensorFlowDPTrainer:
         self._dp_step_state.updates.assign_add(1)
 
     def _dp_metrics(self, data, y_pred, unit_losses, rows):
-        x, y, sample_weight = data
-        finite = tf.math.is_finite(unit_losses)
-        count = tf.reduce_sum(tf.cast(finite, "float32"))
-        mean_loss = tf.math.divide_no_nan(tf.reduce_sum(tf.where(finite, unit_losses, 0.0)), count)
-        self._loss_tracker.update_state(mean_loss, sample_weight=tf.cast(rows, "float32"))
-        if not self._dp_user_sample_weight:
-            sample_weight = None
-        compile_loss = self._compile_loss
-        if compile_loss is not None and compile_loss.metrics:
-            # Multi-output models log each output's loss through trackers that the
-            # per-unit (stateless) passes cannot update; one batched loss call does it.
-            compile_loss(y, y_pred, sample_weight)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return dp_metrics(self, data, y_pred, unit_losses, rows)

@@ -1,0 +1,177 @@
+"""Per-unit gradients on JAX: ``jax.vmap(jax.grad(...))`` over a stateless forward pass.
+
+Everything here is a pure function of the values it is given (the JAX way): the trainer
+passes the trainable and non-trainable values of its step state and gets back the clipped
+sum and the new non-trainable values (the random layers' advanced seed states).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import keras
+from keras.src.backend.common.stateless_scope import StatelessScope
+
+from keras_privacy.training import clipping
+from keras_privacy.training.checks import seed_state_variables
+from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.errors import PrivacyError
+
+# Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
+# seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
+_SEED_STRIDE = 1_000_003
+
+
+def _to_units(tensor: jax.Array, num_units: int | None) -> jax.Array:
+    """[rows, ...] -> [units, rows_per_unit, ...] (static shapes)."""
+    if num_units is None:
+        return tensor[:, None]
+    rows = tensor.shape[0]
+    if rows % num_units:
+        raise PrivacyError(
+            f"num_microbatches={num_units} must divide the batch size, but a batch has "
+            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
+        )
+    return jnp.reshape(tensor, (num_units, rows // num_units, *tensor.shape[1:]))
+
+
+def _from_units(tensor: jax.Array) -> jax.Array:
+    """[units, rows_per_unit, ...] -> [rows, ...]."""
+    return jnp.reshape(tensor, (-1, *tensor.shape[2:]))
+
+
+class VectorizedEngine:
+    """Materialises each unit's gradient with ``jax.vmap(jax.grad(unit_loss))``.
+
+    Each unit (one example, or one microbatch) runs through the model on its own, in
+    training mode, inside a :class:`keras.StatelessScope`, so its loss -- including
+    regularization losses -- and gradient depend on that unit alone. Random layers get a
+    per-unit seed (the unit index folded into the seed state), so every unit draws its
+    own dropout mask. Layers that *update* non-trainable state in training mode (moving
+    statistics, counters) are refused: that state would be computed from private data
+    without noise.
+    """
+
+    def clipped_gradient_sum(
+        self,
+        model: Any,
+        trainable_values: list,
+        non_trainable_values: list,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        num_units: int | None,
+        l2_norm_clip: float,
+        unit_offset: Any = 0,
+        unit_mask: Any = None,
+    ) -> tuple[ClippedBatch, list]:
+        """``sum_u min(1, C / ||g_u||) g_u`` over the units (units outside ``unit_mask``
+        and units with a non-finite gradient contribute exactly zero).
+
+        Returns the :class:`ClippedBatch` and the new non-trainable values.
+        """
+        grads, unit_losses, y_pred, new_non_trainable = self.unit_gradients(
+            model,
+            trainable_values,
+            non_trainable_values,
+            x,
+            y,
+            sample_weight,
+            num_units=num_units,
+            unit_offset=unit_offset,
+        )
+        norms = clipping.global_norms(grads)
+        factors = clipping.clip_factors(norms, l2_norm_clip, unit_mask)
+        batch = ClippedBatch(
+            grad_sum=clipping.weighted_sum(grads, factors, norms),
+            unit_losses=unit_losses,
+            y_pred=y_pred,
+            norms=norms,
+        )
+        return batch, new_non_trainable
+
+    def unit_gradients(
+        self,
+        model: Any,
+        trainable_values: list,
+        non_trainable_values: list,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        num_units: int | None,
+        unit_offset: Any = 0,
+    ) -> tuple[list, Any, Any, list]:
+        """Each unit's gradient (float32, leading unit axis), loss, the outputs, and the
+        non-trainable values after the step (seed states advanced once)."""
+        trainable = model.trainable_variables
+        non_trainable = model.non_trainable_variables
+        seeds = {id(v) for v in seed_state_variables(model)}
+        data = (x, y, sample_weight)
+        leaves = [t for t in keras.tree.flatten(data) if t is not None]
+        unit_leaves = [_to_units(jnp.asarray(t), num_units) for t in leaves]
+        count = unit_leaves[0].shape[0]
+        unit_index = jnp.arange(count, dtype="uint32") + jnp.asarray(unit_offset, "uint32")
+        stateful_updates: list[str] = []
+        training = {"training": True} if model._call_has_training_arg else {}
+        # The compiled loss updates its per-output loss trackers; per unit those updates
+        # are discarded (the trainer logs metrics once per batch), so they get scratch
+        # values (Keras's fit detaches the real ones from the variables while training).
+        scratch_metrics = [(v, jnp.zeros(v.shape, v.dtype)) for v in model.metrics_variables]
+
+        def unit_loss(train_values, leaves_u, index):
+            it = iter(leaves_u)
+            x_u, y_u, sw_u = keras.tree.map_structure(
+                lambda t: None if t is None else next(it), data
+            )
+            unit_non_trainable = [
+                value + (index * _SEED_STRIDE).astype(value.dtype) * jnp.array([1, 0], value.dtype)
+                if id(var) in seeds
+                else value
+                for var, value in zip(non_trainable, non_trainable_values, strict=True)
+            ]
+            mapping = (
+                list(zip(trainable, train_values, strict=True))
+                + list(zip(non_trainable, unit_non_trainable, strict=True))
+                + scratch_metrics
+            )
+            with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+                before = [scope.get_current_value(v) for v in non_trainable]
+                y_pred = model(x_u, **training)
+                loss = model._compute_loss(
+                    x=x_u, y=y_u, y_pred=y_pred, sample_weight=sw_u, training=True
+                )
+                after = [scope.get_current_value(v) for v in non_trainable]
+            for var, old, new in zip(non_trainable, before, after, strict=True):
+                if id(var) not in seeds and new is not old:
+                    stateful_updates.append(var.path)
+            seed_advance = [
+                new - old
+                for var, old, new in zip(non_trainable, before, after, strict=True)
+                if id(var) in seeds
+            ]
+            loss = jnp.mean(jnp.asarray(loss, "float32"))
+            return loss, (loss, y_pred, seed_advance)
+
+        grad_fn = jax.grad(unit_loss, has_aux=True)
+        grads, (unit_losses, y_pred, seed_advance) = jax.vmap(grad_fn, in_axes=(None, 0, 0))(
+            list(trainable_values), unit_leaves, unit_index
+        )
+        if stateful_updates:
+            raise PrivacyError(
+                "These non-trainable variables are updated in a training-mode forward pass: "
+                f"{sorted(set(stateful_updates))}. DP-SGD only privatizes gradients, so state "
+                "computed from the training data (moving averages, counters) would leak it. "
+                "Freeze those layers (layer.trainable = False) or replace them."
+            )
+        grads = [jnp.asarray(g, "float32") for g in grads]
+        # Random layers: advance the real seed state once, as one plain call would.
+        advances = iter(seed_advance)
+        new_non_trainable = [
+            value + next(advances)[0] if id(var) in seeds else value
+            for var, value in zip(non_trainable, non_trainable_values, strict=True)
+        ]
+        return grads, unit_losses, keras.tree.map_structure(_from_units, y_pred), new_non_trainable
