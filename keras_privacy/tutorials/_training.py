@@ -31,6 +31,7 @@ import numpy as np
 import keras_privacy as kp
 from keras_privacy import privacy_tests as pt
 from keras_privacy.privacy_tests.keras_adapters import attack_input_from_model
+from keras_privacy.training.callbacks import PrivacyBudgetWarning
 from keras_privacy.tutorials._report import Row
 
 __all__ = [
@@ -179,7 +180,7 @@ def train_at_target(
     with warnings.catch_warnings():
         # The budget is planned to end with the last update: its "stopping" notice at the
         # end of the final epoch says only that; fewer updates are reported below.
-        warnings.simplefilter("ignore", kp.PrivacyBudgetWarning)
+        warnings.simplefilter("ignore", PrivacyBudgetWarning)
         model.fit(
             x_train,
             y_train,
