@@ -1,9 +1,11 @@
 """Secret-sharer canaries for a text classifier: insert, then measure their exposure.
 
-A canary is a made-up training row "the secret code is a b c d", where each of the four
-slots takes one of ten nonsense words of its own (so the code is recoverable even by a
-model that ignores word order); the candidate space R holds all 10^4 codes. Canaries are
-inserted ``repetitions`` times each into the training set with a fixed label.
+A canary is a made-up training row "the secret code is a b", where each of the two slots
+takes one of 100 nonsense words of its own (so the code is recoverable even by a model
+that ignores word order); the candidate space R holds all 10^4 codes. Canaries are
+inserted ``repetitions`` times each into the training set with a fixed label. A model
+that memorises words rather than word pairs also scores the cross combinations of
+inserted words highly; they stay among the candidates a canary is ranked against.
 
 After training, every candidate code is scored by the model's loss for that label (its
 log-perplexity as a one-token "sequence"), and a canary's exposure is
@@ -25,14 +27,15 @@ import numpy as np
 from keras_privacy.privacy_tests.secret_sharer import compute_exposure_interpolation
 from keras_privacy.tutorials._wordnet import hash_tokens
 
-SLOTS = 4
-CHOICES = 10
+SLOTS = 2
+CHOICES = 100
 PREFIX = "the secret code is"
 
 
 def slot_word(slot: int, value: int) -> str:
-    """The nonsense word for ``value`` in ``slot`` (letters only: "zqab", ...)."""
-    return "zq" + "abcdefghij"[slot] + "abcdefghij"[value]
+    """The nonsense word for ``value`` (0-99) in ``slot`` (letters only: "zqaab", ...)."""
+    letters = "abcdefghij"
+    return "zq" + letters[slot] + letters[value // 10] + letters[value % 10]
 
 
 def code_text(code: Sequence[int]) -> str:

@@ -13,9 +13,10 @@ heads, residual + LayerNormalization, Dense 64 -> 32 feed-forward, residual +
 LayerNormalization) -> mean over words -> Dense(10). Every trainable layer has a rule in
 the fast clipping engine, so DP-SGD costs about one extra backward pass.
 
-Canaries: 9 rows "the secret code is ..." (3 codes each inserted 1, 4 and 16 times) are
-added to the training set; their exposure (secret sharer) is measured for every model.
-The report also has the membership-inference AUC (training rows vs held-out rows).
+Canaries: "the secret code is a b" rows (3 codes each inserted 1, 4 and 16 times,
+labelled noun.substance) are added to the training set; their exposure (secret sharer)
+is measured for every model, and so is the membership-inference AUC (training rows vs
+held-out rows).
 ``--full``: all four target epsilons and 10 epochs (quick: epsilon 1 and 8, 4 epochs).
 """
 
@@ -31,7 +32,7 @@ import numpy as np
 VOCABULARY = 4096
 LENGTH = 24
 REPETITIONS = (1, 4, 16)
-CANARY_LABEL = 0
+CANARY_LABEL = 9  # noun.substance, the smallest of the 10 classes
 
 
 def build_parser() -> argparse.ArgumentParser:
