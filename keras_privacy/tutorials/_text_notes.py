@@ -15,7 +15,6 @@ def sections(
     plain = next(r for r in rows if not r.private)
     private = [r for r in rows if r.private]
     exposure_keys = [k for k in plain.metrics if k.startswith("exposure")]
-    best = max(private, key=lambda r: r.epsilon, default=None)
     ceiling = math.log2(10**4)
     flag = "--full " if args.full else ""
     how = f"""
@@ -39,26 +38,36 @@ cut or padded to 24: the vocabulary depends on no training text, so it leaks not
 The model has no position encoding: a definition's topic is mostly in which words it uses.
 """
     lines = []
-    if best is not None and exposure_keys:
-        top = exposure_keys[-1]
+    if exposure_keys:
+
+        def cells(row: Row) -> str:
+            return ", ".join(f"{row.metrics[k]:.1f}" for k in exposure_keys)
+
+        counts = ", ".join(k.split("×")[1] for k in exposure_keys)
         lines.append(
-            f"The canaries inserted most often ({top}) reach {plain.metrics[top]:.1f} bits "
-            f"of exposure without DP and {best.metrics[top]:.1f} bits with DP-SGD at "
-            f"ε = {best.epsilon:.2f}. "
+            f"Mean exposure (bits) of the canaries inserted {counts} times: "
+            f"{cells(plain)} without DP"
         )
+        lines += [f"; {cells(r)} at ε = {r.epsilon:.2f}" for r in private]
+        lines.append(". ")
     reading = (
         "".join(lines)
-        + """
-A canary's exposure is what an attacker who can query the model learns about the secret:
-about 1.4 bits is chance (the code's rank among the 10^4 codes is uniform), 13.3 bits means
-the model ranks the inserted code first. DP-SGD bounds every example's influence, so a
-code seen once (or a few times) cannot be singled out; a code repeated r times is a
-group of r examples, protected at group privacy (roughly r·ε), which is why the ×16
-canaries are the last to lose their exposure as ε grows.
+        + f"""
+Exposure is what an attacker who can query the model learns about a secret: a code the
+model never saw has exposure about log2 e ≈ 1.4 bits on average (its rank among the 10^4
+codes is uniform), and {ceiling:.1f} bits means the model ranks the inserted code first.
+Without DP the inserted codes rank above chance. They do not reach the top: the
+hashed vocabulary puts each nonsense word in a bucket shared with about eight real words,
+whose training pulls that bucket toward their own topics, and a bag-of-words model
+scores the cross combinations of inserted words as highly as the canaries. With DP-SGD
+no single row can move the model much, so a canary seen once is at chance; a code
+repeated r times is a group of r examples, protected only at group privacy (about r·ε),
+so repeated canaries can keep some exposure at large ε. One set of 9 canaries and one
+training run per row: differences of a bit or so are noise.
 
-Membership inference on this model is weak even without DP (the model generalises:
-train and test accuracy are close), so the MIA AUC column mainly shows that DP keeps it
-at chance; the canaries show memorisation that an average over 50,000 rows hides.
+Membership inference: the non-private model's train and test accuracy are close, so the
+attacks gain little on average, and DP keeps them at chance. The canaries show what an
+average over {n_train:,} rows hides: the memorisation of individual rows.
 """
     )
     return [("How this was run", how), ("Data", data), ("Reading the table", reading)]
