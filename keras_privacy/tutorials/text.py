@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--full", action="store_true", help="ε 1, 2, 4, 8 and 10 epochs")
     parser.add_argument("--targets", type=float, nargs="+", default=None, help="target epsilons")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (4; 10 with --full)")
+    parser.add_argument("--batch-size", type=int, default=1000, help="DP expected batch")
     parser.add_argument("--train-examples", type=int, default=None, help="use fewer rows")
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--noise-seed", type=int, default=None, help="tests only")
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics.update({f"exposure ×{count}": value for count, value in found.items()})
         return metrics
 
-    private_recipe = Recipe(1000, epochs, 0.02, 1.0, optimizer="adam")
+    private_recipe = Recipe(args.batch_size, epochs, 0.02, 1.0, optimizer="adam")
     plain_recipe = dataclasses.replace(private_recipe, batch_size=250, learning_rate=0.003)
     start = time.perf_counter()
     rows = []

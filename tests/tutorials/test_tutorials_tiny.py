@@ -49,7 +49,7 @@ def test_text_tutorial_writes_a_report_with_exposures(tmp_path, capsys):
     if not (_wordnet.WORDNET_DIR / "data.noun").is_file():
         pytest.skip("Debian's wordnet-base is not installed")
     argv = ["--report-dir", str(tmp_path), "--train-examples", "800", "--epochs", "1"]
-    assert text.main([*argv, "--targets", "2", "--noise-seed", "0"]) == 0
+    assert text.main([*argv, "--batch-size", "200", "--targets", "2", "--noise-seed", "0"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"ε≤2: epoch\s+1/1\s+ε\s+\d\.\d+\s+val_accuracy 0\.\d+", out)
     rows = _table_rows((tmp_path / "report.md").read_text(encoding="utf-8"))
