@@ -211,6 +211,10 @@ def plot_vs_epsilon(rows: Sequence[Row], metric: str, path: str | os.PathLike, t
     if metric == "mia_auc":
         axes.axhline(0.5, linestyle=":", color="grey", label="chance")
     axes.set_xscale("log")
+    ticks = sorted({round(s.epsilon, 2) for s in summaries if s.first.private})
+    if ticks:
+        axes.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        axes.minorticks_off()
     axes.set_xlabel("ε (measured; log scale)")
     axes.set_ylabel("membership-inference AUC" if metric == "mia_auc" else metric)
     axes.set_title(title)
