@@ -15,6 +15,7 @@ kind is a dashed horizontal line, since its epsilon is infinite.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -232,7 +233,7 @@ def write_report(
     sections: Sequence[tuple[str, str]] = (),
     extra_tables: Sequence[tuple[str, Sequence[Row]]] = (),
 ) -> Path:
-    """Write ``report.md`` and the plots into ``directory`` (created if needed).
+    """Write ``report.md``, the plots and ``results.json`` (every row) into ``directory``.
 
     ``metric`` is the utility metric to plot (a key of ``Row.metrics``). ``sections`` are
     (heading, Markdown text) pairs written after the main table; ``extra_tables`` are
@@ -253,7 +254,16 @@ def write_report(
         parts.append(f"\n## {heading}\n\n{text.strip()}\n")
     path = directory / "report.md"
     path.write_text("".join(parts), encoding="utf-8")
+    every_row = [*rows, *(row for _, table_rows in extra_tables for row in table_rows)]
+    records = [
+        {**dataclasses.asdict(row), "epsilon": _json_number(row.epsilon)} for row in every_row
+    ]
+    (directory / "results.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     return path
+
+
+def _json_number(value: float) -> float | str:
+    return "inf" if math.isinf(value) else value
 
 
 def chance_auc_halfwidth(members: int, non_members: int, z: float = 1.96) -> float:

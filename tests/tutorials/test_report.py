@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -83,6 +84,9 @@ def test_write_report_writes_markdown_and_two_pngs(tmp_path):
     assert "![test AUROC vs ε](test_auroc_vs_epsilon.png)" in text
     assert "## Ablation\n\n| model |" in text and "| LR, batch 32 |" in text
     assert text.rstrip().endswith("Some *text*.")
+    records = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    assert len(records) == len(rows) + 1 and records[0]["epsilon"] == "inf"
+    assert records[1]["metrics"] == {"test AUROC": pytest.approx(0.805)}
     for name in ("test_auroc_vs_epsilon.png", "mia_auc_vs_epsilon.png"):
         data = (tmp_path / "out" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
