@@ -103,11 +103,11 @@ rows at k before training.
 
 
 def sections(
-    rows: Sequence[Row], train, test, delta: float, seconds: float, full: bool
+    rows: Sequence[Row], train, test, delta: float, seconds: float, full: bool, extra_runs: int = 0
 ) -> list[tuple[str, str]]:
-    """(heading, Markdown) pairs for the health report."""
+    """(heading, Markdown) pairs for the health report (``extra_runs``: ablation runs)."""
     n_train, n_test = len(train[0]), len(test[0])
-    runs = len(rows)
+    runs = len(rows) + extra_runs
     mode = "--full" if full else "quick (default)"
     how = f"""
 `python -m keras_privacy.tutorials.health {"--full " if full else ""}--report-dir DIR`:

@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         "DP-SGD on breast-cancer diagnosis (WDBC)",
         rows,
         "test AUROC",
-        sections=_health_text.sections(rows, train, test, args.delta, elapsed, args.full),
+        sections=_health_text.sections(
+            rows, train, test, args.delta, elapsed, args.full, sum(len(t) for _, t in extra)
+        ),
         extra_tables=extra,
     )
     print(f"  report: {path} ({elapsed:.0f} s of training and attacks)")
