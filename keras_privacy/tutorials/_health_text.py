@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import keras_privacy as kp
 from keras_privacy.tutorials._report import Row, chance_auc_halfwidth, summarize
+from keras_privacy.tutorials._training import updates_per_epoch
 
 
 def _data_text(train, test) -> str:
@@ -79,7 +80,7 @@ def _user_text(rows: Sequence[Row], n_train: int, delta: float) -> str:
             row.batch_size,
             row.noise_multiplier,
             delta=delta,
-            epochs=row.epochs,
+            steps=int(row.epochs) * updates_per_epoch(n_train, row.batch_size),
             max_examples_per_user=None if k == 1 else k,
         )
         lines.append(f"| {k} | {epsilon:.3f} |")
