@@ -226,9 +226,7 @@ def test_grouped_conv3d_equals_reference(num_units, rng):
     model, x = _conv_layers_net(rng, (4, 4, 3, 4), CONV[2](4, 2, groups=2, padding="valid"))
     y = rng.integers(0, 3, len(x))
     private = _private(model, engine="fast")
-    fast = private._dp_engines["fast"].clipped_gradient_sum(
-        private, x, y, None, num_units=num_units, l2_norm_clip=1.0
-    )
+    fast = engine_batch(private, "fast", x, y, None, num_units=num_units, l2_norm_clip=1.0)
     _assert_same(fast, _Loop(private, x, y, num_units, 1.0))
 
 
