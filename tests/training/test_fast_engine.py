@@ -2,11 +2,20 @@
 bounded contributions, the batch-independence guard, and the engine choice."""
 
 import warnings
+from types import SimpleNamespace
 
 import keras
 import numpy as np
 import pytest
-from helpers import core_cases, engine_batch, flat, gradients, reference_clipped_sum, sgd_step_sum
+from helpers import (
+    BACKEND,
+    core_cases,
+    engine_batch,
+    flat,
+    gradients,
+    reference_clipped_sum,
+    sgd_step_sum,
+)
 from keras import ops
 
 import keras_privacy as kp
@@ -294,6 +303,14 @@ def test_adversarial_rows(name, rng):
     # Labels the saturated softmax gets wrong, so that the gradients are ~1e30.
     y = (np.argmax(np.asarray(model(x)), axis=-1) + 1) % 3
     fast, ref = _both(model, x, y)
+    if BACKEND != "tensorflow" and name.startswith("conv2d_groups"):
+        # JAX's vmap of a grouped convolution spreads one row's NaN to every row of the
+        # vectorized reference (all its norms NaN): the reference of the other rows,
+        # with row 4 non-finite, is what the fast engine must give.
+        _, rest = _both(model, np.delete(x, 4, axis=0), np.delete(y, 4))
+        ref = SimpleNamespace(
+            norms=np.insert(np.asarray(rest.norms), 4, np.nan), grad_sum=rest.grad_sum
+        )
     norms = np.asarray(ref.norms)
     assert np.any(norms > 1e20)
     if name != "embedding":

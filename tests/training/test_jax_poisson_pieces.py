@@ -1,0 +1,77 @@
+"""JAX: a padded Poisson batch is clipped in pieces that skip the padding; the result is
+the clipped sum of the sampled rows alone, whatever the count."""
+
+import keras
+import numpy as np
+import pytest
+from helpers import engine_batch, flat
+
+import keras_privacy as kp
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="the JAX step's padded Poisson batches"
+)
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+
+
+def _model(engine):
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.Dropout(0.0),
+            keras.layers.Dense(3),
+        ]
+    )
+    private = kp.make_private(model, l2_norm_clip=0.5, noise_multiplier=0.0, engine=engine, seed=0)
+    private.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS)
+    return private
+
+
+@pytest.mark.parametrize("engine", ["fast", pytest.param("vectorized", marks=pytest.mark.extended)])
+def test_pieces_equal_the_sampled_rows_alone(engine, rng, monkeypatch):
+    from keras_privacy.training.backend.jax import trainer
+    from keras_privacy.training.backend.jax.trainer import POISSON_PIECE
+
+    calls = []
+    pieces = trainer.JAXDPTrainer._dp_clipped_poisson_pieces
+    monkeypatch.setattr(
+        trainer.JAXDPTrainer,
+        "_dp_clipped_poisson_pieces",
+        lambda self, *a: calls.append(1) or pieces(self, *a),
+    )
+
+    capacity = 150  # > 2 pieces, not a multiple of a piece
+    assert capacity > 2 * POISSON_PIECE and capacity % POISSON_PIECE
+    private = _model(engine)
+    for rows in [0, 1, 32, 33, 150]:
+        _check(private, engine, capacity, rows, rng)
+    assert len(calls) == 5  # the pieces path ran
+
+
+def _check(private, engine, capacity, rows, rng):
+    x = np.zeros((capacity, 6), "float32")
+    y = np.zeros(capacity, "int64")
+    x[:rows] = 100 * rng.normal(size=(rows, 6))  # large: every row is clipped
+    y[:rows] = rng.integers(0, 3, rows)
+    x[rows:] = rng.normal(size=(capacity - rows, 6))  # padding must not count
+    mask = (np.arange(capacity) < rows).astype("float32")
+    trainable = [v.value for v in private.trainable_variables]
+    non_trainable = [v.value for v in private.non_trainable_variables]
+    grad_sum, losses, preds, _ = private._dp_clipped_logical_batch(
+        trainable, non_trainable, (x, y, None), mask, None, capacity
+    )
+    assert np.asarray(losses).shape == (capacity,)
+    assert np.asarray(preds).shape == (capacity, 3)
+    got = flat([np.asarray(g, "float64") for g in grad_sum])
+    if rows == 0:
+        np.testing.assert_array_equal(got, 0.0)
+        return
+    ref = engine_batch(private, engine, x[:rows], y[:rows], None, num_units=None, l2_norm_clip=0.5)
+    want = flat([np.asarray(g, "float64") for g in ref.grad_sum])
+    # float32 sums in another order: equal within 1e-5 of the sum's norm
+    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+    np.testing.assert_allclose(np.asarray(losses)[:rows], np.asarray(ref.unit_losses), 1e-5)
+    # every sampled row clipped to 0.5: the sum's norm is at most rows * C
+    assert np.linalg.norm(got) <= 0.5 * rows * (1 + 1e-5)
