@@ -1,0 +1,233 @@
+"""The fast (norm-only, book-keeping) clipping engine on PyTorch.
+
+The same engine as on TensorFlow (see that module's docstring for when it is exact and
+when it falls back). On PyTorch the step is eager, so getting the loss gradients of the
+rules' probe tensors ``z`` is plain autograd: one forward pass of the whole batch with
+every layer that has a rule running the rule's forward (inside a
+:class:`keras.StatelessScope`, so that no non-trainable state is written behind the
+engine's back), the unit losses ``l_u``, then ``torch.autograd.grad(sum_u l_u, z)`` in one
+backward pass; the shared rules compute each unit's norm and the clipped sum
+(:mod:`keras_privacy.training.fast.clip`) from the layers' inputs and those gradients.
+
+Only random layers' seed states may change in the forward pass; any other non-trainable
+update sends the model to the vectorized engine (which refuses it, loudly).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import keras
+import torch
+from keras.src.backend.common.stateless_scope import StatelessScope
+
+from keras_privacy.training.backend.torch.engine import VectorizedEngine, to_units
+from keras_privacy.training.checks import seed_state_variables
+from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.fast import clip as fast_clip
+from keras_privacy.training.fast import units as fast_units
+from keras_privacy.training.fast.capture import _Capture, _check_exact, _static_reason
+from keras_privacy.training.fast.matmul_rules import ConvRule
+from keras_privacy.training.fast.rules import _RULES, NotExact, register_rule
+from keras_privacy.training.fast.units import Units
+
+_log = logging.getLogger("keras_privacy")
+
+
+def _unfold_patches(images, size, strides, dilation_rate, padding):
+    """``[B, H, W, C] -> [B, H', W', kh * kw * C]`` (features in (kh, kw, C) order), a
+    plain copy with ``torch.nn.functional.unfold`` instead of Keras's identity
+    convolution (which costs a convolution with kh*kw*C output channels)."""
+    kh, kw = size
+    sh, sw = strides
+    dh, dw = (dilation_rate, dilation_rate) if isinstance(dilation_rate, int) else dilation_rate
+    images = torch.as_tensor(images)
+    batch, height, width, channels = images.shape
+    nchw = images.permute(0, 3, 1, 2)
+    if padding.lower() == "same":
+        out_h, out_w = -(-height // sh), -(-width // sw)
+        pad_h = max((out_h - 1) * sh + (kh - 1) * dh + 1 - height, 0)
+        pad_w = max((out_w - 1) * sw + (kw - 1) * dw + 1 - width, 0)
+        nchw = torch.nn.functional.pad(
+            nchw, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        )
+    else:
+        out_h = (height - (kh - 1) * dh - 1) // sh + 1
+        out_w = (width - (kw - 1) * dw - 1) // sw + 1
+    cols = torch.nn.functional.unfold(nchw, (kh, kw), dilation=(dh, dw), stride=(sh, sw))
+    # [B, C * kh * kw, L] with features in (C, kh, kw) order -> (kh, kw, C).
+    cols = cols.reshape(batch, channels, kh * kw, out_h, out_w)
+    return cols.permute(0, 3, 4, 2, 1).reshape(batch, out_h, out_w, kh * kw * channels)
+
+
+fast_units.backend_ops["extract_patches"] = _unfold_patches
+
+# As on JAX, the convolution rule beats materialising per-example filter gradients here
+# (tutorial CNN, batch 250, one core; see the benchmark), so it is on by default.
+for _conv in (keras.layers.Conv1D, keras.layers.Conv2D):
+    if _conv not in _RULES:
+        register_rule(_conv, ConvRule())
+
+
+def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
+    """``[U]``: each unit's loss, as the vectorized engine computes it (the compiled loss
+    of the unit's rows alone, averaged), vectorized over units with ``torch.func.vmap``
+    (differentiable with respect to ``y_pred``)."""
+    data = (y, y_pred, sample_weight)
+    leaves = [t for t in keras.tree.flatten(data) if t is not None]
+    unit_leaves = [to_units(t, num_units) for t in leaves]
+    scratch_metrics = [(v, torch.zeros_like(v.value)) for v in model.metrics_variables]
+
+    def unit_loss(leaves_u):
+        it = iter(leaves_u)
+        y_u, pred_u, sw_u = keras.tree.map_structure(
+            lambda t: None if t is None else next(it), data
+        )
+        with StatelessScope(state_mapping=scratch_metrics):
+            loss = model._compute_loss(
+                x=None, y=y_u, y_pred=pred_u, sample_weight=sw_u, training=True
+            )
+        return torch.mean(loss.to(torch.float32))
+
+    try:
+        return torch.func.vmap(unit_loss)(unit_leaves)
+    except (TypeError, ValueError, NotImplementedError, RuntimeError) as error:
+        raise NotExact(
+            f"the loss could not be vectorized over units ({type(error).__name__})"
+        ) from error
+
+
+class FastEngine:
+    """Norm-only clipping for the batch at once; see the module docstring.
+
+    Args:
+      require: ``True`` for ``engine="fast"`` (refuse models it cannot train exactly),
+        ``False`` for ``engine="auto"`` (fall back to the vectorized engine).
+    """
+
+    def __init__(self, require: bool = False) -> None:
+        self.require = require
+        self.fallback = VectorizedEngine()
+
+    def clipped_gradient_sum(
+        self,
+        model: Any,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        num_units: int | None,
+        l2_norm_clip: float,
+        unit_offset: int = 0,
+    ) -> ClippedBatch:
+        """As :meth:`VectorizedEngine.clipped_gradient_sum`."""
+        reason = _static_reason(model)
+        if reason is None:
+            try:
+                batch = self._fast(model, x, y, sample_weight, num_units, l2_norm_clip)
+            except NotExact as error:
+                reason = str(error)
+            else:
+                _record(model, "fast", None)
+                return batch
+        if self.require:
+            raise PrivacyError(
+                f"engine='fast' cannot train {model.name!r} exactly: {reason}. Use "
+                "engine='auto' (falls back to the exact vectorized engine) or "
+                "engine='vectorized'."
+            )
+        _record(model, "vectorized", reason)
+        return self.fallback.clipped_gradient_sum(
+            model,
+            x,
+            y,
+            sample_weight,
+            num_units=num_units,
+            l2_norm_clip=l2_norm_clip,
+            unit_offset=unit_offset,
+        )
+
+    def _fast(self, model, x, y, sample_weight, num_units, l2_norm_clip) -> ClippedBatch:
+        units = Units(num_units)
+        trainable = model.trainable_variables
+        non_trainable = model.non_trainable_variables
+        seeds = {id(v) for v in seed_state_variables(model)}
+        old_values = [v.value for v in non_trainable]
+        scratch_metrics = [(v, torch.zeros_like(v.value)) for v in model.metrics_variables]
+        # The trainable values are the variables' own tensors, so autograd connects the
+        # probes to them; nothing is written to any variable inside the scope.
+        mapping = (
+            [(v, v.value) for v in trainable]
+            + list(zip(non_trainable, old_values, strict=True))
+            + scratch_metrics
+        )
+        training = {"training": True} if model._call_has_training_arg else {}
+        with (
+            torch.enable_grad(),
+            _Capture(model) as capture,
+            StatelessScope(state_mapping=mapping, collect_losses=True) as scope,
+        ):
+            y_pred = model(x, **training)
+            if model.losses:
+                raise NotExact(
+                    "the model has regularization or add_loss losses (their per-example "
+                    "gradient terms are not covered by the fast rules)"
+                )
+            unit_losses = _unit_losses(model, y, y_pred, sample_weight, num_units)
+            new_values = [scope.get_current_value(v) for v in non_trainable]
+        _check_exact(model, capture)
+        for var, old, new in zip(non_trainable, old_values, new_values, strict=True):
+            if id(var) not in seeds and new is not old:
+                raise NotExact(f"the forward pass updates the non-trainable {var.path!r}")
+        calls = capture.calls
+        probes = [t for call in calls for t in call.probes.values()]
+        keep = torch.isfinite(unit_losses)
+        total = torch.sum(torch.where(keep, unit_losses, torch.zeros_like(unit_losses)))
+        grads = torch.autograd.grad(total, probes, allow_unused=True)
+        it = iter(zip(probes, grads, strict=True))
+        for call in calls:
+            call.grads = {}
+            for name in call.probes:
+                probe, grad = next(it)
+                call.grads[name] = torch.zeros_like(probe) if grad is None else grad
+        with torch.no_grad():
+            for call in calls:
+                call.saved = {k: _detach(v) for k, v in call.saved.items()}
+            norms = fast_clip.unit_norms(calls, units)
+            sums = fast_clip.clipped_sums(calls, units, norms, l2_norm_clip)
+            grad_sum = [sums[id(v)].to(torch.float32) for v in trainable]
+        for var, new in zip(non_trainable, new_values, strict=True):
+            if id(var) in seeds:  # random layers' seeds advance as in a plain call
+                var.assign(new)
+        return ClippedBatch(
+            grad_sum=grad_sum,
+            unit_losses=unit_losses.detach(),
+            y_pred=keras.tree.map_structure(_detach, y_pred),
+            norms=norms,
+        )
+
+
+def _detach(value: Any) -> Any:
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def _record(model: Any, engine: str, reason: str | None) -> None:
+    """Remember which engine trains the model; say it once per model and engine."""
+    previous = getattr(model, "_dp_engine_used", None)
+    object.__setattr__(model, "_dp_engine_used", (engine, reason))
+    if previous is not None and previous[0] == engine:
+        return
+    if engine == "fast":
+        _log.info("keras-privacy: %r trains with the fast (norm-only) clipping engine.", model.name)
+    else:
+        warnings.warn(
+            f"keras-privacy: {model.name!r} trains with the vectorized clipping engine "
+            f"(exact, slower), because the fast engine cannot be exact for it: {reason}.",
+            stacklevel=2,
+        )
+
+
+__all__ = ["FastEngine"]
