@@ -29,7 +29,7 @@ else:  # pragma: no cover - exercised only under other KERAS_BACKEND values
         def make_train_function(self, force=False):
             raise NotImplementedError(
                 f"keras-privacy's DP training supports the {SUPPORTED_BACKENDS} backend(s); "
-                f"this process runs Keras on {_name!r}. Set KERAS_BACKEND=tensorflow, jax or torch. "
+                f"this process runs Keras on {_name!r}. Set KERAS_BACKEND to one of them. "
                 "(Accounting and privacy testing work with any backend.)"
             )
 

@@ -115,9 +115,7 @@ class TorchDPTrainer:
         chunk = rows
         if accumulation > 1:
             chunk = shared.chunk_rows(self._dp_chunk_size, rows, accumulation)
-        grad_sum, unit_losses, y_pred = self._dp_clipped_logical_batch(
-            data, rows, num_units, chunk
-        )
+        grad_sum, unit_losses, y_pred = self._dp_clipped_logical_batch(data, rows, num_units, chunk)
         self._dp_apply(grad_sum, divisor)
         counts = self._dp_step_state.counts
         counts["examples"] += rows
@@ -169,6 +167,8 @@ class TorchDPTrainer:
         config = self._dp_config
         variables = self.trainable_variables
         with torch.no_grad():
+            # g = (sum + sigma C z) / B, z ~ N(0, I): in place on fresh float32 tensors.
+            grads = [torch.as_tensor(g, dtype=torch.float32).clone() for g in grad_sum]
             if config.noise_multiplier > 0:
                 # One draw for the whole update from the model's generator.
                 shapes = [tuple(v.shape) for v in variables]
@@ -177,12 +177,10 @@ class TorchDPTrainer:
                     generator=self._dp_step_state.generator,
                     dtype=torch.float32,
                 )
-                noise = split_noise(flat * config.noise_stddev, shapes)
-                grad_sum = [g + n for g, n in zip(grad_sum, noise, strict=True)]
-            grads = [
-                (g / float(divisor)).to(v.value.dtype)
-                for g, v in zip(grad_sum, variables, strict=True)
-            ]
+                for g, z in zip(grads, split_noise(flat, shapes), strict=True):
+                    g.add_(z, alpha=config.noise_stddev)
+            scale = 1.0 / float(divisor)
+            grads = [g.mul_(scale).to(v.value.dtype) for g, v in zip(grads, variables, strict=True)]
             # A LossScaleOptimizer would unscale gradients we never scaled: the DP
             # gradient is computed, clipped and noised in float32 without loss scaling.
             optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
