@@ -332,9 +332,14 @@ def test_num_microbatches_must_divide_the_batch(rng):
         private.train_on_batch(x, rng.integers(0, 3, size=12))
 
 
-def test_dropout_gives_every_example_its_own_mask_and_stays_bounded(rng):
+@pytest.mark.parametrize("seed", [None, 3])
+def test_dropout_gives_every_example_its_own_mask_and_stays_bounded(rng, seed):
     model = keras.Sequential(
-        [keras.Input((20,)), keras.layers.Dropout(0.5), keras.layers.Dense(3, use_bias=False)]
+        [
+            keras.Input((20,)),
+            keras.layers.Dropout(0.5, seed=seed),
+            keras.layers.Dense(3, use_bias=False),
+        ]
     )
     private = _private(model, clip=1e6)
     x = np.ones((6, 20), "float32")  # identical examples: only the masks can differ
