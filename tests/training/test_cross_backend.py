@@ -78,6 +78,9 @@ def test_saved_on_another_backend_loads_and_trains_with_dp(tmp_path, other):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     updates = int(done.stdout.strip().splitlines()[-1])
+    # keras_privacy imports its model classes lazily; they register with Keras's
+    # serialization when first touched (as in the other tests of a full run).
+    assert kp.DPSequential is not None
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, kp.DPSequential)
     assert (loaded.dp_config.l2_norm_clip, loaded.dp_config.noise_multiplier) == (0.7, 1.2)
