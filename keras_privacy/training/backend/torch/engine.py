@@ -111,10 +111,16 @@ class VectorizedEngine:
         non_trainable = model.non_trainable_variables
         seeds = {id(v) for v in seed_state_variables(model)}
         trainable_values = [v.value.detach() for v in trainable]
+        # Seeded random layers: this chunk's seed state, shifted by its first unit's index.
         offset = int(unit_offset) * _SEED_STRIDE
         non_trainable_values = [
             v.value + torch.tensor([offset, 0], dtype=v.value.dtype) if id(v) in seeds else v.value
             for v in non_trainable
+        ]
+        seed_starts = [
+            value
+            for v, value in zip(non_trainable, non_trainable_values, strict=True)
+            if id(v) in seeds
         ]
         data = (x, y, sample_weight)
         leaves = [t for t in keras.tree.flatten(data) if t is not None]
@@ -166,12 +172,8 @@ class VectorizedEngine:
         # Random layers: the seed state advances as one plain call would advance it (every
         # unit advanced the same unbatched state by the same amount).
         seed_vars = [v for v in non_trainable if id(v) in seeds]
-        for var, new in zip(seed_vars, seed_after, strict=True):
-            advanced = new[0] if new.ndim > var.value.ndim else new
-            var.assign(var.value + (advanced - (var.value + _offset_like(var.value, offset))))
+        for var, start, new in zip(seed_vars, seed_starts, seed_after, strict=True):
+            new = new[0] if new.ndim > start.ndim else new  # one row per unit, all equal
+            var.assign(var.value + (new - start))
         grads = [g.to(torch.float32) for g in grads]
         return grads, unit_losses.detach(), keras.tree.map_structure(_from_units, y_pred)
-
-
-def _offset_like(value: torch.Tensor, offset: int) -> torch.Tensor:
-    return torch.tensor([offset, 0], dtype=value.dtype)
