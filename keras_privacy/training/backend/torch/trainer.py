@@ -145,6 +145,13 @@ class TorchDPTrainer:
         """The clipped sum of one logical batch, in chunks of ``chunk`` rows when
         accumulating; returns the summed clipped gradients, each unit's loss and the
         outputs."""
+        if rows == 0:  # an empty Poisson draw: the update is noise alone
+            with torch.no_grad():
+                y_pred = self(data[0], training=False)
+            zeros = [
+                torch.zeros(tuple(v.shape), dtype=torch.float32) for v in self.trainable_variables
+            ]
+            return zeros, torch.zeros((0,), dtype=torch.float32), y_pred
         if chunk >= rows:
             batch = self._dp_clipped(*data, num_units=num_units)
             return batch.grad_sum, batch.unit_losses, batch.y_pred
