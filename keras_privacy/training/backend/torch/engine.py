@@ -114,7 +114,9 @@ class VectorizedEngine:
         # Seeded random layers: this chunk's seed state, shifted by its first unit's index.
         offset = int(unit_offset) * _SEED_STRIDE
         non_trainable_values = [
-            v.value + torch.tensor([offset, 0], dtype=v.value.dtype) if id(v) in seeds else v.value
+            v.value + torch.tensor([offset, 0], dtype=v.value.dtype, device=v.value.device)
+            if id(v) in seeds
+            else v.value
             for v in non_trainable
         ]
         seed_starts = [

@@ -78,7 +78,7 @@ def _segment_sum(data, segment_ids, num_segments=None, sorted=False):
     keep = (ids >= 0) & (ids < num_segments)
     if not bool(keep.all()):
         data, ids = data[keep], ids[keep]
-    out = torch.zeros((int(num_segments), *data.shape[1:]), dtype=data.dtype)
+    out = torch.zeros((int(num_segments), *data.shape[1:]), dtype=data.dtype, device=data.device)
     return out.index_add_(0, ids, data)
 
 

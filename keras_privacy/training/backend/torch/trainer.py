@@ -21,6 +21,7 @@ from typing import Any
 
 import keras
 import torch
+from keras.src.backend.torch.core import get_device
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training import step as shared
@@ -44,7 +45,8 @@ class _StepState:
     """
 
     def __init__(self, seed: int | None) -> None:
-        self.generator = torch.Generator(device="cpu")
+        # On the device Keras computes on, so the noise is drawn where the gradients are.
+        self.generator = torch.Generator(device=get_device())
         self.generator.manual_seed(secrets.randbits(63) if seed is None else seed + 1)
         self.counts = dict.fromkeys(shared.COUNTERS, 0)
 
@@ -149,9 +151,9 @@ class TorchDPTrainer:
             with torch.no_grad():
                 y_pred = self(data[0], training=False)
             zeros = [
-                torch.zeros(tuple(v.shape), dtype=torch.float32) for v in self.trainable_variables
+                torch.zeros_like(v.value, dtype=torch.float32) for v in self.trainable_variables
             ]
-            return zeros, torch.zeros((0,), dtype=torch.float32), y_pred
+            return zeros, torch.zeros((0,), device=get_device()), y_pred
         if chunk >= rows:
             batch = self._dp_clipped(*data, num_units=num_units)
             return batch.grad_sum, batch.unit_losses, batch.y_pred
@@ -183,6 +185,7 @@ class TorchDPTrainer:
                     sum(math.prod(s) for s in shapes),
                     generator=self._dp_step_state.generator,
                     dtype=torch.float32,
+                    device=self._dp_step_state.generator.device,
                 )
                 for g, z in zip(grads, split_noise(flat, shapes), strict=True):
                     g.add_(z, alpha=config.noise_stddev)
