@@ -7,9 +7,9 @@ TensorFlow trainer's docstring for the batch kinds and the accumulation semantic
 
 with the noise drawn once per update from the model's own :class:`torch.Generator`. That
 generator lives in an untracked :class:`_StepState` on the model as long as the model
-does: it is seeded once (from the operating system's entropy, or from the DP ``seed`` in
-tests), only ever advances, and is never saved or restored, so no draw repeats across
-steps or ``fit`` calls. Poisson batches arrive padded with a 0/1 mask (sampled rows
+does: its state is filled once (from the operating system's entropy, or from the DP
+``seed`` in tests), only ever advances, and is never saved or restored, so no draw
+repeats across steps or ``fit`` calls. Poisson batches arrive padded with a 0/1 mask (sampled rows
 first); the eager step drops the padding rows before computing anything.
 """
 
@@ -31,23 +31,55 @@ from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.noise import split_noise
 from keras_privacy.training.optimizers import private_update
 
+# torch's CPU generator state (``get_state``): the initial seed (uint64), ``left`` and
+# ``seeded`` (int32 each), ``next`` (uint64), then the 624 Mersenne Twister words, each in
+# the low half of a uint64, then the cached normals.
+_MT_STATE_BYTES = 5056
+_MT_WORDS_OFFSET = 24
+_MT_WORDS = 624
+
+
+def _entropy_seeded(generator: torch.Generator) -> torch.Generator:
+    """Fill a CPU generator's whole Mersenne Twister state (624 x 32 bits) from the
+    operating system's entropy. ``manual_seed`` keeps only 32 bits of any seed, which would
+    leave 2^32 possible noise streams. A CUDA generator (Philox) takes a 64-bit seed."""
+    if generator.device.type != "cpu":
+        generator.manual_seed(secrets.randbits(64))
+        return generator
+    generator.manual_seed(1)  # a valid state to start from ("left" = 1: twist first)
+    state = bytearray(generator.get_state().numpy().tobytes())
+    if len(state) != _MT_STATE_BYTES:  # pragma: no cover - another torch layout
+        raise RuntimeError(
+            f"Unexpected torch generator state ({len(state)} bytes); keras-privacy cannot "
+            "seed the noise generator from OS entropy with this torch version."
+        )
+    words = [secrets.randbits(32) for _ in range(_MT_WORDS)]
+    for i, word in enumerate(words):
+        start = _MT_WORDS_OFFSET + 8 * i
+        state[start : start + 8] = word.to_bytes(8, "little")
+    generator.set_state(torch.frombuffer(state, dtype=torch.uint8).clone())
+    return generator
+
 
 class _StepState:
     """Per-model transient state of the DP step, deliberately not tracked by Keras.
 
-    ``generator`` draws the noise (seeded once with 63 bits of OS entropy, or from the DP
-    ``seed``); the counters are Python integers that only the DP step advances:
-    ``updates`` (noised optimizer updates over the model's life), ``examples`` (rows
-    trained on), and ``largest_batch`` / ``largest_unit`` (the most examples one update
-    and one clipping unit held since the current record segment began). Resetting
-    ``optimizer.iterations``, restoring a checkpoint or interrupting ``fit`` cannot
-    rewind them.
+    ``generator`` draws the noise: its whole state comes from OS entropy
+    (:func:`_entropy_seeded`), or from the DP ``seed`` in tests. The counters are Python
+    integers that only the DP step advances: ``updates`` (noised optimizer updates over
+    the model's life), ``examples`` (rows trained on), and ``largest_batch`` /
+    ``largest_unit`` (the most examples one update and one clipping unit held since the
+    current record segment began). Resetting ``optimizer.iterations``, restoring a
+    checkpoint or interrupting ``fit`` cannot rewind them.
     """
 
     def __init__(self, seed: int | None) -> None:
         # On the device Keras computes on, so the noise is drawn where the gradients are.
         self.generator = torch.Generator(device=get_device())
-        self.generator.manual_seed(secrets.randbits(63) if seed is None else seed + 1)
+        if seed is None:
+            _entropy_seeded(self.generator)
+        else:
+            self.generator.manual_seed(seed + 1)
         self.counts = dict.fromkeys(shared.COUNTERS, 0)
 
 
