@@ -9,6 +9,8 @@
     # the same on JAX (the DP step is jit-compiled, as Keras's own step):
     KERAS_BACKEND=jax XLA_FLAGS="--xla_cpu_multi_thread_eigen=false \
         intra_op_parallelism_threads=1" taskset -c 0 python benchmarks/training_speed.py
+    # and on PyTorch (eager, as Keras's own torch step):
+    KERAS_BACKEND=torch OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/training_speed.py
 
 Models (batch 250): the TF Privacy tutorial CNN and an MLP 784-512-512-10 on
 Fashion-MNIST (random data if the Debian package is missing); Embedding(10000, 64) x 64

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def _backend_argument():
@@ -52,6 +52,11 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "extended: a non-core case of a large matrix (slow on non-TF backends)"
     )
+    config.addinivalue_line(
+        "markers",
+        "steps_per_execution: uses steps_per_execution > 1 (skipped on torch, whose Keras "
+        "trainer refuses it)",
+    )
 
 
 def pytest_report_header(config):
@@ -69,6 +74,10 @@ def pytest_collection_modifyitems(config, items):
             # TensorFlow; on other backends (where each case compiles, ~10x slower) with
             # -m slow.
             item.add_marker(pytest.mark.slow)
+        if backend == "torch" and item.get_closest_marker("steps_per_execution") is not None:
+            item.add_marker(
+                pytest.mark.skip(reason="Keras's torch trainer needs steps_per_execution=1")
+            )
         marker = item.get_closest_marker("tensorflow_only")
         if marker is not None:
             reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")

@@ -104,6 +104,7 @@ def _fit(model, callbacks, batch_size=B, epochs=10):
         return model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=callbacks)
 
 
+@pytest.mark.steps_per_execution
 def test_budget_stops_in_time_with_several_updates_per_train_function_call():
     """steps_per_execution=4: each call makes 4 updates. The budget allows 14, so the
     callback must stop after the third call (12 updates): a fourth would reach 16."""
@@ -132,6 +133,7 @@ def test_budget_stops_in_time_with_several_updates_per_train_function_call():
     assert model.privacy_record.total_updates == 12
 
 
+@pytest.mark.steps_per_execution
 def test_a_per_update_budget_check_overshoots_with_several_updates_per_call():
     """Power of the test above: the same run with a callback that ignores
     steps_per_execution makes 16 updates, and the check epsilon <= target rejects it."""

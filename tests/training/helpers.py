@@ -1,7 +1,7 @@
 """Reference computations for the DP-mechanics tests: slow, obvious, per-example loops.
 
-Backend-neutral: :func:`gradients` is ``tf.GradientTape`` on TensorFlow and ``jax.grad``
-over a :class:`keras.StatelessScope` on JAX.
+Backend-neutral: :func:`gradients` is ``tf.GradientTape`` on TensorFlow, ``jax.grad``
+over a :class:`keras.StatelessScope` on JAX and ``torch.autograd.grad`` on PyTorch.
 """
 
 import keras
@@ -47,6 +47,15 @@ def gradients(model, loss_fn):
 
         grads = jax.grad(f)([v.value for v in variables])
         return [np.asarray(g, "float64") for g in grads]
+    if BACKEND == "torch":
+        import torch
+
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, [v.value for v in variables], allow_unused=True)
+        return [
+            np.zeros(v.shape) if g is None else g.detach().numpy().astype("float64")
+            for v, g in zip(variables, grads, strict=True)
+        ]
     raise NotImplementedError(BACKEND)
 
 
@@ -94,9 +103,9 @@ def unit_gradients(private, x, y, num_units=None):
     """Each unit's gradient from the vectorized engine (list per variable, unit axis
     first), advancing random layers' seeds as a step does."""
     engine = private._dp_engine
-    if BACKEND == "tensorflow":
+    if BACKEND in ("tensorflow", "torch"):  # eager-style engines: read the variables
         grads = engine.unit_gradients(private, x, y, None, num_units=num_units)[0]
-        return [g.numpy() for g in grads]
+        return [to_numpy(g) for g in grads]
     non_trainable = private.non_trainable_variables
     grads, _, _, new_values = engine.unit_gradients(
         private,
@@ -117,7 +126,7 @@ def engine_batch(private, engine, x, y, sample_weight, **kwargs):
 
     ``engine`` is a name in ``private._dp_engines`` or an engine object."""
     engine = private._dp_engines[engine] if isinstance(engine, str) else engine
-    if BACKEND == "tensorflow":
+    if BACKEND in ("tensorflow", "torch"):
         return engine.clipped_gradient_sum(private, x, y, sample_weight, **kwargs)
     batch, _ = engine.clipped_gradient_sum(
         private,

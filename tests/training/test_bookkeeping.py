@@ -223,7 +223,9 @@ def _small_model(**compile_args):
     return model
 
 
-@pytest.mark.parametrize("steps_per_execution", [1, 4])
+@pytest.mark.parametrize(
+    "steps_per_execution", [1, pytest.param(4, marks=pytest.mark.steps_per_execution)]
+)
 def test_an_interrupted_fit_records_every_update_that_ran(tmp_path, steps_per_execution):
     x, y = _data()
     model = _small_model(steps_per_execution=steps_per_execution)

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from helpers import (
     core_cases,
+    engine_batch,
     engine_clipped_sum,
     flat,
     gradients,
     reference_clipped_sum,
     sgd_step_sum,
     tensorflow_only,
+    to_numpy,
     unit_gradients,
     weights,
 )
@@ -332,9 +334,14 @@ def test_num_microbatches_must_divide_the_batch(rng):
         private.train_on_batch(x, rng.integers(0, 3, size=12))
 
 
-def test_dropout_gives_every_example_its_own_mask_and_stays_bounded(rng):
+@pytest.mark.parametrize("seed", [None, 3])
+def test_dropout_gives_every_example_its_own_mask_and_stays_bounded(rng, seed):
     model = keras.Sequential(
-        [keras.Input((20,)), keras.layers.Dropout(0.5), keras.layers.Dense(3, use_bias=False)]
+        [
+            keras.Input((20,)),
+            keras.layers.Dropout(0.5, seed=seed),
+            keras.layers.Dense(3, use_bias=False),
+        ]
     )
     private = _private(model, clip=1e6)
     x = np.ones((6, 20), "float32")  # identical examples: only the masks can differ
@@ -349,6 +356,25 @@ def test_dropout_gives_every_example_its_own_mask_and_stays_bounded(rng):
     private_small = _private(model, clip=0.01)
     contribution = flat(sgd_step_sum(private_small, x[:1], y[:1], batch_size=1))
     assert np.linalg.norm(contribution) <= 0.01 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_dropout_masks_differ_between_the_chunks_of_a_logical_batch(rng, seed):
+    """Under gradient accumulation each chunk is a separate engine call at another unit
+    offset: the same examples at another offset must not reuse the first chunk's masks."""
+    model = keras.Sequential(
+        [
+            keras.Input((20,)),
+            keras.layers.Dropout(0.5, seed=seed),
+            keras.layers.Dense(3, use_bias=False),
+        ]
+    )
+    private = _private(model, clip=1e6)
+    x, y = np.ones((6, 20), "float32"), np.zeros(6, "int64")
+    kwargs = {"num_units": None, "l2_norm_clip": 1e6}
+    first = engine_batch(private, "vectorized", x, y, None, unit_offset=0, **kwargs)
+    second = engine_batch(private, "vectorized", x, y, None, unit_offset=6, **kwargs)
+    assert not np.allclose(to_numpy(first.grad_sum[0]), to_numpy(second.grad_sum[0]))
 
 
 @tensorflow_only

@@ -240,3 +240,33 @@ def test_a_noised_update_is_gaussian_with_std_sigma_c_over_b():
     assert stats.kstest(noise / scale, "norm").pvalue > 1e-3
     # A uniform or Laplace draw of the same std fails this (kurtosis 1.8 or 6).
     assert abs(stats.kurtosis(noise, fisher=False) - 3) < 0.3
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch noise generator")
+def test_torch_noise_generator_state_is_all_entropy_not_a_32_bit_seed():
+    """torch's manual_seed keeps 32 bits of a seed (2^32 possible noise streams). The DP
+    step's generator gets all 624 Mersenne Twister words from the OS instead: its state
+    does not follow the seeding recurrence that every manual_seed'ed state follows."""
+    import torch
+
+    from keras_privacy.training.backend.torch.trainer import _MT_WORDS_OFFSET, _StepState
+
+    def words(generator):
+        raw = generator.get_state().numpy().tobytes()[_MT_WORDS_OFFSET : _MT_WORDS_OFFSET + 8 * 624]
+        return np.frombuffer(raw, "<u8").astype("uint64")
+
+    def follows_seeding(w):
+        w = [int(v) for v in w]
+        return all(
+            w[i] == (1812433253 * (w[i - 1] ^ (w[i - 1] >> 30)) + i) % 2**32 for i in range(1, 624)
+        )
+
+    seeded = torch.Generator()
+    seeded.manual_seed(2**40 + 7)
+    assert follows_seeding(words(seeded))  # the check has power
+    a, b = _StepState(None).generator, _StepState(None).generator
+    assert not follows_seeding(words(a)) and not follows_seeding(words(b))
+    assert not torch.equal(torch.randn(8, generator=a), torch.randn(8, generator=b))
+    # Seeded (tests only): reproducible.
+    c, d = _StepState(5).generator, _StepState(5).generator
+    assert torch.equal(torch.randn(8, generator=c), torch.randn(8, generator=d))

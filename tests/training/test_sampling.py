@@ -292,3 +292,24 @@ def test_the_shuffle_pipeline_gathers_each_batchs_rows(rng):
                 np.testing.assert_array_equal(got[1], y[rows])
             if row_weights is not None:
                 np.testing.assert_array_equal(got[2], w[rows])
+
+
+@pytest.mark.parametrize("engine", ["auto", "vectorized"])
+def test_an_empty_poisson_draw_is_a_noise_only_update(engine):
+    """q = 1/100: about a third of the 100 draws are empty (all 100 non-empty: chance
+    ~1e-20). Each is still one noised update (the accountant counts every step), and the
+    weights stay finite."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(100, 5)).astype("float32"), rng.integers(0, 2, 100)
+    model = kp.DPSequential(
+        l2_norm_clip=1.0,
+        noise_multiplier=1.0,
+        engine=engine,
+        seed=0,
+        layers=[keras.Input((5,)), keras.layers.Dense(2)],
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    model.fit(x, y, batch_size=1, epochs=1, verbose=0)
+    counts = model._dp_counters()
+    assert model.privacy_record.total_updates == counts["updates"] == 100
+    assert all(np.isfinite(w).all() for w in weights(model))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keras
 
-SUPPORTED_BACKENDS = ("tensorflow", "jax")
+SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
 
 _name = keras.backend.backend()
 
@@ -19,6 +19,8 @@ if _name == "tensorflow":
     )
 elif _name == "jax":
     from keras_privacy.training.backend.jax.trainer import JAXDPTrainer as DPTrainer
+elif _name == "torch":
+    from keras_privacy.training.backend.torch.trainer import TorchDPTrainer as DPTrainer
 else:  # pragma: no cover - exercised only under other KERAS_BACKEND values
 
     class DPTrainer:  # type: ignore[no-redef]
@@ -27,7 +29,7 @@ else:  # pragma: no cover - exercised only under other KERAS_BACKEND values
         def make_train_function(self, force=False):
             raise NotImplementedError(
                 f"keras-privacy's DP training supports the {SUPPORTED_BACKENDS} backend(s); "
-                f"this process runs Keras on {_name!r}. Set KERAS_BACKEND=tensorflow or jax. "
+                f"this process runs Keras on {_name!r}. Set KERAS_BACKEND to one of them. "
                 "(Accounting and privacy testing work with any backend.)"
             )
 

@@ -9,6 +9,8 @@ engine at all (its own ``compute_loss``, no compiled loss, a layer that may mix 
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any
 
 from keras.src.trainers.trainer import Trainer
@@ -90,3 +92,23 @@ def _static_reason(model: Any) -> str | None:
     if getattr(model, "_compile_loss", None) is None:
         return "the model was compiled without a loss"
     return batch_mixing_reason(model)
+
+
+def record_engine(model: Any, engine: str, reason: str | None) -> None:
+    """Remember which engine trains the model (``model._dp_engine_used``); say it once per
+    model and engine: an INFO log for the fast engine, a warning (with the reason) for the
+    vectorized fallback. (TensorFlow queues the warning with its vectorizer's notes.)"""
+    previous = getattr(model, "_dp_engine_used", None)
+    object.__setattr__(model, "_dp_engine_used", (engine, reason))
+    if previous is not None and previous[0] == engine:
+        return
+    if engine == "fast":
+        logging.getLogger("keras_privacy").info(
+            "keras-privacy: %r trains with the fast (norm-only) clipping engine.", model.name
+        )
+    else:
+        warnings.warn(
+            f"keras-privacy: {model.name!r} trains with the vectorized clipping engine "
+            f"(exact, slower), because the fast engine cannot be exact for it: {reason}.",
+            stacklevel=2,
+        )

@@ -67,7 +67,7 @@ class EmbeddingRule(LayerRule):
             "rows": rows,
             "row_units": ops.take(owner, order),
             "segment": segment,
-            "sums": ops.segment_sum(rows, segment, num_segments=slots, sorted=True),
+            "sums": U.segment_sum(rows, segment, num_segments=slots, sorted=True),
             "slots": slots,
             "unit": segment_keys % ops.cast(count, "int64"),
             "id": segment_keys // ops.cast(count, "int64"),
@@ -77,7 +77,7 @@ class EmbeddingRule(LayerRule):
         return seg
 
     def _unit_sq(self, seg, sums):
-        return ops.segment_sum(
+        return U.segment_sum(
             ops.sum(ops.square(sums), axis=1), seg["unit"], num_segments=seg["count"]
         )
 
@@ -89,7 +89,7 @@ class EmbeddingRule(LayerRule):
         seg = self._segments(call, units)
         scale = U.unit_max_abs(seg["d_units"])
         row_scale = ops.maximum(ops.take(scale, seg["row_units"]), 1e-30)
-        sums = ops.segment_sum(
+        sums = U.segment_sum(
             seg["rows"] / row_scale[:, None], seg["segment"], num_segments=seg["slots"], sorted=True
         )
         return scale * ops.sqrt(self._unit_sq(seg, sums))
@@ -105,8 +105,8 @@ class EmbeddingRule(LayerRule):
         vocab = int(call.layer.input_dim)
         if seg["slots"] is not None:
             keep = ops.cast(seg["id"] >= 0, sums.dtype)[:, None]
-            return [ops.segment_sum(U.scale_rows(sums, weights) * keep, seg["id"], vocab)]
-        part = ops.segment_sum(U.scale_rows(sums, weights), seg["id"], sorted=True)
+            return [U.segment_sum(U.scale_rows(sums, weights) * keep, seg["id"], vocab)]
+        part = U.segment_sum(U.scale_rows(sums, weights), seg["id"], sorted=True)
         missing = ops.zeros((vocab - ops.shape(part)[0], part.shape[-1]), part.dtype)
         return [ops.concatenate([part, missing], axis=0)]
 

@@ -79,6 +79,10 @@ backend_ops = {
     # ``[B, D, H, W, C]`` -> ``[B, D', H', W', kd * kh * kw * C]``, same conventions.
     "extract_patches_3d": _keras_extract_patches_3d,
     "probe": lambda tensor: tensor,
+    #: ``segment_sum(data, segment_ids, num_segments=None, sorted=False)`` as
+    #: ``keras.ops.segment_sum`` (ids outside ``[0, num_segments)`` dropped); a backend may
+    #: install a faster one (PyTorch: ``index_add_``).
+    "segment_sum": ops.segment_sum,
     # True where every shape must be static (JAX): segment sums get a fixed segment count.
     "static_segments": False,
 }
@@ -90,6 +94,11 @@ def probe(tensor) -> object:
     a tap: JAX adds a zero perturbation there and differentiates with respect to it (a
     traced function has no gradient with respect to an intermediate tensor otherwise)."""
     return backend_ops["probe"](tensor)
+
+
+def segment_sum(data, segment_ids, num_segments=None, sorted=False) -> object:
+    """``out[k] = sum of data[i] over i with segment_ids[i] == k`` (the backend's op)."""
+    return backend_ops["segment_sum"](data, segment_ids, num_segments=num_segments, sorted=sorted)
 
 
 def float32(tensor) -> object:

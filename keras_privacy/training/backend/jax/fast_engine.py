@@ -20,7 +20,6 @@ update sends the model to the vectorized engine (which refuses it, loudly).
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,12 +34,15 @@ from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import units as fast_units
-from keras_privacy.training.fast.capture import _Capture, _check_exact, _static_reason
+from keras_privacy.training.fast.capture import (
+    _Capture,
+    _check_exact,
+    _static_reason,
+    record_engine,
+)
 from keras_privacy.training.fast.matmul_rules import ConvRule
 from keras_privacy.training.fast.rules import _RULES, NotExact, RuleCall, register_rule
 from keras_privacy.training.fast.units import Units
-
-_log = logging.getLogger("keras_privacy")
 
 fast_units.backend_ops["static_segments"] = True
 
@@ -125,7 +127,7 @@ class FastEngine:
             except NotExact as error:
                 reason = str(error)
             else:
-                _record(model, "fast", None)
+                record_engine(model, "fast", None)
                 return result
         if self.require:
             raise PrivacyError(
@@ -133,7 +135,7 @@ class FastEngine:
                 "engine='auto' (falls back to the exact vectorized engine) or "
                 "engine='vectorized'."
             )
-        _record(model, "vectorized", reason)
+        record_engine(model, "vectorized", reason)
         return self.fallback.clipped_gradient_sum(
             model,
             trainable_values,
@@ -241,24 +243,6 @@ def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units:
         return jnp.mean(jnp.asarray(loss, "float32"))
 
     return jax.vmap(unit_loss)(unit_leaves)
-
-
-def _record(model: Any, engine: str, reason: str | None) -> None:
-    """Remember which engine trains the model; say it once per model and engine."""
-    previous = getattr(model, "_dp_engine_used", None)
-    object.__setattr__(model, "_dp_engine_used", (engine, reason))
-    if previous is not None and previous[0] == engine:
-        return
-    if engine == "fast":
-        _log.info("keras-privacy: %r trains with the fast (norm-only) clipping engine.", model.name)
-    else:
-        import warnings
-
-        warnings.warn(
-            f"keras-privacy: {model.name!r} trains with the vectorized clipping engine "
-            f"(exact, slower), because the fast engine cannot be exact for it: {reason}.",
-            stacklevel=2,
-        )
 
 
 __all__ = ["FastEngine"]

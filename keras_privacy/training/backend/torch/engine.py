@@ -1,0 +1,181 @@
+"""Per-unit gradients on PyTorch: ``torch.func.vmap(torch.func.grad(...))`` over a
+stateless forward pass.
+
+Each unit (one example, or one microbatch) runs through the model on its own inside a
+:class:`keras.StatelessScope` whose trainable values are the function's argument, so
+``torch.func.grad`` differentiates the unit's loss with respect to them and ``vmap``
+runs every unit at once. ``randomness="different"`` gives every unit its own draw from
+random layers (dropout masks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import torch
+from keras.src.backend.common.stateless_scope import StatelessScope
+from keras.src.backend.torch import nn as torch_nn
+
+from keras_privacy.training import clipping
+from keras_privacy.training.checks import seed_state_variables
+from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.errors import PrivacyError
+
+# Spreads the seeds of seeded random layers over the chunks of a logical batch: the chunk
+# whose first unit is i draws with seed state (s0 + i * _SEED_STRIDE, s1). Within a chunk,
+# vmap's randomness="different" gives every unit its own draw.
+_SEED_STRIDE = 1_000_003
+
+
+def to_units(tensor: torch.Tensor, num_units: int | None) -> torch.Tensor:
+    """[rows, ...] -> [units, rows_per_unit, ...]."""
+    tensor = torch.as_tensor(tensor)
+    if num_units is None:
+        return tensor[:, None]
+    rows = tensor.shape[0]
+    if rows % num_units:
+        raise PrivacyError(
+            f"num_microbatches={num_units} must divide the batch size, but a batch has "
+            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
+        )
+    return torch.reshape(tensor, (num_units, rows // num_units, *tensor.shape[1:]))
+
+
+def _from_units(tensor: torch.Tensor) -> torch.Tensor:
+    """[units, rows_per_unit, ...] -> [rows, ...]."""
+    return torch.reshape(tensor, (-1, *tensor.shape[2:]))
+
+
+@contextlib.contextmanager
+def vmappable_convolutions() -> Iterator[None]:
+    """Keras's torch convolutions copy their inputs into channels-last memory format,
+    which ``Tensor.clone(memory_format=...)`` does not support inside ``vmap`` (design
+    note: Conv2D under vmap). The copy only changes the memory layout, never a value, so
+    it is skipped while the vectorized engine runs."""
+    original = torch_nn._maybe_convert_to_channels_last
+    torch_nn._maybe_convert_to_channels_last = lambda tensor: tensor
+    try:
+        yield
+    finally:
+        torch_nn._maybe_convert_to_channels_last = original
+
+
+class VectorizedEngine:
+    """Materialises each unit's gradient; exact for any layer ``torch.func`` handles.
+
+    Each unit runs through the model on its own, in training mode, inside a
+    :class:`keras.StatelessScope`, so its loss -- including regularization losses -- and
+    gradient depend on that unit alone. Layers that *update* non-trainable state in
+    training mode (moving statistics, counters) are refused: that state would be computed
+    from private data without noise. Random layers' seed states advance once per call.
+    """
+
+    def clipped_gradient_sum(
+        self,
+        model: Any,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        num_units: int | None,
+        l2_norm_clip: float,
+        unit_offset: int = 0,
+    ) -> ClippedBatch:
+        """``sum_u min(1, C / ||g_u||) g_u`` over the units (units with a non-finite
+        gradient contribute exactly zero), at the model's current weights."""
+        grads, unit_losses, y_pred = self.unit_gradients(
+            model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
+        )
+        with torch.no_grad():
+            norms = clipping.global_norms(grads)
+            factors = clipping.clip_factors(norms, l2_norm_clip)
+            grad_sum = clipping.weighted_sum(grads, factors, norms)
+        return ClippedBatch(grad_sum=grad_sum, unit_losses=unit_losses, y_pred=y_pred, norms=norms)
+
+    def unit_gradients(
+        self,
+        model: Any,
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        num_units: int | None,
+        unit_offset: int = 0,
+    ) -> tuple[list, Any, Any]:
+        """Each unit's gradient (float32, leading unit axis), loss, and the outputs;
+        random layers' seed states are advanced once, as one plain call would."""
+        trainable = model.trainable_variables
+        non_trainable = model.non_trainable_variables
+        seeds = {id(v) for v in seed_state_variables(model)}
+        trainable_values = [v.value.detach() for v in trainable]
+        # Seeded random layers: this chunk's seed state, shifted by its first unit's index.
+        offset = int(unit_offset) * _SEED_STRIDE
+        non_trainable_values = [
+            v.value + torch.tensor([offset, 0], dtype=v.value.dtype, device=v.value.device)
+            if id(v) in seeds
+            else v.value
+            for v in non_trainable
+        ]
+        seed_starts = [
+            value
+            for v, value in zip(non_trainable, non_trainable_values, strict=True)
+            if id(v) in seeds
+        ]
+        data = (x, y, sample_weight)
+        leaves = [t for t in keras.tree.flatten(data) if t is not None]
+        unit_leaves = [to_units(t, num_units) for t in leaves]
+        training = {"training": True} if model._call_has_training_arg else {}
+        # The compiled loss updates its per-output loss trackers; per unit those updates
+        # are discarded (the trainer logs metrics once per batch).
+        scratch_metrics = [(v, torch.zeros_like(v.value)) for v in model.metrics_variables]
+        stateful_updates: list[str] = []
+
+        def unit_loss(train_values, leaves_u):
+            it = iter(leaves_u)
+            x_u, y_u, sw_u = keras.tree.map_structure(
+                lambda t: None if t is None else next(it), data
+            )
+            mapping = (
+                list(zip(trainable, train_values, strict=True))
+                + list(zip(non_trainable, non_trainable_values, strict=True))
+                + scratch_metrics
+            )
+            with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+                before = [scope.get_current_value(v) for v in non_trainable]
+                y_pred = model(x_u, **training)
+                loss = model._compute_loss(
+                    x=x_u, y=y_u, y_pred=y_pred, sample_weight=sw_u, training=True
+                )
+                after = [scope.get_current_value(v) for v in non_trainable]
+            for var, old, new in zip(non_trainable, before, after, strict=True):
+                if id(var) not in seeds and new is not old:
+                    stateful_updates.append(var.path)
+            seed_after = [
+                new for var, new in zip(non_trainable, after, strict=True) if id(var) in seeds
+            ]
+            loss = torch.mean(loss.to(torch.float32))
+            return loss, (loss, y_pred, seed_after)
+
+        per_unit = torch.func.vmap(
+            torch.func.grad(unit_loss, has_aux=True), in_dims=(None, 0), randomness="different"
+        )
+        with vmappable_convolutions():
+            grads, (unit_losses, y_pred, seed_after) = per_unit(trainable_values, unit_leaves)
+        if stateful_updates:
+            raise PrivacyError(
+                "These non-trainable variables are updated in a training-mode forward pass: "
+                f"{sorted(set(stateful_updates))}. DP-SGD only privatizes gradients, so state "
+                "computed from the training data (moving averages, counters) would leak it. "
+                "Freeze those layers (layer.trainable = False) or replace them."
+            )
+        # Random layers: the seed state advances as one plain call would advance it (every
+        # unit advanced the same unbatched state by the same amount).
+        seed_vars = [v for v in non_trainable if id(v) in seeds]
+        for var, start, new in zip(seed_vars, seed_starts, seed_after, strict=True):
+            new = new[0] if new.ndim > start.ndim else new  # one row per unit, all equal
+            var.assign(var.value + (new - start))
+        grads = [g.to(torch.float32) for g in grads]
+        return grads, unit_losses.detach(), keras.tree.map_structure(_from_units, y_pred)

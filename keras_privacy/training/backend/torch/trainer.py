@@ -1,0 +1,232 @@
+"""The DP training step on PyTorch (eager, as Keras's own torch step runs by default).
+
+Every call makes exactly one optimizer update from one *logical batch* (see the
+TensorFlow trainer's docstring for the batch kinds and the accumulation semantics)::
+
+    g = ( sum_u clip_C(grad_u) + N(0, (sigma C)^2 I) ) / B
+
+with the noise drawn once per update from the model's own :class:`torch.Generator`. That
+generator lives in an untracked :class:`_StepState` on the model as long as the model
+does: its state is filled once (from the operating system's entropy, or from the DP
+``seed`` in tests), only ever advances, and is never saved or restored, so no draw
+repeats across steps or ``fit`` calls. Poisson batches arrive padded with a 0/1 mask (sampled rows
+first); the eager step drops the padding rows before computing anything.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Any
+
+import keras
+import torch
+from keras.src.backend.torch.core import get_device
+from keras.src.trainers.data_adapters import data_adapter_utils
+
+from keras_privacy.training import step as shared
+from keras_privacy.training.backend.torch.engine import VectorizedEngine
+from keras_privacy.training.backend.torch.fast_engine import FastEngine
+from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.noise import split_noise
+from keras_privacy.training.optimizers import private_update
+
+# torch's CPU generator state (``get_state``): the initial seed (uint64), ``left`` and
+# ``seeded`` (int32 each), ``next`` (uint64), then the 624 Mersenne Twister words, each in
+# the low half of a uint64, then the cached normals.
+_MT_STATE_BYTES = 5056
+_MT_WORDS_OFFSET = 24
+_MT_WORDS = 624
+
+
+def _entropy_seeded(generator: torch.Generator) -> torch.Generator:
+    """Fill a CPU generator's whole Mersenne Twister state (624 x 32 bits) from the
+    operating system's entropy. ``manual_seed`` keeps only 32 bits of any seed, which would
+    leave 2^32 possible noise streams. A CUDA generator (Philox) takes a 64-bit seed."""
+    if generator.device.type != "cpu":
+        generator.manual_seed(secrets.randbits(64))
+        return generator
+    generator.manual_seed(1)  # a valid state to start from ("left" = 1: twist first)
+    state = bytearray(generator.get_state().numpy().tobytes())
+    if len(state) != _MT_STATE_BYTES:  # pragma: no cover - another torch layout
+        raise RuntimeError(
+            f"Unexpected torch generator state ({len(state)} bytes); keras-privacy cannot "
+            "seed the noise generator from OS entropy with this torch version."
+        )
+    words = [secrets.randbits(32) for _ in range(_MT_WORDS)]
+    for i, word in enumerate(words):
+        start = _MT_WORDS_OFFSET + 8 * i
+        state[start : start + 8] = word.to_bytes(8, "little")
+    generator.set_state(torch.frombuffer(state, dtype=torch.uint8).clone())
+    return generator
+
+
+class _StepState:
+    """Per-model transient state of the DP step, deliberately not tracked by Keras.
+
+    ``generator`` draws the noise: its whole state comes from OS entropy
+    (:func:`_entropy_seeded`), or from the DP ``seed`` in tests. The counters are Python
+    integers that only the DP step advances: ``updates`` (noised optimizer updates over
+    the model's life), ``examples`` (rows trained on), and ``largest_batch`` /
+    ``largest_unit`` (the most examples one update and one clipping unit held since the
+    current record segment began). Resetting ``optimizer.iterations``, restoring a
+    checkpoint or interrupting ``fit`` cannot rewind them.
+    """
+
+    def __init__(self, seed: int | None) -> None:
+        # On the device Keras computes on, so the noise is drawn where the gradients are.
+        self.generator = torch.Generator(device=get_device())
+        if seed is None:
+            _entropy_seeded(self.generator)
+        else:
+            self.generator.manual_seed(seed + 1)
+        self.counts = dict.fromkeys(shared.COUNTERS, 0)
+
+
+def _rows(data: Any, start: int, stop: int) -> Any:
+    return keras.tree.map_structure(lambda t: None if t is None else t[start:stop], data)
+
+
+class TorchDPTrainer:
+    """Mixin for ``keras.Model`` subclasses on the PyTorch backend (placed first in the
+    bases): replaces ``train_step`` with the DP step."""
+
+    _dp_engine = VectorizedEngine()  # the reference engine (engine="vectorized")
+    _dp_engines = {
+        "vectorized": _dp_engine,
+        "fast": FastEngine(require=True),
+        "auto": FastEngine(require=False),
+    }
+
+    # -- state shared with the backend-neutral model ----------------------------------
+
+    def _dp_state(self) -> _StepState:
+        if self._dp_step_state is None:
+            self._dp_step_state = _StepState(self._dp_require_config().seed)
+        return self._dp_step_state
+
+    def _dp_counters(self) -> dict[str, int]:
+        """What the DP step has done, as Python ints (zeros before any training)."""
+        state = self._dp_step_state
+        if state is None:
+            return dict.fromkeys(shared.COUNTERS, 0)
+        return dict(state.counts)
+
+    def _dp_reset_segment_counters(self) -> None:
+        counts = self._dp_state().counts
+        counts["largest_batch"] = counts["largest_unit"] = 0
+
+    @property
+    def dp_engine_used(self) -> str | None:
+        """The clipping engine the last DP step used (``"fast"`` or ``"vectorized"``),
+        or ``None`` before training."""
+        used = getattr(self, "_dp_engine_used", None)
+        return None if used is None else used[0]
+
+    def make_train_function(self, force: bool = False):
+        self._dp_state()
+        super().make_train_function(force=force)
+        return self.train_function
+
+    # -- the step ---------------------------------------------------------------------
+
+    def train_step(self, data: Any) -> dict:
+        """One DP update from one logical batch (eager)."""
+        config = self._dp_require_config()
+        if isinstance(data, (tuple, list)) and len(data) == 4:
+            x, y, sample_weight, mask = data
+            rows = int(torch.as_tensor(mask).sum().item())
+            data = _rows((x, y, sample_weight), 0, rows)  # sampled rows come first
+            num_units = None  # Poisson sampling clips per example
+            poisson = True
+        else:
+            data = data_adapter_utils.unpack_x_y_sample_weight(data)
+            rows = int(keras.tree.flatten(data[0])[0].shape[0])
+            num_units = config.num_microbatches
+            poisson = False
+        divisor = shared.public_divisor(config, self._dp_expected_units, rows, poisson=poisson)
+        accumulation = config.gradient_accumulation_steps
+        chunk = rows
+        if accumulation > 1:
+            chunk = shared.chunk_rows(self._dp_chunk_size, rows, accumulation)
+        grad_sum, unit_losses, y_pred = self._dp_clipped_logical_batch(data, rows, num_units, chunk)
+        self._dp_apply(grad_sum, divisor)
+        counts = self._dp_step_state.counts
+        counts["examples"] += rows
+        counts["largest_batch"] = max(counts["largest_batch"], rows)
+        counts["largest_unit"] = max(
+            counts["largest_unit"], int(shared.unit_size(num_units, chunk, rows))
+        )
+        with torch.no_grad():
+            return shared.dp_metrics(self, data, y_pred, unit_losses, rows)
+
+    def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0) -> ClippedBatch:
+        """The engine's clipped sum for a batch at the current weights."""
+        choice = self._dp_settings.get("engine", "auto")
+        if choice == "vectorized":
+            object.__setattr__(self, "_dp_engine_used", ("vectorized", "engine='vectorized'"))
+        return self._dp_engines[choice].clipped_gradient_sum(
+            self,
+            x,
+            y,
+            sample_weight,
+            num_units=num_units,
+            l2_norm_clip=self._dp_require_config().l2_norm_clip,
+            unit_offset=unit_offset,
+        )
+
+    def _dp_clipped_logical_batch(self, data, rows, num_units, chunk):
+        """The clipped sum of one logical batch, in chunks of ``chunk`` rows when
+        accumulating; returns the summed clipped gradients, each unit's loss and the
+        outputs."""
+        if rows == 0:  # an empty Poisson draw: the update is noise alone
+            with torch.no_grad():
+                y_pred = self(data[0], training=False)
+            zeros = [
+                torch.zeros_like(v.value, dtype=torch.float32) for v in self.trainable_variables
+            ]
+            return zeros, torch.zeros((0,), device=get_device()), y_pred
+        if chunk >= rows:
+            batch = self._dp_clipped(*data, num_units=num_units)
+            return batch.grad_sum, batch.unit_losses, batch.y_pred
+        grad_sum, losses, preds = None, [], []
+        for i, start in enumerate(range(0, rows, chunk)):
+            part = _rows(data, start, min(start + chunk, rows))
+            units_before = start if num_units is None else i * num_units
+            batch = self._dp_clipped(*part, num_units=num_units, unit_offset=units_before)
+            if grad_sum is None:
+                grad_sum = batch.grad_sum
+            else:
+                grad_sum = [s + g for s, g in zip(grad_sum, batch.grad_sum, strict=True)]
+            losses.append(batch.unit_losses)
+            preds.append(batch.y_pred)
+        y_pred = keras.tree.map_structure(lambda *parts: torch.cat(parts), *preds)
+        return grad_sum, torch.cat(losses), y_pred
+
+    def _dp_apply(self, grad_sum: list, divisor: Any) -> None:
+        """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, update, count."""
+        config = self._dp_config
+        variables = self.trainable_variables
+        with torch.no_grad():
+            # g = (sum + sigma C z) / B, z ~ N(0, I): in place on fresh float32 tensors.
+            grads = [torch.as_tensor(g, dtype=torch.float32).clone() for g in grad_sum]
+            if config.noise_multiplier > 0:
+                # One draw for the whole update from the model's generator.
+                shapes = [tuple(v.shape) for v in variables]
+                flat = torch.randn(
+                    sum(math.prod(s) for s in shapes),
+                    generator=self._dp_step_state.generator,
+                    dtype=torch.float32,
+                    device=self._dp_step_state.generator.device,
+                )
+                for g, z in zip(grads, split_noise(flat, shapes), strict=True):
+                    g.add_(z, alpha=config.noise_stddev)
+            scale = 1.0 / float(divisor)
+            grads = [g.mul_(scale).to(v.value.dtype) for g, v in zip(grads, variables, strict=True)]
+            # A LossScaleOptimizer would unscale gradients we never scaled: the DP
+            # gradient is computed, clipped and noised in float32 without loss scaling.
+            optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+            with private_update():
+                optimizer.apply(grads, variables)
+        # Counted here, where the noise is added: the accountant's events are these.
+        self._dp_step_state.counts["updates"] += 1
