@@ -27,9 +27,11 @@ def _how_text(rows, n_train, n_test, delta, seconds, cpu, feature_seconds, full,
     command = "python -m keras_privacy.tutorials.fashion_mnist --table"
     command += " --full" if full else ""
     return f"""
-`{command} --report-dir DIR`: {mode} run, {len(rows)} trained models (one row per
-seed); {seconds:.0f} s wall and {cpu:.0f} s of CPU in all, of which
-{feature_seconds:.0f} s (wall) for the scattering features (less from the cache).
+    {command} --report-dir DIR
+
+{mode} run: {len(rows)} trained models (one row per seed); {seconds:.0f} s wall and
+{cpu:.0f} s of CPU in all, of which {feature_seconds:.0f} s (wall) for the scattering
+features (less when they come from the cache).
 
 Recipe (every DP row): the scattering transform of each image (J = 2, L = 8 Morlet
 wavelets: 81 channels of 7 × 7, no learned parameters), per-example group normalisation
@@ -37,8 +39,8 @@ of the channels (27 groups of 3, no learned scale), then a linear model (3,969 �
 weights and 10 biases) trained with DP-SGD: Poisson sampling with expected batch
 {table.batch_size} of N = {n_train}{updates}, per-example clipping to
 C = {table.l2_norm_clip:g}, Gaussian noise σC per update, SGD with momentum 0.9 and learning
-rate {table.learning_rate:g}, {table.epochs} epochs, and an exponential moving average of
-the weights (momentum {ema}) as the final model. σ is planned with
+rate {table.learning_rate:g}, {table.epochs} epochs; exponential moving average of the
+weights: {ema}. σ is planned with
 `kp.compute_noise_multiplier` for the updates `fit` makes at the target ε (δ = {delta:g},
 PLD accountant); the ε column is the accountant's value for the updates actually made.
 The non-private row trains the same model on the same features without clipping or noise
@@ -56,10 +58,10 @@ def _privacy_text(n_train: int, n_test: int) -> str:
   pipeline would) would release those statistics outside ε; a DP pipeline would have to
   estimate them with noise and compose that with the training's ε.
 - **Hyperparameters.** The recipe's batch, learning rate, C, epochs and EMA were chosen by
-  a small search at ε = 3 measured on the test set, as in the published results compared
-  below. That search is not accounted for in ε (the published numbers do not account for
-  it either); a strict pipeline would tune on public or held-out data, or account for the
-  search (Papernot & Steinke, ICLR 2022).
+  a small search at ε = 3 measured on the test set, the usual practice of the published
+  results quoted above. That search is not accounted for in ε; a strict pipeline would
+  tune on public or held-out data, or account for the search (Papernot & Steinke, ICLR
+  2022).
 - **Membership inference:** {n_train} members against {n_test} non-members; an attack
   that knows nothing scores AUC 0.5 ± {halfwidth:.3f} (95%) on sets of this size. A
   linear model on fixed features leaks little that these attacks see even without DP;
