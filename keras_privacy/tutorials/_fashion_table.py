@@ -135,7 +135,7 @@ def run(args) -> int:
         )
     if args.table_batch_size:
         table = dataclasses.replace(table, batch_size=args.table_batch_size)
-    seeds = args.seeds or (2 if args.full else 1)
+    seeds = args.seeds or 1
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     n = len(x_train)
     print("keras-privacy: Fashion-MNIST privacy-utility table (ScatterNet + DP-SGD linear)")

@@ -13,7 +13,7 @@ the recipe of :mod:`keras_privacy.tutorials._fashion_table` (scattering-transfor
 features + a DP-SGD linear model, large batches, many epochs), beside the same
 model trained without DP; writes ``report.md``, ``results.json`` and PNG plots (test
 accuracy and membership-inference AUC vs epsilon) to ``--report-dir``. The quick default
-takes a few minutes; ``--full`` is the published-quality run (2 seeds per row).
+takes a few minutes; ``--full`` is the published-quality run (160 epochs).
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     table = parser.add_argument_group("the privacy-utility table (--table)")
     table.add_argument("--table", action="store_true", help="ScatterNet + DP linear, ε table")
     table.add_argument("--report-dir", default="fashion_mnist_report", help="report folder")
-    table.add_argument("--full", action="store_true", help="published-quality run, 2 seeds")
+    table.add_argument("--full", action="store_true", help="published-quality run (160 epochs)")
     table.add_argument(
         "--targets", type=float, nargs="+", default=[1.0, 2.0, 3.0, 8.0], help="target ε"
     )
-    table.add_argument("--seeds", type=int, default=None, help="seeds per row (1; 2 --full)")
+    table.add_argument("--seeds", type=int, default=None, help="seeds per row (default 1)")
     table.add_argument("--table-epochs", type=int, default=None, help="override the epochs")
     table.add_argument("--table-batch-size", type=int, default=None, help="override the batch")
     table.add_argument(
