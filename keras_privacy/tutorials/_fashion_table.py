@@ -14,7 +14,8 @@ features (or much more data)"):
    statistics of the training set would need its own share of the budget).
 3. A linear model (3,969 x 10 weights + 10 biases) trained with DP-SGD: very large
    Poisson-sampled batches (8,192 of 60,000), a large learning rate, a small clip norm,
-   SGD with momentum, and many epochs (160 with ``--full``). An exponential moving average
+   SGD with momentum, and many epochs at epsilon = 3 (160 with ``--full``), fewer at
+   smaller epsilon (:meth:`TableRecipe.epochs_for`). An exponential moving average
    of the weights (``TableRecipe.ema``; post-processing, free) did not help here.
 
 Each target epsilon gets sigma planned for exactly the updates ``fit`` makes
@@ -41,7 +42,11 @@ _CACHE_VERSION = "scattering-v1"
 
 @dataclasses.dataclass(frozen=True)
 class TableRecipe:
-    """DP-SGD settings of the table's linear model (one per mode)."""
+    """DP-SGD settings of the table's linear model (one per mode).
+
+    ``epochs`` is the number of epochs at epsilon = 3; :meth:`epochs_for` gives fewer at
+    smaller epsilon (see there).
+    """
 
     batch_size: int
     epochs: int
@@ -51,6 +56,18 @@ class TableRecipe:
     nonprivate_batch_size: int
     nonprivate_learning_rate: float
     nonprivate_epochs: int
+    min_epochs: int = 20
+
+    def epochs_for(self, target_epsilon: float) -> int:
+        """Epochs at ``target_epsilon``: ``epochs * (target / 3)^2`` rounded to tens, within
+        [min_epochs, epochs].
+
+        At a fixed epsilon each extra update needs more noise (sigma grows about like the
+        square root of the number of updates); the useful number of updates grows about
+        like epsilon^2. At epsilon = 1, 160 epochs gave 86.7% against 88.0% for 20.
+        """
+        scaled = round(self.epochs * (target_epsilon / 3.0) ** 2 / 10) * 10
+        return int(min(self.epochs, max(self.min_epochs, scaled)))
 
 
 QUICK = TableRecipe(8192, 20, 8.0, 0.1, None, 256, 0.01, 20)
@@ -131,7 +148,10 @@ def run(args) -> int:
     table = FULL if args.full else QUICK
     if args.table_epochs:
         table = dataclasses.replace(
-            table, epochs=args.table_epochs, nonprivate_epochs=args.table_epochs
+            table,
+            epochs=args.table_epochs,
+            nonprivate_epochs=args.table_epochs,
+            min_epochs=args.table_epochs,
         )
     if args.table_batch_size:
         table = dataclasses.replace(table, batch_size=args.table_batch_size)
@@ -157,13 +177,13 @@ def run(args) -> int:
         return {"test accuracy": float(np.mean(np.argmax(logits, axis=1) == y_test))}
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    private = Recipe(
-        table.batch_size,
-        table.epochs,
-        table.learning_rate,
-        table.l2_norm_clip,
-        ema=table.ema,
-    )
+
+    def private(target: float) -> Recipe:
+        epochs = table.epochs_for(target)
+        return Recipe(
+            table.batch_size, epochs, table.learning_rate, table.l2_norm_clip, ema=table.ema
+        )
+
     nonprivate = Recipe(
         table.nonprivate_batch_size,
         table.nonprivate_epochs,
@@ -174,7 +194,7 @@ def run(args) -> int:
     rows = []
     for target in [None, *args.targets]:
         for seed in range(seeds):
-            recipe = nonprivate if target is None else private
+            recipe = nonprivate if target is None else private(target)
             rows.append(
                 train_at_target(
                     MODEL_NAME,

@@ -39,8 +39,9 @@ of the channels (27 groups of 3, no learned scale), then a linear model (3,969 �
 weights and 10 biases) trained with DP-SGD: Poisson sampling with expected batch
 {table.batch_size} of N = {n_train}{updates}, per-example clipping to
 C = {table.l2_norm_clip:g}, Gaussian noise σC per update, SGD with momentum 0.9 and learning
-rate {table.learning_rate:g}, {table.epochs} epochs; exponential moving average of the
-weights: {ema}. σ is planned with
+rate {table.learning_rate:g}, {table.epochs} epochs at ε = 3 and ε·ε/9 as many at smaller ε
+(rounded to tens, at least {table.min_epochs}: the epochs column); exponential moving
+average of the weights: {ema}. σ is planned with
 `kp.compute_noise_multiplier` for the updates `fit` makes at the target ε (δ = {delta:g},
 PLD accountant); the ε column is the accountant's value for the updates actually made.
 The non-private row trains the same model on the same features without clipping or noise
