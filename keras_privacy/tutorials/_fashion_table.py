@@ -100,7 +100,7 @@ def scattering_features(
         digest.update(f"{_CACHE_VERSION} J={J} L={L}".encode())
         path = Path(cache_dir) / f"scattering_{digest.hexdigest()[:24]}.npy"
         if path.is_file():
-            features = np.load(path)
+            features = np.load(path, mmap_mode="r")
             if features.shape[0] == len(images):
                 return features
     features = Scattering2D(J=J, L=L, size=images.shape[1])(images)
@@ -112,11 +112,19 @@ def scattering_features(
     return features
 
 
-def prepare(features: np.ndarray, groups: int = GROUPS) -> np.ndarray:
-    """Group-normalise each example's channels and flatten: (n, channels * h * w)."""
+def prepare(features: np.ndarray, groups: int = GROUPS, chunk: int = 5000) -> np.ndarray:
+    """Group-normalise each example's channels and flatten: (n, channels * h * w).
+
+    Done in chunks of examples (each example is normalised alone, so the result is the
+    same) to keep the peak memory near one copy of the features.
+    """
     from keras_privacy.tutorials._scattering import group_normalize
 
-    return group_normalize(features, groups).reshape(len(features), -1)
+    out = np.empty((len(features), int(np.prod(features.shape[1:]))), dtype=np.float32)
+    for start in range(0, len(features), chunk):
+        part = np.asarray(features[start : start + chunk])
+        out[start : start + chunk] = group_normalize(part, groups).reshape(len(part), -1)
+    return out
 
 
 def linear_model(dimension: int):

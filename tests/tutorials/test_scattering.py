@@ -101,3 +101,19 @@ def test_group_normalize_uses_each_example_alone():
     np.testing.assert_array_equal(alone, normal)
     with pytest.raises(ValueError):
         group_normalize(features, 10)
+
+
+def test_features_are_cached_by_content_and_prepared_in_chunks(tmp_path):
+    from keras_privacy.tutorials import _fashion_table
+
+    x = _images(6, seed=4)
+    first = _fashion_table.scattering_features(x, tmp_path)
+    assert len(list(tmp_path.glob("scattering_*.npy"))) == 1
+    again = _fashion_table.scattering_features(x, tmp_path)  # read back from the cache
+    np.testing.assert_array_equal(np.asarray(again), first)
+    _fashion_table.scattering_features(x[:3], tmp_path)  # other images: another file
+    assert len(list(tmp_path.glob("scattering_*.npy"))) == 2
+    whole = _fashion_table.prepare(first, chunk=100)
+    np.testing.assert_array_equal(_fashion_table.prepare(first, chunk=4), whole)
+    assert whole.shape == (6, 81 * 7 * 7)
+    np.testing.assert_allclose(whole, group_normalize(first, 27).reshape(6, -1), rtol=1e-6)
