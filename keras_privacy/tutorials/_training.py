@@ -49,7 +49,10 @@ __all__ = [
 class Recipe:
     """Training settings shared by the private and the non-private run of a model.
 
-    ``optimizer`` is "sgd" (with ``momentum``) or "adam".
+    ``optimizer`` is "sgd" (with ``momentum``) or "adam". ``ema``: when set, the model
+    keeps an exponential moving average of its weights, w_ema <- ema * w_ema + (1 - ema) * w
+    after every update, and ends ``fit`` with the average as its weights (Keras's
+    ``use_ema``). Averaging DP-SGD's iterates is post-processing: it costs no privacy.
     """
 
     batch_size: int
@@ -58,11 +61,15 @@ class Recipe:
     l2_norm_clip: float
     optimizer: str = "sgd"
     momentum: float = 0.9
+    ema: float | None = None
 
     def make_optimizer(self) -> keras.optimizers.Optimizer:
+        average = {}
+        if self.ema is not None:
+            average = {"use_ema": True, "ema_momentum": self.ema, "ema_overwrite_frequency": None}
         if self.optimizer == "adam":
-            return keras.optimizers.Adam(self.learning_rate)
-        return keras.optimizers.SGD(self.learning_rate, momentum=self.momentum)
+            return keras.optimizers.Adam(self.learning_rate, **average)
+        return keras.optimizers.SGD(self.learning_rate, momentum=self.momentum, **average)
 
 
 def updates_per_epoch(number_of_examples: int, batch_size: int) -> int:

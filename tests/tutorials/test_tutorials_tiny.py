@@ -62,3 +62,38 @@ def test_text_tutorial_writes_a_report_with_exposures(tmp_path, capsys):
             assert 0.0 <= float(row[key]) <= 13.29
     assert 0 < float(body[1]["ε"]) <= 2.0
     assert (tmp_path / "test_accuracy_vs_epsilon.png").stat().st_size > 5000
+
+
+def test_fashion_mnist_table_writes_a_report_with_measured_numbers(tmp_path, capsys):
+    from keras_privacy.datasets import FASHION_MNIST_DIR
+    from keras_privacy.tutorials import fashion_mnist
+
+    if not FASHION_MNIST_DIR.exists():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    cache = tmp_path / "cache"
+    argv = ["--table", "--report-dir", str(tmp_path / "report"), "--cache-dir", str(cache)]
+    argv += ["--train-examples", "1000", "--test-examples", "500", "--targets", "3"]
+    argv += ["--table-epochs", "2", "--table-batch-size", "250", "--noise-seed", "0"]
+    assert fashion_mnist.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "scattering features 3969 per image" in out
+    assert re.search(r"ε≤3: epoch\s+2/2\s+ε\s+\d\.\d+\s+val_accuracy 0\.\d+", out)
+    assert len(list(cache.glob("scattering_*.npy"))) == 2  # training and test images
+    report = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    rows = _table_rows(report)
+    body = [dict(zip(rows[0], row, strict=True)) for row in rows[1:3]]
+    assert [(r["model"], r["target ε"]) for r in body] == [
+        ("ScatterNet + linear", "non-private"),
+        ("ScatterNet + linear", "3"),
+    ]
+    for row in body:
+        assert 0.3 < float(row["test accuracy"]) <= 1.0  # 10 classes: chance is 0.1
+        assert 0.3 < float(row["MIA AUC"]) < 0.8
+    private = body[1]
+    assert 0 < float(private["ε"]) <= 3.0 and float(private["σ"]) > 0
+    assert (private["C"], private["batch"], private["epochs"]) == ("0.1", "250", "2")
+    assert (tmp_path / "report" / "test_accuracy_vs_epsilon.png").stat().st_size > 5000
+    assert "Tramèr & Boneh" in report
+    # the second run reads the cached features
+    assert fashion_mnist.main([*argv, "--targets", "8"]) == 0
+    assert len(list(cache.glob("scattering_*.npy"))) == 2
