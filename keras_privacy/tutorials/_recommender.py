@@ -81,13 +81,19 @@ def ranking_metrics(model: keras.Model, data: Interactions) -> dict[str, float]:
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One row's training. ``user_cap``: None = every rating and example-level ε; k = at
-    most k ratings per user and user-level ε (``max_examples_per_user=k``)."""
+    most k ratings per user and user-level ε (``max_examples_per_user=k``).
+
+    ``learning_rate`` None (DP rows only) means "scaled to the noise": lr = ``noise_step``
+    x B / σ, so that the noise moves each coordinate by about the same amount per update,
+    lr σC / B, whatever ε is (σ is public, so this choice costs no privacy).
+    """
 
     name: str
     target_epsilon: float | None
     batch_size: int
     epochs: int
-    learning_rate: float
+    learning_rate: float | None
+    noise_step: float = 0.002
     l2_norm_clip: float = 1.0
     user_cap: int | None = None
     negatives: int = 16
@@ -95,12 +101,17 @@ class Setting:
     optimizer: str = "sgd"
     weight_decay: float | None = None
 
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
+    def learning_rate_for(self, sigma: float) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        if sigma <= 0:
+            raise ValueError(f"{self.name}: a noise-scaled learning rate needs DP (σ > 0)")
+        return float(f"{self.noise_step * self.batch_size / sigma:.3g}")
+
+    def make_optimizer(self, learning_rate: float) -> keras.optimizers.Optimizer:
         if self.optimizer == "adam":
-            return keras.optimizers.Adam(self.learning_rate, weight_decay=self.weight_decay)
-        return keras.optimizers.SGD(
-            self.learning_rate, momentum=0.9, weight_decay=self.weight_decay
-        )
+            return keras.optimizers.Adam(learning_rate, weight_decay=self.weight_decay)
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, weight_decay=self.weight_decay)
 
 
 class _EpsilonSoFar(keras.callbacks.Callback):
@@ -209,8 +220,9 @@ def train_one(
     private = setting.target_epsilon is not None
     label = setting.name + (f" ε≤{setting.target_epsilon:g}" if private else " non-private")
     callbacks.append(EpochLines(label, setting.epochs, "HR@10", every))
+    learning_rate = setting.learning_rate_for(sigma)
     trained.compile(
-        optimizer=setting.make_optimizer(),
+        optimizer=setting.make_optimizer(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     start = time.perf_counter()
@@ -231,7 +243,7 @@ def train_one(
         l2_norm_clip=setting.l2_norm_clip if private else None,
         batch_size=batch,
         epochs=setting.epochs,
-        learning_rate=setting.learning_rate,
+        learning_rate=learning_rate,
         accountant="pld" if private else "—",
         metrics=ranking_metrics(model, data),
         mia_auc=membership_auc(score_matrix(model), members, non_members, seed),
