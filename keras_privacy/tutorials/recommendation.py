@@ -128,14 +128,19 @@ def main(argv: list[str] | None = None) -> int:
             noise_seed = None if args.noise_seed is None else args.noise_seed + seed
             ablation.append(train_one(setting, data, args.delta, seed, noise_seed))
     elapsed, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    try:
+        notes = _recommendation_notes.sections(
+            rows, data, args, elapsed, cpu_seconds, len(ablation)
+        )
+    except Exception as error:  # keep the measured rows even if a note fails
+        print(f"warning: the report's notes failed: {error!r}", file=sys.stderr)
+        notes = [("Notes", f"The notes could not be computed: `{error!r}`.")]
     path = write_report(
         args.report_dir,
         "DP-SGD for a recommender: MovieLens ratings",
         rows,
         "HR@10",
-        sections=_recommendation_notes.sections(
-            rows, data, args, elapsed, cpu_seconds, len(ablation)
-        ),
+        sections=notes,
         extra_tables=[("Ablation at ε = 4 (compare the MF ε = 4 row above)", ablation)]
         if ablation
         else [],
