@@ -15,7 +15,10 @@ R itself; PyPI's recommender libraries (scikit-surprise, lightfm, cornac, recomm
 The task is implicit feedback, as in most recommender benchmarks: a rating, whatever its
 value, means the user watched the movie. Leave-one-out split: each user's latest rating
 (largest timestamp; ties broken by the larger row number) is the held-out test item, the
-others are training interactions.
+others are training interactions, except one more rating per user, drawn at random among
+the earlier ones, held out as well: the non-members of the membership-inference test,
+from the same distribution as the training ratings (the latest ratings are not: they
+favour newer, less-rated movies, which an attack can tell apart without any memorisation).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class Interactions:
       test_items: the held-out item of each user (index = user id), int32.
       num_users, num_items: table sizes.
       titles: the title of each item id.
+      mia_items: a random earlier rating of each user, held out of training too (the
+        membership-inference non-members), or None.
     """
 
     train_users: np.ndarray
@@ -45,6 +50,7 @@ class Interactions:
     num_users: int
     num_items: int
     titles: tuple[str, ...]
+    mia_items: np.ndarray | None = None
 
     @property
     def num_train(self) -> int:
@@ -80,8 +86,10 @@ def load_ratings():
     return frame
 
 
-def leave_one_out(frame) -> Interactions:
-    """Dense ids and the leave-one-out split (each user's latest rating held out)."""
+def leave_one_out(frame, seed: int = 0) -> Interactions:
+    """Dense ids and the leave-one-out split: each user's latest rating held out for the
+    ranking test, and one random earlier rating per user held out for membership inference
+    (``seed`` picks it)."""
     users, user_ids = np.unique(frame["userId"].to_numpy(), return_inverse=True)
     items, item_ids = np.unique(frame["movieId"].to_numpy(), return_inverse=True)
     titles_by_movie = dict(zip(frame["movieId"], frame["title"], strict=True))
@@ -93,7 +101,15 @@ def leave_one_out(frame) -> Interactions:
     held_out = order[last]
     test_items = np.empty(len(users), dtype=np.int32)
     test_items[user_ids[held_out]] = item_ids[held_out]
-    train = np.sort(order[~last])
+    earlier = order[~last]  # still grouped by user
+    key = np.random.default_rng(seed).random(len(earlier))
+    by_user_random = earlier[np.lexsort((key, user_ids[earlier]))]
+    first = np.ones(len(by_user_random), dtype=bool)
+    first[1:] = user_ids[by_user_random][1:] != user_ids[by_user_random][:-1]
+    mia = by_user_random[first]
+    mia_items = np.empty(len(users), dtype=np.int32)
+    mia_items[user_ids[mia]] = item_ids[mia]
+    train = np.sort(by_user_random[~first])
     return Interactions(
         train_users=user_ids[train].astype(np.int32),
         train_items=item_ids[train].astype(np.int32),
@@ -101,6 +117,7 @@ def leave_one_out(frame) -> Interactions:
         num_users=len(users),
         num_items=len(items),
         titles=tuple(str(titles_by_movie[m]) for m in items),
+        mia_items=mia_items,
     )
 
 
@@ -140,7 +157,8 @@ def sampled_examples(
 
 
 def rank_of_held_out(scores: np.ndarray, data: Interactions) -> np.ndarray:
-    """1-based rank of each user's held-out item among all items the user did not train on.
+    """1-based rank of each user's held-out item among all items the user did not rate
+    (in training, or as the membership-inference holdout).
 
     ``scores`` is (users, items). Items in the user's training interactions are excluded
     (a recommender does not recommend what the user already rated); ties count against the
@@ -150,6 +168,8 @@ def rank_of_held_out(scores: np.ndarray, data: Interactions) -> np.ndarray:
     scores = np.array(scores, dtype=np.float64, copy=True)
     scores[data.train_users, data.train_items] = -np.inf
     users = np.arange(data.num_users)
+    if data.mia_items is not None:  # rated too: not a candidate either
+        scores[users, data.mia_items] = -np.inf
     target = scores[users, data.test_items]
     scores[users, data.test_items] = -np.inf
     return 1 + np.sum(scores >= target[:, None], axis=1)

@@ -148,20 +148,19 @@ class _RankingLog(keras.callbacks.Callback):
 
 
 def membership_sets(data: Interactions, negatives: int, seed: int):
-    """Members: one random training rating per user; non-members: each user's held-out
-    rating; both in the training input format, with fresh random negatives."""
+    """Members: one random training rating per user; non-members: each user's
+    membership-inference holdout (a random earlier rating, never trained on); both in the
+    training input format, with fresh random negatives."""
     rng = np.random.default_rng(seed + 1000)
     order = rng.permutation(data.num_train)
     users_in_order = data.train_users[order]
-    _, first = np.unique(users_in_order, return_index=True)
+    users, first = np.unique(users_in_order, return_index=True)
     chosen = order[first]
     members = sampled_examples(
         data.train_users[chosen], data.train_items[chosen], data.num_items, negatives, seed + 1
     )
-    held_out_users = np.unique(users_in_order)
-    non_members = sampled_examples(
-        held_out_users, data.test_items[held_out_users], data.num_items, negatives, seed + 2
-    )
+    held_out = data.mia_items if data.mia_items is not None else data.test_items
+    non_members = sampled_examples(users, held_out[users], data.num_items, negatives, seed + 2)
     return members, non_members
 
 

