@@ -8,6 +8,9 @@ framework.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import Any
 
 __version__ = "0.1.0.dev0"
@@ -38,6 +41,41 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
+
+
+def _register_serializable_classes() -> None:
+    """Register the DP models, optimizers and losses with Keras's serialization (importing
+    ``keras_privacy.training`` does it), so that ``keras.models.load_model`` finds a saved
+    DP model's classes after a plain ``import keras_privacy``."""
+    importlib.import_module("keras_privacy.training")
+
+
+class _AfterKerasImport(importlib.abc.MetaPathFinder):
+    """Registers the classes right after Keras is imported, for ``import keras_privacy``
+    before ``import keras``; accounting-only use never imports Keras."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        keras_exec_module = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            keras_exec_module(module)
+            _register_serializable_classes()
+
+        loader.exec_module = exec_module
+        return spec
+
+
+if "keras" in sys.modules:
+    _register_serializable_classes()
+else:
+    sys.meta_path.insert(0, _AfterKerasImport())
 
 
 def __getattr__(name: str) -> Any:

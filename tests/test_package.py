@@ -24,6 +24,32 @@ def test_importing_the_package_imports_no_framework():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+@pytest.mark.parametrize("first", ["keras_privacy", "keras"])
+def test_keras_load_model_finds_the_dp_classes_after_a_plain_import(first, tmp_path):
+    """``keras.models.load_model`` of a saved DP model needs only ``import keras_privacy``,
+    before or after ``import keras`` (the classes register when Keras is imported)."""
+    import keras
+
+    import keras_privacy as kp
+
+    model = kp.make_private(
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]),
+        l2_norm_clip=1.0,
+        noise_multiplier=1.0,
+    )
+    model.compile(optimizer="sgd", loss=keras.losses.MeanSquaredError())
+    path = tmp_path / "private.keras"
+    model.save(path)
+    second = "keras" if first == "keras_privacy" else "keras_privacy"
+    code = (
+        f"import {first}, {second}, keras;"
+        f"m = keras.models.load_model({str(path)!r});"
+        "assert type(m).__name__ == 'PrivateModel', type(m);"
+        "assert m.dp_config.noise_multiplier == 1.0"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=os.environ)
+
+
 def _write_idx(path, array):
     codes = {np.dtype("uint8"): 0x08}
     header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
