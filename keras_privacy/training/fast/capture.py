@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from keras.src.trainers.trainer import Trainer
 
 from keras_privacy.training.checks import _all_layers
+from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.guard import batch_mixing_reason
 from keras_privacy.training.fast.rules import NotExact, RuleCall, rule_for
 
@@ -112,3 +114,34 @@ def record_engine(model: Any, engine: str, reason: str | None) -> None:
             f"(exact, slower), because the fast engine cannot be exact for it: {reason}.",
             stacklevel=2,
         )
+
+
+def fast_or_fallback(
+    model: Any,
+    require: bool,
+    fast: Callable[[], Any],
+    fallback: Callable[[], Any],
+    record: Callable[[Any, str, str | None], None] = record_engine,
+) -> Any:
+    """The engine choice, the same on every backend: ``fast()`` where the fast engine is
+    exact for ``model`` (no static reason against it, and no rule raises
+    :class:`NotExact`); otherwise a :class:`PrivacyError` for ``engine="fast"``
+    (``require``) or ``fallback()`` (the vectorized engine) for ``engine="auto"``.
+    ``record`` says which engine trains the model, once."""
+    reason = _static_reason(model)
+    if reason is None:
+        try:
+            result = fast()
+        except NotExact as error:
+            reason = str(error)
+        else:
+            record(model, "fast", None)
+            return result
+    if require:
+        raise PrivacyError(
+            f"engine='fast' cannot train {model.name!r} exactly: {reason}. Use "
+            "engine='auto' (falls back to the exact vectorized engine) or "
+            "engine='vectorized'."
+        )
+    record(model, "vectorized", reason)
+    return fallback()

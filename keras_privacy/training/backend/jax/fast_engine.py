@@ -31,14 +31,12 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 from keras_privacy.training.backend.jax.engine import VectorizedEngine, _to_units
 from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import ClippedBatch
-from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import units as fast_units
 from keras_privacy.training.fast.capture import (
     _Capture,
     _check_exact,
-    _static_reason,
-    record_engine,
+    fast_or_fallback,
 )
 from keras_privacy.training.fast.matmul_rules import ConvRule
 from keras_privacy.training.fast.rules import _RULES, NotExact, RuleCall, register_rule
@@ -112,41 +110,30 @@ class FastEngine:
         unit_mask: Any = None,
     ) -> tuple[ClippedBatch, list]:
         """As :meth:`VectorizedEngine.clipped_gradient_sum`."""
-        reason = _static_reason(model)
-        if reason is None:
-            try:
-                result = self._fast(
-                    model,
-                    trainable_values,
-                    non_trainable_values,
-                    (x, y, sample_weight),
-                    num_units,
-                    l2_norm_clip,
-                    unit_mask,
-                )
-            except NotExact as error:
-                reason = str(error)
-            else:
-                record_engine(model, "fast", None)
-                return result
-        if self.require:
-            raise PrivacyError(
-                f"engine='fast' cannot train {model.name!r} exactly: {reason}. Use "
-                "engine='auto' (falls back to the exact vectorized engine) or "
-                "engine='vectorized'."
-            )
-        record_engine(model, "vectorized", reason)
-        return self.fallback.clipped_gradient_sum(
+        return fast_or_fallback(
             model,
-            trainable_values,
-            non_trainable_values,
-            x,
-            y,
-            sample_weight,
-            num_units=num_units,
-            l2_norm_clip=l2_norm_clip,
-            unit_offset=unit_offset,
-            unit_mask=unit_mask,
+            self.require,
+            lambda: self._fast(
+                model,
+                trainable_values,
+                non_trainable_values,
+                (x, y, sample_weight),
+                num_units,
+                l2_norm_clip,
+                unit_mask,
+            ),
+            lambda: self.fallback.clipped_gradient_sum(
+                model,
+                trainable_values,
+                non_trainable_values,
+                x,
+                y,
+                sample_weight,
+                num_units=num_units,
+                l2_norm_clip=l2_norm_clip,
+                unit_offset=unit_offset,
+                unit_mask=unit_mask,
+            ),
         )
 
     def _fast(self, model, trainable_values, non_trainable_values, data, num_units, clip, mask):

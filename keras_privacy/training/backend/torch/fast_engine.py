@@ -24,14 +24,12 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 from keras_privacy.training.backend.torch.engine import VectorizedEngine, to_units
 from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import ClippedBatch
-from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import units as fast_units
 from keras_privacy.training.fast.capture import (
     _Capture,
     _check_exact,
-    _static_reason,
-    record_engine,
+    fast_or_fallback,
 )
 from keras_privacy.training.fast.rules import NotExact
 from keras_privacy.training.fast.units import Units
@@ -138,30 +136,19 @@ class FastEngine:
         unit_offset: int = 0,
     ) -> ClippedBatch:
         """As :meth:`VectorizedEngine.clipped_gradient_sum`."""
-        reason = _static_reason(model)
-        if reason is None:
-            try:
-                batch = self._fast(model, x, y, sample_weight, num_units, l2_norm_clip)
-            except NotExact as error:
-                reason = str(error)
-            else:
-                record_engine(model, "fast", None)
-                return batch
-        if self.require:
-            raise PrivacyError(
-                f"engine='fast' cannot train {model.name!r} exactly: {reason}. Use "
-                "engine='auto' (falls back to the exact vectorized engine) or "
-                "engine='vectorized'."
-            )
-        record_engine(model, "vectorized", reason)
-        return self.fallback.clipped_gradient_sum(
+        return fast_or_fallback(
             model,
-            x,
-            y,
-            sample_weight,
-            num_units=num_units,
-            l2_norm_clip=l2_norm_clip,
-            unit_offset=unit_offset,
+            self.require,
+            lambda: self._fast(model, x, y, sample_weight, num_units, l2_norm_clip),
+            lambda: self.fallback.clipped_gradient_sum(
+                model,
+                x,
+                y,
+                sample_weight,
+                num_units=num_units,
+                l2_norm_clip=l2_norm_clip,
+                unit_offset=unit_offset,
+            ),
         )
 
     def _fast(self, model, x, y, sample_weight, num_units, l2_norm_clip) -> ClippedBatch:
