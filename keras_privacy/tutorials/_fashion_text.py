@@ -27,7 +27,7 @@ def _how_text(rows, n_train, n_test, delta, seconds, cpu, feature_seconds, full,
     command = "python -m keras_privacy.tutorials.fashion_mnist --table"
     command += " --full" if full else ""
     return f"""
-    {command} --report-dir DIR
+`{command} --report-dir DIR`
 
 {mode} run: {len(rows)} trained models (one row per seed); {seconds:.0f} s wall and
 {cpu:.0f} s of CPU in all, of which {feature_seconds:.0f} s (wall) for the scattering
