@@ -17,6 +17,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
+import keras
+from keras.src.backend.common.stateless_scope import StatelessScope
+
+from keras_privacy.training.errors import PrivacyError
+
 
 @dataclasses.dataclass
 class ClippedBatch:
@@ -62,3 +67,49 @@ class ClippingEngine(Protocol):
           random layers (dropout) give every unit its own randomness.
         """
         ...
+
+
+def unit_forward(
+    model: Any,
+    mapping: list,
+    data: Any,
+    unit_leaves: list,
+    seeds: set[int],
+    stateful_updates: list[str],
+) -> tuple[Any, Any, list, list]:
+    """One clipping unit's training-mode forward pass and loss, stateless (the body that
+    the JAX and PyTorch vectorized engines map over units).
+
+    ``mapping`` gives every variable's value for this unit; ``data`` is the batch's
+    ``(x, y, sample_weight)`` structure and ``unit_leaves`` this unit's non-``None``
+    leaves of it, in order. Returns the loss (unreduced), the outputs and the
+    non-trainable values before and after the pass. A non-trainable variable that the
+    pass changed and that is not a random layer's seed state (``seeds``: ids) is
+    appended to ``stateful_updates`` (see :func:`refuse_state_updates`).
+    """
+    it = iter(unit_leaves)
+    x_u, y_u, sw_u = keras.tree.map_structure(lambda t: None if t is None else next(it), data)
+    training = {"training": True} if model._call_has_training_arg else {}
+    non_trainable = model.non_trainable_variables
+    with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+        before = [scope.get_current_value(v) for v in non_trainable]
+        y_pred = model(x_u, **training)
+        loss = model._compute_loss(x=x_u, y=y_u, y_pred=y_pred, sample_weight=sw_u, training=True)
+        after = [scope.get_current_value(v) for v in non_trainable]
+    for var, old, new in zip(non_trainable, before, after, strict=True):
+        if id(var) not in seeds and new is not old:
+            stateful_updates.append(var.path)
+    return loss, y_pred, before, after
+
+
+def refuse_state_updates(stateful_updates: list[str]) -> None:
+    """Raise :class:`PrivacyError` if a training-mode forward pass updated non-trainable
+    state (moving averages, counters): that state is computed from the training data
+    and DP-SGD does not privatize it."""
+    if stateful_updates:
+        raise PrivacyError(
+            "These non-trainable variables are updated in a training-mode forward pass: "
+            f"{sorted(set(stateful_updates))}. DP-SGD only privatizes gradients, so state "
+            "computed from the training data (moving averages, counters) would leak it. "
+            "Freeze those layers (layer.trainable = False) or replace them."
+        )

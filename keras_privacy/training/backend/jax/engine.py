@@ -12,11 +12,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import keras
-from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training import clipping
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.engine import ClippedBatch, refuse_state_updates, unit_forward
 from keras_privacy.training.errors import PrivacyError
 
 # Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
@@ -116,17 +115,12 @@ class VectorizedEngine:
         count = unit_leaves[0].shape[0]
         unit_index = jnp.arange(count, dtype="uint32") + jnp.asarray(unit_offset, "uint32")
         stateful_updates: list[str] = []
-        training = {"training": True} if model._call_has_training_arg else {}
         # The compiled loss updates its per-output loss trackers; per unit those updates
         # are discarded (the trainer logs metrics once per batch), so they get scratch
         # values (Keras's fit detaches the real ones from the variables while training).
         scratch_metrics = [(v, jnp.zeros(v.shape, v.dtype)) for v in model.metrics_variables]
 
         def unit_loss(train_values, leaves_u, index):
-            it = iter(leaves_u)
-            x_u, y_u, sw_u = keras.tree.map_structure(
-                lambda t: None if t is None else next(it), data
-            )
             unit_non_trainable = [
                 value + (index * _SEED_STRIDE).astype(value.dtype) * jnp.array([1, 0], value.dtype)
                 if id(var) in seeds
@@ -138,16 +132,9 @@ class VectorizedEngine:
                 + list(zip(non_trainable, unit_non_trainable, strict=True))
                 + scratch_metrics
             )
-            with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-                before = [scope.get_current_value(v) for v in non_trainable]
-                y_pred = model(x_u, **training)
-                loss = model._compute_loss(
-                    x=x_u, y=y_u, y_pred=y_pred, sample_weight=sw_u, training=True
-                )
-                after = [scope.get_current_value(v) for v in non_trainable]
-            for var, old, new in zip(non_trainable, before, after, strict=True):
-                if id(var) not in seeds and new is not old:
-                    stateful_updates.append(var.path)
+            loss, y_pred, before, after = unit_forward(
+                model, mapping, data, leaves_u, seeds, stateful_updates
+            )
             seed_advance = [
                 new - old
                 for var, old, new in zip(non_trainable, before, after, strict=True)
@@ -160,13 +147,7 @@ class VectorizedEngine:
         grads, (unit_losses, y_pred, seed_advance) = jax.vmap(grad_fn, in_axes=(None, 0, 0))(
             list(trainable_values), unit_leaves, unit_index
         )
-        if stateful_updates:
-            raise PrivacyError(
-                "These non-trainable variables are updated in a training-mode forward pass: "
-                f"{sorted(set(stateful_updates))}. DP-SGD only privatizes gradients, so state "
-                "computed from the training data (moving averages, counters) would leak it. "
-                "Freeze those layers (layer.trainable = False) or replace them."
-            )
+        refuse_state_updates(stateful_updates)
         grads = [jnp.asarray(g, "float32") for g in grads]
         # Random layers: advance the real seed state once, as one plain call would.
         advances = iter(seed_advance)

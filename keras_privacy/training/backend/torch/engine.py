@@ -16,12 +16,11 @@ from typing import Any
 
 import keras
 import torch
-from keras.src.backend.common.stateless_scope import StatelessScope
 from keras.src.backend.torch import nn as torch_nn
 
 from keras_privacy.training import clipping
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.engine import ClippedBatch, refuse_state_updates, unit_forward
 from keras_privacy.training.errors import PrivacyError
 
 # Spreads the seeds of seeded random layers over the chunks of a logical batch: the chunk
@@ -127,32 +126,20 @@ class VectorizedEngine:
         data = (x, y, sample_weight)
         leaves = [t for t in keras.tree.flatten(data) if t is not None]
         unit_leaves = [to_units(t, num_units) for t in leaves]
-        training = {"training": True} if model._call_has_training_arg else {}
         # The compiled loss updates its per-output loss trackers; per unit those updates
         # are discarded (the trainer logs metrics once per batch).
         scratch_metrics = [(v, torch.zeros_like(v.value)) for v in model.metrics_variables]
         stateful_updates: list[str] = []
 
         def unit_loss(train_values, leaves_u):
-            it = iter(leaves_u)
-            x_u, y_u, sw_u = keras.tree.map_structure(
-                lambda t: None if t is None else next(it), data
-            )
             mapping = (
                 list(zip(trainable, train_values, strict=True))
                 + list(zip(non_trainable, non_trainable_values, strict=True))
                 + scratch_metrics
             )
-            with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-                before = [scope.get_current_value(v) for v in non_trainable]
-                y_pred = model(x_u, **training)
-                loss = model._compute_loss(
-                    x=x_u, y=y_u, y_pred=y_pred, sample_weight=sw_u, training=True
-                )
-                after = [scope.get_current_value(v) for v in non_trainable]
-            for var, old, new in zip(non_trainable, before, after, strict=True):
-                if id(var) not in seeds and new is not old:
-                    stateful_updates.append(var.path)
+            loss, y_pred, _, after = unit_forward(
+                model, mapping, data, leaves_u, seeds, stateful_updates
+            )
             seed_after = [
                 new for var, new in zip(non_trainable, after, strict=True) if id(var) in seeds
             ]
@@ -164,13 +151,7 @@ class VectorizedEngine:
         )
         with vmappable_convolutions():
             grads, (unit_losses, y_pred, seed_after) = per_unit(trainable_values, unit_leaves)
-        if stateful_updates:
-            raise PrivacyError(
-                "These non-trainable variables are updated in a training-mode forward pass: "
-                f"{sorted(set(stateful_updates))}. DP-SGD only privatizes gradients, so state "
-                "computed from the training data (moving averages, counters) would leak it. "
-                "Freeze those layers (layer.trainable = False) or replace them."
-            )
+        refuse_state_updates(stateful_updates)
         # Random layers: the seed state advances as one plain call would advance it (every
         # unit advanced the same unbatched state by the same amount).
         seed_vars = [v for v in non_trainable if id(v) in seeds]
