@@ -378,6 +378,22 @@ def test_dropout_masks_differ_between_the_chunks_of_a_logical_batch(rng, seed):
 
 
 @tensorflow_only
+def test_the_exact_loop_takes_an_empty_poisson_batch(rng):
+    """A Poisson batch can be empty; the per-example loop (TensorFlow's fallback for
+    models it cannot vectorize) then adds nothing instead of indexing a missing row."""
+    model, x = _embedding_gru(rng)
+    private = _private(model, 0.01)
+    y = rng.integers(0, 3, size=len(x))
+    with pytest.warns(UserWarning, match="one example at a time"):
+        batch = engine_batch(
+            private, private._dp_engine, x[:0], y[:0], None, num_units=None, l2_norm_clip=0.01
+        )
+    for g in batch.grad_sum:
+        np.testing.assert_array_equal(np.asarray(g), 0.0)
+    assert np.asarray(batch.unit_losses).shape == (0,)
+
+
+@tensorflow_only
 def test_unvectorizable_models_fall_back_to_an_exact_loop_with_one_warning(rng):
     model, x = _embedding_gru(rng)
     y = rng.integers(0, 3, size=12)

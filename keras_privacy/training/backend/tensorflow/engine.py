@@ -18,7 +18,7 @@ from keras_privacy.training.backend.tensorflow.vectorization import (
     vectorizer_rules,
 )
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.engine import ClippedBatch, refuse_state_updates
 from keras_privacy.training.errors import PrivacyError
 
 # Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
@@ -129,7 +129,10 @@ def _vectorized(fn, elems):
 def _per_unit_loop(fn, elems):
     """``fn`` over the units in a ``tf.map_fn`` loop (the vectorizer's exact fallback)."""
     leaves, index = elems
-    first = fn(([t[0] for t in leaves], index[0]))  # traced only for the output signature
+    # Traced only for the output signature, on a unit of zeros: a Poisson batch can be
+    # empty, and a real row would be out of bounds then.
+    zeros = [tf.zeros(tf.shape(t)[1:], t.dtype) for t in leaves]
+    first = fn((zeros, tf.zeros((), index.dtype)))
     signature = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), first)
     return tf.map_fn(fn, elems, fn_output_signature=signature, parallel_iterations=8)
 
@@ -250,13 +253,7 @@ class VectorizedEngine:
             stateful_updates.clear()
             outputs = _per_unit_loop(unit_gradient, elems)
         grads, unit_losses, y_pred, seed_advance = outputs
-        if stateful_updates:
-            raise PrivacyError(
-                "These non-trainable variables are updated in a training-mode forward pass: "
-                f"{sorted(set(stateful_updates))}. DP-SGD only privatizes gradients, so state "
-                "computed from the training data (moving averages, counters) would leak it. "
-                "Freeze those layers (layer.trainable = False) or replace them."
-            )
+        refuse_state_updates(stateful_updates)
         # Random layers: advance the real seed state once, as one plain call would.
         seed_vars = [v for v in non_trainable if id(v) in seeds]
         for var, advance in zip(seed_vars, seed_advance, strict=True):
