@@ -125,17 +125,17 @@ def _number(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
+def markdown_table(rows: Sequence[Row], metrics: Sequence[str] | None = None) -> str:
     """A Markdown table, one line per (model, target): the settings, then the measurements.
 
     Columns: model, target ε, measured ε, σ, C, batch, epochs, learning rate, accountant,
-    each metric of the rows, membership-inference AUC, runs (seeds) and seconds per run.
-    With several seeds a measurement reads "mean ± sd".
+    each metric of the rows (or those named in ``metrics``), membership-inference AUC,
+    runs (seeds) and seconds per run. With several seeds a measurement reads "mean ± sd".
     """
     summaries = summarize(rows)
     if not summaries:
         return ""
-    metric_names = list(summaries[0].metrics)
+    metric_names = list(summaries[0].metrics) if metrics is None else list(metrics)
     header = [
         "model",
         "target ε",
@@ -232,12 +232,15 @@ def write_report(
     metric: str,
     sections: Sequence[tuple[str, str]] = (),
     extra_tables: Sequence[tuple[str, Sequence[Row]]] = (),
+    columns: Sequence[str] | None = None,
 ) -> Path:
     """Write ``report.md``, the plots and ``results.json`` (every row) into ``directory``.
 
     ``metric`` is the utility metric to plot (a key of ``Row.metrics``). ``sections`` are
     (heading, Markdown text) pairs written after the main table; ``extra_tables`` are
-    (heading, rows) pairs written as further tables (ablations). Returns the report's path.
+    (heading, rows) pairs written as further tables (ablations). ``columns``: the metrics
+    the main table shows (default: all; ``results.json`` always has all). Returns the
+    report's path.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -245,7 +248,7 @@ def write_report(
     utility_png = f"{slug}_vs_epsilon.png"
     plot_vs_epsilon(rows, metric, directory / utility_png, f"{metric} vs ε")
     plot_vs_epsilon(rows, "mia_auc", directory / "mia_auc_vs_epsilon.png", "membership inference")
-    parts = [f"# {title}\n\n", markdown_table(rows)]
+    parts = [f"# {title}\n\n", markdown_table(rows, columns)]
     parts.append(f"\n![{metric} vs ε]({utility_png})\n")
     parts.append("\n![membership-inference AUC vs ε](mia_auc_vs_epsilon.png)\n")
     for heading, table_rows in extra_tables:

@@ -157,7 +157,7 @@ def train_at_target(
     accountant: str = "pld",
     noise_seed: int | None = None,
     progress_every: int = 1,
-    attack: bool = True,
+    attack: bool | Callable[[keras.Model, tuple[Any, Any], tuple[Any, Any]], float] = True,
 ) -> Row:
     """Train ``build()`` on ``train`` (privately unless ``target_epsilon`` is None), then
     measure ``evaluate(model)`` and the membership-inference AUC (``train`` vs ``test``).
@@ -165,7 +165,9 @@ def train_at_target(
     ``seed`` fixes the weight initialisation and the non-private data order; the DP noise
     and sampling are fixed only by ``noise_seed`` (tests only). ``loss`` must be per
     example (a Keras loss is). ``monitor_metric`` is compiled in and shown as ``val_*``
-    on ``test`` each epoch (held-out data, not the private rows).
+    on ``test`` each epoch (held-out data, not the private rows). ``attack``: True for
+    :func:`membership_auc`, False for none (NaN), or a function ``(model, members,
+    non_members) -> AUC`` (for models whose outputs are not one prediction per example).
     """
     quiet_accounting_logs()
     keras.utils.set_random_seed(seed)
@@ -205,7 +207,10 @@ def train_at_target(
             print(f"  {label}: the budget stopped training after {made} of {planned} updates")
     epsilon = math.inf if target_epsilon is None else model.privacy_spent(delta, accountant)
     metrics = evaluate(model)
-    mia = membership_auc(model, train, test, seed) if attack else math.nan
+    if callable(attack):
+        mia = attack(model, train, test)
+    else:
+        mia = membership_auc(model, train, test, seed) if attack else math.nan
     sys.stdout.flush()
     return Row(
         model=name,
