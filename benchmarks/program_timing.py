@@ -1,10 +1,11 @@
 """Wall-clock and CPU time of the project's programs, as a user runs them (fresh processes).
 
-    python benchmarks/program_timing.py [--repeats 3] [--programs main mi secret] [--no-progress]
+    python benchmarks/program_timing.py [--repeats 3] [--programs main mi lm] [--no-progress]
 
-The README's timing claims (the main job, the examples) come from this script on the
-project's 2-core machine: it prints, per program, the range over the runs of the wall time,
-the CPU time (user + system, all threads) and the peak memory. It asserts nothing.
+The README's timing claims (the main job, the examples, the language-model tutorial) come
+from this script on the project's 2-core machine: it prints, per program, the range over
+the runs of the wall time, the CPU time (user + system, all threads) and the peak memory.
+It asserts nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 from keras_privacy.programs import progress, show_progress
@@ -21,7 +23,13 @@ from keras_privacy.programs import progress, show_progress
 PROGRAMS = {
     "main": [sys.executable, "-m", "keras_privacy.tutorials.fashion_mnist"],
     "mi": [sys.executable, "examples/privacy_testing_membership_inference.py", "--no-progress"],
-    "secret": [sys.executable, "examples/secret_sharer_fortunes.py", "--no-progress"],
+    "lm": [
+        sys.executable,
+        "-m",
+        "keras_privacy.tutorials.language_model",
+        "--report-dir",
+        os.path.join(tempfile.gettempdir(), "keras_privacy_language_model_report"),
+    ],
 }
 
 

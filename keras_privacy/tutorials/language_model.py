@@ -188,9 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         scorer.set_weights(getattr(model, "wrapped_model", model).get_weights())
 
         def log_perplexities(ids: np.ndarray, score_from: int) -> np.ndarray:
-            return pt.sequence_log_perplexities(
-                scorer, ids, score_from=score_from, batch_size=2048, output="logits"
-            )
+            # in slices: the adapter holds a slice's log-probabilities in float64
+            parts = [
+                pt.sequence_log_perplexities(
+                    scorer, ids[i : i + 20_000], score_from, batch_size=2048, output="logits"
+                )
+                for i in range(0, len(ids), 20_000)
+            ]
+            return np.concatenate(parts)
 
         found = _fortunes.canary_exposures(log_perplexities, corpus)
         for name, suffix in (("interpolation", ""), ("extrapolation", " (extrapolated)")):

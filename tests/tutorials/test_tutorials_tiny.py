@@ -127,3 +127,41 @@ def test_recommendation_tutorial_writes_a_report_with_ranking_metrics(tmp_path, 
     assert "most popular (Gaussian counts)" in report
     assert "Why embeddings are where DP costs most" in report
     assert (tmp_path / "hr_10_vs_epsilon.png").stat().st_size > 5000
+
+
+def test_language_model_tutorial_writes_a_report_with_exposures(tmp_path, capsys):
+    import json
+    import math
+
+    from keras_privacy.tutorials import _fortunes, language_model
+
+    if not (_fortunes.FORTUNES_DIR / "fortunes").is_file():
+        pytest.skip("Debian's fortunes is not installed")
+    argv = ["--report-dir", str(tmp_path), "--train-examples", "300", "--epochs", "1"]
+    argv += ["--plain-epochs", "1", "--digits", "3", "--batch-size", "100", "--targets", "2"]
+    assert language_model.main([*argv, "--noise-seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"GRU ε≤2: epoch\s+1/1\s+ε\s+\d\.\d+\s+val_accuracy 0\.\d+", out)
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    rows = _table_rows(report)
+    header, body = rows[0], [dict(zip(rows[0], row, strict=True)) for row in rows[1:3]]
+    exposures = [f"exposure ×{r}" for r in (0, 1, 4, 16, 64)]
+    assert {"perplexity", "accuracy", "MIA AUC", *exposures} <= set(header)
+    assert [r["target ε"] for r in body] == ["non-private", "2"]
+    saved = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    ceiling = math.log2(1000)
+    for row, record in zip(body, saved, strict=True):
+        perplexity = float(row["perplexity"])
+        assert 1.0 < perplexity < _fortunes.VOCABULARY and math.isfinite(perplexity)
+        assert perplexity == pytest.approx(record["metrics"]["perplexity"], abs=5e-4)
+        assert 0.0 <= float(row["accuracy"]) <= 1.0
+        for key in exposures:
+            assert 0.0 <= float(row[key]) <= ceiling + 1e-9
+            assert float(row[key]) == pytest.approx(record["metrics"][key], abs=5e-4)
+        assert f"{exposures[-1]} (extrapolated)" in record["metrics"]
+        assert 0.0 <= float(row["MIA AUC"]) <= 1.0
+    assert 0 < float(body[1]["ε"]) <= 2.0 and float(body[1]["σ"]) > 0
+    assert (body[1]["C"], body[1]["batch"], body[1]["epochs"]) == ("1", "100", "1")
+    assert (tmp_path / "perplexity_vs_epsilon.png").stat().st_size > 5000
+    assert (tmp_path / "mia_auc_vs_epsilon.png").stat().st_size > 5000
+    assert "group privacy" in report and "×64 (extrap.)" in report
