@@ -25,7 +25,7 @@ def sections(rows: Sequence[Row], corpus, args, seconds: float) -> list[tuple[st
     """(heading, Markdown) pairs for the language-model report."""
     plain = next(r for r in rows if not r.private)
     counts = sorted(set(corpus.repetitions))
-    n_train, n_test = len(corpus.train[0]), len(corpus.test[0])
+    n_train, n_test = int((~corpus.train_is_canary).sum()), len(corpus.test[0])
     ceiling = corpus.max_exposure
     flag = "--full " if args.full else ""
     how = f"""
@@ -38,8 +38,9 @@ uses batch {plain.batch_size}, learning rate {plain.learning_rate:g} and {plain.
 epochs (what suits it without noise). Perplexity is per character, exp of the mean
 cross-entropy over every held-out character and end-of-sequence token; accuracy is the
 next-character accuracy on the same positions. MIA AUC is the loss-threshold attack on each
-sequence's mean loss ({n_train:,} training sequences against {n_test:,} held-out ones:
-chance is 0.5 ± {chance_auc_halfwidth(n_train, n_test):.3f}).
+sequence's mean loss: the {n_train:,} training sequences cut from fortunes (the canary
+copies left out) against the {n_test:,} held-out ones; chance is
+0.5 ± {chance_auc_halfwidth(n_train, n_test):.3f}.
 """
     data = f"""
 Debian's `fortunes` (`/usr/share/games/fortunes`, checked at start; nothing is
