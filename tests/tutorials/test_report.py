@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -90,6 +91,23 @@ def test_write_report_writes_markdown_and_two_pngs(tmp_path):
     for name in ("test_auroc_vs_epsilon.png", "mia_auc_vs_epsilon.png"):
         data = (tmp_path / "out" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_write_report_columns_choose_the_main_table_metrics_and_json_keeps_all(tmp_path):
+    rows = [
+        dataclasses.replace(_row(target=t), metrics={"ppl": 5.0 + i, "extra": 7.25})
+        for i, t in enumerate((None, 2.0))
+    ]
+    path = _report.write_report(tmp_path, "T", rows, "ppl", columns=["ppl"])
+    header = path.read_text(encoding="utf-8").splitlines()[2]
+    assert "| ppl |" in header and "extra" not in header
+    assert "| 6.000 |" in path.read_text(encoding="utf-8")
+    records = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert [r["metrics"] for r in records] == [
+        {"ppl": 5.0, "extra": 7.25},
+        {"ppl": 6.0, "extra": 7.25},
+    ]
+    assert "extra" in _report.markdown_table(rows)  # all metrics without columns
 
 
 def test_plan_noise_meets_the_target_for_the_updates_fit_makes():
