@@ -102,3 +102,21 @@ def check_format_header(data: Any, format_name: str, version: int, what: str) ->
     if data.get("version") != version:
         raise ValueError(f"{what} version must be {version}, received {data.get('version')!r}")
     return data
+
+
+def check_other_releases(releases: Any) -> tuple:
+    """A sequence of dp_accounting DpEvents, as a tuple (ValueError otherwise)."""
+    import dp_accounting
+
+    if isinstance(releases, dp_accounting.DpEvent):
+        releases = (releases,)
+    try:
+        releases = tuple(releases)
+    except TypeError:
+        raise ValueError(
+            f"other_releases must be a sequence of dp_accounting DpEvents, received {releases!r}"
+        ) from None
+    for event in releases:
+        if not isinstance(event, dp_accounting.DpEvent):
+            raise ValueError(f"other_releases: {event!r} is not a dp_accounting DpEvent")
+    return releases

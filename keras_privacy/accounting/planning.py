@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dp_accounting
@@ -59,6 +59,9 @@ class DpSgdPlan:
       steps: optimizer updates, or None when ``epochs`` is given.
       used_microbatching: clipping unit is a microbatch of > 1 example (sensitivity 2C).
       max_examples_per_user: k for a user-level guarantee, None for example-level.
+      other_releases: DpEvents of other mechanisms run on the same examples (for instance
+        private statistics computed before training); each is composed with the training
+        run's event, in the order given. Example-level only.
     """
 
     number_of_examples: int
@@ -68,6 +71,7 @@ class DpSgdPlan:
     steps: int | None = None
     used_microbatching: bool = False
     max_examples_per_user: int | None = None
+    other_releases: tuple[dp_accounting.DpEvent, ...] = ()
 
     @classmethod
     def create(
@@ -79,9 +83,17 @@ class DpSgdPlan:
         steps: Any = None,
         used_microbatching: bool = False,
         max_examples_per_user: Any = None,
+        other_releases: Any = (),
     ) -> DpSgdPlan:
         """Validate the arguments (ValueError naming the bad one) and build a plan."""
         n = _checks.check_positive_int(number_of_examples, "number_of_examples")
+        releases = _checks.check_other_releases(other_releases)
+        k = _checks.check_examples_per_user(max_examples_per_user)
+        if releases and k not in (None, 1):
+            raise ValueError(
+                "other_releases are composed with an example-level guarantee only; "
+                f"received max_examples_per_user={k!r}"
+            )
         epochs, steps = _checks.check_epochs_or_steps(epochs, steps)
         return cls(
             number_of_examples=n,
@@ -90,7 +102,8 @@ class DpSgdPlan:
             epochs=epochs,
             steps=steps,
             used_microbatching=bool(used_microbatching),
-            max_examples_per_user=_checks.check_examples_per_user(max_examples_per_user),
+            max_examples_per_user=k,
+            other_releases=releases,
         )
 
     @property
@@ -157,8 +170,11 @@ class DpSgdPlan:
         accountant = _checks.check_accountant(accountant)
         k = self.max_examples_per_user
         if k is None or k == 1:
+            event = self.example_event(sampling)
+            if self.other_releases:
+                event = dp_accounting.ComposedDpEvent([*self.other_releases, event])
             epsilon = accountants.epsilon_curve(
-                self.example_event(sampling), accountant, pld_discretization=pld_discretization
+                event, accountant, pld_discretization=pld_discretization
             )(delta)
             return {"epsilon": epsilon, "method": "example-level", "accountant": accountant}
         if sampling == events.SHUFFLE:
@@ -198,6 +214,7 @@ def compute_epsilon(
     accountant: str = "pld",
     used_microbatching: bool = False,
     max_examples_per_user: int | None = None,
+    other_releases: Sequence[dp_accounting.DpEvent] = (),
 ) -> float:
     """Epsilon of a DP-SGD run at ``delta`` (add-or-remove-one example, or user).
 
@@ -216,6 +233,10 @@ def compute_epsilon(
         2C, accounted with noise multiplier sigma / 2.
       max_examples_per_user: if given (k), the user-level epsilon for users with at most
         k examples.
+      other_releases: DpEvents of other mechanisms run on the same examples (for example
+        ``dp_accounting.GaussianDpEvent(s)`` for statistics released with Gaussian noise
+        of s times their L2 sensitivity before training); the epsilon is that of their
+        composition with the run. Example-level only.
 
     Returns:
       epsilon (``inf`` when ``noise_multiplier`` is 0).
@@ -231,6 +252,7 @@ def compute_epsilon(
         steps,
         used_microbatching,
         max_examples_per_user,
+        other_releases,
     )
     return plan.epsilon(delta, sampling, accountant)
 
@@ -365,11 +387,13 @@ def compute_noise_multiplier(
     accountant: str = "pld",
     used_microbatching: bool = False,
     max_examples_per_user: int | None = None,
+    other_releases: Sequence[dp_accounting.DpEvent] = (),
     tolerance: float = 1e-4,
 ) -> float:
     """Smallest noise multiplier sigma whose epsilon is at most ``target_epsilon``.
 
-    The run is modelled as in :func:`compute_epsilon`. The returned sigma is within
+    The run is modelled as in :func:`compute_epsilon`; with ``other_releases`` the target
+    covers their composition with the run (the run gets what they leave). The returned sigma is within
     ``tolerance`` of the smallest admissible one, and its epsilon has been computed with
     the chosen accountant and checked to be <= ``target_epsilon``: it never overshoots.
     With ``used_microbatching`` the returned value is the sigma to configure (the mechanism
@@ -391,6 +415,7 @@ def compute_noise_multiplier(
         steps,
         used_microbatching,
         max_examples_per_user,
+        other_releases,
     )
     sigma = None
     for stage_accountant, discretization, bracket_factor in _search_stages(accountant):

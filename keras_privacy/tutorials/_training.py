@@ -90,10 +90,12 @@ def plan_noise(
     batch_size: int,
     epochs: int,
     accountant: str = "pld",
+    other_releases: tuple = (),
 ) -> float:
     """The smallest sigma with epsilon <= ``target_epsilon`` after ``epochs`` Keras epochs
     of Poisson-sampled DP-SGD: ``epochs x round(N / B)`` updates, each a Gaussian with
-    sampling probability q = B / N."""
+    sampling probability q = B / N, composed with ``other_releases`` (DpEvents of what
+    else was computed on the training rows)."""
     return kp.compute_noise_multiplier(
         target_epsilon,
         delta,
@@ -101,6 +103,7 @@ def plan_noise(
         batch_size,
         steps=epochs * updates_per_epoch(number_of_examples, batch_size),
         accountant=accountant,
+        other_releases=other_releases,
     )
 
 
@@ -158,6 +161,7 @@ def train_at_target(
     noise_seed: int | None = None,
     progress_every: int = 1,
     attack: bool | Callable[[keras.Model, tuple[Any, Any], tuple[Any, Any]], float] = True,
+    other_releases: tuple = (),
 ) -> Row:
     """Train ``build()`` on ``train`` (privately unless ``target_epsilon`` is None), then
     measure ``evaluate(model)`` and the membership-inference AUC (``train`` vs ``test``).
@@ -168,6 +172,9 @@ def train_at_target(
     on ``test`` each epoch (held-out data, not the private rows). ``attack``: True for
     :func:`membership_auc`, False for none (NaN), or a function ``(model, members,
     non_members) -> AUC`` (for models whose outputs are not one prediction per example).
+    ``other_releases``: (note, DpEvent) pairs for what else was computed on the training
+    rows (e.g. private feature statistics); sigma is planned for their composition with
+    the run, and the epsilon reported is that of the ledger holding them and the run.
     """
     quiet_accounting_logs()
     keras.utils.set_random_seed(seed)
@@ -176,7 +183,15 @@ def train_at_target(
     model = build()
     sigma, callbacks = 0.0, []
     if target_epsilon is not None:
-        sigma = plan_noise(target_epsilon, delta, n, recipe.batch_size, recipe.epochs, accountant)
+        sigma = plan_noise(
+            target_epsilon,
+            delta,
+            n,
+            recipe.batch_size,
+            recipe.epochs,
+            accountant,
+            tuple(event for _, event in other_releases),
+        )
         model = kp.make_private(
             model, l2_norm_clip=recipe.l2_norm_clip, noise_multiplier=sigma, seed=noise_seed
         )
@@ -205,7 +220,14 @@ def train_at_target(
         made = model.privacy_record.total_updates
         if made < planned:
             print(f"  {label}: the budget stopped training after {made} of {planned} updates")
-    epsilon = math.inf if target_epsilon is None else model.privacy_spent(delta, accountant)
+    epsilon = math.inf
+    if target_epsilon is not None:
+        ledger = kp.PrivacyLedger()
+        for note, event in other_releases:
+            ledger.record(event, note=note)
+        for entry in kp.PrivacyLedger.from_training_record(model.privacy_record).entries:
+            ledger.record(entry.event, entry.count, entry.note)
+        epsilon = ledger.epsilon(delta, accountant)
     metrics = evaluate(model)
     if callable(attack):
         mia = attack(model, train, test)

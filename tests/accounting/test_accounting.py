@@ -399,3 +399,52 @@ def test_accounting_and_cli_import_no_deep_learning_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_other_releases_are_composed_with_the_run_and_planned_around():
+    """A statistic released before training (a Gaussian with noise multiplier 5) is
+    composed with the run: the epsilon is that of the composition computed directly with
+    dp_accounting, and the calibrated sigma leaves room for it."""
+    release = dp_accounting.GaussianDpEvent(5.0)
+    n, batch, steps, delta = 60_000, 8192, 560, 1e-5
+    alone = accounting.compute_epsilon(n, batch, 4.7, delta=delta, steps=steps)
+    both = accounting.compute_epsilon(
+        n, batch, 4.7, delta=delta, steps=steps, other_releases=[release]
+    )
+    run = events.poisson_dp_sgd_event(batch / n, 4.7, steps)
+    direct = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    direct.compose(dp_accounting.ComposedDpEvent([release, run]))
+    assert both > alone
+    assert both == pytest.approx(direct.get_epsilon(delta), rel=2e-3)
+    sigma = accounting.compute_noise_multiplier(3.0, delta, n, batch, steps=steps)
+    sigma_with = accounting.compute_noise_multiplier(
+        3.0, delta, n, batch, steps=steps, other_releases=(release,)
+    )
+    assert sigma_with > sigma
+    assert (
+        accounting.compute_epsilon(
+            n, batch, sigma_with, delta=delta, steps=steps, other_releases=(release,)
+        )
+        <= 3.0
+    )
+    assert (
+        accounting.compute_epsilon(
+            n, batch, sigma, delta=delta, steps=steps, other_releases=(release,)
+        )
+        > 3.0
+    )
+
+
+def test_other_releases_must_be_dp_events_and_example_level():
+    with pytest.raises(ValueError, match="not a dp_accounting DpEvent"):
+        accounting.compute_epsilon(60_000, 256, 1.0, delta=1e-5, epochs=1, other_releases=[1.0])
+    with pytest.raises(ValueError, match="example-level guarantee only"):
+        accounting.compute_epsilon(
+            60_000,
+            256,
+            1.0,
+            delta=1e-5,
+            epochs=1,
+            max_examples_per_user=4,
+            other_releases=[dp_accounting.GaussianDpEvent(5.0)],
+        )
