@@ -26,6 +26,7 @@ is the accountant's value for the updates made.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import os
 import time
@@ -254,6 +255,11 @@ def run(args) -> int:
                     other_releases=releases,
                 )
             )
+            # Each run has its own whitened copy of the features (1 GB for the training
+            # set): drop it and what Keras holds of the run before the next one.
+            del train, test, evaluate
+            keras.backend.clear_session()
+            gc.collect()
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
     path = write_report(
