@@ -393,9 +393,10 @@ def compute_noise_multiplier(
     """Smallest noise multiplier sigma whose epsilon is at most ``target_epsilon``.
 
     The run is modelled as in :func:`compute_epsilon`; with ``other_releases`` the target
-    covers their composition with the run (the run gets what they leave). The returned sigma is within
-    ``tolerance`` of the smallest admissible one, and its epsilon has been computed with
-    the chosen accountant and checked to be <= ``target_epsilon``: it never overshoots.
+    covers their composition with the run (the run gets what they leave). The returned
+    sigma is within ``tolerance`` of the smallest admissible one, and its epsilon has been
+    computed with the chosen accountant and checked to be <= ``target_epsilon``: it never
+    overshoots.
     With ``used_microbatching`` the returned value is the sigma to configure (the mechanism
     is accounted with sigma / 2).
 
