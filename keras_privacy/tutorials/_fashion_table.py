@@ -12,15 +12,22 @@ features (or much more data)"):
 2. Per-example group normalisation of the 81 channels (27 groups of 3, no learned
    scale): again a function of each image alone, so no privacy cost (a normalisation by
    statistics of the training set would need its own share of the budget).
-3. A linear model (3,969 x 10 weights + 10 biases) trained with DP-SGD: very large
+3. Private partial whitening (:mod:`keras_privacy.tutorials._spectral`): the training
+   features' second moment is released once with the Gaussian mechanism (noise
+   multiplier 15 / epsilon), and its top 16 eigen-directions, which hold most of the
+   features' energy, are scaled down to the 17th eigenvalue. Clipped gradients then carry
+   more of the directions that separate the classes, and half the epochs suffice: at
+   epsilon = 3, 90.4% +- 0.1 (3 seeds; six runs 90.0-90.7%) against 89.8% +- 0.1
+   without it.
+4. A linear model (3,969 x 10 weights + 10 biases) trained with DP-SGD: very large
    Poisson-sampled batches (8,192 of 60,000), a large learning rate, a small clip norm,
-   SGD with momentum, and many epochs at epsilon = 3 (160 with ``--full``), fewer at
+   SGD with momentum, and many epochs at epsilon = 3 (80 with ``--full``), fewer at
    smaller epsilon (:meth:`TableRecipe.epochs_for`). An exponential moving average
    of the weights (``TableRecipe.ema``; post-processing, free) did not help here.
 
-Each target epsilon gets sigma planned for exactly the updates ``fit`` makes
-(:func:`keras_privacy.tutorials._training.plan_noise`, PLD accountant); the epsilon column
-is the accountant's value for the updates made.
+Each target epsilon gets sigma planned for exactly the updates ``fit`` makes, composed
+with the second-moment release (:func:`keras_privacy.tutorials._training.plan_noise`, PLD
+accountant); the epsilon column is the accountant's value for both.
 """
 
 from __future__ import annotations
