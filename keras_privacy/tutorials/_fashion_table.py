@@ -152,24 +152,17 @@ def linear_model(dimension: int):
 
 def run(args) -> int:
     """The table mode of :mod:`keras_privacy.tutorials.fashion_mnist` (parsed ``args``)."""
-    import sys
 
     import keras
 
-    from keras_privacy.datasets import load_fashion_mnist
-    from keras_privacy.tutorials import _fashion_text, _spectral
+    from keras_privacy.tutorials import _fashion_text, _spectral, fashion_mnist
     from keras_privacy.tutorials._report import write_report
     from keras_privacy.tutorials._training import Recipe, train_at_target
 
-    try:
-        (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
+    data = fashion_mnist.load_data(args)
+    if data is None:
         return 2
-    if args.train_examples:
-        x_train, y_train = x_train[: args.train_examples], y_train[: args.train_examples]
-    if args.test_examples:
-        x_test, y_test = x_test[: args.test_examples], y_test[: args.test_examples]
+    (x_train, y_train), (x_test, y_test) = data
     table = FULL if args.full else QUICK
     if args.table_epochs:
         table = dataclasses.replace(
