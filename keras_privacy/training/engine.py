@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Protocol
 
 import keras
+from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
 from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training.errors import PrivacyError
@@ -67,6 +68,38 @@ class ClippingEngine(Protocol):
           random layers (dropout) give every unit its own randomness.
         """
         ...
+
+
+def unit_loss_leaves(y: Any, y_pred: Any, sample_weight: Any) -> tuple[list, Any]:
+    """What a fast engine maps over clipping units to compute each unit's loss from the
+    whole batch's outputs, exactly as ``compute_loss`` computes it on the unit alone.
+
+    Returns ``(leaves, rebuild)``: ``leaves`` are the non-``None`` tensors of
+    ``(y, y_pred, sample_weight)`` followed by the Keras masks of ``y_pred``'s tensors
+    (set by ``Embedding(mask_zero=True)``, ``Masking``, ...), all with the batch's rows as
+    their leading axis; ``rebuild(unit_leaves)`` gives one unit's ``(y, y_pred,
+    sample_weight)`` with each output's mask re-attached, so that the compiled loss masks
+    the unit's padded positions (weight ``total / valid`` on its valid ones, 0 elsewhere)
+    as it would for the unit's own forward pass. Without the masks a slice of ``y_pred``
+    carries none and padded positions would be trained on.
+    """
+    data = (y, y_pred, sample_weight)
+    leaves = [t for t in keras.tree.flatten(data) if t is not None]
+    masks = [get_keras_mask(t) for t in keras.tree.flatten(y_pred)]
+    count = len(leaves)
+
+    def rebuild(unit_leaves: list) -> tuple[Any, Any, Any]:
+        it = iter(unit_leaves[:count])
+        y_u, pred_u, sw_u = keras.tree.map_structure(
+            lambda t: None if t is None else next(it), data
+        )
+        mask_it = iter(unit_leaves[count:])
+        for tensor, mask in zip(keras.tree.flatten(pred_u), masks, strict=True):
+            if mask is not None:
+                set_keras_mask(tensor, next(mask_it))
+        return y_u, pred_u, sw_u
+
+    return leaves + [m for m in masks if m is not None], rebuild
 
 
 def unit_forward(

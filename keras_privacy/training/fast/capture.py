@@ -5,19 +5,16 @@ one trace and records the calls; :func:`_check_exact` checks that each trainable
 has exactly one rule call (no uncovered variables, no shared weights, whose per-example
 norms would have cross terms); :func:`_static_reason` says why a model cannot use the fast
 engine at all (its own ``compute_loss``, no compiled loss, a layer that may mix rows).
+The engine choice itself is :mod:`keras_privacy.training.fast.choice`.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
-from collections.abc import Callable
 from typing import Any
 
 from keras.src.trainers.trainer import Trainer
 
 from keras_privacy.training.checks import _all_layers
-from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.guard import batch_mixing_reason
 from keras_privacy.training.fast.rules import NotExact, RuleCall, rule_for
 
@@ -94,54 +91,3 @@ def _static_reason(model: Any) -> str | None:
     if getattr(model, "_compile_loss", None) is None:
         return "the model was compiled without a loss"
     return batch_mixing_reason(model)
-
-
-def record_engine(model: Any, engine: str, reason: str | None) -> None:
-    """Remember which engine trains the model (``model._dp_engine_used``); say it once per
-    model and engine: an INFO log for the fast engine, a warning (with the reason) for the
-    vectorized fallback. (TensorFlow queues the warning with its vectorizer's notes.)"""
-    previous = getattr(model, "_dp_engine_used", None)
-    object.__setattr__(model, "_dp_engine_used", (engine, reason))
-    if previous is not None and previous[0] == engine:
-        return
-    if engine == "fast":
-        logging.getLogger("keras_privacy").info(
-            "keras-privacy: %r trains with the fast (norm-only) clipping engine.", model.name
-        )
-    else:
-        warnings.warn(
-            f"keras-privacy: {model.name!r} trains with the vectorized clipping engine "
-            f"(exact, slower), because the fast engine cannot be exact for it: {reason}.",
-            stacklevel=2,
-        )
-
-
-def fast_or_fallback(
-    model: Any,
-    require: bool,
-    fast: Callable[[], Any],
-    fallback: Callable[[], Any],
-    record: Callable[[Any, str, str | None], None] = record_engine,
-) -> Any:
-    """The engine choice, the same on every backend: ``fast()`` where the fast engine is
-    exact for ``model`` (no static reason against it, and no rule raises
-    :class:`NotExact`); otherwise a :class:`PrivacyError` for ``engine="fast"``
-    (``require``) or ``fallback()`` (the vectorized engine) for ``engine="auto"``.
-    ``record`` says which engine trains the model, once."""
-    reason = _static_reason(model)
-    if reason is None:
-        try:
-            result = fast()
-        except NotExact as error:
-            reason = str(error)
-        else:
-            record(model, "fast", None)
-            return result
-    if require:
-        raise PrivacyError(
-            f"engine='fast' cannot train {model.name!r} exactly: {reason}. Use "
-            "engine='auto' (falls back to the exact vectorized engine) or "
-            "engine='vectorized'."
-        )
-    record(model, "vectorized", reason)
-    return fallback()

@@ -7,16 +7,29 @@ once and would let such influence escape the clip, silently. So before it is use
 operation on the model's forward path must be *known* to treat rows independently:
 
 * containers whose ``call`` is Keras's own graph walk (``Functional``, ``Sequential``) or
-  :class:`~keras_privacy.training.private.PrivateModel`'s forwarding are opened and their
-  operations checked one by one;
-* a layer passes if its class, or the nearest registered class in its MRO *whose ``call``
-  it does not override*, is on the allow-list (by type, never by name), and the class's
-  extra check (e.g. an axis that is not the batch axis) passes;
+  a wrapper's declared forwarding (a class attribute ``_dp_forwarding_call`` that *is* its
+  ``call``, as :class:`~keras_privacy.training.private.PrivateModel` declares) are opened
+  and their operations checked one by one;
+* a layer passes if its class, or the nearest registered class in its MRO, is on the
+  allow-list (by type, never by name), the layer's class overrides none of that class's
+  methods (except construction and configuration: ``__init__``, ``build``,
+  ``get_config``, ...), and the class's extra check (e.g. an axis that is not the batch
+  axis) passes;
+* **every callable the layer holds runs on the batch and is checked too**: each callable
+  attribute (``activation=``, ``recurrent_activation=``, an ``Activation(fn)``'s
+  function, anything a subclass's ``__init__`` stores) must be a built-in per-row function
+  of ``keras.activations`` or ``keras.ops`` *by identity* (a function that reduces over an
+  axis -- softmax -- only where the tensor has a feature axis), and every sub-layer
+  (``MultiHeadAttention``'s projections, an RNN's cell) must pass this guard itself;
 * the element-wise arithmetic ops of the functional API (``x + y``) pass;
-* anything else -- a custom layer, a subclassed model's own ``call``, ``Lambda``, an op
-  like ``ops.mean(x, axis=0)`` -- fails, and the message names it.
+* anything else -- a custom layer or activation, a lambda, a subclassed model's own
+  ``call``, ``Lambda``, an op like ``ops.mean(x, axis=0)`` -- fails, and the message names
+  it.
 
-:func:`register_per_example_layer` lets a user vouch for a custom layer class.
+:func:`register_per_example_layer` lets a user vouch for a custom layer class. The list is
+never the only line of defence: before the fast engine is used, the numerical check of
+:mod:`keras_privacy.training.fast.independence` runs the forward pass on a small batch with
+one row perturbed and requires every other row's outputs to stay bit for bit the same.
 """
 
 from __future__ import annotations
@@ -31,8 +44,60 @@ from keras.src.ops import numpy as knp
 from keras_privacy.training.fast.rules import rule_for
 
 _PER_EXAMPLE: dict[type, Callable[[Any], str | None] | None] = {}
+# Functional-API ops that compute each output entry from the same entries of their
+# inputs (a mask's ``x != 0``, ``x + y``); anything that reduces or reshapes is not here.
 _ELEMENTWISE_OPS = tuple(
-    getattr(knp, name) for name in ("Add", "Subtract", "Multiply", "Divide", "TrueDivide")
+    getattr(knp, name)
+    for name in (
+        "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum",
+        "Equal", "NotEqual", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd",
+        "LogicalOr", "LogicalNot", "LogicalXor", "Negative", "Abs", "Square", "Sqrt",
+        "Exp", "Log",
+    )  # fmt: skip
+    if hasattr(knp, name)
+)
+
+# Built-in functions that compute each entry from the same entry (or each row's vector
+# along the last axis) only, recognised by identity: what a layer may run on the batch as
+# its ``activation``. The axis-reducing ones (``_LAST_AXIS``) are per-row only where the
+# tensor has an axis besides the batch axis.
+_ELEMENTWISE_NAMES = (
+    "relu", "leaky_relu", "relu6", "celu", "elu", "selu", "softplus", "softsign",
+    "squareplus", "soft_shrink", "sparse_plus", "silu", "swish", "gelu", "tanh",
+    "tanh_shrink", "sigmoid", "sparse_sigmoid", "exponential", "exp", "hard_sigmoid",
+    "hard_silu", "hard_swish", "hard_tanh", "hard_shrink", "linear", "mish", "log_sigmoid",
+    "threshold",
+)  # fmt: skip
+_LAST_AXIS_NAMES = ("softmax", "log_softmax", "sparsemax", "glu")
+
+
+def _builtin_functions(names: tuple[str, ...]) -> set[int]:
+    found = set()
+    for module in (keras.activations, keras.ops):
+        for name in names:
+            fn = getattr(module, name, None)
+            if callable(fn):
+                found.add(id(fn))
+    return found
+
+
+_ELEMENTWISE_FUNCTIONS = _builtin_functions(_ELEMENTWISE_NAMES)
+_LAST_AXIS_FUNCTIONS = _builtin_functions(_LAST_AXIS_NAMES)
+
+# Methods a subclass may override without changing what ``call`` computes on the batch.
+_CONSTRUCTION_METHODS = frozenset(
+    {"__init__", "__new__", "build", "get_config", "from_config", "compute_output_shape",
+     "compute_output_spec", "get_build_config", "build_from_config", "save_own_variables",
+     "load_own_variables", "__repr__", "__str__"}
+)  # fmt: skip
+# Values a layer holds that are callable but never run on the batch.
+_NOT_RUN_ON_BATCH = (
+    keras.Variable,
+    keras.initializers.Initializer,
+    keras.regularizers.Regularizer,
+    keras.constraints.Constraint,
+    keras.DTypePolicy,
+    type,
 )
 
 
@@ -85,25 +150,93 @@ def _not_stateful(layer: Any) -> str | None:
     return None
 
 
+def _override_reason(layer: Any, registered: type) -> str | None:
+    """Why ``layer``'s class may compute something else than ``registered``'s code: a
+    method of ``registered`` (or of its bases) overridden between the two in the MRO."""
+    if type(layer).call is not registered.call:
+        return f"it overrides {registered.__name__}.call"
+    for cls in type(layer).__mro__:
+        if cls is registered:
+            return None
+        for name, value in vars(cls).items():
+            if name in _CONSTRUCTION_METHODS or not callable(value):
+                continue
+            if hasattr(registered, name):
+                return f"it overrides {registered.__name__}.{name}"
+    return None
+
+
 def _is_allowed_class(layer: Any) -> tuple[bool, str | None]:
     if "call" in vars(layer):
         return False, "its call is replaced on the instance"
     for cls in type(layer).__mro__:
         if cls in _PER_EXAMPLE:
-            if type(layer).call is not cls.call:
-                return False, f"it overrides {cls.__name__}.call"
+            why = _override_reason(layer, cls)
+            if why:
+                return False, why
             check = _PER_EXAMPLE[cls]
             return True, None if check is None else check(layer)
     return rule_for(layer) is not None, None
 
 
+def _output_rank(layer: Any) -> int | None:
+    try:
+        outputs = layer.output
+        if isinstance(outputs, (list, tuple)):
+            outputs = outputs[0]
+        return len(outputs.shape)
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return None
+
+
+def _keras_wrapper(value: Any) -> bool:
+    """Keras installs ``build`` and ``quantize`` wrappers on every layer instance; they run
+    on shapes and weights, never on the batch."""
+    code = getattr(value, "__code__", None)
+    return code is not None and code.co_filename.endswith(
+        ("keras/src/layers/layer.py", "keras/src/ops/operation.py")
+    )
+
+
+def _callable_reason(layer: Any) -> str | None:
+    """Why a callable ``layer`` holds may mix the batch (see the module docstring)."""
+    for name, value in vars(layer).items():
+        if value is None or isinstance(value, _NOT_RUN_ON_BATCH) or not callable(value):
+            continue
+        if isinstance(value, keras.layers.Layer):
+            continue  # sub-layers are checked by _sublayer_reason
+        if name in ("build", "quantize") and _keras_wrapper(value):
+            continue
+        if id(value) in _ELEMENTWISE_FUNCTIONS:
+            continue
+        label = getattr(value, "__name__", type(value).__name__)
+        if id(value) in _LAST_AXIS_FUNCTIONS:
+            ranks = {_input_rank(layer), _output_rank(layer)}
+            if 1 in ranks:
+                return f"its {name}={label} reduces over the batch axis of a rank-1 tensor"
+            continue
+        return (
+            f"its {name}={label!r} is not a built-in per-example function (a custom "
+            "function may mix the examples of a batch; use a keras.activations function "
+            "or a layer registered with register_per_example_layer)"
+        )
+    return None
+
+
+def _sublayer_reason(layer: Any) -> str | None:
+    for sub in layer._flatten_layers(include_self=False, recursive=False):
+        reason = batch_mixing_reason(sub)
+        if reason:
+            return f"in {layer.name!r}, {reason}"
+    return None
+
+
 def batch_mixing_reason(layer: Any) -> str | None:
     """``None`` if every operation on ``layer``'s forward path is known to be
     per-example; otherwise a sentence naming the first one that is not."""
-    from keras_privacy.training.private import PrivateModel
-
     call = type(layer).call
-    if isinstance(layer, PrivateModel) and call is PrivateModel.call:
+    forwarding = getattr(type(layer), "_dp_forwarding_call", None)
+    if forwarding is not None and call is forwarding and "call" not in vars(layer):
         return batch_mixing_reason(layer.wrapped_model)
     if isinstance(layer, Functional) and call is Functional.call:
         for op in layer.operations:
@@ -129,7 +262,9 @@ def batch_mixing_reason(layer: Any) -> str | None:
         return None
     allowed, why = _is_allowed_class(layer)
     if allowed and why is None:
-        return None
+        why = _callable_reason(layer)
+        if why is None:
+            return _sublayer_reason(layer)
     if why is None:
         why = "it is not known to treat the examples of a batch independently"
     return f"layer {layer.name!r} ({type(layer).__name__}): {why}"
@@ -162,6 +297,8 @@ def _register_builtins() -> None:
     register_per_example_layer(L.BatchNormalization, _not_trainable)
     for name in ("LSTM", "GRU", "SimpleRNN"):
         register_per_example_layer(getattr(L, name), _not_stateful)
+    for name in ("LSTMCell", "GRUCell", "SimpleRNNCell"):
+        register_per_example_layer(getattr(L, name))
 
 
 _register_builtins()

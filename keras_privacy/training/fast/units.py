@@ -10,6 +10,7 @@ microbatches and sequence inputs the same case.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from keras import ops
@@ -85,6 +86,14 @@ backend_ops = {
     "segment_sum": ops.segment_sum,
     # True where every shape must be static (JAX): segment sums get a fixed segment count.
     "static_segments": False,
+    # For the numerical batch-independence check (fast/independence.py), which runs on
+    # concrete arrays while the step may be being traced: a context in which operations
+    # on concrete values run eagerly (TensorFlow: tf.init_scope; JAX:
+    # ensure_compile_time_eval), the variables' concrete values, and a context that gives
+    # every forward pass in it the same randomness outside Keras's seed states.
+    "eager": contextlib.nullcontext,
+    "variable_values": lambda variables: [ops.convert_to_numpy(v.value) for v in variables],
+    "same_randomness": contextlib.nullcontext,
 }
 
 

@@ -26,23 +26,44 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import keras
+import numpy as np
 from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training.backend.jax.engine import VectorizedEngine, _to_units
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.engine import ClippedBatch, unit_loss_leaves
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import units as fast_units
-from keras_privacy.training.fast.capture import (
-    _Capture,
-    _check_exact,
-    fast_or_fallback,
-)
+from keras_privacy.training.fast.capture import _Capture, _check_exact
+from keras_privacy.training.fast.choice import fast_or_fallback
 from keras_privacy.training.fast.matmul_rules import ConvRule
 from keras_privacy.training.fast.rules import _RULES, NotExact, RuleCall, register_rule
 from keras_privacy.training.fast.units import Units
 
 fast_units.backend_ops["static_segments"] = True
+
+
+def _concrete_values(variables: list) -> list:
+    """The variables' stored arrays (inside the jitted step ``v.value`` is a tracer). An
+    array already donated to a previous step is replaced by a random one of its shape:
+    the batch-independence check needs weights, not these weights."""
+    rng = np.random.default_rng(0)
+    values = []
+    for v in variables:
+        value = v._value
+        if isinstance(value, jax.Array) and not value.is_deleted():
+            values.append(np.asarray(value))
+        elif jnp.issubdtype(v.dtype, jnp.floating):
+            values.append((0.1 * rng.standard_normal(v.shape)).astype(v.dtype))
+        else:
+            values.append(np.zeros(v.shape, v.dtype))
+    return values
+
+
+# The engine choice runs while the step is traced by jax.jit; the numerical
+# batch-independence check computes on concrete arrays at trace time.
+fast_units.backend_ops["eager"] = jax.ensure_compile_time_eval
+fast_units.backend_ops["variable_values"] = _concrete_values
 
 # On JAX the convolution rule beats the vectorized engine, whose per-example filter
 # gradients become grouped convolutions (tutorial CNN, batch 250, one core: ~141 against
@@ -112,6 +133,7 @@ class FastEngine:
         """As :meth:`VectorizedEngine.clipped_gradient_sum`."""
         return fast_or_fallback(
             model,
+            x,
             self.require,
             lambda: self._fast(
                 model,
@@ -216,16 +238,13 @@ class FastEngine:
 
 def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
     """``[U]``: each unit's loss, as the vectorized engine computes it (the compiled loss
-    of the unit's rows alone, averaged), vectorized over units with ``jax.vmap``."""
-    data = (y, y_pred, sample_weight)
-    leaves = [t for t in keras.tree.flatten(data) if t is not None]
+    of the unit's rows alone, with their output masks, averaged), vectorized over units
+    with ``jax.vmap``."""
+    leaves, rebuild = unit_loss_leaves(y, y_pred, sample_weight)
     unit_leaves = [_to_units(jnp.asarray(t), num_units) for t in leaves]
 
     def unit_loss(leaves_u):
-        it = iter(leaves_u)
-        y_u, pred_u, sw_u = keras.tree.map_structure(
-            lambda t: None if t is None else next(it), data
-        )
+        y_u, pred_u, sw_u = rebuild(leaves_u)
         loss = model._compute_loss(x=None, y=y_u, y_pred=pred_u, sample_weight=sw_u, training=True)
         return jnp.mean(jnp.asarray(loss, "float32"))
 

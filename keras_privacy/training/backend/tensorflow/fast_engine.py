@@ -38,14 +38,11 @@ from keras_privacy.training.backend.tensorflow.engine import (
     queue_engine_note,
 )
 from keras_privacy.training.backend.tensorflow.vectorization import image_patches
-from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.engine import ClippedBatch, unit_loss_leaves
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import units as fast_units
-from keras_privacy.training.fast.capture import (
-    _Capture,
-    _check_exact,
-    fast_or_fallback,
-)
+from keras_privacy.training.fast.capture import _Capture, _check_exact
+from keras_privacy.training.fast.choice import fast_or_fallback
 from keras_privacy.training.fast.rules import NotExact
 from keras_privacy.training.fast.units import Units
 
@@ -53,20 +50,19 @@ _log = logging.getLogger("keras_privacy")
 
 
 fast_units.backend_ops["extract_patches"] = image_patches
+# The engine choice runs while the step is being traced; the numerical
+# batch-independence check runs eagerly, lifted out of the trace.
+fast_units.backend_ops["eager"] = tf.init_scope
 
 
 def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
     """``[U]``: each unit's loss, as the vectorized engine computes it (the compiled loss
-    of the unit's rows alone, averaged), vectorized over units."""
-    data = (y, y_pred, sample_weight)
-    leaves = [t for t in keras.tree.flatten(data) if t is not None]
+    of the unit's rows alone, with their output masks, averaged), vectorized over units."""
+    leaves, rebuild = unit_loss_leaves(y, y_pred, sample_weight)
     unit_leaves = [_to_units(t, num_units) for t in leaves]
 
     def unit_loss(leaves_u):
-        it = iter(leaves_u)
-        y_u, pred_u, sw_u = keras.tree.map_structure(
-            lambda t: None if t is None else next(it), data
-        )
+        y_u, pred_u, sw_u = rebuild(leaves_u)
         with StatelessScope():
             loss = model._compute_loss(
                 x=None, y=y_u, y_pred=pred_u, sample_weight=sw_u, training=True
@@ -106,6 +102,7 @@ class FastEngine:
     ) -> ClippedBatch:
         return fast_or_fallback(
             model,
+            x,
             self.require,
             lambda: self._fast(model, x, y, sample_weight, num_units, l2_norm_clip),
             lambda: self.fallback.clipped_gradient_sum(

@@ -15,6 +15,8 @@ update sends the model to the vectorized engine (which refuses it, loudly).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -23,14 +25,11 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training.backend.torch.engine import VectorizedEngine, to_units
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.engine import ClippedBatch, unit_loss_leaves
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import units as fast_units
-from keras_privacy.training.fast.capture import (
-    _Capture,
-    _check_exact,
-    fast_or_fallback,
-)
+from keras_privacy.training.fast.capture import _Capture, _check_exact
+from keras_privacy.training.fast.choice import fast_or_fallback
 from keras_privacy.training.fast.rules import NotExact
 from keras_privacy.training.fast.units import Units
 
@@ -80,24 +79,31 @@ def _segment_sum(data, segment_ids, num_segments=None, sorted=False):
     return out.index_add_(0, ids, data)
 
 
+@contextlib.contextmanager
+def _same_randomness() -> Iterator[None]:
+    """Unseeded Keras random layers draw from torch's global generator: every forward pass
+    of the numerical batch-independence check starts it from the same state (and leaves
+    the caller's state as it was), so that only the perturbed input differs."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        yield
+
+
 fast_units.backend_ops["extract_patches"] = _unfold_patches
 fast_units.backend_ops["segment_sum"] = _segment_sum
+fast_units.backend_ops["same_randomness"] = _same_randomness
 
 
 def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
     """``[U]``: each unit's loss, as the vectorized engine computes it (the compiled loss
-    of the unit's rows alone, averaged), vectorized over units with ``torch.func.vmap``
-    (differentiable with respect to ``y_pred``)."""
-    data = (y, y_pred, sample_weight)
-    leaves = [t for t in keras.tree.flatten(data) if t is not None]
+    of the unit's rows alone, with their output masks, averaged), vectorized over units
+    with ``torch.func.vmap`` (differentiable with respect to ``y_pred``)."""
+    leaves, rebuild = unit_loss_leaves(y, y_pred, sample_weight)
     unit_leaves = [to_units(t, num_units) for t in leaves]
     scratch_metrics = [(v, torch.zeros_like(v.value)) for v in model.metrics_variables]
 
     def unit_loss(leaves_u):
-        it = iter(leaves_u)
-        y_u, pred_u, sw_u = keras.tree.map_structure(
-            lambda t: None if t is None else next(it), data
-        )
+        y_u, pred_u, sw_u = rebuild(leaves_u)
         with StatelessScope(state_mapping=scratch_metrics):
             loss = model._compute_loss(
                 x=None, y=y_u, y_pred=pred_u, sample_weight=sw_u, training=True
@@ -138,6 +144,7 @@ class FastEngine:
         """As :meth:`VectorizedEngine.clipped_gradient_sum`."""
         return fast_or_fallback(
             model,
+            x,
             self.require,
             lambda: self._fast(model, x, y, sample_weight, num_units, l2_norm_clip),
             lambda: self.fallback.clipped_gradient_sum(

@@ -1,0 +1,77 @@
+"""The engine choice, the same on every backend: the fast engine where it is exact for
+the model, else a refusal (``engine="fast"``) or the vectorized engine (``"auto"``).
+
+The fast engine is exact for a model only if (1) nothing rules it out statically
+(:func:`~keras_privacy.training.fast.capture._static_reason`: the compiled loss, and the
+batch-independence allow-list of :mod:`keras_privacy.training.fast.guard`), (2) the
+numerical batch-independence check of :mod:`keras_privacy.training.fast.independence`
+passes, and (3) no rule raises :class:`NotExact` while tracing (uncovered or shared
+variables, regularization losses, a loss that cannot be vectorized over units).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.fast.capture import _static_reason
+from keras_privacy.training.fast.independence import numerical_mixing_reason
+from keras_privacy.training.fast.rules import NotExact
+
+
+def record_engine(model: Any, engine: str, reason: str | None) -> None:
+    """Remember which engine trains the model (``model._dp_engine_used``); say it once per
+    model and engine: an INFO log for the fast engine, a warning (with the reason) for the
+    vectorized fallback. (TensorFlow queues the warning with its vectorizer's notes.)"""
+    previous = getattr(model, "_dp_engine_used", None)
+    object.__setattr__(model, "_dp_engine_used", (engine, reason))
+    if previous is not None and previous[0] == engine:
+        return
+    if engine == "fast":
+        logging.getLogger("keras_privacy").info(
+            "keras-privacy: %r trains with the fast (norm-only) clipping engine.", model.name
+        )
+    else:
+        warnings.warn(
+            f"keras-privacy: {model.name!r} trains with the vectorized clipping engine "
+            f"(exact, slower), because the fast engine cannot be exact for it: {reason}.",
+            stacklevel=2,
+        )
+
+
+def fast_or_fallback(
+    model: Any,
+    x: Any,
+    require: bool,
+    fast: Callable[[], Any],
+    fallback: Callable[[], Any],
+    record: Callable[[Any, str, str | None], None] = record_engine,
+) -> Any:
+    """The engine choice for a batch with inputs ``x``: ``fast()`` where the fast engine is
+    exact for ``model`` (no static reason against it, the numerical batch-independence
+    check passes, and no rule raises :class:`NotExact`); otherwise a
+    :class:`PrivacyError` for ``engine="fast"`` (``require``) or ``fallback()`` (the
+    vectorized engine) for ``engine="auto"``. ``record`` says which engine trains the
+    model, once."""
+    reason = _static_reason(model)
+    if reason is None:
+        reason = numerical_mixing_reason(model, x)
+    if reason is None:
+        try:
+            result = fast()
+        except NotExact as error:
+            reason = str(error)
+        else:
+            record(model, "fast", None)
+            return result
+    if require:
+        raise PrivacyError(
+            f"engine='fast' cannot train {model.name!r} exactly: {reason}. Use "
+            "engine='auto' (falls back to the exact vectorized engine) or "
+            "engine='vectorized'."
+        )
+    record(model, "vectorized", reason)
+    return fallback()
