@@ -49,10 +49,29 @@ _PER_EXAMPLE: dict[type, Callable[[Any], str | None] | None] = {}
 _ELEMENTWISE_OPS = tuple(
     getattr(knp, name)
     for name in (
-        "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum",
-        "Equal", "NotEqual", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd",
-        "LogicalOr", "LogicalNot", "LogicalXor", "Negative", "Abs", "Square", "Sqrt",
-        "Exp", "Log",
+        "Add",
+        "Subtract",
+        "Multiply",
+        "Divide",
+        "TrueDivide",
+        "Maximum",
+        "Minimum",
+        "Equal",
+        "NotEqual",
+        "Greater",
+        "GreaterEqual",
+        "Less",
+        "LessEqual",
+        "LogicalAnd",
+        "LogicalOr",
+        "LogicalNot",
+        "LogicalXor",
+        "Negative",
+        "Abs",
+        "Square",
+        "Sqrt",
+        "Exp",
+        "Log",
     )  # fmt: skip
     if hasattr(knp, name)
 )

@@ -45,9 +45,7 @@ _CACHE = "_dp_independence_checked"
 
 def _signature(x: Any) -> tuple:
     leaves = keras.tree.flatten(x)
-    return tuple(
-        (keras.backend.standardize_dtype(t.dtype), tuple(t.shape[1:])) for t in leaves
-    )
+    return tuple((keras.backend.standardize_dtype(t.dtype), tuple(t.shape[1:])) for t in leaves)
 
 
 def _probe_leaf(dtype: str, shape: tuple, rng: np.random.Generator) -> np.ndarray:

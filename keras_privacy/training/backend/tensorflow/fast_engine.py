@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import keras
 import tensorflow as tf
 from keras.src.backend.common.stateless_scope import StatelessScope
 
