@@ -19,8 +19,12 @@ from test_fast_engine import LOSS
 
 import keras_privacy as kp
 from keras_privacy.training.errors import PrivacyError
-from keras_privacy.training.fast import batch_mixing_reason, guard, register_per_example_layer
-from keras_privacy.training.fast import independence
+from keras_privacy.training.fast import (
+    batch_mixing_reason,
+    guard,
+    independence,
+    register_per_example_layer,
+)
 
 L = keras.layers
 
