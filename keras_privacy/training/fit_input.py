@@ -42,6 +42,8 @@ class FitPlan:
       expected_units: the public divisor B of one update (None: the realised rows).
       user_sample_weight: whether the user gave sample or class weights.
       callbacks: checks to run during ``fit`` (before the user's callbacks).
+      sampler: the Poisson sampler feeding this ``fit`` (None for other sampling): a
+        refusal it raises inside a backend's input pipeline is re-raised as itself.
     """
 
     segment: TrainingSegment
@@ -50,6 +52,7 @@ class FitPlan:
     expected_units: float | None
     user_sample_weight: bool
     callbacks: list
+    sampler: Any = None
 
 
 def new_segment(config: DPConfig, sampling: str, dataset_size: int | None, batch: int | None):
@@ -177,6 +180,7 @@ def _poisson_plan(model, config: DPConfig, kwargs, sampler_rng) -> FitPlan:
         expected_units=float(logical),  # the expected batch, never the realised one
         user_sample_weight=sample_weight is not None,
         callbacks=[],
+        sampler=sampler,
     )
 
 

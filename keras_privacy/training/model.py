@@ -327,6 +327,11 @@ class DPTrainingMixin:
                 validation_freq=validation_freq,
                 **plan.fit_kwargs,
             )
+        except Exception as error:
+            failure = getattr(plan.sampler, "failure", None)
+            if failure is not None and failure is not error:
+                raise failure from error
+            raise
         finally:
             # Callbacks that persist privacy state (PrivacyBudget's state file) write it
             # even when fit ends by an exception: spent privacy stays spent.

@@ -87,6 +87,7 @@ class PoissonBatches:
         self.sampling_probability = expected_batch_size / self.dataset_size
         self.capacity = poisson_capacity(self.dataset_size, expected_batch_size)
         self._rng = rng if rng is not None else np.random.default_rng()
+        self.failure: PrivacyError | None = None
 
     @property
     def updates_per_epoch(self) -> int:
@@ -97,11 +98,14 @@ class PoissonBatches:
         """One Poisson draw: a Binomial(N, q) count, then that many distinct examples."""
         count = self._rng.binomial(self.dataset_size, self.sampling_probability)
         if count > self.capacity:
-            raise PrivacyError(
+            # Kept for fit: raised inside an input pipeline (TensorFlow's tf.data) the
+            # error reaches the caller as the pipeline's own; fit re-raises this one.
+            self.failure = PrivacyError(
                 f"A Poisson batch of {count} examples exceeded the padded capacity "
                 f"{self.capacity} (expected {self.expected_batch_size}). Dropping examples "
                 "would invalidate the privacy accounting, so training stops here."
             )
+            raise self.failure
         return np.sort(self._rng.choice(self.dataset_size, size=count, replace=False))
 
     def _pad(self, array: np.ndarray, indices: np.ndarray) -> np.ndarray:

@@ -136,6 +136,36 @@ def test_multi_output_model_with_dict_losses():
     assert history.history["cls_loss"][0] > 0.1 and history.history["reg_loss"][0] > 0.1
 
 
+@pytest.mark.parametrize("sampling", ["poisson", "shuffle"])
+def test_multi_output_model_with_targets_as_a_list(sampling):
+    """``y`` as a Python list for a two-output model (TensorFlow's input pipeline has no
+    lists; they were refused with a tf.data error)."""
+    x, y = _data()
+    inputs = keras.Input((8,))
+    outputs = [keras.layers.Dense(2, name="cls")(inputs), keras.layers.Dense(1, name="reg")(inputs)]
+    model = kp.DPModel(
+        inputs, outputs, l2_norm_clip=1.0, noise_multiplier=0.5, sampling=sampling, seed=0
+    )
+    model.compile(optimizer="sgd", loss=[LOSS, "mse"])
+    history = model.fit(x, [y, x[:, :1]], batch_size=16, epochs=1, verbose=0)
+    assert history.history["cls_loss"][0] > 0.0 and history.history["reg_loss"][0] > 0.0
+
+
+def test_poisson_draw_above_capacity_stops_fit_with_a_privacy_error(monkeypatch):
+    """On every backend (TensorFlow draws inside its tf.data pipeline) the refusal is the
+    sampler's PrivacyError, not the pipeline's own error."""
+    from keras_privacy.training import sampling
+
+    monkeypatch.setattr(sampling, "poisson_capacity", lambda n, expected: expected // 2)
+    x, y = _data()
+    model = kp.DPSequential(
+        l2_norm_clip=1.0, noise_multiplier=0.5, seed=0, layers=[keras.layers.Dense(2)]
+    )
+    model.compile(optimizer="sgd", loss=LOSS)
+    with pytest.raises(kp.PrivacyError, match="exceeded the padded capacity"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
 @pytest.mark.parametrize("builder", ["sequential", "functional", "make_private"])
 def test_save_and_load_keep_dp_settings_but_no_seed_or_noise_state(builder, tmp_path):
     x, y = _data()
