@@ -53,6 +53,11 @@ def clipped_second_moment_sum(
 ) -> np.ndarray:
     """``sum_i x_i x_i^T`` (float64) with each row ``x_i`` scaled to norm <= ``norm_bound``.
 
+    A row with a non-finite entry (NaN, inf) contributes nothing, as DP-SGD gives a
+    non-finite gradient weight 0: one such row would otherwise make the whole sum, and so
+    the release, NaN. The bound on one row's contribution (``norm_bound^2``) is unchanged,
+    and how many rows were left out is not released.
+
     Not private: release it only through :func:`release_second_moment`.
     """
     if norm_bound <= 0:
@@ -61,6 +66,7 @@ def clipped_second_moment_sum(
     moment = np.zeros((d, d), dtype=np.float64)
     for start in range(0, len(features), chunk):
         part = np.asarray(features[start : start + chunk], dtype=np.float64)
+        part = np.where(np.isfinite(part).all(axis=1, keepdims=True), part, 0.0)
         norms = np.linalg.norm(part, axis=1, keepdims=True)
         part = part * np.minimum(1.0, norm_bound / np.maximum(norms, 1e-30))
         moment += part.T @ part

@@ -27,6 +27,20 @@ def test_one_row_changes_the_sum_by_at_most_the_bound_squared():
     assert np.allclose(_spectral.clipped_second_moment_sum(small, bound, chunk=7), small.T @ small)
 
 
+def test_a_non_finite_row_contributes_nothing_instead_of_making_the_release_nan():
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(40, 5))
+    without = _spectral.clipped_second_moment_sum(rows, 2.0)
+    for bad in (np.nan, np.inf, -np.inf):
+        extra = rng.normal(size=(1, 5))
+        extra[0, 2] = bad
+        with_row = _spectral.clipped_second_moment_sum(np.vstack([rows, extra]), 2.0, chunk=16)
+        assert np.isfinite(with_row).all()
+        np.testing.assert_allclose(with_row, without, rtol=1e-12)
+    released, _ = _spectral.release_second_moment(with_row, 41, 2.0, 1.0, np.random.default_rng(0))
+    assert np.isfinite(released).all()
+
+
 def test_the_release_adds_symmetric_noise_of_the_documented_scale():
     d, n, bound, sigma = 40, 1000, 3.0, 2.5
     zero = np.zeros((d, d))
