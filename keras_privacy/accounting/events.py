@@ -268,8 +268,10 @@ def segment_event(segment: Any) -> dp_accounting.DpEvent:
 
 
 def training_record_event(record: Any) -> dp_accounting.DpEvent:
-    """Composition, in order, of the events of all segments of a TrainingRecord."""
-    events = [segment_event(s) for s in record.segments if int(s.updates) > 0]
+    """Composition, in order, of a TrainingRecord's other releases (see
+    ``TrainingRecord.add_release``) and the events of all its segments."""
+    events = [event for _, event in getattr(record, "other_releases", ())]
+    events += [segment_event(s) for s in record.segments if int(s.updates) > 0]
     if not events:
         return dp_accounting.NoOpDpEvent()
     if len(events) == 1:

@@ -165,14 +165,16 @@ class PrivacyLedger:
     def from_training_record(cls, record: Any) -> PrivacyLedger:
         """Ledger of a :class:`~keras_privacy.training.record.TrainingRecord`.
 
-        One entry per segment: Poisson segments record one Poisson-subsampled Gaussian per
-        optimizer update; shuffled / fixed-batch segments one Gaussian per pass (see
-        :mod:`keras_privacy.accounting.events`).
+        One entry per other release of the record, then one per segment: Poisson segments
+        record one Poisson-subsampled Gaussian per optimizer update; shuffled / fixed-batch
+        segments one Gaussian per pass (see :mod:`keras_privacy.accounting.events`).
 
         Raises:
           DatasetSizeUnknownError: a segment with updates lacks its dataset size.
         """
         ledger = cls()
+        for note, event in getattr(record, "other_releases", ()):
+            ledger._entries.append(LedgerEntry(event, 1, note or "other release"))
         for index, segment in enumerate(record.segments, 1):
             event = events.segment_event(segment)
             if isinstance(event, dp_accounting.SelfComposedDpEvent):

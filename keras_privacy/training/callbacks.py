@@ -28,6 +28,7 @@ import keras
 
 from keras_privacy import accounting
 from keras_privacy.accounting._checks import check_format_header
+from keras_privacy.accounting.ledger import event_from_data
 from keras_privacy.training.record import SAMPLING_KINDS, TrainingRecord, TrainingSegment
 
 STATE_FORMAT = "keras-privacy/privacy-state"
@@ -129,6 +130,11 @@ def record_from_state(data: Any) -> TrainingRecord:
     if not isinstance(record_data, dict) or not isinstance(record_data.get("segments"), list):
         raise ValueError("privacy state: training_record.segments must be a list")
     record = TrainingRecord([_segment_from_data(s) for s in record_data["segments"]])
+    releases = record_data.get("other_releases", [])
+    if not isinstance(releases, list) or not all(isinstance(r, dict) for r in releases):
+        raise ValueError("privacy state: training_record.other_releases must be a list")
+    for release in releases:
+        record.add_release(event_from_data(release.get("event")), release.get("note", ""))
     if data.get("ledger") is not None:
         saved = accounting.PrivacyLedger.from_dict(data["ledger"])
         if saved != accounting.PrivacyLedger.from_training_record(record):
@@ -318,6 +324,8 @@ class PrivacyBudget(keras.callbacks.Callback):
         if saved.total_updates <= sum(segment.updates for segment in earlier):
             return
         record.segments[:-1] = [s for s in saved.segments if s.updates]
+        if not record.other_releases:
+            record.other_releases = list(saved.other_releases)
 
 
 def _with_one_more_update(record: TrainingRecord) -> TrainingRecord:

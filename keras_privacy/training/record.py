@@ -13,6 +13,12 @@ optimizer update is the same mechanism:
 
 ``updates`` counts optimizer updates (not ``train_step`` calls: under gradient accumulation
 several calls make one update).
+
+A record may also hold **other releases** computed from the same training data (a
+``dp_accounting.DpEvent`` each, e.g. a private second moment of the features released
+before training): every epsilon computed from the record -- ``PrivacyBudget``'s live and
+per-epoch figures and its budget, ``privacy_spent``, the saved privacy state -- composes
+them with the training.
 """
 
 from __future__ import annotations
@@ -87,9 +93,20 @@ class TrainingSegment:
 
 @dataclasses.dataclass
 class TrainingRecord:
-    """All DP training a model has done, as segments in order."""
+    """All DP training a model has done, as segments in order, and the other releases
+    from the same data (``(note, DpEvent)`` pairs; see :meth:`add_release`)."""
 
     segments: list[TrainingSegment] = dataclasses.field(default_factory=list)
+    other_releases: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
+
+    def add_release(self, event: Any, note: str = "") -> None:
+        """Record that ``event`` (a ``dp_accounting.DpEvent``, under the same
+        add-or-remove-one-example relation as the training) was also computed from the
+        training data, so that every epsilon of this record composes it with training."""
+        from keras_privacy.accounting._checks import check_other_releases
+
+        (event,) = check_other_releases([event])
+        self.other_releases.append((str(note), event))
 
     @property
     def total_updates(self) -> int:
@@ -105,11 +122,26 @@ class TrainingRecord:
         return all(s.sampling == POISSON for s in self.segments if s.updates)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"segments": [s.to_dict() for s in self.segments]}
+        from keras_privacy.accounting.ledger import event_to_data
+
+        data: dict[str, Any] = {"segments": [s.to_dict() for s in self.segments]}
+        if self.other_releases:
+            data["other_releases"] = [
+                {"note": note, "event": event_to_data(event)} for note, event in self.other_releases
+            ]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingRecord:
-        return cls([TrainingSegment(**s) for s in data.get("segments", [])])
+        from keras_privacy.accounting.ledger import event_from_data
+
+        releases = data.get("other_releases", [])
+        if not isinstance(releases, list):
+            raise ValueError("training record: other_releases must be a list")
+        return cls(
+            [TrainingSegment(**s) for s in data.get("segments", [])],
+            [(str(r.get("note", "")), event_from_data(r.get("event"))) for r in releases],
+        )
 
     def describe(self) -> str:
         """A human-readable account of the sampling and updates so far."""

@@ -49,9 +49,10 @@ average of the weights: {ema}. σ is planned with
 `kp.compute_noise_multiplier(..., other_releases=[the second-moment release])` for the
 updates `fit` makes at the target ε (δ = {delta:g}, PLD accountant): the target covers the
 release and the training together, and the ε column is the accountant's value for both
-(the ε shown while training counts the updates only). The non-private row trains the
-same model on the same features, whitened with the exact second moment, without clipping
-or noise (batch {table.nonprivate_batch_size}, learning rate {table.nonprivate_learning_rate:g},
+(the ε shown while training includes the release too: the model's privacy record
+holds it). The non-private row trains the same model on the same features, whitened
+with the exact second moment, without clipping or noise (batch
+{table.nonprivate_batch_size}, learning rate {table.nonprivate_learning_rate:g},
 {table.nonprivate_epochs} epochs). Test accuracy on the {n_test} test images.
 """
 

@@ -174,7 +174,8 @@ def train_at_target(
     non_members) -> AUC`` (for models whose outputs are not one prediction per example).
     ``other_releases``: (note, DpEvent) pairs for what else was computed on the training
     rows (e.g. private feature statistics); sigma is planned for their composition with
-    the run, and the epsilon reported is that of the ledger holding them and the run.
+    the run, and the model's record holds them, so the epsilon shown during training and
+    the one reported both compose them with the run.
     """
     quiet_accounting_logs()
     keras.utils.set_random_seed(seed)
@@ -195,6 +196,10 @@ def train_at_target(
         model = kp.make_private(
             model, l2_norm_clip=recipe.l2_norm_clip, noise_multiplier=sigma, seed=noise_seed
         )
+        # The record composes them with training in every epsilon it gives: the live and
+        # per-epoch figures, the budget, and the one reported below.
+        for note, event in other_releases:
+            model.privacy_record.add_release(event, note)
         callbacks.append(kp.PrivacyBudget(delta, target_epsilon, accountant=accountant, live=False))
     label = name + (" non-private" if target_epsilon is None else f" ε≤{target_epsilon:g}")
     metric_name = monitor_metric if isinstance(monitor_metric, str) else monitor_metric.name
@@ -222,11 +227,7 @@ def train_at_target(
             print(f"  {label}: the budget stopped training after {made} of {planned} updates")
     epsilon = math.inf
     if target_epsilon is not None:
-        ledger = kp.PrivacyLedger()
-        for note, event in other_releases:
-            ledger.record(event, note=note)
-        for entry in kp.PrivacyLedger.from_training_record(model.privacy_record).entries:
-            ledger.record(entry.event, entry.count, entry.note)
+        ledger = kp.PrivacyLedger.from_training_record(model.privacy_record)
         epsilon = ledger.epsilon(delta, accountant)
     metrics = evaluate(model)
     if callable(attack):

@@ -264,3 +264,32 @@ def test_epsilon_is_shown_while_the_epoch_runs():
     quiet = _BatchLogs()
     model.fit(x, y, batch_size=B, verbose=0, callbacks=[PrivacyBudget(DELTA, live=False), quiet])
     assert set(quiet.epsilons) == {None}
+
+
+def test_the_record_composes_other_releases_into_every_epsilon(tmp_path):
+    """A release from the same data (e.g. private feature statistics) recorded on the model
+    counts in PrivacyBudget's epsilon during and after training, in privacy_spent, in the
+    budget, and survives the privacy state file."""
+    import dp_accounting
+
+    release = dp_accounting.GaussianDpEvent(2.0)
+    x, y = _data()
+    eps = {}
+    for with_release in (False, True):
+        model = _model()
+        if with_release:
+            model.privacy_record.add_release(release, "second moment")
+        budget = kp.PrivacyBudget(
+            1e-5, accountant=FAST, state_path=tmp_path / f"s{with_release}.json"
+        )
+        history = model.fit(x, y, batch_size=B, epochs=1, verbose=0, callbacks=[budget])
+        eps[with_release] = (history.history["epsilon"][-1], model.privacy_spent(1e-5, FAST))
+    alone = kp.PrivacyLedger()
+    alone.record(release)
+    assert eps[True][0] > eps[False][0] and eps[True][1] > eps[False][1]
+    assert eps[True][0] > alone.epsilon(1e-5, FAST)
+    assert eps[True][0] == pytest.approx(eps[True][1])
+    restored = load_privacy_state(tmp_path / "sTrue.json")
+    assert [event for _, event in restored.other_releases] == [release]
+    with pytest.raises(ValueError, match="DpEvent"):
+        model.privacy_record.add_release(2.0)
