@@ -25,6 +25,7 @@ _LAZY = {
     "DPKerasSGDOptimizer": "keras_privacy.training",
     "DPKerasAdamOptimizer": "keras_privacy.training",
     "DPKerasAdagradOptimizer": "keras_privacy.training",
+    "BatchMixingWarning": "keras_privacy.training",
     "PrivacyError": "keras_privacy.training",
     "SamplingWarning": "keras_privacy.training",
     "TrainingRecord": "keras_privacy.training.record",

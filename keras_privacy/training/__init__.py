@@ -7,7 +7,7 @@ optimizers ``DPKerasSGDOptimizer`` / ``DPKerasAdamOptimizer`` / ``DPKerasAdagrad
 """
 
 from keras_privacy.training.config import DPConfig
-from keras_privacy.training.errors import PrivacyError, SamplingWarning
+from keras_privacy.training.errors import BatchMixingWarning, PrivacyError, SamplingWarning
 from keras_privacy.training.model import DPModel, DPSequential
 from keras_privacy.training.optimizers import (
     DPKerasAdagradOptimizer,
@@ -25,6 +25,7 @@ __all__ = [
     "DPKerasSGDOptimizer",
     "DPModel",
     "DPSequential",
+    "BatchMixingWarning",
     "PrivacyError",
     "PrivateModel",
     "SamplingWarning",

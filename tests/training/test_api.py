@@ -1,5 +1,7 @@
 """The public API inside ordinary Keras workflows: compile/fit/evaluate/predict/save."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -270,13 +272,62 @@ def test_an_unbuilt_subclassed_model_trains_on_every_path(path):
 
 
 def test_batch_mixing_in_a_subclassed_call_is_not_given_to_the_fast_engine():
+    """The numerical check sees the mixing in the model's own call; the vectorized engine
+    keeps DP exact and a BatchMixingWarning says what that does to the model."""
     x, y = np.random.default_rng(0).normal(size=(8, 3)).astype("float32"), np.ones((8, 1))
     auto = TwoDenseModel(mix=True, sampling="shuffle")
     auto.compile(optimizer="sgd", loss="mse")
-    with pytest.warns(UserWarning, match="vectorized clipping engine"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         auto.fit(x, y, batch_size=8, verbose=0)
+    said = {type(w.message): str(w.message) for w in caught}
+    assert "one example at a time" in said[kp.BatchMixingWarning]
+    assert "numerical batch-independence check" in said[UserWarning]
     assert auto.dp_engine_used == "vectorized"
     fast = TwoDenseModel(mix=True, sampling="shuffle", engine="fast")
     fast.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(kp.PrivacyError, match="not known to treat the examples"):
+    with pytest.raises(kp.PrivacyError, match="numerical batch-independence check"):
         fast.fit(x, y, batch_size=8, verbose=0)
+    strict = TwoDenseModel(mix=True, sampling="shuffle")
+    strict.compile(optimizer="sgd", loss="mse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", kp.BatchMixingWarning)
+        with pytest.raises(kp.BatchMixingWarning):
+            strict.fit(x, y, batch_size=8, verbose=0)
+
+
+def test_a_subclassed_model_of_ruled_layers_takes_the_fast_engine():
+    """Every layer it holds passes the list and its call passes the numerical check: the
+    fast engine, with the per-example reference's clipped sum."""
+    from helpers import reference_clipped_sum, to_numpy
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 1)).astype("float32")
+    model = TwoDenseModel(sampling="shuffle")
+    model.compile(optimizer="sgd", loss="mse")
+    model.train_on_batch(x, y)
+    assert model.dp_engine_used == "fast"
+    got = model._dp_clipped(x, y, None, num_units=None)
+    want = reference_clipped_sum(model, keras.losses.MeanSquaredError(), x, y, 1.0)
+    np.testing.assert_allclose(
+        flat([to_numpy(g) for g in got.grad_sum]), flat(want), rtol=1e-4, atol=1e-6
+    )
+
+
+class WithCustomLayer(kp.DPModel):
+    def __init__(self, **dp):
+        super().__init__(l2_norm_clip=1.0, noise_multiplier=0.0, **dp)
+        self.scale = keras.layers.Lambda(lambda t: 2.0 * t)
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.out(self.scale(x))
+
+
+def test_a_subclassed_model_with_an_unknown_layer_is_told_what_to_do():
+    x, y = np.ones((8, 3), "float32"), np.zeros((8, 1), "float32")
+    model = WithCustomLayer(sampling="shuffle")
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.warns(UserWarning, match="register_per_example_layer"):
+        model.fit(x, y, batch_size=8, verbose=0)
+    assert model.dp_engine_used == "vectorized"

@@ -16,9 +16,9 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.errors import BatchMixingWarning, PrivacyError
 from keras_privacy.training.fast.capture import _static_reason
-from keras_privacy.training.fast.independence import numerical_mixing_reason
+from keras_privacy.training.fast.independence import MIXES, numerical_mixing_reason
 from keras_privacy.training.fast.rules import NotExact
 
 
@@ -73,5 +73,28 @@ def fast_or_fallback(
             "engine='auto' (falls back to the exact vectorized engine) or "
             "engine='vectorized'."
         )
+    _warn_if_mixing(model, x)
     record(model, "vectorized", reason)
     return fallback()
+
+
+def _warn_if_mixing(model: Any, x: Any) -> None:
+    """Say plainly, once per model, when the model really mixes the examples of a batch
+    (the numerical check shows it): the vectorized engine keeps DP exact by running each
+    example alone, which changes what the mixing computation sees."""
+    reason = numerical_mixing_reason(model, x)
+    if reason is None or MIXES not in reason or model.__dict__.get("_dp_warned_mixing"):
+        return
+    object.__setattr__(model, "_dp_warned_mixing", True)
+    warnings.warn(
+        f"keras-privacy: {model.name!r} mixes the examples of a batch ({reason}). DP "
+        "training clips each example's gradient on its own, so each example goes through "
+        "the model alone: in training that computation sees one example at a time, in "
+        "evaluation and prediction the whole batch, and the model may learn little (a "
+        "layer that subtracts the batch mean outputs zeros for a batch of one). Use "
+        "per-example layers instead (LayerNormalization or GroupNormalization rather than "
+        "batch statistics). warnings.simplefilter('error', keras_privacy.BatchMixingWarning) "
+        "makes this an error.",
+        BatchMixingWarning,
+        stacklevel=3,
+    )

@@ -22,9 +22,11 @@ operation on the model's forward path must be *known* to treat rows independentl
   axis -- softmax -- only where the tensor has a feature axis), and every sub-layer
   (``MultiHeadAttention``'s projections, an RNN's cell) must pass this guard itself;
 * the element-wise arithmetic ops of the functional API (``x + y``) pass;
-* anything else -- a custom layer or activation, a lambda, a subclassed model's own
-  ``call``, ``Lambda``, an op like ``ops.mean(x, axis=0)`` -- fails, and the message names
-  it.
+* a subclassed ``keras.Model``'s own ``call`` is glue code between layers: every layer
+  it holds must pass, and what the call computes with them is left to the numerical check
+  below (which is always run before the fast engine);
+* anything else -- a custom layer or activation, a lambda, ``Lambda``, an op like
+  ``ops.mean(x, axis=0)`` -- fails, and the message names it.
 
 :func:`register_per_example_layer` lets a user vouch for a custom layer class. The list is
 never the only line of defence: before the fast engine is used, the numerical check of
@@ -242,10 +244,17 @@ def _callable_reason(layer: Any) -> str | None:
     return None
 
 
-def _sublayer_reason(layer: Any) -> str | None:
+def _sublayer_reason(layer: Any, own_call_checked_numerically: bool = False) -> str | None:
     for sub in layer._flatten_layers(include_self=False, recursive=False):
         reason = batch_mixing_reason(sub)
         if reason:
+            if own_call_checked_numerically:
+                reason += (
+                    f" (a subclassed model such as {type(layer).__name__} takes the fast "
+                    "engine when every layer it holds passes this check: write the layer as "
+                    "a Sequential/functional model, give it a rule with register_rule, or "
+                    "vouch for it with register_per_example_layer)"
+                )
             return f"in {layer.name!r}, {reason}"
     return None
 
@@ -273,6 +282,14 @@ def batch_mixing_reason(layer: Any) -> str | None:
             if reason:
                 return reason
         return None
+    if isinstance(layer, keras.Model) and not isinstance(layer, Functional):
+        if _is_allowed_class(layer)[0]:
+            pass  # a registered model class: checked as a layer below
+        else:
+            # A subclassed model's own ``call`` is glue code between its layers: the list
+            # checks every layer it holds, and the numerical check (always run before the
+            # fast engine) checks what the call computes with them.
+            return _sublayer_reason(layer, own_call_checked_numerically=True)
     if isinstance(layer, keras.Sequential) and call is keras.Sequential.call:
         for sub in layer.layers:
             reason = batch_mixing_reason(sub)

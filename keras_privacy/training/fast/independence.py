@@ -38,6 +38,8 @@ import numpy as np
 from keras_privacy.training.fast import units as fast_units
 from keras_privacy.training.fast.capture import _Capture
 
+#: Every reason that reports mixing (not a check that could not run) contains this.
+MIXES = "mixes the examples of a batch"
 _ROWS = 5
 _UNKNOWN_DIM = 4
 _CACHE = "_dp_independence_checked"
@@ -126,7 +128,7 @@ def run_check(model: Any, x: Any, seed: int = 0) -> str | None:
                             "the numerical batch-independence check found that changing "
                             f"example {row} of a {_ROWS}-example probe batch ({kind}) "
                             f"changes other examples' output {changed}: an operation on the "
-                            "forward path mixes the examples of a batch"
+                            f"forward path {MIXES}"
                         )
     except Exception as error:  # noqa: BLE001 -- any failure means "not shown independent"
         return (
