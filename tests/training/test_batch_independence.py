@@ -68,6 +68,26 @@ class MixingAttention(L.MultiHeadAttention):
         return out - ops.mean(out, axis=0, keepdims=True), scores
 
 
+class MixBatch(L.Layer):
+    """An unregistered custom layer that subtracts the batch mean."""
+
+    def call(self, x):
+        return x - ops.mean(x, axis=0, keepdims=True)
+
+
+def _functional_op():
+    inputs = keras.Input((6,))
+    h = L.Dense(8)(inputs)
+    return keras.Model(inputs, L.Dense(3)(h - ops.mean(h, axis=0)))
+
+
+def _patched_call():
+    dense = L.Dense(8)
+    model = keras.Sequential([keras.Input((6,)), dense, L.Dense(3)])
+    dense.call = lambda x, **kwargs: L.Dense.call(dense, x - ops.mean(x, axis=0))
+    return model
+
+
 def _mlp(activation=None, middle=None):
     layers = [keras.Input((6,)), L.Dense(8, activation=activation)]
     if middle is not None:
@@ -92,6 +112,9 @@ MIXING = {
     "activation_layer_cumsum": (lambda: _mlp(middle=L.Activation(_cumsum)), True, True),
     "subclass_overrides_helper": (lambda: _attention(MixingAttention), True, True),
     "vouched_custom_layer": (lambda: _mlp(middle=Vouched()), False, True),
+    "custom_layer": (lambda: _mlp(middle=MixBatch()), True, True),
+    "functional_op": (_functional_op, True, True),
+    "call_replaced_on_instance": (_patched_call, True, True),
 }
 # Per-example models the allow-list refuses (unknown callables) or accepts.
 PER_EXAMPLE = {
