@@ -68,16 +68,22 @@ class SlicingFeature(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class SingleSliceSpec:
-    """One slice: a feature and its value (``None`` for the entire dataset).
+    """One slice: a feature and its value (``feature=None`` or ``ENTIRE_DATASET`` for the
+    entire dataset, as in TF Privacy's ``SingleSliceSpec(None)``).
 
     Values: a class index for ``CLASS``; a ``(low, high)`` pair of loss percentiles for
     ``PERCENTILE``; ``True``/``False`` for ``CORRECTLY_CLASSIFIED``; ``(grouping, group)`` for
     ``CUSTOM``, ``grouping`` being the index of the user-supplied grouping.
     """
 
-    feature: SlicingFeature = SlicingFeature.ENTIRE_DATASET
+    feature: SlicingFeature | None = SlicingFeature.ENTIRE_DATASET
     value: Any = None
     name: str | None = None
+
+    def __post_init__(self) -> None:
+        # TF Privacy writes the entire dataset as feature None
+        if self.feature is None:
+            object.__setattr__(self, "feature", SlicingFeature.ENTIRE_DATASET)
 
     @property
     def entire_dataset(self) -> bool:
@@ -163,11 +169,27 @@ def _to_two_columns(values: np.ndarray, from_logits: bool) -> np.ndarray:
     return np.stack([1.0 - column, column], axis=1)
 
 
+#: Smallest probability a cross-entropy loss is computed from, so that a predicted
+#: probability of 0 on the true label gives the finite loss −log(1e-8) ≈ 18.42 (TF Privacy's
+#: cap) instead of ∞.
+SMALLEST_PROBABILITY = 1e-8
+
+
 def _log_probabilities(logits: np.ndarray | None, probs: np.ndarray | None) -> np.ndarray:
     if logits is not None:
         return special.log_softmax(logits.astype(np.float64), axis=1)
     with np.errstate(divide="ignore"):
         return np.log(np.clip(probs.astype(np.float64), 0.0, 1.0))
+
+
+def _column(value: Any) -> Any:
+    """``(n, 1)`` per-example values (sample weights, losses, ...) → ``(n,)``."""
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.ndim == 2 and array.shape[1] == 1:
+        return array.reshape(-1)
+    return array
 
 
 @dataclasses.dataclass
@@ -181,6 +203,13 @@ class AttackInputData:
     labels; missing entropies as Song & Mittal's (2021) modified entropy
     Mentr(p, y) = −(1 − p_y) log p_y − Σ_{i≠y} p_i log(1 − p_i) when labels are known, and
     as the Shannon entropy −Σ_i p_i log p_i otherwise. Natural logarithms throughout.
+
+    Computed losses are capped as TF Privacy caps them: ℓ = −log max(p_y, 10⁻⁸) ≤ 18.42, so a
+    probability of exactly 0 on the true label (common in float32 model outputs) gives a
+    finite loss. With sample weights w, computed losses are w·ℓ (TF Privacy's weighting:
+    the threshold attack ranks the weighted losses, and the trained attacks are fitted with
+    the weights); losses given as ``loss_train``/``loss_test`` are used as given. Sample
+    weights (and losses, entropies) of shape ``(n, 1)`` are read as ``(n,)``.
 
     The data are validated on construction and raise ``ValueError`` for empty sets,
     mismatched lengths, NaN, labels out of range or giving both logits and probabilities.
@@ -223,6 +252,9 @@ class AttackInputData:
 
             multilabel.reduce_to_losses(self)
         for split in ("train", "test"):
+            for kind in ("loss", "entropy", "sample_weight"):
+                attribute = f"{kind}_{split}"
+                setattr(self, attribute, _column(getattr(self, attribute)))
             for kind, ndims in (
                 ("logits", (1, 2)),
                 ("probs", (1, 2)),
@@ -342,7 +374,12 @@ class AttackInputData:
         log_probs = self._log_probs(split)
         if labels is None or log_probs is None:
             return None
-        return -log_probs[np.arange(labels.size), labels]
+        log_p_true = np.maximum(log_probs[np.arange(labels.size), labels], _LOG_SMALLEST)
+        loss = -log_p_true
+        weights = getattr(self, f"sample_weight_{split}")
+        if weights is not None:
+            loss = loss * weights.astype(np.float64)
+        return loss
 
     def _entropy(self, split: str) -> np.ndarray | None:
         given = getattr(self, f"entropy_{split}")
@@ -398,6 +435,9 @@ class AttackInputData:
             if getattr(self, f"{kind}_train") is not None:
                 parts.append(f", {kind}")
         return "".join(parts) + ")"
+
+
+_LOG_SMALLEST = float(np.log(SMALLEST_PROBABILITY))
 
 
 def _first_length(data: AttackInputData, split: str) -> int:

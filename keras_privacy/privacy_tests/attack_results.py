@@ -12,6 +12,8 @@ import dataclasses
 import enum
 import json
 import math
+import os
+import re
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ __all__ = [
     "PrivacyReportMetadata",
     "RocCurve",
     "SingleAttackResult",
+    "get_flattened_attack_metrics",
 ]
 
 
@@ -385,6 +388,25 @@ class AttackResultsCollection:
     def append(self, attack_results: AttackResults) -> None:
         self.attack_results_list.append(attack_results)
 
+    def save(self, dirname: str, include_scores: bool = False) -> None:
+        """Write each results to ``dirname/results_<i>.json`` (i = 0000, 0001, ... in list
+        order; the directory is created if needed), as :meth:`AttackResults.save`."""
+        os.makedirs(dirname, exist_ok=True)
+        for index, results in enumerate(self.attack_results_list):
+            results.save(os.path.join(dirname, f"results_{index:04d}.json"), include_scores)
+
+    @classmethod
+    def load(cls, dirname: str) -> AttackResultsCollection:
+        """Read back what :meth:`save` wrote to ``dirname``, in the order it was saved."""
+        found = []
+        for name in os.listdir(dirname):
+            match = _SAVED_NAME.fullmatch(name)
+            if match:
+                found.append((int(match.group(1)), name))
+        if not found:
+            raise FileNotFoundError(f"no results_<i>.json files in {dirname!r}")
+        return cls([AttackResults.load(os.path.join(dirname, name)) for _, name in sorted(found)])
+
     def calculate_pd_dataframe(self) -> Any:
         """One row per model variant × epoch × attack × slice, with accuracies."""
         import pandas as pd
@@ -401,3 +423,27 @@ class AttackResultsCollection:
         if not frames:
             raise ValueError("the collection is empty")
         return pd.concat(frames, ignore_index=True)
+
+
+_SAVED_NAME = re.compile(r"results_(\d+)\.json")
+
+
+def get_flattened_attack_metrics(
+    results: AttackResults,
+) -> tuple[list[str], list[str], list[str], list[float]]:
+    """Every result's attacker advantage, AUC and PPV as four parallel lists.
+
+    Returns ``(attack types, slices, metric names, values)``: for each
+    :class:`SingleAttackResult` three entries, named ``"adv"``, ``"auc"``, ``"ppv"``
+    (TF Privacy's form, e.g. for logging each metric as a scalar).
+    """
+    types: list[str] = []
+    slices: list[str] = []
+    names: list[str] = []
+    values: list[float] = []
+    for result in results.single_attack_results:
+        types += [str(result.attack_type)] * 3
+        slices += [str(result.slice_spec)] * 3
+        names += ["adv", "auc", "ppv"]
+        values += [result.get_attacker_advantage(), result.get_auc(), result.get_ppv()]
+    return types, slices, names, [float(v) for v in values]

@@ -23,6 +23,7 @@ from keras_privacy.privacy_tests.attack_results import (
     PrivacyReportMetadata,
     RocCurve,
     SingleAttackResult,
+    get_flattened_attack_metrics,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "SingleSliceSpec",
     "SlicingFeature",
     "SlicingSpec",
+    "get_flattened_attack_metrics",
 ]

@@ -9,6 +9,7 @@ import pytest
 
 import keras_privacy as kp
 from keras_privacy import accounting
+from keras_privacy.training import optimizers
 
 ROOT = "keras_privacy.compat.tensorflow_privacy"
 
@@ -19,7 +20,7 @@ ROOT = "keras_privacy.compat.tensorflow_privacy"
         (ROOT, "DPKerasSGDOptimizer", kp.DPKerasSGDOptimizer),
         (ROOT, "DPKerasAdamOptimizer", kp.DPKerasAdamOptimizer),
         (ROOT, "DPSequential", kp.DPSequential),
-        (ROOT, "VectorizedDPKerasSGDOptimizer", kp.DPKerasSGDOptimizer),
+        (ROOT, "VectorizedDPKerasSGDOptimizer", optimizers.VectorizedDPKerasSGDOptimizer),
         (f"{ROOT}.privacy.optimizers.dp_optimizer_keras", "DPKerasSGDOptimizer", None),
         (f"{ROOT}.privacy.optimizers.dp_optimizer_keras", "DPKerasAdagradOptimizer", None),
         (f"{ROOT}.privacy.keras_models.dp_keras_model", "DPModel", kp.DPModel),
