@@ -14,7 +14,7 @@ import json
 import math
 import os
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from keras_privacy.privacy_tests.attack_inputs import AttackType, SingleSliceSpe
 
 __all__ = [
     "AttackResults",
+    "DataSize",
     "AttackResultsCollection",
     "PrivacyMetric",
     "PrivacyReportMetadata",
@@ -89,6 +90,13 @@ class PrivacyMetric(enum.Enum):
         return self.value
 
 
+class DataSize(NamedTuple):
+    """Numbers of members and non-members (TF Privacy's form of ``data_size``)."""
+
+    ntrain: int
+    ntest: int
+
+
 @dataclasses.dataclass
 class SingleAttackResult:
     """Result of one attack on one slice.
@@ -97,7 +105,8 @@ class SingleAttackResult:
       slice_spec: the slice attacked.
       attack_type: the attack.
       roc_curve: its ROC curve (members are positives).
-      data_size: ``{"train": n_members, "test": n_nonmembers}`` in the slice.
+      data_size: ``{"train": n_members, "test": n_nonmembers}`` in the slice (a
+        :class:`DataSize` ``(ntrain, ntest)`` is accepted and stored in that form).
       membership_scores_train, membership_scores_test: per-example scores (higher = more
         likely a member) used to build the ROC; for trained attacks these are out-of-fold
         predictions on the (balanced) evaluation set.
@@ -116,6 +125,10 @@ class SingleAttackResult:
     epsilon_lower_bound: metrics.EpsilonLowerBound | None = None
     train_indices: np.ndarray | None = None
     test_indices: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data_size, DataSize):
+            self.data_size = {"train": self.data_size.ntrain, "test": self.data_size.ntest}
 
     def get_auc(self) -> float:
         return self.roc_curve.get_auc()

@@ -19,6 +19,7 @@ from keras_privacy.privacy_tests.attack_inputs import (
 from keras_privacy.privacy_tests.attack_results import (
     AttackResults,
     AttackResultsCollection,
+    DataSize,
     PrivacyMetric,
     PrivacyReportMetadata,
     RocCurve,
@@ -31,6 +32,7 @@ __all__ = [
     "AttackResults",
     "AttackResultsCollection",
     "AttackType",
+    "DataSize",
     "PrivacyMetric",
     "PrivacyReportMetadata",
     "RocCurve",

@@ -1,12 +1,20 @@
-"""``...membership_inference_attack.data_structures``: attack inputs, slices, results."""
+"""``...membership_inference_attack.data_structures``: attack inputs, slices, results.
+
+``EpsilonLowerBoundValue`` (TF Privacy's five bounds per method) is not provided: a
+result's ε lower bound is one number, ``SingleAttackResult.get_epsilon_lower_bound()``.
+It and TF Privacy's private helpers raise
+:class:`~keras_privacy.compat._unsupported.UnsupportedError` on use.
+"""
 
 from __future__ import annotations
 
+from keras_privacy.compat._unsupported import module_getattr, unsupported
 from keras_privacy.privacy_tests.data_structures import (  # noqa: F401
     AttackInputData,
     AttackResults,
     AttackResultsCollection,
     AttackType,
+    DataSize,
     PrivacyMetric,
     PrivacyReportMetadata,
     RocCurve,
@@ -14,17 +22,36 @@ from keras_privacy.privacy_tests.data_structures import (  # noqa: F401
     SingleSliceSpec,
     SlicingFeature,
     SlicingSpec,
+    get_flattened_attack_metrics,
 )
 from keras_privacy.privacy_tests.membership_probability import (  # noqa: F401
     MembershipProbabilityResults,
     SingleMembershipProbabilityResult,
 )
 
+_MODULE = "privacy.privacy_tests.membership_inference_attack.data_structures"
+_INSTEAD = (
+    "keras-privacy computes one epsilon lower bound per attack: "
+    "SingleAttackResult.get_epsilon_lower_bound() (the bound itself is "
+    "SingleAttackResult.epsilon_lower_bound, a keras_privacy.privacy_tests.EpsilonLowerBound)."
+)
+
+#: TF Privacy's name of the entire-dataset slice.
+ENTIRE_DATASET_SLICE_STR = "Entire dataset"
+
+EpsilonLowerBoundValue = unsupported(_MODULE, "EpsilonLowerBoundValue", _INSTEAD)
+_log_value = unsupported(
+    _MODULE, "_log_value", "It is a private helper; AttackInputData computes its own losses."
+)
+
 __all__ = [
+    "ENTIRE_DATASET_SLICE_STR",
     "AttackInputData",
     "AttackResults",
     "AttackResultsCollection",
     "AttackType",
+    "DataSize",
+    "EpsilonLowerBoundValue",
     "MembershipProbabilityResults",
     "PrivacyMetric",
     "PrivacyReportMetadata",
@@ -34,4 +61,7 @@ __all__ = [
     "SingleSliceSpec",
     "SlicingFeature",
     "SlicingSpec",
+    "get_flattened_attack_metrics",
 ]
+
+__getattr__ = module_getattr(_MODULE, "See docs/coming_from_tf_privacy.md for what differs.")
