@@ -105,3 +105,33 @@ def test_data_size_is_accepted_by_single_attack_result():
     )
     assert result.data_size == {"train": 3, "test": 4}
     assert result.get_auc() == pytest.approx(0.5)
+
+
+def test_dp_models_take_tf_privacy_use_xla_and_the_no_op_registry():
+    import keras
+
+    layer_registry = importlib.import_module(f"{ROOT}.fast_gradient_clipping.layer_registry")
+    dp_keras_model = importlib.import_module(f"{ROOT}.keras_models.dp_keras_model")
+    registry = layer_registry.make_default_layer_registry()
+    sequential = dp_keras_model.DPSequential(
+        l2_norm_clip=1.0,
+        noise_multiplier=0.0,
+        use_xla=False,
+        layer_registry=registry,
+        layers=[keras.Input((2,)), keras.layers.Dense(1)],
+    )
+    inputs = keras.Input((2,))
+    functional = dp_keras_model.DPModel(
+        inputs=inputs,
+        outputs=keras.layers.Dense(1)(inputs),
+        l2_norm_clip=1.0,
+        noise_multiplier=0.0,
+        layer_registry=registry,
+    )
+    for model in (sequential, functional):
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(np.ones((8, 2)), np.zeros((8, 1)), batch_size=4, verbose=0)
+    with pytest.raises(TypeError, match="register_rule"):
+        dp_keras_model.DPSequential(
+            l2_norm_clip=1.0, noise_multiplier=0.0, layer_registry={"Dense": None}
+        )

@@ -11,8 +11,8 @@ TF Privacy's registry functions have another contract than keras-privacy's rules
 ``keras_privacy.training.fast.LayerRule`` with
 ``keras_privacy.training.fast.register_rule`` instead.
 
-``DPModel``/``DPSequential`` do not take ``layer_registry`` (see
-docs/coming_from_tf_privacy.md).
+``DPModel``/``DPSequential`` accept this registry as ``layer_registry`` (and nothing
+else: :mod:`keras_privacy.training.tf_privacy_arguments`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ _INSTEAD = (
 
 class LayerRegistry:
     """TF Privacy's registry type; keras-privacy's models do not read it (a no-op)."""
+
+    #: what ``DPModel``/``DPSequential`` check to accept it as ``layer_registry``
+    keras_privacy_no_op = True
 
     def is_elem(self, layer_instance: Any) -> bool:
         """Whether keras-privacy's fast engine has a built-in rule for this layer."""
