@@ -14,22 +14,21 @@ import json
 import math
 import os
 import re
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from keras_privacy.privacy_tests import metrics
 from keras_privacy.privacy_tests.attack_inputs import AttackType, SingleSliceSpec, SlicingFeature
+from keras_privacy.privacy_tests.tf_privacy_forms import DataSize, EpsilonLowerBoundValue
 
 __all__ = [
     "AttackResults",
-    "DataSize",
     "AttackResultsCollection",
     "PrivacyMetric",
     "PrivacyReportMetadata",
     "RocCurve",
     "SingleAttackResult",
-    "get_flattened_attack_metrics",
 ]
 
 
@@ -90,13 +89,6 @@ class PrivacyMetric(enum.Enum):
         return self.value
 
 
-class DataSize(NamedTuple):
-    """Numbers of members and non-members (TF Privacy's form of ``data_size``)."""
-
-    ntrain: int
-    ntest: int
-
-
 @dataclasses.dataclass
 class SingleAttackResult:
     """Result of one attack on one slice.
@@ -114,6 +106,9 @@ class SingleAttackResult:
         :func:`keras_privacy.privacy_tests.metrics.compute_epsilon_lower_bound`.
       train_indices, test_indices: with ``run_attacks(..., return_slice_indices=True)``,
         the indices of the slice's members and non-members (None for the entire dataset).
+      epsilon_lower_bound_value: TF Privacy's form of the bound (arrays of bounds per
+        method), for results built by hand as TF Privacy's users do; used by
+        :meth:`get_epsilon_lower_bound` when ``epsilon_lower_bound`` is not given.
     """
 
     slice_spec: SingleSliceSpec
@@ -125,6 +120,7 @@ class SingleAttackResult:
     epsilon_lower_bound: metrics.EpsilonLowerBound | None = None
     train_indices: np.ndarray | None = None
     test_indices: np.ndarray | None = None
+    epsilon_lower_bound_value: EpsilonLowerBoundValue | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.data_size, DataSize):
@@ -143,9 +139,13 @@ class SingleAttackResult:
         return self.roc_curve.get_tpr_at_fpr(max_fpr)
 
     def get_epsilon_lower_bound(self) -> float:
-        return (
-            float("nan") if self.epsilon_lower_bound is None else self.epsilon_lower_bound.epsilon
-        )
+        """The ε lower bound (NaN if none was computed); from TF Privacy's form, the largest
+        of the bounds with the largest mean."""
+        if self.epsilon_lower_bound is not None:
+            return self.epsilon_lower_bound.epsilon
+        if self.epsilon_lower_bound_value is not None:
+            return self.epsilon_lower_bound_value.get_max_epsilon()
+        return float("nan")
 
     def metric(self, privacy_metric: PrivacyMetric) -> float:
         getters = {
@@ -184,6 +184,11 @@ class SingleAttackResult:
                 else dataclasses.asdict(self.epsilon_lower_bound)
             ),
         }
+        if self.epsilon_lower_bound_value is not None:
+            data["epsilon_lower_bound_value"] = {
+                getattr(method, "name", str(method)): np.asarray(bounds, float).tolist()
+                for method, bounds in self.epsilon_lower_bound_value.bounds.items()
+            }
         if include_scores and self.membership_scores_train is not None:
             data["membership_scores_train"] = self.membership_scores_train.tolist()
             data["membership_scores_test"] = self.membership_scores_test.tolist()
@@ -206,7 +211,14 @@ class SingleAttackResult:
             membership_scores_train=None if scores_train is None else np.asarray(scores_train),
             membership_scores_test=None if scores_test is None else np.asarray(scores_test),
             epsilon_lower_bound=None if bound is None else metrics.EpsilonLowerBound(**bound),
+            epsilon_lower_bound_value=_bound_value(data.get("epsilon_lower_bound_value")),
         )
+
+
+def _bound_value(data: dict[str, list[float]] | None) -> EpsilonLowerBoundValue | None:
+    if data is None:
+        return None
+    return EpsilonLowerBoundValue({name: np.asarray(b, float) for name, b in data.items()})
 
 
 def _json_float(value: float) -> float | None:
@@ -439,24 +451,3 @@ class AttackResultsCollection:
 
 
 _SAVED_NAME = re.compile(r"results_(\d+)\.json")
-
-
-def get_flattened_attack_metrics(
-    results: AttackResults,
-) -> tuple[list[str], list[str], list[str], list[float]]:
-    """Every result's attacker advantage, AUC and PPV as four parallel lists.
-
-    Returns ``(attack types, slices, metric names, values)``: for each
-    :class:`SingleAttackResult` three entries, named ``"adv"``, ``"auc"``, ``"ppv"``
-    (TF Privacy's form, e.g. for logging each metric as a scalar).
-    """
-    types: list[str] = []
-    slices: list[str] = []
-    names: list[str] = []
-    values: list[float] = []
-    for result in results.single_attack_results:
-        types += [str(result.attack_type)] * 3
-        slices += [str(result.slice_spec)] * 3
-        names += ["adv", "auc", "ppv"]
-        values += [result.get_attacker_advantage(), result.get_auc(), result.get_ppv()]
-    return types, slices, names, [float(v) for v in values]

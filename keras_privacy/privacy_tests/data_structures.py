@@ -19,11 +19,14 @@ from keras_privacy.privacy_tests.attack_inputs import (
 from keras_privacy.privacy_tests.attack_results import (
     AttackResults,
     AttackResultsCollection,
-    DataSize,
     PrivacyMetric,
     PrivacyReportMetadata,
     RocCurve,
     SingleAttackResult,
+)
+from keras_privacy.privacy_tests.tf_privacy_forms import (
+    DataSize,
+    EpsilonLowerBoundValue,
     get_flattened_attack_metrics,
 )
 
@@ -33,6 +36,7 @@ __all__ = [
     "AttackResultsCollection",
     "AttackType",
     "DataSize",
+    "EpsilonLowerBoundValue",
     "PrivacyMetric",
     "PrivacyReportMetadata",
     "RocCurve",

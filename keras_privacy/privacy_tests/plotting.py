@@ -223,6 +223,7 @@ def plot_by_epochs(
     (chance), the others at 0."""
     chosen = _metrics(privacy_metrics)
     figure = _new_figure(4.5 * len(chosen), 4.0)
+    figure.suptitle("Vulnerability per Epoch")
     for index, privacy_metric in enumerate(chosen):
         axes = figure.add_subplot(1, len(chosen), index + 1)
         for variant, points in _best_per_results(
@@ -259,6 +260,7 @@ def plot_privacy_vs_accuracy(
     ``use_test_accuracy=True`` it is the test accuracy."""
     chosen = _metrics(privacy_metrics)
     figure = _new_figure(4.5 * len(chosen), 4.0)
+    figure.suptitle("Privacy vs Utility Analysis")
     which = "accuracy_test" if use_test_accuracy else "accuracy_train"
     for index, privacy_metric in enumerate(chosen):
         axes = figure.add_subplot(1, len(chosen), index + 1)

@@ -50,7 +50,7 @@ def test_names_import(module, names):
         (f"{ROOT}.privacy_tests.epsilon_lower_bound", "EpsilonLowerBound", "compute_epsilon"),
         (f"{ROOT}.privacy_tests.epsilon_lower_bound", "RatioBound", "compute_epsilon"),
         (f"{ROOT}.privacy_tests.utils", "log_loss", "loss_train"),
-        (f"{MIA}.data_structures", "EpsilonLowerBoundValue", "get_epsilon_lower_bound"),
+        (f"{MIA}.data_structures", "_log_value", "private helper"),
         (f"{ROOT}.analysis.compute_dp_sgd_privacy_lib", "_logexpm1", "statement"),
     ],
 )
@@ -105,6 +105,37 @@ def test_data_size_is_accepted_by_single_attack_result():
     )
     assert result.data_size == {"train": 3, "test": 4}
     assert result.get_auc() == pytest.approx(0.5)
+
+
+def test_epsilon_lower_bound_value_in_results_built_by_hand(tmp_path):
+    data_structures = importlib.import_module(f"{MIA}.data_structures")
+    elb = importlib.import_module(f"{ROOT}.privacy_tests.epsilon_lower_bound")
+    value = data_structures.EpsilonLowerBoundValue(
+        bounds={
+            elb.BoundMethod.KATZ_LOG: np.array([-2.0, -2.0]),
+            elb.BoundMethod.ADJUSTED_LOG: np.array([10.0, 1.0]),
+            elb.BoundMethod.BAILEY: np.array([]),
+        }
+    )
+    np.testing.assert_array_equal(value.get_max_epsilon_bounds(), [10.0, 1.0])
+    result = data_structures.SingleAttackResult(
+        slice_spec=data_structures.SingleSliceSpec(None),
+        attack_type=data_structures.AttackType.THRESHOLD_ATTACK,
+        roc_curve=data_structures.RocCurve(
+            tpr=np.array([0.0, 1.0, 1.0]),
+            fpr=np.array([0.0, 0.0, 1.0]),
+            thresholds=np.array([2, 1, 0]),
+        ),
+        data_size=data_structures.DataSize(ntrain=1, ntest=1),
+        epsilon_lower_bound_value=value,
+    )
+    assert result.get_epsilon_lower_bound() == 10.0
+    results = data_structures.AttackResults([result])
+    results.save(str(tmp_path / "results.json"))
+    loaded = data_structures.AttackResults.load(str(tmp_path / "results.json"))
+    assert loaded.single_attack_results[0].get_epsilon_lower_bound() == 10.0
+    empty = data_structures.EpsilonLowerBoundValue(bounds={elb.BoundMethod.BAILEY: np.array([])})
+    assert np.isnan(empty.get_max_epsilon())
 
 
 def test_dp_models_take_tf_privacy_use_xla_and_the_no_op_registry():

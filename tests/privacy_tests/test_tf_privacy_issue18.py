@@ -163,7 +163,9 @@ def test_a8_report_metrics_by_name(metric):
     collection = AttackResultsCollection([_results(e, 0.5 + 0.1 * e, 0.5) for e in (1, 2)])
     figure = plot_by_epochs(collection, [metric])
     assert len(figure.axes) == 1
-    plot_privacy_vs_accuracy(collection, [metric])
+    assert figure.get_suptitle() == "Vulnerability per Epoch"  # TF Privacy's titles
+    figure = plot_privacy_vs_accuracy(collection, [metric])
+    assert figure.get_suptitle() == "Privacy vs Utility Analysis"
     with pytest.raises(ValueError, match="unknown privacy metric"):
         plot_by_epochs(collection, ["AUROC"])
 

@@ -1,9 +1,8 @@
 """``...membership_inference_attack.data_structures``: attack inputs, slices, results.
 
-``EpsilonLowerBoundValue`` (TF Privacy's five bounds per method) is not provided: a
-result's ε lower bound is one number, ``SingleAttackResult.get_epsilon_lower_bound()``.
-It and TF Privacy's private helpers raise
-:class:`~keras_privacy.compat._unsupported.UnsupportedError` on use.
+``EpsilonLowerBoundValue`` is accepted in results built by hand; keras-privacy's attacks
+compute one bound each (``SingleAttackResult.get_epsilon_lower_bound()``). TF Privacy's
+private helpers raise :class:`~keras_privacy.compat._unsupported.UnsupportedError` on use.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from keras_privacy.privacy_tests.data_structures import (  # noqa: F401
     AttackResultsCollection,
     AttackType,
     DataSize,
+    EpsilonLowerBoundValue,
     PrivacyMetric,
     PrivacyReportMetadata,
     RocCurve,
@@ -30,16 +30,10 @@ from keras_privacy.privacy_tests.membership_probability import (  # noqa: F401
 )
 
 _MODULE = "privacy.privacy_tests.membership_inference_attack.data_structures"
-_INSTEAD = (
-    "keras-privacy computes one epsilon lower bound per attack: "
-    "SingleAttackResult.get_epsilon_lower_bound() (the bound itself is "
-    "SingleAttackResult.epsilon_lower_bound, a keras_privacy.privacy_tests.EpsilonLowerBound)."
-)
 
 #: TF Privacy's name of the entire-dataset slice.
 ENTIRE_DATASET_SLICE_STR = "Entire dataset"
 
-EpsilonLowerBoundValue = unsupported(_MODULE, "EpsilonLowerBoundValue", _INSTEAD)
 _log_value = unsupported(
     _MODULE, "_log_value", "It is a private helper; AttackInputData computes its own losses."
 )
