@@ -47,12 +47,15 @@ CLAIMED_TEST_FILES = (
 )
 
 _IMPORT_ROOT = re.compile(r"(?m)^(\s*(?:from|import)\s+)tensorflow_privacy(?=[.\s])")
+_MODULE_PATH = re.compile(r"(?<![\w.])tensorflow_privacy(?=\.privacy\.)")
 
 
 def rewrite_import_root(source: str) -> str:
-    """``from tensorflow_privacy.X import Y`` / ``import tensorflow_privacy`` lines get the
+    """``from tensorflow_privacy.X import Y`` / ``import tensorflow_privacy`` lines, and
+    module paths in strings (``mock.patch('tensorflow_privacy.privacy....')``), get the
     compatibility root; nothing else in the file changes."""
-    return _IMPORT_ROOT.sub(lambda m: m.group(1) + COMPAT_ROOT, source)
+    source = _IMPORT_ROOT.sub(lambda m: m.group(1) + COMPAT_ROOT, source)
+    return _MODULE_PATH.sub(COMPAT_ROOT, source)
 
 
 def _last_line(text: str) -> str:

@@ -99,7 +99,7 @@ class EpsilonLowerBoundValue:
         return float(best.max()) if best.size else float("nan")
 
     def __str__(self) -> str:
-        values = ", ".join(f"{v:.2f}" for v in self.get_max_epsilon_bounds())
+        values = ", ".join(f"{v:.4f}" for v in self.get_max_epsilon_bounds())
         return f"EpsilonLowerBoundValue([{values}])"
 
 
