@@ -2,6 +2,11 @@
 
     python scripts/tf_privacy_conformance.py PATH_TO_TF_PRIVACY_CHECKOUT [--files ...]
         [--timeout 900] [--details] [--json report.json]
+    python scripts/tf_privacy_conformance.py PATH_TO_TF_PRIVACY_CHECKOUT --examples
+
+With ``--examples`` it runs TF Privacy's Keras tutorials and membership-inference examples
+the same way (import root rewritten, few epochs, and random data of MNIST's and CIFAR-10's
+shapes in place of the downloads, so that it runs offline) and says which run to the end.
 
 For each test file of a module the compatibility layer claims, the file is read from the
 given TF Privacy checkout, only its import root is rewritten (``tensorflow_privacy`` →
@@ -117,6 +122,73 @@ def run_file(checkout: Path, relative: str, workdir: Path, timeout: float) -> di
     return result
 
 
+#: TF Privacy's Keras tutorials and membership-inference examples, with flags that keep a
+#: run short (epochs) on CPU.
+EXAMPLES = (
+    ("tutorials/mnist_dpsgd_tutorial_keras.py", ["--epochs=1"]),
+    ("tutorials/mnist_dpsgd_tutorial_keras_model.py", ["--epochs=1"]),
+    (
+        "tensorflow_privacy/privacy/privacy_tests/membership_inference_attack/codelabs/example.py",
+        [],
+    ),
+    (
+        "tensorflow_privacy/privacy/privacy_tests/membership_inference_attack/"
+        "keras_evaluation_example.py",
+        ["--epochs=2"],
+    ),
+)
+
+#: Run before an example: this machine may be offline, so Keras's dataset downloads are
+#: replaced by random data of the same shapes and dtypes (MNIST, CIFAR-10).
+_OFFLINE_DATASETS = """
+import numpy as np
+import keras
+
+def _fake(shape_train, shape_test, classes, label_shape):
+    rng = np.random.default_rng(0)
+    def load_data(*args, **kwargs):
+        x_train = rng.integers(0, 256, (shape_train[0], *shape_train[1:]), dtype=np.uint8)
+        x_test = rng.integers(0, 256, (shape_test[0], *shape_test[1:]), dtype=np.uint8)
+        y_train = rng.integers(0, classes, (shape_train[0], *label_shape), dtype=np.uint8)
+        y_test = rng.integers(0, classes, (shape_test[0], *label_shape), dtype=np.uint8)
+        return (x_train, y_train), (x_test, y_test)
+    return load_data
+
+keras.datasets.mnist.load_data = _fake((6000, 28, 28), (1000, 28, 28), 10, ())
+keras.datasets.cifar10.load_data = _fake((5000, 32, 32, 3), (1000, 32, 32, 3), 10, (1,))
+"""
+
+
+def run_example(checkout: Path, relative: str, flags: list[str], workdir: Path, timeout: float):
+    """Run one rewritten example script (offline datasets); return (ok, last lines)."""
+    source = rewrite_import_root((checkout / relative).read_text(encoding="utf-8"))
+    target = workdir / ("example_" + Path(relative).name)
+    target.write_text(source, encoding="utf-8")
+    runner = workdir / "run_example.py"
+    runner.write_text(
+        _OFFLINE_DATASETS
+        + "\nimport runpy, sys\nsys.argv = sys.argv[1:]\n"
+        + "runpy.run_path(sys.argv[0], run_name='__main__')\n",
+        encoding="utf-8",
+    )
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "tensorflow",
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "MPLBACKEND": "Agg",
+    }
+    command = [sys.executable, str(runner), str(target), *flags]
+    try:
+        completed = subprocess.run(
+            command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return False, "timed out"
+    output = (completed.stdout + completed.stderr).strip().splitlines()
+    return completed.returncode == 0, " | ".join(output[-3:])[:600]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkout", type=Path, help="a TF Privacy checkout (repository root)")
@@ -124,8 +196,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per file")
     parser.add_argument("--details", action="store_true", help="list every failing test")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--examples", action="store_true", help="run the tutorials and examples instead"
+    )
     args = parser.parse_args(argv)
     results = []
+    if args.examples:
+        with tempfile.TemporaryDirectory(prefix="tfp_examples_") as directory:
+            for relative, flags in EXAMPLES:
+                ok, tail = run_example(
+                    args.checkout, relative, flags, Path(directory), args.timeout
+                )
+                print(f"{'runs' if ok else 'FAILS':5s} {relative} {' '.join(flags)}")
+                if not ok or args.details:
+                    print(f"      {tail}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="tfp_conformance_") as directory:
         for relative in args.files:
             result = run_file(args.checkout, relative, Path(directory), args.timeout)

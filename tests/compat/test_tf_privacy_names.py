@@ -27,6 +27,7 @@ IMPORTED_BY_TF_PRIVACY_FILES = [
             "SingleMembershipProbabilityResult",
             "get_flattened_attack_metrics",
             "ENTIRE_DATASET_SLICE_STR",
+            "_ABSOLUTE_TOLERANCE",
         ],
     ),
     (f"{MIA}.models", []),

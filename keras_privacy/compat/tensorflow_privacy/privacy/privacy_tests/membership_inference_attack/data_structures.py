@@ -34,6 +34,11 @@ _MODULE = "privacy.privacy_tests.membership_inference_attack.data_structures"
 #: TF Privacy's name of the entire-dataset slice.
 ENTIRE_DATASET_SLICE_STR = "Entire dataset"
 
+#: TF Privacy's tolerance for "TPR and FPR both ~0" in its PPV; kept so that code patching
+#: it still runs. keras-privacy's PPV does not read it: it skips only thresholds with
+#: TPR = FPR = 0 (``keras_privacy.privacy_tests.metrics.positive_predictive_value``).
+_ABSOLUTE_TOLERANCE = 1e-3
+
 _log_value = unsupported(
     _MODULE, "_log_value", "It is a private helper; AttackInputData computes its own losses."
 )
