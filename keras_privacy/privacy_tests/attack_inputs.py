@@ -213,6 +213,12 @@ class AttackInputData:
 
     The data are validated on construction and raise ``ValueError`` for empty sets,
     mismatched lengths, NaN, labels out of range or giving both logits and probabilities.
+
+    TF Privacy's ``loss_function`` is accepted only as the cross-entropy (``None``,
+    ``"cross_entropy"`` or its ``LossFunction.CROSS_ENTROPY``); for any other loss give
+    ``loss_train``/``loss_test`` computed with it (``ValueError`` says so).
+    ``loss_function_using_logits=True`` (``False``) requires logits (probabilities) to
+    compute losses from, and ``get_loss_train/test`` raise ``ValueError`` without them.
     """
 
     logits_train: np.ndarray | None = None
@@ -229,6 +235,8 @@ class AttackInputData:
     sample_weight_test: np.ndarray | None = None
     multilabel_data: bool | None = None
     force_multilabel_data: bool = False
+    loss_function: Any = None
+    loss_function_using_logits: bool | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -247,6 +255,7 @@ class AttackInputData:
         labels) are first reduced to per-example losses: see
         :mod:`keras_privacy.privacy_tests.multilabel`.
         """
+        _check_loss_function(self.loss_function)
         if self.is_multilabel_data():
             from keras_privacy.privacy_tests import multilabel
 
@@ -374,6 +383,13 @@ class AttackInputData:
         log_probs = self._log_probs(split)
         if labels is None or log_probs is None:
             return None
+        using_logits = self.loss_function_using_logits
+        if using_logits is not None:
+            needed = "logits" if using_logits else "probs"
+            if getattr(self, f"{needed}_{split}") is None:
+                raise ValueError(
+                    f"loss_function_using_logits={using_logits}, but no {needed} were given"
+                )
         log_p_true = np.maximum(log_probs[np.arange(labels.size), labels], _LOG_SMALLEST)
         loss = -log_p_true
         weights = getattr(self, f"sample_weight_{split}")
@@ -438,6 +454,17 @@ class AttackInputData:
 
 
 _LOG_SMALLEST = float(np.log(SMALLEST_PROBABILITY))
+
+
+def _check_loss_function(loss_function: Any) -> None:
+    """Only the cross-entropy is computed here (TF Privacy's default ``loss_function``)."""
+    name = getattr(loss_function, "value", loss_function)
+    if loss_function is None or name == "cross_entropy":
+        return
+    raise ValueError(
+        f"loss_function={loss_function!r}: AttackInputData computes only the cross-entropy; "
+        "for another loss give loss_train and loss_test computed with it"
+    )
 
 
 def _first_length(data: AttackInputData, split: str) -> int:

@@ -199,3 +199,31 @@ def test_a11_privacy_vs_accuracy_uses_train_accuracy_by_default():
     assert figure.axes[0].get_xlabel() == "Train accuracy"
     test_figure = plot_privacy_vs_accuracy(collection, [PrivacyMetric.AUC], use_test_accuracy=True)
     np.testing.assert_allclose(test_figure.axes[0].get_lines()[0].get_xdata(), [0.5, 0.5])
+
+
+# ------------------------------------------------------------------------------ item 2
+
+
+def test_tf_privacy_loss_function_arguments():
+    logits = np.array([-10.0, -5.0, 0.0, 5.0, 10.0])
+    data = AttackInputData(
+        logits_train=logits,
+        logits_test=logits,
+        labels_train=np.zeros(5),
+        labels_test=np.ones(5),
+        loss_function="cross_entropy",
+        loss_function_using_logits=True,
+    )
+    np.testing.assert_allclose(data.get_loss_train(), np.logaddexp(0.0, logits))
+    np.testing.assert_allclose(data.get_loss_test(), np.logaddexp(0.0, -logits))
+    only_probs = AttackInputData(
+        probs_train=np.array([0.5]),
+        probs_test=np.array([0.5]),
+        labels_train=np.array([1]),
+        labels_test=np.array([0]),
+        loss_function_using_logits=True,
+    )
+    with pytest.raises(ValueError, match="no logits"):
+        only_probs.get_loss_train()
+    with pytest.raises(ValueError, match="loss_train and loss_test"):
+        AttackInputData(loss_train=np.ones(2), loss_test=np.ones(2), loss_function="squared")
