@@ -241,6 +241,16 @@ class AttackInputData:
     def __post_init__(self) -> None:
         self.validate()
 
+    def is_multihot_labels(self, arr: Any, arr_name: str) -> bool:
+        """Whether ``arr`` holds multi-hot labels: 2-D, some row with more than one
+        positive class (TF Privacy's check; ``None`` and 1-D give False, more than 2-D
+        raises ``ValueError``)."""
+        from keras_privacy.privacy_tests import multilabel
+
+        if arr is not None and np.ndim(arr) > 2:
+            raise ValueError(f"{arr_name} has more than 2 dimensions")
+        return multilabel.is_multihot(arr)
+
     def is_multilabel_data(self) -> bool:
         """Multi-label data: multi-hot ``(n, num_classes)`` labels (see ``multilabel``)."""
         from keras_privacy.privacy_tests import multilabel

@@ -227,3 +227,13 @@ def test_tf_privacy_loss_function_arguments():
         only_probs.get_loss_train()
     with pytest.raises(ValueError, match="loss_train and loss_test"):
         AttackInputData(loss_train=np.ones(2), loss_test=np.ones(2), loss_function="squared")
+
+
+def test_tf_privacy_is_multihot_labels():
+    data = AttackInputData(loss_train=np.ones(2), loss_test=np.ones(2))
+    assert not data.is_multihot_labels(None, "null")
+    assert not data.is_multihot_labels(np.array([0, 1]), "one dimension")
+    assert not data.is_multihot_labels(np.array([[0, 1], [1, 0]]), "one-hot")
+    assert data.is_multihot_labels(np.array([[1, 1], [1, 0]]), "multi-hot")
+    with pytest.raises(ValueError, match="more than 2"):
+        data.is_multihot_labels(np.zeros((2, 2, 2)), "3-D")
