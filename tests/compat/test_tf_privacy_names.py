@@ -72,12 +72,12 @@ def test_names_a_module_lacks_fail_on_import_saying_what_to_use():
 
 def test_bound_method_names_are_tf_privacys():
     elb = importlib.import_module(f"{ROOT}.privacy_tests.epsilon_lower_bound")
-    assert {m.name for m in elb.BoundMethod} == {
-        "KATZ_LOG",
-        "ADJUSTED_LOG",
-        "BAILEY",
-        "INV_SINH",
-        "CLOPPER_PEARSON",
+    assert {m.name: m.value for m in elb.BoundMethod} == {
+        "KATZ_LOG": "katz-log",
+        "ADJUSTED_LOG": "adjusted-log",
+        "BAILEY": "bailey",
+        "INV_SINH": "inv-sinh",
+        "CLOPPER_PEARSON": "clopper-pearson",
     }
 
 

@@ -30,11 +30,11 @@ __all__ = ["BoundMethod", "EpsilonLowerBound", "RatioBound"]
 class BoundMethod(enum.Enum):
     """TF Privacy's names for confidence intervals of a ratio of binomial proportions."""
 
-    KATZ_LOG = "katz_log"
-    ADJUSTED_LOG = "adjusted_log"
+    KATZ_LOG = "katz-log"
+    ADJUSTED_LOG = "adjusted-log"
     BAILEY = "bailey"
-    INV_SINH = "inv_sinh"
-    CLOPPER_PEARSON = "clopper_pearson"
+    INV_SINH = "inv-sinh"
+    CLOPPER_PEARSON = "clopper-pearson"
 
 
 EpsilonLowerBound = unsupported(_MODULE, "EpsilonLowerBound", _INSTEAD)
