@@ -68,16 +68,22 @@ class SlicingFeature(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class SingleSliceSpec:
-    """One slice: a feature and its value (``None`` for the entire dataset).
+    """One slice: a feature and its value (``feature=None`` or ``ENTIRE_DATASET`` for the
+    entire dataset, as in TF Privacy's ``SingleSliceSpec(None)``).
 
     Values: a class index for ``CLASS``; a ``(low, high)`` pair of loss percentiles for
     ``PERCENTILE``; ``True``/``False`` for ``CORRECTLY_CLASSIFIED``; ``(grouping, group)`` for
     ``CUSTOM``, ``grouping`` being the index of the user-supplied grouping.
     """
 
-    feature: SlicingFeature = SlicingFeature.ENTIRE_DATASET
+    feature: SlicingFeature | None = SlicingFeature.ENTIRE_DATASET
     value: Any = None
     name: str | None = None
+
+    def __post_init__(self) -> None:
+        # TF Privacy writes the entire dataset as feature None
+        if self.feature is None:
+            object.__setattr__(self, "feature", SlicingFeature.ENTIRE_DATASET)
 
     @property
     def entire_dataset(self) -> bool:
@@ -163,11 +169,27 @@ def _to_two_columns(values: np.ndarray, from_logits: bool) -> np.ndarray:
     return np.stack([1.0 - column, column], axis=1)
 
 
+#: Smallest probability a cross-entropy loss is computed from, so that a predicted
+#: probability of 0 on the true label gives the finite loss −log(1e-8) ≈ 18.42 (TF Privacy's
+#: cap) instead of ∞.
+SMALLEST_PROBABILITY = 1e-8
+
+
 def _log_probabilities(logits: np.ndarray | None, probs: np.ndarray | None) -> np.ndarray:
     if logits is not None:
         return special.log_softmax(logits.astype(np.float64), axis=1)
     with np.errstate(divide="ignore"):
         return np.log(np.clip(probs.astype(np.float64), 0.0, 1.0))
+
+
+def _column(value: Any) -> Any:
+    """``(n, 1)`` per-example values (sample weights, losses, ...) → ``(n,)``."""
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.ndim == 2 and array.shape[1] == 1:
+        return array.reshape(-1)
+    return array
 
 
 @dataclasses.dataclass
@@ -182,8 +204,21 @@ class AttackInputData:
     Mentr(p, y) = −(1 − p_y) log p_y − Σ_{i≠y} p_i log(1 − p_i) when labels are known, and
     as the Shannon entropy −Σ_i p_i log p_i otherwise. Natural logarithms throughout.
 
+    Computed losses are capped as TF Privacy caps them: ℓ = −log max(p_y, 10⁻⁸) ≤ 18.42, so a
+    probability of exactly 0 on the true label (common in float32 model outputs) gives a
+    finite loss. With sample weights w, computed losses are w·ℓ (TF Privacy's weighting:
+    the threshold attack ranks the weighted losses, and the trained attacks are fitted with
+    the weights); losses given as ``loss_train``/``loss_test`` are used as given. Sample
+    weights (and losses, entropies) of shape ``(n, 1)`` are read as ``(n,)``.
+
     The data are validated on construction and raise ``ValueError`` for empty sets,
     mismatched lengths, NaN, labels out of range or giving both logits and probabilities.
+
+    TF Privacy's ``loss_function`` is accepted only as the cross-entropy (``None``,
+    ``"cross_entropy"`` or its ``LossFunction.CROSS_ENTROPY``); for any other loss give
+    ``loss_train``/``loss_test`` computed with it (``ValueError`` says so).
+    ``loss_function_using_logits=True`` (``False``) requires logits (probabilities) to
+    compute losses from, and ``get_loss_train/test`` raise ``ValueError`` without them.
     """
 
     logits_train: np.ndarray | None = None
@@ -200,9 +235,21 @@ class AttackInputData:
     sample_weight_test: np.ndarray | None = None
     multilabel_data: bool | None = None
     force_multilabel_data: bool = False
+    loss_function: Any = None
+    loss_function_using_logits: bool | None = None
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def is_multihot_labels(self, arr: Any, arr_name: str) -> bool:
+        """Whether ``arr`` holds multi-hot labels: 2-D, some row with more than one
+        positive class (TF Privacy's check; ``None`` and 1-D give False, more than 2-D
+        raises ``ValueError``)."""
+        from keras_privacy.privacy_tests import multilabel
+
+        if arr is not None and np.ndim(arr) > 2:
+            raise ValueError(f"{arr_name} has more than 2 dimensions")
+        return multilabel.is_multihot(arr)
 
     def is_multilabel_data(self) -> bool:
         """Multi-label data: multi-hot ``(n, num_classes)`` labels (see ``multilabel``)."""
@@ -218,11 +265,15 @@ class AttackInputData:
         labels) are first reduced to per-example losses: see
         :mod:`keras_privacy.privacy_tests.multilabel`.
         """
+        _check_loss_function(self.loss_function)
         if self.is_multilabel_data():
             from keras_privacy.privacy_tests import multilabel
 
             multilabel.reduce_to_losses(self)
         for split in ("train", "test"):
+            for kind in ("loss", "entropy", "sample_weight"):
+                attribute = f"{kind}_{split}"
+                setattr(self, attribute, _column(getattr(self, attribute)))
             for kind, ndims in (
                 ("logits", (1, 2)),
                 ("probs", (1, 2)),
@@ -342,7 +393,19 @@ class AttackInputData:
         log_probs = self._log_probs(split)
         if labels is None or log_probs is None:
             return None
-        return -log_probs[np.arange(labels.size), labels]
+        using_logits = self.loss_function_using_logits
+        if using_logits is not None:
+            needed = "logits" if using_logits else "probs"
+            if getattr(self, f"{needed}_{split}") is None:
+                raise ValueError(
+                    f"loss_function_using_logits={using_logits}, but no {needed} were given"
+                )
+        log_p_true = np.maximum(log_probs[np.arange(labels.size), labels], _LOG_SMALLEST)
+        loss = -log_p_true
+        weights = getattr(self, f"sample_weight_{split}")
+        if weights is not None:
+            loss = loss * weights.astype(np.float64)
+        return loss
 
     def _entropy(self, split: str) -> np.ndarray | None:
         given = getattr(self, f"entropy_{split}")
@@ -398,6 +461,20 @@ class AttackInputData:
             if getattr(self, f"{kind}_train") is not None:
                 parts.append(f", {kind}")
         return "".join(parts) + ")"
+
+
+_LOG_SMALLEST = float(np.log(SMALLEST_PROBABILITY))
+
+
+def _check_loss_function(loss_function: Any) -> None:
+    """Only the cross-entropy is computed here (TF Privacy's default ``loss_function``)."""
+    name = getattr(loss_function, "value", loss_function)
+    if loss_function is None or name == "cross_entropy":
+        return
+    raise ValueError(
+        f"loss_function={loss_function!r}: AttackInputData computes only the cross-entropy; "
+        "for another loss give loss_train and loss_test computed with it"
+    )
 
 
 def _first_length(data: AttackInputData, split: str) -> int:

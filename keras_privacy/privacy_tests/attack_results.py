@@ -12,12 +12,15 @@ import dataclasses
 import enum
 import json
 import math
+import os
+import re
 from typing import Any
 
 import numpy as np
 
 from keras_privacy.privacy_tests import metrics
 from keras_privacy.privacy_tests.attack_inputs import AttackType, SingleSliceSpec, SlicingFeature
+from keras_privacy.privacy_tests.tf_privacy_forms import DataSize, EpsilonLowerBoundValue
 
 __all__ = [
     "AttackResults",
@@ -94,7 +97,8 @@ class SingleAttackResult:
       slice_spec: the slice attacked.
       attack_type: the attack.
       roc_curve: its ROC curve (members are positives).
-      data_size: ``{"train": n_members, "test": n_nonmembers}`` in the slice.
+      data_size: ``{"train": n_members, "test": n_nonmembers}`` in the slice (a
+        :class:`DataSize` ``(ntrain, ntest)`` is accepted and stored in that form).
       membership_scores_train, membership_scores_test: per-example scores (higher = more
         likely a member) used to build the ROC; for trained attacks these are out-of-fold
         predictions on the (balanced) evaluation set.
@@ -102,6 +106,9 @@ class SingleAttackResult:
         :func:`keras_privacy.privacy_tests.metrics.compute_epsilon_lower_bound`.
       train_indices, test_indices: with ``run_attacks(..., return_slice_indices=True)``,
         the indices of the slice's members and non-members (None for the entire dataset).
+      epsilon_lower_bound_value: TF Privacy's form of the bound (arrays of bounds per
+        method), for results built by hand as TF Privacy's users do; used by
+        :meth:`get_epsilon_lower_bound` when ``epsilon_lower_bound`` is not given.
     """
 
     slice_spec: SingleSliceSpec
@@ -113,6 +120,11 @@ class SingleAttackResult:
     epsilon_lower_bound: metrics.EpsilonLowerBound | None = None
     train_indices: np.ndarray | None = None
     test_indices: np.ndarray | None = None
+    epsilon_lower_bound_value: EpsilonLowerBoundValue | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data_size, DataSize):
+            self.data_size = {"train": self.data_size.ntrain, "test": self.data_size.ntest}
 
     def get_auc(self) -> float:
         return self.roc_curve.get_auc()
@@ -127,9 +139,13 @@ class SingleAttackResult:
         return self.roc_curve.get_tpr_at_fpr(max_fpr)
 
     def get_epsilon_lower_bound(self) -> float:
-        return (
-            float("nan") if self.epsilon_lower_bound is None else self.epsilon_lower_bound.epsilon
-        )
+        """The ε lower bound (NaN if none was computed); from TF Privacy's form, the largest
+        of the bounds with the largest mean."""
+        if self.epsilon_lower_bound is not None:
+            return self.epsilon_lower_bound.epsilon
+        if self.epsilon_lower_bound_value is not None:
+            return self.epsilon_lower_bound_value.get_max_epsilon()
+        return float("nan")
 
     def metric(self, privacy_metric: PrivacyMetric) -> float:
         getters = {
@@ -168,6 +184,11 @@ class SingleAttackResult:
                 else dataclasses.asdict(self.epsilon_lower_bound)
             ),
         }
+        if self.epsilon_lower_bound_value is not None:
+            data["epsilon_lower_bound_value"] = {
+                getattr(method, "name", str(method)): np.asarray(bounds, float).tolist()
+                for method, bounds in self.epsilon_lower_bound_value.bounds.items()
+            }
         if include_scores and self.membership_scores_train is not None:
             data["membership_scores_train"] = self.membership_scores_train.tolist()
             data["membership_scores_test"] = self.membership_scores_test.tolist()
@@ -190,7 +211,14 @@ class SingleAttackResult:
             membership_scores_train=None if scores_train is None else np.asarray(scores_train),
             membership_scores_test=None if scores_test is None else np.asarray(scores_test),
             epsilon_lower_bound=None if bound is None else metrics.EpsilonLowerBound(**bound),
+            epsilon_lower_bound_value=_bound_value(data.get("epsilon_lower_bound_value")),
         )
+
+
+def _bound_value(data: dict[str, list[float]] | None) -> EpsilonLowerBoundValue | None:
+    if data is None:
+        return None
+    return EpsilonLowerBoundValue({name: np.asarray(b, float) for name, b in data.items()})
 
 
 def _json_float(value: float) -> float | None:
@@ -385,6 +413,25 @@ class AttackResultsCollection:
     def append(self, attack_results: AttackResults) -> None:
         self.attack_results_list.append(attack_results)
 
+    def save(self, dirname: str, include_scores: bool = False) -> None:
+        """Write each results to ``dirname/results_<i>.json`` (i = 0000, 0001, ... in list
+        order; the directory is created if needed), as :meth:`AttackResults.save`."""
+        os.makedirs(dirname, exist_ok=True)
+        for index, results in enumerate(self.attack_results_list):
+            results.save(os.path.join(dirname, f"results_{index:04d}.json"), include_scores)
+
+    @classmethod
+    def load(cls, dirname: str) -> AttackResultsCollection:
+        """Read back what :meth:`save` wrote to ``dirname``, in the order it was saved."""
+        found = []
+        for name in os.listdir(dirname):
+            match = _SAVED_NAME.fullmatch(name)
+            if match:
+                found.append((int(match.group(1)), name))
+        if not found:
+            raise FileNotFoundError(f"no results_<i>.json files in {dirname!r}")
+        return cls([AttackResults.load(os.path.join(dirname, name)) for _, name in sorted(found)])
+
     def calculate_pd_dataframe(self) -> Any:
         """One row per model variant × epoch × attack × slice, with accuracies."""
         import pandas as pd
@@ -401,3 +448,6 @@ class AttackResultsCollection:
         if not frames:
             raise ValueError("the collection is empty")
         return pd.concat(frames, ignore_index=True)
+
+
+_SAVED_NAME = re.compile(r"results_(\d+)\.json")

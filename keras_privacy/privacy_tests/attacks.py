@@ -186,12 +186,9 @@ def _result(
     epsilon_method: str,
     seed: int,
 ) -> SingleAttackResult:
-    fpr, tpr, thresholds = metrics.roc_curve(
-        scores_train,
-        scores_test,
-        attack_input.sample_weight_train,
-        attack_input.sample_weight_test,
-    )
+    # Sample weights act where TF Privacy applies them (weighted losses, weighted fitting of
+    # the trained attacks); the ROC counts every example once.
+    fpr, tpr, thresholds = metrics.roc_curve(scores_train, scores_test)
     n_train, n_test = scores_train.size, scores_test.size
     method = epsilon_method if min(n_train, n_test) >= 2 else "uniform"
     bound = metrics.compute_epsilon_lower_bound(

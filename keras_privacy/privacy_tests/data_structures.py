@@ -24,12 +24,19 @@ from keras_privacy.privacy_tests.attack_results import (
     RocCurve,
     SingleAttackResult,
 )
+from keras_privacy.privacy_tests.tf_privacy_forms import (
+    DataSize,
+    EpsilonLowerBoundValue,
+    get_flattened_attack_metrics,
+)
 
 __all__ = [
     "AttackInputData",
     "AttackResults",
     "AttackResultsCollection",
     "AttackType",
+    "DataSize",
+    "EpsilonLowerBoundValue",
     "PrivacyMetric",
     "PrivacyReportMetadata",
     "RocCurve",
@@ -37,4 +44,5 @@ __all__ = [
     "SingleSliceSpec",
     "SlicingFeature",
     "SlicingSpec",
+    "get_flattened_attack_metrics",
 ]

@@ -1,7 +1,14 @@
 """Plots of attack results: ROC curves and privacy-vs-utility reports (PNG via Agg).
 
 Figures are built with ``matplotlib.figure.Figure`` directly, never through ``pyplot``: no
-window opens, no global backend is changed, and nothing is kept alive after saving.
+window opens, no global backend is changed, and nothing is kept alive after saving. Only
+``figure.show()`` (as TF Privacy's codelabs call it) hands the figure to ``pyplot``, which
+then displays it as any pyplot figure (a window, a notebook's inline image, or a warning
+on a non-interactive backend).
+
+Metrics may be given as :class:`PrivacyMetric` members or by their names (``"AUC"``,
+``"Attacker advantage"``, or the member name ``"ATTACKER_ADVANTAGE"``), as TF Privacy's
+reports accept.
 """
 
 from __future__ import annotations
@@ -32,8 +39,24 @@ __all__ = [
 _DEFAULT_METRICS = (PrivacyMetric.AUC, PrivacyMetric.ATTACKER_ADVANTAGE)
 
 
+class ReportFigure(Figure):
+    """A ``Figure`` that is not managed by pyplot until :meth:`show` is called."""
+
+    def show(self, warn: bool = True) -> None:
+        """Display the figure through ``pyplot`` (which it then joins, like
+        ``plt.figure()``'s figures; ``plt.close(figure)`` releases it)."""
+        if self.canvas.manager is None:
+            import matplotlib.pyplot as plt
+
+            holder = plt.figure(figsize=tuple(self.get_size_inches()), dpi=self.dpi)
+            manager = holder.canvas.manager
+            manager.canvas.figure = self
+            self.set_canvas(manager.canvas)
+        super().show(warn=warn)
+
+
 def _new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height))
+    figure = ReportFigure(figsize=(width, height))
     FigureCanvasAgg(figure)
     return figure
 
@@ -167,8 +190,20 @@ def _best_per_results(
     return variants
 
 
-def _metrics(privacy_metrics: Iterable[PrivacyMetric]) -> list[PrivacyMetric]:
-    chosen = list(privacy_metrics)
+def _metric(privacy_metric: PrivacyMetric | str) -> PrivacyMetric:
+    if isinstance(privacy_metric, PrivacyMetric):
+        return privacy_metric
+    for member in PrivacyMetric:
+        if privacy_metric in (member.value, member.name):
+            return member
+    known = ", ".join(repr(m.value) for m in PrivacyMetric)
+    raise ValueError(f"unknown privacy metric {privacy_metric!r}; known: {known}")
+
+
+def _metrics(privacy_metrics: Iterable[PrivacyMetric | str]) -> list[PrivacyMetric]:
+    if isinstance(privacy_metrics, (str, PrivacyMetric)):
+        privacy_metrics = [privacy_metrics]
+    chosen = [_metric(m) for m in privacy_metrics]
     if not chosen:
         raise ValueError("privacy_metrics is empty")
     return chosen
@@ -176,7 +211,7 @@ def _metrics(privacy_metrics: Iterable[PrivacyMetric]) -> list[PrivacyMetric]:
 
 def plot_by_epochs(
     collection: AttackResultsCollection,
-    privacy_metrics: Iterable[PrivacyMetric] = _DEFAULT_METRICS,
+    privacy_metrics: Iterable[PrivacyMetric | str] = _DEFAULT_METRICS,
     path: str | None = None,
     min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
 ) -> Figure:
@@ -188,6 +223,7 @@ def plot_by_epochs(
     (chance), the others at 0."""
     chosen = _metrics(privacy_metrics)
     figure = _new_figure(4.5 * len(chosen), 4.0)
+    figure.suptitle("Vulnerability per Epoch")
     for index, privacy_metric in enumerate(chosen):
         axes = figure.add_subplot(1, len(chosen), index + 1)
         for variant, points in _best_per_results(
@@ -211,16 +247,20 @@ def plot_by_epochs(
 
 def plot_privacy_vs_accuracy(
     collection: AttackResultsCollection,
-    privacy_metrics: Iterable[PrivacyMetric] = _DEFAULT_METRICS,
+    privacy_metrics: Iterable[PrivacyMetric | str] = _DEFAULT_METRICS,
     path: str | None = None,
-    use_test_accuracy: bool = True,
+    use_test_accuracy: bool = False,
     min_slice_size: int = DEFAULT_MIN_SLICE_SIZE,
 ) -> Figure:
-    """One panel per metric: the strongest attack's value against the model's (test)
-    accuracy, one series per model variant: the privacy–utility trade-off (slices and axes
-    as in :func:`plot_by_epochs`)."""
+    """One panel per metric: the strongest attack's value against the model's accuracy,
+    one series per model variant: the privacy–utility trade-off (slices and axes as in
+    :func:`plot_by_epochs`).
+
+    The x axis is the training accuracy (``accuracy_train``), as in TF Privacy; with
+    ``use_test_accuracy=True`` it is the test accuracy."""
     chosen = _metrics(privacy_metrics)
     figure = _new_figure(4.5 * len(chosen), 4.0)
+    figure.suptitle("Privacy vs Utility Analysis")
     which = "accuracy_test" if use_test_accuracy else "accuracy_train"
     for index, privacy_metric in enumerate(chosen):
         axes = figure.add_subplot(1, len(chosen), index + 1)

@@ -1,5 +1,9 @@
 """Results in TF Privacy's forms, for code written against TF Privacy's privacy tests.
 
+:class:`DataSize` and :class:`EpsilonLowerBoundValue` are the forms in which TF Privacy's
+users build a ``SingleAttackResult`` by hand; :func:`get_flattened_attack_metrics` flattens
+results for logging.
+
 :func:`tf_privacy_dataframe` gives ``AttackResults.calculate_pd_dataframe()`` the column
 set and order TF Privacy uses:
 
@@ -16,7 +20,11 @@ threshold chosen on held-out scores, see
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
 
 #: How many epsilon lower bound columns TF Privacy's DataFrame has.
 EPSILON_COLUMNS = 5
@@ -59,3 +67,58 @@ def tf_privacy_dataframe(results: Any) -> Any:
             ]
         )
     return pd.DataFrame(rows, columns=TF_PRIVACY_COLUMNS)
+
+
+class DataSize(NamedTuple):
+    """Numbers of members and non-members (TF Privacy's form of ``data_size``)."""
+
+    ntrain: int
+    ntest: int
+
+
+@dataclasses.dataclass
+class EpsilonLowerBoundValue:
+    """TF Privacy's ε lower bounds: an array of bounds per method (its ``BoundMethod``).
+
+    keras-privacy computes one bound per attack; this form is accepted for results built by
+    hand. The reported bound is the largest entry of the array with the largest mean (the
+    array TF Privacy reports), NaN when every array is empty.
+    """
+
+    bounds: Mapping[Any, np.ndarray]
+
+    def get_max_epsilon_bounds(self) -> np.ndarray:
+        """The array of bounds with the largest mean (empty if all are empty)."""
+        arrays = [np.asarray(b, float) for b in self.bounds.values() if np.size(b)]
+        if not arrays:
+            return np.array([])
+        return arrays[int(np.argmax([a.mean() for a in arrays]))]
+
+    def get_max_epsilon(self) -> float:
+        best = self.get_max_epsilon_bounds()
+        return float(best.max()) if best.size else float("nan")
+
+    def __str__(self) -> str:
+        values = ", ".join(f"{v:.4f}" for v in self.get_max_epsilon_bounds())
+        return f"EpsilonLowerBoundValue([{values}])"
+
+
+def get_flattened_attack_metrics(
+    results: Any,
+) -> tuple[list[str], list[str], list[str], list[float]]:
+    """Every result's attacker advantage, AUC and PPV as four parallel lists.
+
+    ``results`` is an ``AttackResults``. Returns ``(attack types, slices, metric names,
+    values)``: for each ``SingleAttackResult`` three entries, named ``"adv"``, ``"auc"``,
+    ``"ppv"`` (TF Privacy's form, e.g. for logging each metric as a scalar).
+    """
+    types: list[str] = []
+    slices: list[str] = []
+    names: list[str] = []
+    values: list[float] = []
+    for result in results.single_attack_results:
+        types += [str(result.attack_type)] * 3
+        slices += [str(result.slice_spec)] * 3
+        names += ["adv", "auc", "ppv"]
+        values += [result.get_attacker_advantage(), result.get_auc(), result.get_ppv()]
+    return types, slices, names, [float(v) for v in values]

@@ -47,6 +47,7 @@ from keras_privacy.training.record import (
     TrainingRecord,
     TrainingSegment,
 )
+from keras_privacy.training.tf_privacy_arguments import check_tf_privacy_arguments
 
 
 class DPTrainingMixin:
@@ -437,6 +438,8 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
       engine: ``"auto"`` (default: the fast norm-only engine where it is exact for the
         model, else the vectorized one; says which once), ``"fast"`` (raise
         ``PrivacyError`` if it cannot be exact) or ``"vectorized"``.
+      use_xla, layer_registry: TF Privacy's arguments, see
+        :mod:`keras_privacy.training.tf_privacy_arguments`.
     """
 
     def __init__(
@@ -449,8 +452,11 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
         sampling: str = POISSON,
         seed: int | None = None,
         engine: str = "auto",
+        use_xla: bool = True,
+        layer_registry: Any = None,
         **kwargs: Any,
     ) -> None:
+        check_tf_privacy_arguments(use_xla, layer_registry)
         if functional_init_arguments(args, kwargs):
             # Keras would rewrite this class's bases in place (Model -> Functional),
             # which breaks every later subclassed DPModel; DPModel(inputs, outputs)
@@ -494,8 +500,11 @@ class DPFunctional(DPModel, Functional):
         sampling: str = POISSON,
         seed: int | None = None,
         engine: str = "auto",
+        use_xla: bool = True,
+        layer_registry: Any = None,
         **kwargs: Any,
     ) -> None:
+        check_tf_privacy_arguments(use_xla, layer_registry)
         # What keras.Model.__init__ does for functional arguments, minus rewriting the
         # class hierarchy.
         BackendTrainer.__init__(self)
@@ -533,7 +542,10 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
         layers: list | None = None,
         trainable: bool = True,
         name: str | None = None,
+        use_xla: bool = True,
+        layer_registry: Any = None,
     ) -> None:
+        check_tf_privacy_arguments(use_xla, layer_registry)
         if isinstance(l2_norm_clip, (list, tuple)):  # DPSequential([...]) like Sequential
             if layers is not None:
                 raise TypeError("layers given twice: positionally and as layers=")

@@ -132,3 +132,67 @@ def make_keras_optimizer_class(cls: type[keras.optimizers.Optimizer]) -> type:
 DPKerasSGDOptimizer = make_keras_optimizer_class(keras.optimizers.SGD)
 DPKerasAdamOptimizer = make_keras_optimizer_class(keras.optimizers.Adam)
 DPKerasAdagradOptimizer = make_keras_optimizer_class(keras.optimizers.Adagrad)
+
+
+class VectorizedDPOptimizerMixin(DPOptimizerMixin):
+    """TF Privacy's vectorized DP optimizer arguments: ``unconnected_gradients_to_zero`` comes
+    fourth (``gradient_accumulation_steps`` is keyword-only).
+
+    ``unconnected_gradients_to_zero`` is accepted for compatibility and recorded; a DP
+    model's step always gives a trainable variable that the loss does not depend on a zero
+    per-example gradient (its update is then the noise alone), which is what TF Privacy does
+    with ``True``.
+    """
+
+    def __init__(
+        self,
+        l2_norm_clip: float,
+        noise_multiplier: float,
+        num_microbatches: int | None = None,
+        unconnected_gradients_to_zero: bool = False,
+        *args: Any,
+        gradient_accumulation_steps: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            l2_norm_clip,
+            noise_multiplier,
+            num_microbatches,
+            *args,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            **kwargs,
+        )
+        self.unconnected_gradients_to_zero = bool(unconnected_gradients_to_zero)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["unconnected_gradients_to_zero"] = self.unconnected_gradients_to_zero
+        return config
+
+
+def make_vectorized_keras_optimizer_class(cls: type[keras.optimizers.Optimizer]) -> type:
+    """TF Privacy's vectorized variant of :func:`make_keras_optimizer_class`.
+
+    The new class takes ``(l2_norm_clip, noise_multiplier, num_microbatches=None,
+    unconnected_gradients_to_zero=False, *args, gradient_accumulation_steps=1, **kwargs)``.
+    keras-privacy's DP step is always vectorized (or faster), so the class differs from the
+    plain one only in accepting ``unconnected_gradients_to_zero``.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer)):
+        raise TypeError(f"expected a keras.optimizers.Optimizer subclass, received {cls!r}")
+    name = f"VectorizedDPKeras{cls.__name__}Optimizer"
+    dp_cls = type(
+        name,
+        (VectorizedDPOptimizerMixin, cls),
+        {
+            "__doc__": f"{cls.__name__} carrying DP-SGD settings for a DP model.\n\n"
+            + (VectorizedDPOptimizerMixin.__doc__ or ""),
+            "__module__": __name__,
+        },
+    )
+    return keras.saving.register_keras_serializable(package="keras_privacy")(dp_cls)
+
+
+VectorizedDPKerasSGDOptimizer = make_vectorized_keras_optimizer_class(keras.optimizers.SGD)
+VectorizedDPKerasAdamOptimizer = make_vectorized_keras_optimizer_class(keras.optimizers.Adam)
+VectorizedDPKerasAdagradOptimizer = make_vectorized_keras_optimizer_class(keras.optimizers.Adagrad)

@@ -83,22 +83,6 @@ def test_balanced_attacker_data_and_every_example_scored():
     assert result.get_auc() > 0.6  # members have lower losses
 
 
-def test_zero_sample_weights_remove_examples_from_the_roc():
-    rng = np.random.default_rng(2)
-    loss_train, loss_test = rng.exponential(0.5, 300), rng.exponential(1.0, 300)
-    weights_train = np.r_[np.ones(200), np.zeros(100)]
-    weighted = AttackInputData(
-        loss_train=loss_train,
-        loss_test=loss_test,
-        sample_weight_train=weights_train,
-        sample_weight_test=np.ones(300),
-    )
-    subset = AttackInputData(loss_train=loss_train[:200], loss_test=loss_test)
-    auc_weighted = run_attacks(weighted).single_attack_results[0].get_auc()
-    auc_subset = run_attacks(subset).single_attack_results[0].get_auc()
-    assert auc_weighted == pytest.approx(auc_subset)
-
-
 def test_custom_attack_model_is_used(overfit_attack_input):
     calls = []
 

@@ -1,0 +1,1 @@
+"""``tensorflow_privacy.privacy.fast_gradient_clipping``: only ``layer_registry``."""
