@@ -276,3 +276,16 @@ def test_fast_engine_masks_per_token_losses_as_keras_does(builder, rng):
         flat([to_numpy(g) for g in got.grad_sum]), flat(want), rtol=1e-4, atol=1e-6
     )
     assert private.dp_engine_used == "fast"
+
+
+@pytest.mark.parametrize("engine", ["auto", "vectorized"])
+def test_a_model_that_mixes_the_batch_is_told_what_the_vectorized_engine_does(engine, rng):
+    model = _mlp(middle=MixBatch())
+    x, y = _data(rng, model)
+    private = _private(model, engine)
+    with pytest.warns(kp.BatchMixingWarning, match="one example at a time"):
+        private._dp_clipped(x, y, None, num_units=None)
+    assert private.dp_engine_used == "vectorized"
+    with warnings.catch_warnings():  # said once per model
+        warnings.simplefilter("error", kp.BatchMixingWarning)
+        private._dp_clipped(x, y, None, num_units=None)

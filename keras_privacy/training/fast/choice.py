@@ -73,15 +73,15 @@ def fast_or_fallback(
             "engine='auto' (falls back to the exact vectorized engine) or "
             "engine='vectorized'."
         )
-    _warn_if_mixing(model, x)
     record(model, "vectorized", reason)
     return fallback()
 
 
-def _warn_if_mixing(model: Any, x: Any) -> None:
+def warn_if_mixing(model: Any, x: Any) -> None:
     """Say plainly, once per model, when the model really mixes the examples of a batch
     (the numerical check shows it): the vectorized engine keeps DP exact by running each
-    example alone, which changes what the mixing computation sees."""
+    example alone, which changes what the mixing computation sees. Every backend's
+    vectorized engine calls this (``engine="vectorized"`` and the fallback alike)."""
     reason = numerical_mixing_reason(model, x)
     if reason is None or MIXES not in reason or model.__dict__.get("_dp_warned_mixing"):
         return

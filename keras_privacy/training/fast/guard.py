@@ -282,7 +282,8 @@ def batch_mixing_reason(layer: Any) -> str | None:
             if reason:
                 return reason
         return None
-    if isinstance(layer, keras.Model) and not isinstance(layer, Functional):
+    is_sequential = isinstance(layer, keras.Sequential) and call is keras.Sequential.call
+    if isinstance(layer, keras.Model) and not isinstance(layer, Functional) and not is_sequential:
         if _is_allowed_class(layer)[0]:
             pass  # a registered model class: checked as a layer below
         else:

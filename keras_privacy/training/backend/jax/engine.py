@@ -17,6 +17,7 @@ from keras_privacy.training import clipping
 from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import ClippedBatch, refuse_state_updates, unit_forward
 from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.fast.choice import warn_if_mixing
 
 # Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
 # seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
@@ -72,6 +73,7 @@ class VectorizedEngine:
 
         Returns the :class:`ClippedBatch` and the new non-trainable values.
         """
+        warn_if_mixing(model, x)
         grads, unit_losses, y_pred, new_non_trainable = self.unit_gradients(
             model,
             trainable_values,

@@ -20,6 +20,7 @@ from keras_privacy.training.backend.tensorflow.vectorization import (
 from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import ClippedBatch, refuse_state_updates
 from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.fast.choice import warn_if_mixing
 
 # Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
 # seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
@@ -159,6 +160,7 @@ class VectorizedEngine:
         l2_norm_clip: float,
         unit_offset: Any = 0,
     ) -> ClippedBatch:
+        warn_if_mixing(model, x)
         grads, unit_losses, y_pred = self.unit_gradients(
             model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
         )

@@ -22,6 +22,7 @@ from keras_privacy.training import clipping
 from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import ClippedBatch, refuse_state_updates, unit_forward
 from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.fast.choice import warn_if_mixing
 
 # Spreads the seeds of seeded random layers over the chunks of a logical batch: the chunk
 # whose first unit is i draws with seed state (s0 + i * _SEED_STRIDE, s1). Within a chunk,
@@ -85,6 +86,7 @@ class VectorizedEngine:
     ) -> ClippedBatch:
         """``sum_u min(1, C / ||g_u||) g_u`` over the units (units with a non-finite
         gradient contribute exactly zero), at the model's current weights."""
+        warn_if_mixing(model, x)
         grads, unit_losses, y_pred = self.unit_gradients(
             model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
         )
