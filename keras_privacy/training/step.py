@@ -93,7 +93,48 @@ def dp_metrics(
         # Multi-output models log each output's loss through trackers that the
         # per-unit (stateless) passes cannot update; one batched loss call does it.
         compile_loss(y, y_pred, sample_weight)
+    if row_mask is not None and _default_compute_metrics(model):
+        _update_compiled_metrics(model, y, y_pred, sample_weight, mask)
+        return model.get_metrics_result()
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def _default_compute_metrics(model: Any) -> bool:
+    import keras
+
+    return getattr(type(model).compute_metrics, "__func__", type(model).compute_metrics) is (
+        keras.Model.compute_metrics
+    )
+
+
+def _update_compiled_metrics(
+    model: Any, y: Any, y_pred: Any, sample_weight: Any, row_mask: Any
+) -> None:
+    """Update ``compile(metrics=..., weighted_metrics=...)`` over the real rows only.
+
+    Keras passes ``sample_weight`` to ``weighted_metrics`` but not to ``metrics``, so a
+    padded Poisson batch (JAX: fixed capacity, padding rows last) would count its padding
+    rows in every unweighted metric. Here each unweighted metric gets the 0/1 row mask as
+    its sample weight and each weighted one ``mask * sample_weight``: a metric's weighted
+    mean over the capacity then equals its plain mean over the sampled rows.
+    """
+    metrics = model._compile_metrics
+    if metrics is None:
+        return
+    if not metrics.built:
+        metrics.build(y, y_pred)
+    y_true = metrics._flatten_y(y)
+    y_hat = metrics._flatten_y(y_pred)
+    weights = metrics._flatten_y(sample_weight)
+    if len(weights) < len(y_true):
+        weights = [weights[0] for _ in y_true]
+    for m, y_t, y_p in zip(metrics._flat_metrics, y_true, y_hat, strict=False):
+        if m:
+            m.update_state(y_t, y_p, sample_weight=row_mask)
+    weighted = metrics._flat_weighted_metrics
+    for m, y_t, y_p, s_w in zip(weighted, y_true, y_hat, weights, strict=False):
+        if m:
+            m.update_state(y_t, y_p, sample_weight=s_w)
 
 
 __all__ = [
