@@ -52,15 +52,21 @@ def _record_of(model: Any) -> TrainingRecord:
     return record
 
 
-def privacy_spent(model: Any, delta: float, accountant: str = "pld") -> float:
+def privacy_spent(
+    model: Any, delta: float, accountant: str = "pld", *, allow_large_delta: bool = False
+) -> float:
     """Example-level epsilon at ``delta`` of all DP training ``model`` has done.
 
     Accounts for the sampling each ``fit`` call actually used (see the module docstring).
+    ``delta >= 1/N`` raises ``ValueError`` unless ``allow_large_delta`` (a guarantee with
+    delta >= 1/N is met by publishing a random training example whole).
 
     Raises:
       DatasetSizeUnknownError: a ``tf.data`` fit was given no ``dataset_size``.
     """
-    return accounting.epsilon_of_record(_record_of(model), delta, accountant)
+    return accounting.epsilon_of_record(
+        _record_of(model), delta, accountant, allow_large_delta=allow_large_delta
+    )
 
 
 # -- saving and loading the accountant state -------------------------------------------
@@ -190,6 +196,9 @@ class PrivacyBudget(keras.callbacks.Callback):
       state_path: JSON file for the accountant state, or None.
       live: show epsilon in the progress bar while an epoch runs.
       live_overhead: the fraction of training time the live epsilon may take (0.05).
+      allow_large_delta: accept ``delta >= 1/N``; by default ``fit`` refuses it before
+        training (``ValueError``): a guarantee with delta >= 1/N is met by publishing a
+        random training example whole.
     """
 
     def __init__(
@@ -200,8 +209,10 @@ class PrivacyBudget(keras.callbacks.Callback):
         state_path: str | os.PathLike | None = None,
         live: bool = True,
         live_overhead: float = 0.05,
+        allow_large_delta: bool = False,
     ) -> None:
         super().__init__()
+        self.allow_large_delta = bool(allow_large_delta)
         self.live = bool(live)
         self.live_overhead = accounting._checks.check_positive_real(live_overhead, "live_overhead")
         self._live_epsilon: float | None = None
@@ -232,15 +243,22 @@ class PrivacyBudget(keras.callbacks.Callback):
         self._live_epsilon = self._last_batch_end = self._step_seconds = None
         self._live_interval, self._since_live = 1, 0
         self._restore_earlier_training(record)
-        # Raises DatasetSizeUnknownError now, not after an epoch of training.
+        # Raises DatasetSizeUnknownError (or delta >= 1/N) now, not after an epoch.
         accounting.training_record_event(_with_one_more_update(record))
+        accounting.record_accounting.check_delta_for_record(
+            record, self.delta, self.allow_large_delta
+        )
         if self.target_epsilon is None:
             return
         self.max_updates = accounting.max_updates_within_budget(
-            record, self.target_epsilon, self.delta, self.accountant
+            record,
+            self.target_epsilon,
+            self.delta,
+            self.accountant,
+            allow_large_delta=self.allow_large_delta,
         )
         if record.current.updates + self._updates_per_call() > self.max_updates:
-            spent = accounting.epsilon_of_record(record, self.delta, self.accountant)
+            spent = self._spent()
             raise PrivacyBudgetExhaustedError(
                 f"the privacy budget epsilon={self.target_epsilon:g} at delta={self.delta:g} "
                 f"is spent: epsilon so far is {spent:.4g} and one more update would exceed it"
@@ -267,12 +285,12 @@ class PrivacyBudget(keras.callbacks.Callback):
                 )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.epsilon = privacy_spent(self.model, self.delta, self.accountant)
+        self.epsilon = self._spent()
         if logs is not None:
             logs["epsilon"] = self.epsilon
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        self.epsilon = privacy_spent(self.model, self.delta, self.accountant)
+        self.epsilon = self._spent()
         if self.state_path is not None:
             save_privacy_state(self.model, self.state_path)
 
@@ -283,6 +301,11 @@ class PrivacyBudget(keras.callbacks.Callback):
             save_privacy_state(model, self.state_path)
 
     # Helpers.
+    def _spent(self) -> float:
+        return privacy_spent(
+            self.model, self.delta, self.accountant, allow_large_delta=self.allow_large_delta
+        )
+
     def _show_live_epsilon(self, logs: dict | None) -> None:
         """Recompute epsilon every ``_live_interval`` batches, the interval chosen so that
         accounting time / training time stays below ``live_overhead``."""
@@ -294,7 +317,7 @@ class PrivacyBudget(keras.callbacks.Callback):
             )
         self._since_live += 1
         if self._live_epsilon is None or self._since_live >= self._live_interval:
-            self._live_epsilon = privacy_spent(self.model, self.delta, self.accountant)
+            self._live_epsilon = self._spent()
             cost = time.perf_counter() - now
             if self._step_seconds:
                 budget = self.live_overhead * self._step_seconds

@@ -393,12 +393,15 @@ class DPTrainingMixin:
 
     # -- accounting -------------------------------------------------------------------
 
-    def privacy_spent(self, delta: float, accountant: str = "pld") -> float:
+    def privacy_spent(
+        self, delta: float, accountant: str = "pld", *, allow_large_delta: bool = False
+    ) -> float:
         """Epsilon at ``delta`` of all DP training this model has done (``privacy_record``),
-        accounted for the sampling each ``fit`` actually used."""
+        accounted for the sampling each ``fit`` actually used; ``delta >= 1/N`` is refused
+        unless ``allow_large_delta``."""
         from keras_privacy.training.callbacks import privacy_spent
 
-        return privacy_spent(self, delta, accountant)
+        return privacy_spent(self, delta, accountant, allow_large_delta=allow_large_delta)
 
 
 @keras.saving.register_keras_serializable(package="keras_privacy")

@@ -99,7 +99,7 @@ def test_pld_is_tighter_than_rdp():
 def _eps(steps=1000, q=0.01, sigma=1.0, sampling="poisson", accountant="rdp"):
     n = 100000
     return accounting.compute_epsilon(
-        n, round(q * n), sigma, delta=1e-5, steps=steps, sampling=sampling, accountant=accountant
+        n, round(q * n), sigma, delta=1e-6, steps=steps, sampling=sampling, accountant=accountant
     )
 
 
