@@ -514,13 +514,27 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
     """A ``keras.Sequential`` that trains with DP-SGD.
 
     ``DPSequential(l2_norm_clip, noise_multiplier, num_microbatches=None, ...,
-    layers=[...])`` as in TensorFlow Privacy; ``DPSequential([...layers])`` also works
-    when the DP settings come from a DP optimizer at ``compile``. Arguments as
-    :class:`DPModel`.
+    layers=[...])`` as in TensorFlow Privacy; ``DPSequential([...layers], l2_norm_clip=...,
+    noise_multiplier=...)`` as in Keras, or without DP settings when they come from a DP
+    optimizer at ``compile``. Arguments as :class:`DPModel`.
     """
+
+    _POSITIONAL = (
+        "l2_norm_clip",
+        "noise_multiplier",
+        "num_microbatches",
+        "gradient_accumulation_steps",
+        "sampling",
+        "seed",
+        "engine",
+        "layers",
+        "trainable",
+        "name",
+    )
 
     def __init__(
         self,
+        *args: Any,
         l2_norm_clip: float | None = None,
         noise_multiplier: float | None = None,
         num_microbatches: int | None = None,
@@ -532,10 +546,24 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
         trainable: bool = True,
         name: str | None = None,
     ) -> None:
-        if isinstance(l2_norm_clip, (list, tuple)):  # DPSequential([...]) like Sequential
-            if layers is not None:
-                raise TypeError("layers given twice: positionally and as layers=")
-            layers, l2_norm_clip = l2_norm_clip, None
+        given = dict(locals())
+        # A list first is Keras's order (layers, trainable, name); else TF Privacy's.
+        order = self._POSITIONAL
+        if args and isinstance(args[0], (list, tuple)):
+            order = ("layers", "trainable", "name")
+        if len(args) > len(order):
+            raise TypeError(f"DPSequential takes at most {len(order)} positional arguments")
+        defaults = {"gradient_accumulation_steps": 1, "sampling": POISSON, "engine": "auto"}
+        defaults["trainable"] = True
+        for key, value in zip(order, args, strict=False):
+            if given[key] is not defaults.get(key):
+                raise TypeError(f"DPSequential got multiple values for argument {key!r}")
+            given[key] = value
+        l2_norm_clip, noise_multiplier = given["l2_norm_clip"], given["noise_multiplier"]
+        num_microbatches = given["num_microbatches"]
+        gradient_accumulation_steps = given["gradient_accumulation_steps"]
+        sampling, seed, engine = given["sampling"], given["seed"], given["engine"]
+        layers, trainable, name = given["layers"], given["trainable"], given["name"]
         super().__init__(layers=layers, trainable=trainable, name=name)
         self._dp_setup(
             l2_norm_clip=l2_norm_clip,
