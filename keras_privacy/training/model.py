@@ -34,6 +34,7 @@ from keras.src.models.functional import Functional
 from keras.src.models.model import Trainer as BackendTrainer
 from keras.src.models.model import functional_init_arguments
 
+from keras_privacy.training import user_checks
 from keras_privacy.training.backend import DPTrainer
 from keras_privacy.training.checks import check_layers_supported
 from keras_privacy.training.config import DPConfig, validate_dp_arguments
@@ -293,6 +294,9 @@ class DPTrainingMixin:
             raise RuntimeError("You must call compile() before fit().")
         self._dp_check_trainable()
         check_layers_supported(self)
+        x, y = user_checks.as_arrays(x, y)
+        user_checks.warn_no_noise(config.noise_multiplier, stacklevel=2)
+        user_checks.warn_training_monitors(callbacks, stacklevel=2)
         plan = plan_fit_input(
             self,
             config,
@@ -317,7 +321,7 @@ class DPTrainingMixin:
         self._dp_open_segment(plan.segment)
         callbacks = [*plan.callbacks, *(callbacks or [])]
         try:
-            return super().fit(
+            history = super().fit(
                 epochs=epochs,
                 verbose=verbose,
                 callbacks=callbacks,
@@ -327,6 +331,8 @@ class DPTrainingMixin:
                 validation_freq=validation_freq,
                 **plan.fit_kwargs,
             )
+            user_checks.warn_dropped_examples(history, stacklevel=2)
+            return history
         finally:
             # Callbacks that persist privacy state (PrivacyBudget's state file) write it
             # even when fit ends by an exception: spent privacy stays spent.

@@ -61,13 +61,18 @@ def unit_size(num_microbatches: int | None, chunk: Any, rows: Any) -> Any:
 
 def mean_unit_loss(unit_losses: Any, unit_mask: Any = None) -> Any:
     """The mean of the finite unit losses (of the units in ``unit_mask``), for the logged
-    ``loss``; 0 when there are none."""
-    keep = ops.isfinite(unit_losses)
+    ``loss``: the units that reached the update (a non-finite unit has clip factor 0).
+    NaN when there are units but none is finite (as plain Keras would log; the DP model's
+    ``fit`` then warns that examples were dropped); 0 for an empty (Poisson) batch."""
+    real = ops.ones_like(unit_losses, dtype="bool")
     if unit_mask is not None:
-        keep = ops.logical_and(keep, ops.cast(unit_mask, "bool"))
+        real = ops.cast(unit_mask, "bool")
+    keep = ops.logical_and(ops.isfinite(unit_losses), real)
     count = ops.sum(ops.cast(keep, "float32"))
     total = ops.sum(ops.where(keep, unit_losses, ops.zeros_like(unit_losses)))
-    return ops.divide_no_nan(total, count)
+    units = ops.sum(ops.cast(real, "float32"))
+    mean = ops.divide_no_nan(total, count)
+    return ops.where(ops.logical_and(count == 0, units > 0), float("nan"), mean)
 
 
 def dp_metrics(
