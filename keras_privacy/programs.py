@@ -111,10 +111,11 @@ def passive_torch_threads() -> bool:
     worker has finished its share. A DP step is hundreds of small ops; on a machine whose
     cores other processes also use, a spinning worker holds a core that a descheduled
     worker needs, so most ops wait a scheduler time slice. Measured on a shared 2-core
-    machine (the Fashion-MNIST main job, 120 updates): 76 s and 84 s of CPU by default,
-    8.0 s and 14 s with ``OMP_WAIT_POLICY=PASSIVE``, 8.8 s and 15 s with
-    ``OMP_NUM_THREADS=1``. The passive policy keeps every core in use, so a quiet
-    many-core machine loses little.
+    machine (the Fashion-MNIST main job, 240 updates, training time and CPU time of the
+    process): 131 s and 94 s by default, 11-21 s and 21-22 s with
+    ``OMP_WAIT_POLICY=PASSIVE`` (TensorFlow: 7 s and 13.5 s); with 120 updates
+    ``OMP_NUM_THREADS=1`` was about as fast (8.8 s against 8.0 s). The passive policy keeps
+    every core in use, so a quiet many-core machine loses little.
 
     Not set when ``OMP_WAIT_POLICY``, ``OMP_NUM_THREADS`` or ``GOMP_SPINCOUNT`` is already
     set (set ``OMP_WAIT_POLICY=ACTIVE`` to keep OpenMP's default), when
