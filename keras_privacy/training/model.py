@@ -525,19 +525,6 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
     optimizer at ``compile``. Arguments as :class:`DPModel`.
     """
 
-    _POSITIONAL = (
-        "l2_norm_clip",
-        "noise_multiplier",
-        "num_microbatches",
-        "gradient_accumulation_steps",
-        "sampling",
-        "seed",
-        "engine",
-        "layers",
-        "trainable",
-        "name",
-    )
-
     def __init__(
         self,
         *args: Any,
@@ -552,31 +539,8 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
         trainable: bool = True,
         name: str | None = None,
     ) -> None:
-        given = dict(locals())
-        # A list first is Keras's order (layers, trainable, name); else TF Privacy's.
-        order = self._POSITIONAL
-        if args and isinstance(args[0], (list, tuple)):
-            order = ("layers", "trainable", "name")
-        if len(args) > len(order):
-            raise TypeError(f"DPSequential takes at most {len(order)} positional arguments")
-        defaults = {"gradient_accumulation_steps": 1, "sampling": POISSON, "engine": "auto"}
-        defaults["trainable"] = True
-        for key, value in zip(order, args, strict=False):
-            if given[key] is not defaults.get(key):
-                raise TypeError(f"DPSequential got multiple values for argument {key!r}")
-            given[key] = value
-        l2_norm_clip, noise_multiplier = given["l2_norm_clip"], given["noise_multiplier"]
-        num_microbatches = given["num_microbatches"]
-        gradient_accumulation_steps = given["gradient_accumulation_steps"]
-        sampling, seed, engine = given["sampling"], given["seed"], given["engine"]
+        given = user_checks.sequential_arguments(args, dict(locals()))
+        settings = {k: given[k] for k in user_checks.SEQUENTIAL_ARGUMENTS[:7]}
         layers, trainable, name = given["layers"], given["trainable"], given["name"]
         super().__init__(layers=layers, trainable=trainable, name=name)
-        self._dp_setup(
-            l2_norm_clip=l2_norm_clip,
-            noise_multiplier=noise_multiplier,
-            num_microbatches=num_microbatches,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            sampling=sampling,
-            seed=seed,
-            engine=engine,
-        )
+        self._dp_setup(**settings)

@@ -49,6 +49,50 @@ def user_stacklevel() -> int:
     return level
 
 
+#: ``DPSequential``'s arguments in TF Privacy's positional order.
+SEQUENTIAL_ARGUMENTS = (
+    "l2_norm_clip",
+    "noise_multiplier",
+    "num_microbatches",
+    "gradient_accumulation_steps",
+    "sampling",
+    "seed",
+    "engine",
+    "layers",
+    "trainable",
+    "name",
+)
+_SEQUENTIAL_DEFAULTS = {
+    "gradient_accumulation_steps": 1,
+    "sampling": "poisson",
+    "engine": "auto",
+    "trainable": True,
+}
+
+
+def sequential_arguments(args: tuple, given: dict[str, Any]) -> dict[str, Any]:
+    """``DPSequential``'s keyword arguments (``given``) with the positional ones filled in.
+
+    A list first is Keras's order (``layers, trainable, name``), so that
+    ``DPSequential([...], l2_norm_clip=..., noise_multiplier=...)`` works; otherwise TF
+    Privacy's order (``l2_norm_clip, noise_multiplier, ...``).
+
+    Raises:
+      TypeError: too many positional arguments, or one also given by keyword.
+    """
+    order = SEQUENTIAL_ARGUMENTS
+    if args and isinstance(args[0], (list, tuple)):
+        order = ("layers", "trainable", "name")
+    if len(args) > len(order):
+        raise TypeError(f"DPSequential takes at most {len(order)} positional arguments")
+    given = dict(given)
+    for key, value in zip(order, args, strict=False):
+        if given[key] != _SEQUENTIAL_DEFAULTS.get(key):
+            raise TypeError(f"DPSequential got multiple values for argument {key!r}")
+        given[key] = value
+    return given
+
+
 def _is_plain_list(value: Any) -> bool:
     """A list/tuple whose leaves are Python numbers (no arrays): data, not a nest."""
     if not isinstance(value, (list, tuple)) or not value:
