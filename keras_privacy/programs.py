@@ -108,9 +108,10 @@ def passive_torch_threads() -> bool:
 
     Why: PyTorch runs each CPU op on an OpenMP team (one thread per core). By default an
     idle OpenMP worker *spins* for a while before it sleeps, and an op ends only when every
-    worker has finished its share. A DP step is hundreds of small ops; on a machine whose
-    cores other processes also use, a spinning worker holds a core that a descheduled
-    worker needs, so most ops wait a scheduler time slice. Measured on a shared 2-core
+    worker has finished its share. A DP step is many small ops (~2,300 ATen calls per
+    update for the tutorial CNN); on a machine whose cores other processes also use, a
+    spinning worker holds a core that a descheduled worker needs, so most ops wait a
+    scheduler time slice. Measured on a shared 2-core
     machine (the Fashion-MNIST main job, 240 updates, training time and CPU time of the
     process): 131 s and 94 s by default, 11-21 s and 21-22 s with
     ``OMP_WAIT_POLICY=PASSIVE`` (TensorFlow: 7 s and 13.5 s); with 120 updates
