@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -55,7 +56,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, needs_length: bool) -
         "--delta",
         type=float,
         required=True,
-        help="target delta, 0 < delta < 1 (commonly below 1/N)",
+        help="target delta, 0 < delta < 1/N (delta >= 1/N is refused: publishing a random "
+        "example whole meets such a guarantee)",
+    )
+    parser.add_argument(
+        "--allow-large-delta",
+        action="store_true",
+        help="accept delta >= 1/N anyway",
     )
     if needs_length:
         length = parser.add_mutually_exclusive_group(required=True)
@@ -178,7 +185,7 @@ def _validate(args: argparse.Namespace) -> None:
 
     n = _checks.check_positive_int(args.n, "number_of_examples")
     _checks.check_batch_size(args.batch_size, n)
-    _checks.check_delta(args.delta)
+    _checks.check_delta_below_one_over_n(_checks.check_delta(args.delta), n, args.allow_large_delta)
     if "noise_multiplier" in args:
         _checks.check_noise_multiplier(args.noise_multiplier)
     if "target_epsilon" in args:
@@ -196,6 +203,7 @@ def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         "used_microbatching": _used_microbatching(args),
         "max_examples_per_user": args.max_examples_per_user,
         "accountant": args.accountant,
+        "allow_large_delta": args.allow_large_delta,
     }
     if args.command == "epsilon":
         report = accounting.compute_dp_sgd_privacy_report(
@@ -359,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         message = str(error)
         for name, flag in _FLAG_NAMES.items():
-            message = message.replace(name, flag)
+            message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
+        message = message.replace("allow_large_delta=True", "--allow-large-delta")
         print(f"keras-privacy {args.command}: error: {message}", file=sys.stderr)
         return 2
     print(json.dumps(data, indent=2) if args.json else text)

@@ -179,3 +179,39 @@ def test_the_tutorial_prints_no_tensorflow_start_up_lines():
         if programs.is_startup_notice(line) or re.match(r"\w+:tensorflow:|[IWEF]\d{4} ", line)
     ]
     assert not tensorflow_lines, tensorflow_lines
+
+
+_THREADS_PROBE = (
+    "from keras_privacy import programs; import os, sys; "
+    "done = programs.passive_torch_threads(); "
+    "print(done, os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({"KERAS_BACKEND": "torch"}, "True PASSIVE False"),
+        ({"KERAS_BACKEND": "torch", "OMP_NUM_THREADS": "2"}, "False None False"),
+        ({"KERAS_BACKEND": "torch", "OMP_WAIT_POLICY": "ACTIVE"}, "False ACTIVE False"),
+        ({"KERAS_BACKEND": "torch", "KERAS_PRIVACY_TORCH_THREADS": "default"}, "False None False"),
+        ({"KERAS_BACKEND": "jax"}, "False None False"),
+    ],
+)
+def test_programs_let_torch_threads_sleep_unless_the_user_chose(extra, expected):
+    """Issue 21: torch's spinning OpenMP workers cost 3-10x CPU on a shared machine; the
+    programs set OMP_WAIT_POLICY=PASSIVE on torch unless the user chose a setting."""
+    env = {k: v for k, v in ENV.items() if k not in programs._THREAD_SETTINGS}
+    env.pop("KERAS_PRIVACY_TORCH_THREADS", None)
+    env.update(extra)
+    out = subprocess.run(
+        [sys.executable, "-c", _THREADS_PROBE], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split("\n")[0] == expected
+
+
+def test_every_tutorial_sets_torch_threads_before_keras():
+    for path in sorted((ROOT / "keras_privacy" / "tutorials").glob("[!_]*.py")):
+        text = path.read_text(encoding="utf-8")
+        if "quiet_tensorflow_startup()" in text:
+            assert text.index("passive_torch_threads()") < text.index("quiet_tensorflow_startup()")

@@ -33,6 +33,26 @@ def check_delta(delta: Any, name: str = "delta") -> float:
     return float(delta)
 
 
+def check_delta_below_one_over_n(
+    delta: float, number_of_examples: int, allow_large_delta: bool = False
+) -> float:
+    """Refuse ``delta >= 1/N`` unless ``allow_large_delta``.
+
+    Why: the mechanism that publishes each of the N examples, whole, independently with
+    probability delta is (0, delta)-DP, and for delta >= 1/N it publishes about one
+    example or more in expectation. A guarantee that such a mechanism also meets says
+    nothing; delta is usually chosen well below 1/N (e.g. 1e-5 for N = 60,000).
+    """
+    if not allow_large_delta and delta * number_of_examples >= 1.0:
+        raise ValueError(
+            f"delta={delta:g} is >= 1/N = {1.0 / number_of_examples:.3g} (N = "
+            f"{number_of_examples}): with delta >= 1/N, publishing a random training example "
+            "whole meets the guarantee, so it is meaningless; choose delta well below 1/N, "
+            "or pass allow_large_delta=True to compute it anyway"
+        )
+    return delta
+
+
 def check_positive_real(value: Any, name: str) -> float:
     """A finite real number > 0 (target epsilon, epochs)."""
     if not _is_real(value) or not math.isfinite(float(value)) or float(value) <= 0.0:

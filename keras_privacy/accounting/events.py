@@ -255,8 +255,11 @@ def segment_event(segment: Any) -> dp_accounting.DpEvent:
         raise DatasetSizeUnknownError(
             f"cannot compute epsilon: a training segment ({sampling}, {updates} updates) has "
             f"dataset_size={dataset_size!r} and expected_batch_size={batch_size!r}; both are "
-            "needed (for a tf.data pipeline or generator, pass fit(..., dataset_size=N), the "
-            "number of training examples)"
+            "needed. For a tf.data pipeline or generator, pass fit(..., dataset_size=N), the "
+            "number of training examples. train_on_batch takes no dataset size: if your "
+            "batches used each of N examples at most once per pass, set "
+            "model.privacy_record.current.dataset_size = N (or .segments[i] for an earlier "
+            "segment); otherwise no epsilon can be stated"
         )
     noise_multiplier = float(segment.noise_multiplier)
     used_microbatching = int(segment.examples_per_clipping_unit) > 1

@@ -62,6 +62,8 @@ class DpSgdPlan:
       other_releases: DpEvents of other mechanisms run on the same examples (for instance
         private statistics computed before training); each is composed with the training
         run's event, in the order given. Example-level only.
+      allow_large_delta: accept ``delta >= 1/N`` (refused by default: such a guarantee
+        is met by publishing a random example; see ``_checks.check_delta_below_one_over_n``).
     """
 
     number_of_examples: int
@@ -72,6 +74,7 @@ class DpSgdPlan:
     used_microbatching: bool = False
     max_examples_per_user: int | None = None
     other_releases: tuple[dp_accounting.DpEvent, ...] = ()
+    allow_large_delta: bool = False
 
     @classmethod
     def create(
@@ -84,6 +87,8 @@ class DpSgdPlan:
         used_microbatching: bool = False,
         max_examples_per_user: Any = None,
         other_releases: Any = (),
+        *,
+        allow_large_delta: bool = False,
     ) -> DpSgdPlan:
         """Validate the arguments (ValueError naming the bad one) and build a plan."""
         n = _checks.check_positive_int(number_of_examples, "number_of_examples")
@@ -104,6 +109,7 @@ class DpSgdPlan:
             used_microbatching=bool(used_microbatching),
             max_examples_per_user=k,
             other_releases=releases,
+            allow_large_delta=bool(allow_large_delta),
         )
 
     @property
@@ -165,7 +171,9 @@ class DpSgdPlan:
         poisson_user_epsilon`; with ``fallback`` the other accountant answers when the
         requested one gives ``inf`` (``"accountant"`` names the one that answered).
         """
-        delta = _checks.check_delta(delta)
+        delta = _checks.check_delta_below_one_over_n(
+            _checks.check_delta(delta), self.number_of_examples, self.allow_large_delta
+        )
         sampling = _checks.check_sampling(sampling)
         accountant = _checks.check_accountant(accountant)
         k = self.max_examples_per_user
@@ -215,6 +223,7 @@ def compute_epsilon(
     used_microbatching: bool = False,
     max_examples_per_user: int | None = None,
     other_releases: Sequence[dp_accounting.DpEvent] = (),
+    allow_large_delta: bool = False,
 ) -> float:
     """Epsilon of a DP-SGD run at ``delta`` (add-or-remove-one example, or user).
 
@@ -237,6 +246,8 @@ def compute_epsilon(
         ``dp_accounting.GaussianDpEvent(s)`` for statistics released with Gaussian noise
         of s times their L2 sensitivity before training); the epsilon is that of their
         composition with the run. Example-level only.
+      allow_large_delta: accept ``delta >= 1/N``, which is refused by default (a
+        guarantee with delta >= 1/N is met by publishing a random example whole).
 
     Returns:
       epsilon (``inf`` when ``noise_multiplier`` is 0).
@@ -253,6 +264,7 @@ def compute_epsilon(
         used_microbatching,
         max_examples_per_user,
         other_releases,
+        allow_large_delta=allow_large_delta,
     )
     return plan.epsilon(delta, sampling, accountant)
 
@@ -389,6 +401,7 @@ def compute_noise_multiplier(
     max_examples_per_user: int | None = None,
     other_releases: Sequence[dp_accounting.DpEvent] = (),
     tolerance: float = 1e-4,
+    allow_large_delta: bool = False,
 ) -> float:
     """Smallest noise multiplier sigma whose epsilon is at most ``target_epsilon``.
 
@@ -399,6 +412,8 @@ def compute_noise_multiplier(
     overshoots.
     With ``used_microbatching`` the returned value is the sigma to configure (the mechanism
     is accounted with sigma / 2).
+
+    ``delta >= 1/N`` is refused unless ``allow_large_delta`` (see :func:`compute_epsilon`).
 
     Raises:
       ValueError: an argument is out of range, or no sigma up to 1e6 reaches the target.
@@ -417,6 +432,7 @@ def compute_noise_multiplier(
         used_microbatching,
         max_examples_per_user,
         other_releases,
+        allow_large_delta=allow_large_delta,
     )
     sigma = None
     for stage_accountant, discretization, bracket_factor in _search_stages(accountant):
@@ -443,6 +459,7 @@ def compute_max_steps(
     accountant: str = "pld",
     used_microbatching: bool = False,
     max_examples_per_user: int | None = None,
+    allow_large_delta: bool = False,
 ) -> int:
     """Largest number of optimizer updates whose epsilon is at most ``target_epsilon``.
 
@@ -461,6 +478,7 @@ def compute_max_steps(
         1,
         used_microbatching,
         max_examples_per_user,
+        allow_large_delta=allow_large_delta,
     )
     if plan.noise_multiplier == 0:
         return 0
@@ -475,6 +493,7 @@ def compute_max_steps(
             accountant=accountant,
             used_microbatching=used_microbatching,
             max_examples_per_user=max_examples_per_user,
+            allow_large_delta=allow_large_delta,
         )
         return passes * max(1, plan.number_of_examples // plan.batch_size)
 
@@ -498,6 +517,7 @@ def compute_max_epochs(
     accountant: str = "pld",
     used_microbatching: bool = False,
     max_examples_per_user: int | None = None,
+    allow_large_delta: bool = False,
 ) -> int:
     """Largest whole number of epochs whose epsilon is at most ``target_epsilon``.
 
@@ -516,6 +536,7 @@ def compute_max_epochs(
         None,
         used_microbatching,
         max_examples_per_user,
+        allow_large_delta=allow_large_delta,
     )
     if plan.noise_multiplier == 0:
         return 0
@@ -530,6 +551,7 @@ def compute_max_epochs(
             accountant=accountant,
             used_microbatching=used_microbatching,
             max_examples_per_user=max_examples_per_user,
+            allow_large_delta=allow_large_delta,
         )
         # ceil(E N / B) <= S  <=>  E <= S B / N
         return math.floor(max_steps * plan.batch_size / plan.number_of_examples + 1e-12)

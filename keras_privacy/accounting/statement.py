@@ -184,12 +184,14 @@ def compute_dp_sgd_privacy_report(
     used_microbatching: bool = False,
     max_examples_per_user: int | None = None,
     accountant: str = "pld",
+    allow_large_delta: bool = False,
 ) -> DpSgdPrivacyReport:
     """Epsilon under each sampling assumption, example- and (optionally) user-level.
 
     Arguments as in :func:`~keras_privacy.accounting.compute_epsilon` (``num_epochs`` is
     ``epochs``). Both sampling assumptions are always computed so that they can be shown
-    side by side, each labelled with what it assumes.
+    side by side, each labelled with what it assumes. ``delta >= 1/N`` is refused
+    unless ``allow_large_delta``.
     """
     delta = _checks.check_delta(delta)
     accountant = _checks.check_accountant(accountant)
@@ -201,6 +203,7 @@ def compute_dp_sgd_privacy_report(
         steps,
         used_microbatching,
         max_examples_per_user,
+        allow_large_delta=allow_large_delta,
     )
     example_plan = dataclasses.replace(plan, max_examples_per_user=None)
     epsilon = {
@@ -225,6 +228,7 @@ def compute_dp_sgd_privacy_statement(
     used_microbatching: bool = True,
     max_examples_per_user: int | None = None,
     accountant: str = "pld",
+    allow_large_delta: bool = False,
 ) -> str:
     """A readable, multi-line statement of the privacy a DP-SGD run gives.
 
@@ -234,6 +238,7 @@ def compute_dp_sgd_privacy_statement(
     does unless ``num_microbatches`` is set). The statement lists the assumptions, the
     example-level epsilon with shuffled batches (no amplification) and assuming Poisson
     sampling, and, when ``max_examples_per_user`` is given, the user-level epsilon.
+    Unlike TF Privacy, ``delta >= 1/N`` is refused unless ``allow_large_delta``.
     """
     return compute_dp_sgd_privacy_report(
         number_of_examples,
@@ -244,4 +249,5 @@ def compute_dp_sgd_privacy_statement(
         used_microbatching=used_microbatching,
         max_examples_per_user=max_examples_per_user,
         accountant=accountant,
+        allow_large_delta=allow_large_delta,
     ).to_text()

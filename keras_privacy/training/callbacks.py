@@ -30,6 +30,7 @@ from keras_privacy import accounting
 from keras_privacy.accounting._checks import check_format_header
 from keras_privacy.accounting.ledger import event_from_data
 from keras_privacy.training.record import SAMPLING_KINDS, TrainingRecord, TrainingSegment
+from keras_privacy.training.user_checks import user_stacklevel
 
 STATE_FORMAT = "keras-privacy/privacy-state"
 STATE_VERSION = 1
@@ -53,15 +54,21 @@ def _record_of(model: Any) -> TrainingRecord:
     return record
 
 
-def privacy_spent(model: Any, delta: float, accountant: str = "pld") -> float:
+def privacy_spent(
+    model: Any, delta: float, accountant: str = "pld", *, allow_large_delta: bool = False
+) -> float:
     """Example-level epsilon at ``delta`` of all DP training ``model`` has done.
 
     Accounts for the sampling each ``fit`` call actually used (see the module docstring).
+    ``delta >= 1/N`` raises ``ValueError`` unless ``allow_large_delta`` (a guarantee with
+    delta >= 1/N is met by publishing a random training example whole).
 
     Raises:
       DatasetSizeUnknownError: a ``tf.data`` fit was given no ``dataset_size``.
     """
-    return accounting.epsilon_of_record(_record_of(model), delta, accountant)
+    return accounting.epsilon_of_record(
+        _record_of(model), delta, accountant, allow_large_delta=allow_large_delta
+    )
 
 
 # -- saving and loading the accountant state -------------------------------------------
@@ -176,7 +183,10 @@ class PrivacyBudget(keras.callbacks.Callback):
     earlier ``fit`` calls and, with ``state_path``, earlier runs. During the epoch the
     progress bar shows it too (``live=True``): recomputed with the same accountant every
     few updates, as often as keeps the accounting under ``live_overhead`` of the training
-    time (each value shown is exact for the updates done when it was computed).
+    time. Each live value is epsilon after the updates the bar will show it for: computed
+    at update u for ``min(u + k, end of epoch)`` updates, shown until update u + k, so it
+    never lags the updates done (an upper bound, exact at each recomputation's horizon
+    and at the epoch's end).
 
     With ``target_epsilon``, the largest number of optimizer updates that keeps epsilon
     <= target is computed when ``fit`` begins, and training stops after the last update
@@ -196,6 +206,9 @@ class PrivacyBudget(keras.callbacks.Callback):
       state_path: JSON file for the accountant state, or None.
       live: show epsilon in the progress bar while an epoch runs.
       live_overhead: the fraction of training time the live epsilon may take (0.05).
+      allow_large_delta: accept ``delta >= 1/N``; by default ``fit`` refuses it before
+        training (``ValueError``): a guarantee with delta >= 1/N is met by publishing a
+        random training example whole.
     """
 
     def __init__(
@@ -206,13 +219,16 @@ class PrivacyBudget(keras.callbacks.Callback):
         state_path: str | os.PathLike | None = None,
         live: bool = True,
         live_overhead: float = 0.05,
+        allow_large_delta: bool = False,
     ) -> None:
         super().__init__()
+        self.allow_large_delta = bool(allow_large_delta)
         self.live = bool(live)
         self.live_overhead = accounting._checks.check_positive_real(live_overhead, "live_overhead")
         self._live_epsilon: float | None = None
         self._live_interval = 1
         self._since_live = 0
+        self._live_valid_until: int | None = None
         self._last_batch_end: float | None = None
         self._step_seconds: float | None = None
         self.delta = accounting._checks.check_delta(delta)
@@ -237,16 +253,24 @@ class PrivacyBudget(keras.callbacks.Callback):
         self.max_updates = None
         self._live_epsilon = self._last_batch_end = self._step_seconds = None
         self._live_interval, self._since_live = 1, 0
+        self._live_valid_until = None
         self._restore_earlier_training(record)
-        # Raises DatasetSizeUnknownError now, not after an epoch of training.
+        # Raises DatasetSizeUnknownError (or delta >= 1/N) now, not after an epoch.
         accounting.training_record_event(_with_one_more_update(record))
+        accounting.record_accounting.check_delta_for_record(
+            record, self.delta, self.allow_large_delta
+        )
         if self.target_epsilon is None:
             return
         self.max_updates = accounting.max_updates_within_budget(
-            record, self.target_epsilon, self.delta, self.accountant
+            record,
+            self.target_epsilon,
+            self.delta,
+            self.accountant,
+            allow_large_delta=self.allow_large_delta,
         )
         if record.current.updates + self._updates_per_call() > self.max_updates:
-            spent = accounting.epsilon_of_record(record, self.delta, self.accountant)
+            spent = self._spent()
             raise PrivacyBudgetExhaustedError(
                 f"the privacy budget epsilon={self.target_epsilon:g} at delta={self.delta:g} "
                 f"is spent: epsilon so far is {spent:.4g} and one more update would exceed it"
@@ -257,7 +281,7 @@ class PrivacyBudget(keras.callbacks.Callback):
         if self.state_path is not None:
             save_privacy_state(record, self.state_path)
         if self.live:
-            self._show_live_epsilon(logs)
+            self._show_live_epsilon(batch, logs)
         if self.max_updates is None:
             return
         if record.current.updates + self._updates_per_call() > self.max_updates:
@@ -269,16 +293,16 @@ class PrivacyBudget(keras.callbacks.Callback):
                     f"the next would take epsilon above {self.target_epsilon:g} "
                     f"(delta={self.delta:g}).",
                     PrivacyBudgetWarning,
-                    stacklevel=2,
+                    stacklevel=user_stacklevel(),  # the user's fit call, not Keras
                 )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.epsilon = privacy_spent(self.model, self.delta, self.accountant)
+        self.epsilon = self._spent()
         if logs is not None:
             logs["epsilon"] = self.epsilon
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        self.epsilon = privacy_spent(self.model, self.delta, self.accountant)
+        self.epsilon = self._spent()
         if self.state_path is not None:
             save_privacy_state(self.model, self.state_path)
 
@@ -289,9 +313,15 @@ class PrivacyBudget(keras.callbacks.Callback):
             save_privacy_state(model, self.state_path)
 
     # Helpers.
-    def _show_live_epsilon(self, logs: dict | None) -> None:
+    def _spent(self) -> float:
+        return privacy_spent(
+            self.model, self.delta, self.accountant, allow_large_delta=self.allow_large_delta
+        )
+
+    def _show_live_epsilon(self, batch: int, logs: dict | None) -> None:
         """Recompute epsilon every ``_live_interval`` batches, the interval chosen so that
-        accounting time / training time stays below ``live_overhead``."""
+        accounting time / training time stays below ``live_overhead``; each value covers
+        the updates until the next recomputation (see the class docstring)."""
         now = time.perf_counter()
         if self._last_batch_end is not None:
             step = now - self._last_batch_end
@@ -299,8 +329,22 @@ class PrivacyBudget(keras.callbacks.Callback):
                 step if self._step_seconds is None else (0.9 * self._step_seconds + 0.1 * step)
             )
         self._since_live += 1
-        if self._live_epsilon is None or self._since_live >= self._live_interval:
-            self._live_epsilon = privacy_spent(self.model, self.delta, self.accountant)
+        record = _record_of(self.model)
+        done = record.current.updates
+        stale = self._live_valid_until is None or done > self._live_valid_until
+        if self._live_epsilon is None or stale or self._since_live >= self._live_interval:
+            per_call = self._updates_per_call()
+            ahead = (self._live_interval - 1) * per_call
+            steps = (self.params or {}).get("steps")
+            if steps:  # never beyond the epoch's end
+                ahead = max(0, min(ahead, (steps - batch - 1) * per_call))
+            self._live_epsilon = accounting.epsilon_of_record(
+                _with_more_updates(record, ahead),
+                self.delta,
+                self.accountant,
+                allow_large_delta=self.allow_large_delta,
+            )
+            self._live_valid_until = done + ahead
             cost = time.perf_counter() - now
             if self._step_seconds:
                 budget = self.live_overhead * self._step_seconds
@@ -328,9 +372,14 @@ class PrivacyBudget(keras.callbacks.Callback):
             record.other_releases = list(saved.other_releases)
 
 
-def _with_one_more_update(record: TrainingRecord) -> TrainingRecord:
-    """A copy of ``record`` whose current segment has one more update (for checks)."""
+def _with_more_updates(record: TrainingRecord, count: int) -> TrainingRecord:
+    """A copy of ``record`` whose current segment has ``count`` more updates."""
     copy = TrainingRecord.from_dict(record.to_dict())
     if copy.current is not None:
-        copy.current.updates += 1
+        copy.current.updates += count
     return copy
+
+
+def _with_one_more_update(record: TrainingRecord) -> TrainingRecord:
+    """A copy of ``record`` whose current segment has one more update (for checks)."""
+    return _with_more_updates(record, 1)

@@ -34,6 +34,7 @@ from keras.src.models.functional import Functional
 from keras.src.models.model import Trainer as BackendTrainer
 from keras.src.models.model import functional_init_arguments
 
+from keras_privacy.training import user_checks
 from keras_privacy.training.backend import DPTrainer
 from keras_privacy.training.checks import check_layers_supported
 from keras_privacy.training.config import DPConfig, validate_dp_arguments
@@ -294,6 +295,9 @@ class DPTrainingMixin:
             raise RuntimeError("You must call compile() before fit().")
         self._dp_check_trainable()
         check_layers_supported(self)
+        x, y = user_checks.as_arrays(x, y)
+        user_checks.warn_no_noise(config.noise_multiplier, stacklevel=2)
+        user_checks.warn_training_monitors(callbacks, stacklevel=2)
         plan = plan_fit_input(
             self,
             config,
@@ -318,7 +322,7 @@ class DPTrainingMixin:
         self._dp_open_segment(plan.segment)
         callbacks = [*plan.callbacks, *(callbacks or [])]
         try:
-            return super().fit(
+            history = super().fit(
                 epochs=epochs,
                 verbose=verbose,
                 callbacks=callbacks,
@@ -328,6 +332,8 @@ class DPTrainingMixin:
                 validation_freq=validation_freq,
                 **plan.fit_kwargs,
             )
+            user_checks.warn_dropped_examples(history, stacklevel=2)
+            return history
         except Exception as error:
             failure = getattr(plan.sampler, "failure", None)
             if failure is not None and failure is not error:
@@ -399,12 +405,15 @@ class DPTrainingMixin:
 
     # -- accounting -------------------------------------------------------------------
 
-    def privacy_spent(self, delta: float, accountant: str = "pld") -> float:
+    def privacy_spent(
+        self, delta: float, accountant: str = "pld", *, allow_large_delta: bool = False
+    ) -> float:
         """Epsilon at ``delta`` of all DP training this model has done (``privacy_record``),
-        accounted for the sampling each ``fit`` actually used."""
+        accounted for the sampling each ``fit`` actually used; ``delta >= 1/N`` is refused
+        unless ``allow_large_delta``."""
         from keras_privacy.training.callbacks import privacy_spent
 
-        return privacy_spent(self, delta, accountant)
+        return privacy_spent(self, delta, accountant, allow_large_delta=allow_large_delta)
 
 
 @keras.saving.register_keras_serializable(package="keras_privacy")
@@ -525,13 +534,14 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
     """A ``keras.Sequential`` that trains with DP-SGD.
 
     ``DPSequential(l2_norm_clip, noise_multiplier, num_microbatches=None, ...,
-    layers=[...])`` as in TensorFlow Privacy; ``DPSequential([...layers])`` also works
-    when the DP settings come from a DP optimizer at ``compile``. Arguments as
-    :class:`DPModel`.
+    layers=[...])`` as in TensorFlow Privacy; ``DPSequential([...layers], l2_norm_clip=...,
+    noise_multiplier=...)`` as in Keras, or without DP settings when they come from a DP
+    optimizer at ``compile``. Arguments as :class:`DPModel`.
     """
 
     def __init__(
         self,
+        *args: Any,
         l2_norm_clip: float | None = None,
         noise_multiplier: float | None = None,
         num_microbatches: int | None = None,
@@ -546,17 +556,8 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
         layer_registry: Any = None,
     ) -> None:
         check_tf_privacy_arguments(use_xla, layer_registry)
-        if isinstance(l2_norm_clip, (list, tuple)):  # DPSequential([...]) like Sequential
-            if layers is not None:
-                raise TypeError("layers given twice: positionally and as layers=")
-            layers, l2_norm_clip = l2_norm_clip, None
+        given = user_checks.sequential_arguments(args, dict(locals()))
+        settings = {k: given[k] for k in user_checks.SEQUENTIAL_ARGUMENTS[:7]}
+        layers, trainable, name = given["layers"], given["trainable"], given["name"]
         super().__init__(layers=layers, trainable=trainable, name=name)
-        self._dp_setup(
-            l2_norm_clip=l2_norm_clip,
-            noise_multiplier=noise_multiplier,
-            num_microbatches=num_microbatches,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            sampling=sampling,
-            seed=seed,
-            engine=engine,
-        )
+        self._dp_setup(**settings)

@@ -61,13 +61,18 @@ def unit_size(num_microbatches: int | None, chunk: Any, rows: Any) -> Any:
 
 def mean_unit_loss(unit_losses: Any, unit_mask: Any = None) -> Any:
     """The mean of the finite unit losses (of the units in ``unit_mask``), for the logged
-    ``loss``; 0 when there are none."""
-    keep = ops.isfinite(unit_losses)
+    ``loss``: the units that reached the update (a non-finite unit has clip factor 0).
+    NaN when there are units but none is finite (as plain Keras would log; the DP model's
+    ``fit`` then warns that examples were dropped); 0 for an empty (Poisson) batch."""
+    real = ops.ones_like(unit_losses, dtype="bool")
     if unit_mask is not None:
-        keep = ops.logical_and(keep, ops.cast(unit_mask, "bool"))
+        real = ops.cast(unit_mask, "bool")
+    keep = ops.logical_and(ops.isfinite(unit_losses), real)
     count = ops.sum(ops.cast(keep, "float32"))
     total = ops.sum(ops.where(keep, unit_losses, ops.zeros_like(unit_losses)))
-    return ops.divide_no_nan(total, count)
+    units = ops.sum(ops.cast(real, "float32"))
+    mean = ops.divide_no_nan(total, count)
+    return ops.where(ops.logical_and(count == 0, units > 0), float("nan"), mean)
 
 
 def dp_metrics(
@@ -93,7 +98,48 @@ def dp_metrics(
         # Multi-output models log each output's loss through trackers that the
         # per-unit (stateless) passes cannot update; one batched loss call does it.
         compile_loss(y, y_pred, sample_weight)
+    if row_mask is not None and _default_compute_metrics(model):
+        _update_compiled_metrics(model, y, y_pred, sample_weight, mask)
+        return model.get_metrics_result()
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def _default_compute_metrics(model: Any) -> bool:
+    import keras
+
+    return getattr(type(model).compute_metrics, "__func__", type(model).compute_metrics) is (
+        keras.Model.compute_metrics
+    )
+
+
+def _update_compiled_metrics(
+    model: Any, y: Any, y_pred: Any, sample_weight: Any, row_mask: Any
+) -> None:
+    """Update ``compile(metrics=..., weighted_metrics=...)`` over the real rows only.
+
+    Keras passes ``sample_weight`` to ``weighted_metrics`` but not to ``metrics``, so a
+    padded Poisson batch (JAX: fixed capacity, padding rows last) would count its padding
+    rows in every unweighted metric. Here each unweighted metric gets the 0/1 row mask as
+    its sample weight and each weighted one ``mask * sample_weight``: a metric's weighted
+    mean over the capacity then equals its plain mean over the sampled rows.
+    """
+    metrics = model._compile_metrics
+    if metrics is None:
+        return
+    if not metrics.built:
+        metrics.build(y, y_pred)
+    y_true = metrics._flatten_y(y)
+    y_hat = metrics._flatten_y(y_pred)
+    weights = metrics._flatten_y(sample_weight)
+    if len(weights) < len(y_true):
+        weights = [weights[0] for _ in y_true]
+    for m, y_t, y_p in zip(metrics._flat_metrics, y_true, y_hat, strict=False):
+        if m:
+            m.update_state(y_t, y_p, sample_weight=row_mask)
+    weighted = metrics._flat_weighted_metrics
+    for m, y_t, y_p, s_w in zip(weighted, y_true, y_hat, weights, strict=False):
+        if m:
+            m.update_state(y_t, y_p, sample_weight=s_w)
 
 
 __all__ = [

@@ -91,8 +91,9 @@ def settings(args, n_users: int) -> tuple[list, list]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from keras_privacy.programs import quiet_tensorflow_startup
+    from keras_privacy.programs import passive_torch_threads, quiet_tensorflow_startup
 
+    passive_torch_threads()  # before PyTorch loads: see its docstring
     quiet_tensorflow_startup()
     from keras_privacy.tutorials import _movielens, _recommendation_notes
     from keras_privacy.tutorials._recommender import train_one

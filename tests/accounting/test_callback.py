@@ -80,8 +80,10 @@ def test_training_stops_before_the_update_that_would_exceed_the_target():
     model = _model()
     target = _target_for(steps=10)
     budget = PrivacyBudget(delta=DELTA, target_epsilon=target, accountant=FAST)
-    with pytest.warns(PrivacyBudgetWarning):
+    with pytest.warns(PrivacyBudgetWarning) as caught:
         history = model.fit(x, y, batch_size=B, epochs=10, verbose=0, callbacks=[budget])
+    # the warning points at the user's fit call, not into Keras's callback list
+    assert [w.filename for w in caught if w.category is PrivacyBudgetWarning] == [__file__]
     assert model.privacy_record.total_updates == budget.max_updates == 10
     assert budget.stopped_by_budget
     assert len(history.history["epsilon"]) == 2  # stopped in the second epoch
@@ -293,3 +295,20 @@ def test_the_record_composes_other_releases_into_every_epsilon(tmp_path):
     assert [event for _, event in restored.other_releases] == [release]
     with pytest.raises(ValueError, match="DpEvent"):
         model.privacy_record.add_release(2.0)
+
+
+def test_live_epsilon_never_lags_the_updates_done():
+    """Issue 21: with recomputations far apart (a tiny live_overhead), the bar showed the
+    epsilon of the update it was computed at (0.914 shown, 1.590 at the epoch's end). Each
+    value now covers the updates until the next recomputation, within the epoch."""
+    x, y = _data()
+    model = _model()
+    seen = _BatchLogs()
+    budget = PrivacyBudget(DELTA, accountant=FAST, live_overhead=1e-12)
+    history = model.fit(x, y, batch_size=B, epochs=2, verbose=0, callbacks=[budget, seen])
+    per_epoch = N // B
+    for updates, shown in enumerate(seen.epsilons, 1):
+        epoch_end = per_epoch * -(-updates // per_epoch)
+        assert _target_for(steps=updates) / (1 + 1e-9) <= shown * (1 + 1e-9)
+        assert shown <= _target_for(steps=epoch_end) * (1 + 1e-9)
+    assert seen.epsilons[-1] == pytest.approx(history.history["epsilon"][-1], rel=1e-9)
