@@ -289,3 +289,13 @@ def test_a_model_that_mixes_the_batch_is_told_what_the_vectorized_engine_does(en
     with warnings.catch_warnings():  # said once per model
         warnings.simplefilter("error", kp.BatchMixingWarning)
         private._dp_clipped(x, y, None, num_units=None)
+
+
+def test_the_numerical_check_runs_under_a_strict_warnings_filter(rng):
+    """Warnings raised inside the probe passes (deprecations) must not make a per-example
+    model fail the check when the user turns warnings into errors."""
+    model = _mlp("relu", L.Dropout(0.2))
+    x, _ = _data(rng, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert independence.run_check(model, x) is None
