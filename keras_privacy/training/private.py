@@ -16,12 +16,9 @@ import keras
 from keras.src.models.functional import Functional
 
 from keras_privacy.training.checks import check_layers_supported
+from keras_privacy.training.dp_training import DPTrainingMixin
 from keras_privacy.training.errors import PrivacyError
-from keras_privacy.training.model import (
-    DPModel,
-    DPSequential,
-    DPTrainingMixin,
-)
+from keras_privacy.training.model import DPModel, DPSequential
 from keras_privacy.training.record import POISSON, TrainingRecord
 
 

@@ -1,0 +1,394 @@
+"""The backend-neutral half of every DP model: :class:`DPTrainingMixin` holds the DP
+settings, ``compile``, ``fit`` (with its input planning in
+:mod:`keras_privacy.training.fit_input`), ``train_on_batch``, the training record and
+saving; the backend's ``DPTrainer`` holds the DP step. The model classes built from both
+are in :mod:`keras_privacy.training.model`, whose docstring states the update rule.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_privacy.training import user_checks
+from keras_privacy.training.backend import DPTrainer
+from keras_privacy.training.checks import check_layers_supported
+from keras_privacy.training.config import DPConfig, validate_dp_arguments
+from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.fit_input import new_segment, plan_fit_input
+from keras_privacy.training.losses import check_per_example_losses
+from keras_privacy.training.optimizers import DPOptimizerMixin
+from keras_privacy.training.record import (
+    FIXED_BATCHES,
+    POISSON,
+    TrainingRecord,
+    TrainingSegment,
+)
+
+
+class DPTrainingMixin:
+    """Backend-neutral part of a DP model: settings, ``compile``, ``fit``, saving."""
+
+    # -- settings ---------------------------------------------------------------------
+
+    def _dp_setup(
+        self,
+        *,
+        l2_norm_clip: float | None,
+        noise_multiplier: float | None,
+        num_microbatches: int | None,
+        gradient_accumulation_steps: int,
+        sampling: str,
+        seed: int | None,
+        engine: str = "auto",
+    ) -> None:
+        # Validate what was given now; clip and noise may come from a DP optimizer later.
+        validate_dp_arguments(
+            l2_norm_clip=1.0 if l2_norm_clip is None else l2_norm_clip,
+            noise_multiplier=0.0 if noise_multiplier is None else noise_multiplier,
+            num_microbatches=num_microbatches,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            sampling=sampling,
+            seed=seed,
+            engine=engine,
+        )
+        self._dp_settings = {
+            "l2_norm_clip": l2_norm_clip,
+            "noise_multiplier": noise_multiplier,
+            "num_microbatches": num_microbatches,
+            "gradient_accumulation_steps": gradient_accumulation_steps,
+            "sampling": sampling,
+            "seed": seed,
+            "engine": engine,
+        }
+        self._dp_config: DPConfig | None = None
+        if l2_norm_clip is not None and noise_multiplier is not None:
+            self._dp_config = DPConfig(**self._dp_settings)
+        # What DP training this model has done; read it through ``privacy_record``.
+        self._dp_record = TrainingRecord()
+        # The segment being trained and the step's update counter when it began.
+        self._dp_live: tuple[TrainingSegment, int] | None = None
+        # Set when a make_private wrapper was released: it may no longer train.
+        self._dp_released = False
+        # Backend step state (noise generator, accumulators): created on first training.
+        self._dp_step_state = None
+        # One sampler stream per model: every fit continues it, so no batch is re-drawn.
+        self._dp_sampler_rng = np.random.default_rng(seed)
+        self._dp_chunk_size: int | None = None
+        # The public divisor B of one train_step call (None: the caller's batch size).
+        self._dp_expected_units: float | None = None
+        self._dp_user_sample_weight = False
+        self._dp_trace_key: tuple | None = None
+        self._dp_warned_sampling = False
+
+    @property
+    def privacy_record(self) -> TrainingRecord:
+        """What DP training this model has done: one segment per ``fit`` (sampling, N,
+        batch, noise, clip and the number of noised updates), as counted by the DP step."""
+        self._dp_sync_record()
+        return self._dp_record
+
+    def _dp_open_segment(self, segment: TrainingSegment) -> None:
+        self._dp_sync_record()  # the previous segment's final counts
+        self._dp_reset_segment_counters()
+        self._dp_live = (segment, self._dp_counters()["updates"])
+        self._dp_record.segments.append(segment)
+
+    def _dp_sync_record(self) -> None:
+        """Copy the DP step's own counters into the segment being trained.
+
+        The step counts noised updates in state that nothing else advances or rewinds, so
+        the record holds every update that ran, even when ``fit`` ended by an exception.
+        For fixed-size batches it also keeps the largest logical batch and clipping unit
+        that the step actually saw (the accountant's pass length and sensitivity).
+        """
+        if self._dp_live is None:
+            return
+        segment, base = self._dp_live
+        counters = self._dp_counters()
+        segment.updates = counters["updates"] - base
+        if segment.sampling != POISSON and counters["largest_batch"]:
+            segment.expected_batch_size = max(
+                segment.expected_batch_size or 0, counters["largest_batch"]
+            )
+            segment.examples_per_clipping_unit = max(
+                segment.examples_per_clipping_unit, counters["largest_unit"]
+            )
+
+    def _dp_check_trainable(self) -> None:
+        """Refuse what would train without the DP step (see the messages)."""
+        if type(self).train_step is not DPTrainer.train_step:
+            raise PrivacyError(
+                f"{type(self).__name__} overrides train_step, which would replace the DP "
+                "training step (clipping and noise) while the privacy record still counted "
+                "epsilon. Override call() or compute_loss() instead; the DP step calls them "
+                "for each example."
+            )
+        if self._dp_released:
+            raise PrivacyError(
+                f"{self.name!r} was released with release(): its weights may since have been "
+                "trained without DP, so it no longer trains. Wrap the model again with "
+                "make_private() for a new DP run."
+            )
+
+    @property
+    def dp_config(self) -> DPConfig | None:
+        """The DP settings in force (``None`` until clip and noise are known)."""
+        return self._dp_config
+
+    @property
+    def l2_norm_clip(self) -> float | None:
+        return self._dp_config.l2_norm_clip if self._dp_config else None
+
+    @property
+    def noise_multiplier(self) -> float | None:
+        return self._dp_config.noise_multiplier if self._dp_config else None
+
+    @property
+    def num_microbatches(self) -> int | None:
+        return self._dp_settings["num_microbatches"]
+
+    def _dp_resolve_config(self, optimizer: Any) -> None:
+        """Merge the model's DP settings with a DP optimizer's; conflicts are errors."""
+        settings = dict(self._dp_settings)
+        if isinstance(optimizer, DPOptimizerMixin):
+            from_optimizer = optimizer.dp_config
+            for key in (
+                "l2_norm_clip",
+                "noise_multiplier",
+                "num_microbatches",
+                "gradient_accumulation_steps",
+            ):
+                mine, theirs = settings[key], getattr(from_optimizer, key)
+                default = 1 if key == "gradient_accumulation_steps" else None
+                if mine in (None, default):
+                    settings[key] = theirs
+                elif theirs not in (None, default) and theirs != mine:
+                    raise PrivacyError(
+                        f"The model was given {key}={mine!r} but the optimizer "
+                        f"{type(optimizer).__name__} has {key}={theirs!r}. Give it in one place."
+                    )
+        if settings["l2_norm_clip"] is None or settings["noise_multiplier"] is None:
+            raise PrivacyError(
+                "This DP model has no l2_norm_clip / noise_multiplier. Pass them to "
+                "DPModel / DPSequential / make_private, or compile with a DP optimizer such "
+                "as keras_privacy.DPKerasSGDOptimizer(l2_norm_clip=..., noise_multiplier=...). "
+                "(keras.models.clone_model drops DP settings; use keras_privacy.clone_model.)"
+            )
+        self._dp_settings = settings
+        self._dp_config = DPConfig(**settings)
+
+    def _dp_require_config(self) -> DPConfig:
+        if self._dp_config is None:
+            self._dp_resolve_config(getattr(self, "optimizer", None))
+        return self._dp_config
+
+    # -- compile ----------------------------------------------------------------------
+
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, **kwargs: Any) -> None:
+        """``keras.Model.compile``, plus the DP checks.
+
+        The optimizer may be any Keras optimizer, or a DP optimizer carrying the DP
+        settings. Losses must be per-example (Keras's built-in losses and ``Loss`` objects
+        are; a plain function must return one value per example, not a batch mean).
+        On TensorFlow XLA is not used for the DP step (it made DP steps 2-3x slower on
+        CPU); on JAX the DP step is ``jax.jit``-compiled as Keras's own step is
+        (``jit_compile=False`` turns that off), with Poisson batches padded to one shape.
+        """
+        self._dp_resolve_config(optimizer)
+        self._dp_check_trainable()
+        if isinstance(optimizer, DPOptimizerMixin):
+            optimizer._dp_model_owned = True  # its updates come from this DP step
+        check_layers_supported(self)
+        if not getattr(self, "_dp_supports_jit", False):
+            if kwargs.get("jit_compile") is True:
+                warnings.warn(
+                    "jit_compile=True is ignored for the DP training step of a DP model "
+                    "(evaluate/predict are unaffected).",
+                    stacklevel=2,
+                )
+            kwargs["jit_compile"] = False
+        super().compile(optimizer=optimizer, loss=check_per_example_losses(loss), **kwargs)
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if (getattr(inner, "gradient_accumulation_steps", None) or 1) > 1:
+            raise PrivacyError(
+                "The optimizer has Keras's own gradient_accumulation_steps, which would "
+                "average several noised updates and break the one-noise-per-update "
+                "accounting. Pass gradient_accumulation_steps to the DP model instead."
+            )
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        """Compile from a saved compile config (used by ``load_model`` and make_private)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # -- fit --------------------------------------------------------------------------
+
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
+        verbose: Any = "auto",
+        callbacks: list | None = None,
+        validation_split: float = 0.0,
+        validation_data: Any = None,
+        shuffle: bool = True,
+        class_weight: dict | None = None,
+        sample_weight: Any = None,
+        initial_epoch: int = 0,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        validation_batch_size: int | None = None,
+        validation_freq: int = 1,
+        dataset_size: int | None = None,
+    ):
+        """``keras.Model.fit`` with DP-SGD.
+
+        In-memory arrays are Poisson-sampled by default (``sampling="poisson"``): every
+        update draws each example independently with probability
+        ``q = batch_size * gradient_accumulation_steps / N``, and an epoch is ``N / (q N)``
+        updates. With ``sampling="shuffle"`` arrays are shuffled each epoch and cut into
+        fixed-size batches. ``tf.data`` datasets and generators are used as they come
+        (not Poisson), one pipeline batch per update; pass ``dataset_size=N`` so the
+        accountant can use it.
+
+        With ``gradient_accumulation_steps = n`` each update's logical batch (``batch_size
+        x n`` rows of arrays, or one pipeline batch) is processed in n chunks; an update
+        never spans two epochs or two ``fit`` calls.
+
+        Not private: the training ``loss`` and metrics that ``fit`` logs are computed from
+        the training rows without noise, so callbacks acting on them (``EarlyStopping``,
+        ``ReduceLROnPlateau`` on ``loss``) leak beyond epsilon; monitor validation
+        metrics on public or held-out data instead.
+        """
+        config = self._dp_require_config()
+        if not getattr(self, "compiled", False):
+            raise RuntimeError("You must call compile() before fit().")
+        self._dp_check_trainable()
+        check_layers_supported(self)
+        x, y = user_checks.as_arrays(x, y)
+        user_checks.warn_no_noise(config.noise_multiplier, stacklevel=2)
+        user_checks.warn_training_monitors(callbacks, stacklevel=2)
+        plan = plan_fit_input(
+            self,
+            config,
+            x=x,
+            y=y,
+            sample_weight=sample_weight,
+            class_weight=class_weight,
+            batch_size=batch_size,
+            validation_split=validation_split,
+            validation_data=validation_data,
+            shuffle=shuffle,
+            steps_per_epoch=steps_per_epoch,
+            dataset_size=dataset_size,
+            sampler_rng=self._dp_sampler_rng,
+            warn_sampling=not self._dp_warned_sampling,
+        )
+        if plan.segment.sampling == FIXED_BATCHES:
+            self._dp_warned_sampling = True
+        self._dp_chunk_size = plan.chunk_size
+        self._dp_expected_units = plan.expected_units
+        self._dp_user_sample_weight = plan.user_sample_weight
+        self._dp_open_segment(plan.segment)
+        callbacks = [*plan.callbacks, *(callbacks or [])]
+        try:
+            history = super().fit(
+                epochs=epochs,
+                verbose=verbose,
+                callbacks=callbacks,
+                initial_epoch=initial_epoch,
+                validation_steps=validation_steps,
+                validation_batch_size=validation_batch_size,
+                validation_freq=validation_freq,
+                **plan.fit_kwargs,
+            )
+            user_checks.warn_dropped_examples(history, stacklevel=2)
+            return history
+        except Exception as error:
+            failure = getattr(plan.sampler, "failure", None)
+            if failure is not None and failure is not error:
+                raise failure from error
+            raise
+        finally:
+            # Callbacks that persist privacy state (PrivacyBudget's state file) write it
+            # even when fit ends by an exception: spent privacy stays spent.
+            for callback in callbacks:
+                on_exit = getattr(callback, "on_dp_fit_exit", None)
+                if on_exit is not None:
+                    on_exit(self)
+
+    def train_on_batch(self, x=None, y=None, sample_weight=None, class_weight=None, **kwargs):
+        """``keras.Model.train_on_batch`` with the DP step: one noised update from the
+        given batch (in ``gradient_accumulation_steps`` chunks). The caller chose the batch,
+        so it is recorded as a fixed batch (not Poisson-sampled), without a dataset size."""
+        config = self._dp_require_config()
+        self._dp_check_trainable()
+        live = self._dp_live[0] if self._dp_live else None
+        if (
+            live is None
+            or live is not self._dp_record.current
+            or not getattr(live, "_from_train_on_batch", False)
+        ):
+            rows = len(keras.tree.flatten(x)[0])
+            segment = new_segment(config, FIXED_BATCHES, None, rows)
+            if config.num_microbatches is not None:
+                segment.examples_per_clipping_unit = max(1, rows // config.num_microbatches)
+            segment._from_train_on_batch = True
+            self._dp_open_segment(segment)
+        if not self.built:  # the engines read the variables before calling the model
+            self._symbolic_build(data_batch=(x, y, sample_weight))
+        self._dp_user_sample_weight = sample_weight is not None or class_weight is not None
+        self._dp_chunk_size = None
+        self._dp_expected_units = None
+        return super().train_on_batch(
+            x, y, sample_weight=sample_weight, class_weight=class_weight, **kwargs
+        )
+
+    def make_train_function(self, force: bool = False):
+        self._dp_check_trainable()
+        key = (self._dp_chunk_size, self._dp_expected_units, self._dp_user_sample_weight)
+        if key != self._dp_trace_key:
+            force = True
+            self._dp_trace_key = key
+        return super().make_train_function(force=force)
+
+    # -- saving -----------------------------------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        settings = dict(self._dp_settings)
+        settings.pop("seed")  # never saved: a known seed makes the noise predictable
+        config["dp_config"] = settings
+        config["privacy_record"] = self.privacy_record.to_dict()
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None):
+        config = dict(config)
+        settings = config.pop("dp_config", {})
+        record = config.pop("privacy_record", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        model._dp_setup(**{"seed": None, **settings})
+        if record:
+            model._dp_record = TrainingRecord.from_dict(record)
+        return model
+
+    # -- accounting -------------------------------------------------------------------
+
+    def privacy_spent(
+        self, delta: float, accountant: str = "pld", *, allow_large_delta: bool = False
+    ) -> float:
+        """Epsilon at ``delta`` of all DP training this model has done (``privacy_record``),
+        accounted for the sampling each ``fit`` actually used; ``delta >= 1/N`` is refused
+        unless ``allow_large_delta``."""
+        from keras_privacy.training.callbacks import privacy_spent
+
+        return privacy_spent(self, delta, accountant, allow_large_delta=allow_large_delta)
