@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from keras_privacy.accounting import _checks, accountants, events, planning
+from keras_privacy.accounting import _checks, accountants, events, search
 
 
 def epsilon_of_record(
@@ -81,4 +81,4 @@ def max_updates_within_budget(
 
     # Fail early and clearly if the dataset size is unknown.
     events.training_record_event(record)
-    return planning.staged_count_search(epsilon_with_updates, target_epsilon, accountant)
+    return search.staged_count_search(epsilon_with_updates, target_epsilon, accountant)
