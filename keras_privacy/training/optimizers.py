@@ -114,15 +114,19 @@ def make_keras_optimizer_class(cls: type[keras.optimizers.Optimizer]) -> type:
     The new class takes ``(l2_norm_clip, noise_multiplier, num_microbatches=None, *args,
     gradient_accumulation_steps=1, **kwargs)``, the rest going to ``cls``.
     """
+    return _dp_optimizer_class(cls, DPOptimizerMixin, "DPKeras")
+
+
+def _dp_optimizer_class(cls: type, mixin: type, prefix: str) -> type:
+    """``{prefix}{cls.__name__}Optimizer``: ``mixin`` over ``cls``, serializable."""
     if not (isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer)):
         raise TypeError(f"expected a keras.optimizers.Optimizer subclass, received {cls!r}")
-    name = f"DPKeras{cls.__name__}Optimizer"
     dp_cls = type(
-        name,
-        (DPOptimizerMixin, cls),
+        f"{prefix}{cls.__name__}Optimizer",
+        (mixin, cls),
         {
             "__doc__": f"{cls.__name__} carrying DP-SGD settings for a DP model.\n\n"
-            + (DPOptimizerMixin.__doc__ or ""),
+            + (mixin.__doc__ or ""),
             "__module__": __name__,
         },
     )
@@ -178,19 +182,7 @@ def make_vectorized_keras_optimizer_class(cls: type[keras.optimizers.Optimizer])
     keras-privacy's DP step is always vectorized (or faster), so the class differs from the
     plain one only in accepting ``unconnected_gradients_to_zero``.
     """
-    if not (isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer)):
-        raise TypeError(f"expected a keras.optimizers.Optimizer subclass, received {cls!r}")
-    name = f"VectorizedDPKeras{cls.__name__}Optimizer"
-    dp_cls = type(
-        name,
-        (VectorizedDPOptimizerMixin, cls),
-        {
-            "__doc__": f"{cls.__name__} carrying DP-SGD settings for a DP model.\n\n"
-            + (VectorizedDPOptimizerMixin.__doc__ or ""),
-            "__module__": __name__,
-        },
-    )
-    return keras.saving.register_keras_serializable(package="keras_privacy")(dp_cls)
+    return _dp_optimizer_class(cls, VectorizedDPOptimizerMixin, "VectorizedDPKeras")
 
 
 VectorizedDPKerasSGDOptimizer = make_vectorized_keras_optimizer_class(keras.optimizers.SGD)
