@@ -220,8 +220,20 @@ class DPTrainingMixin:
                 "accounting. Pass gradient_accumulation_steps to the DP model instead."
             )
 
+    def get_compile_config(self) -> dict[str, Any] | None:
+        """Keras's compile config plus a marker that only a DP model's
+        :meth:`compile_from_config` removes (see :class:`_DPCompileMarker`)."""
+        config = super().get_compile_config()
+        if config is not None:
+            config = {
+                **config,
+                _MARKER_KEY: keras.saving.serialize_keras_object(_DPCompileMarker()),
+            }
+        return config
+
     def compile_from_config(self, config: dict[str, Any]) -> None:
         """Compile from a saved compile config (used by ``load_model`` and make_private)."""
+        config = {k: v for k, v in config.items() if k != _MARKER_KEY}
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
         if getattr(self, "optimizer", None) is not None and self.built:
@@ -392,3 +404,26 @@ class DPTrainingMixin:
         from keras_privacy.training.callbacks import privacy_spent
 
         return privacy_spent(self, delta, accountant, allow_large_delta=allow_large_delta)
+
+
+_MARKER_KEY = "keras_privacy_dp_model"
+
+
+@keras.saving.register_keras_serializable(package="keras_privacy")
+class _DPCompileMarker:
+    """Rides in a DP model's compile config. A DP model compiled from that config drops it;
+    a plain Keras model compiled from it fails here instead of training without DP.
+    ``keras.models.clone_model`` of a compiled ``DPSequential`` is that case: Keras builds
+    the clone as a plain ``keras.Sequential`` and compiles it from the original's config."""
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> _DPCompileMarker:
+        raise PrivacyError(
+            "A plain Keras model is being compiled with a DP model's compile settings: "
+            "keras.models.clone_model makes a plain keras.Sequential (no DP) of a "
+            "DPSequential. Use keras_privacy.clone_model(model), which keeps the DP "
+            "settings."
+        )

@@ -241,6 +241,22 @@ def test_keras_clone_of_a_functional_dp_model_names_the_dp_clone():
         clone.compile(optimizer="sgd", loss="mse")
 
 
+def test_keras_clone_of_a_compiled_dp_sequential_is_refused_not_a_plain_model(tmp_path):
+    """Keras clones a DPSequential as a plain keras.Sequential and compiles it from the
+    original's compile config: the DP marker in that config refuses it; DP models
+    compiled from it (loading, kp.clone_model) still work."""
+    model = kp.DPSequential(
+        l2_norm_clip=1.0, noise_multiplier=1.0, layers=[keras.Input((3,)), keras.layers.Dense(2)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(PrivacyError, match="keras_privacy.clone_model"):
+        keras.models.clone_model(model)
+    assert kp.clone_model(model).compiled
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded, kp.DPSequential) and loaded.compiled
+
+
 @pytest.mark.parametrize("trainable", [True, False])
 def test_a_stateful_rnn_is_refused(trainable):
     rnn = keras.layers.SimpleRNN(2, stateful=True)
