@@ -4,8 +4,9 @@ An engine answers one question for a batch of *clipping units* (single examples,
 microbatches): what is ``sum_u clip_C(grad_u)``, the sum of each unit's whole gradient
 (over all trainable variables) clipped to L2 norm C? ``grad_u`` is the gradient of the
 unit's loss without the weight-regularization terms, which depend on no data: the trainer
-adds their gradient after clipping and noising (:mod:`keras_privacy.training.regularization`). Everything around it -- sampling,
-noise, accumulation, the optimizer update, metrics -- is the trainer's job and is shared.
+adds their gradient after clipping and noising
+(:mod:`keras_privacy.training.regularization`). Everything around it -- sampling, noise,
+accumulation, the optimizer update, metrics -- is the trainer's job and is shared.
 
 The always-correct engine (``VectorizedEngine`` in each backend package) materialises
 every unit's gradient with the backend's vectorizer over a stateless forward pass.

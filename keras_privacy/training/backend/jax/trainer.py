@@ -13,10 +13,11 @@ trainer's docstring for the batch kinds and the accumulation semantics)::
     g = ( sum_u clip_C(grad_u) + N(0, (sigma C)^2 I) ) / B  +  grad R(w)
 
 (``R``: the weight regularizers' loss, left out of every unit's loss and added after
-noising, :mod:`keras_privacy.training.regularization`) with the noise drawn once, from a key split off the state's key (never reused: the key
-lives as long as the model, across steps, fits and recompiles). Poisson batches arrive
-padded to a fixed capacity with a 0/1 mask; the step computes over the whole capacity and
-gives padding rows clip factor 0, so shapes are static and XLA compiles the step once.
+noising, :mod:`keras_privacy.training.regularization`) with the noise drawn once, from a
+key split off the state's key (never reused: the key lives as long as the model, across
+steps, fits and recompiles). Poisson batches arrive padded to a fixed capacity with a 0/1
+mask; the step computes over the whole capacity and gives padding rows clip factor 0, so
+shapes are static and XLA compiles the step once.
 """
 
 from __future__ import annotations
@@ -347,7 +348,7 @@ class JAXDPTrainer:
         config = self._dp_config
         keys = jax.random.split(noise_key, len(grad_sum))
         grads = []
-        for g, v, k in zip(grad_sum, trainable, keys, strict=True):
+        for g, k in zip(grad_sum, keys, strict=True):
             if config.noise_multiplier > 0:
                 # The partitionable threefry derivation draws the same distribution ~2x
                 # faster on CPU (one core: 5.6 against 9-11 ms for 670k normals); set for

@@ -17,9 +17,9 @@ the data or a ``fit`` call: each example is in it at most once.
 
 The update is ``(sum of clipped unit gradients + N(0, (sigma C)^2)) / B + grad R(w)`` with
 the noise drawn once; ``R`` is the weight regularizers' loss, left out of every unit's
-loss and added after noising (:mod:`keras_privacy.training.regularization`). The step itself counts what it did (noised updates, the largest logical batch,
-the largest clipping unit) in variables only it advances; the model's privacy record is
-read from them.
+loss and added after noising (:mod:`keras_privacy.training.regularization`). The step
+itself counts what it did (noised updates, the largest logical batch, the largest clipping
+unit) in variables only it advances; the model's privacy record is read from them.
 """
 
 from __future__ import annotations
