@@ -2,8 +2,11 @@
 
 An engine answers one question for a batch of *clipping units* (single examples, or
 microbatches): what is ``sum_u clip_C(grad_u)``, the sum of each unit's whole gradient
-(over all trainable variables) clipped to L2 norm C? Everything around it -- sampling,
-noise, accumulation, the optimizer update, metrics -- is the trainer's job and is shared.
+(over all trainable variables) clipped to L2 norm C? ``grad_u`` is the gradient of the
+unit's loss without the weight-regularization terms, which depend on no data: the trainer
+adds their gradient after clipping and noising
+(:mod:`keras_privacy.training.regularization`). Everything around it -- sampling, noise,
+accumulation, the optimizer update, metrics -- is the trainer's job and is shared.
 
 The always-correct engine (``VectorizedEngine`` in each backend package) materialises
 every unit's gradient with the backend's vectorizer over a stateless forward pass.
@@ -22,6 +25,7 @@ from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
 from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.regularization import excluding_weight_regularization
 
 
 @dataclasses.dataclass
@@ -116,7 +120,10 @@ def unit_forward(
     ``mapping`` gives every variable's value for this unit; ``data`` is the batch's
     ``(x, y, sample_weight)`` structure and ``unit_leaves`` this unit's non-``None``
     leaves of it, in order. Returns the loss (unreduced), the outputs and the
-    non-trainable values before and after the pass. A non-trainable variable that the
+    non-trainable values before and after the pass. The loss leaves out the weight
+    regularization terms (added after clipping and noising, see
+    :mod:`keras_privacy.training.regularization`) and keeps the losses computed from the
+    unit's data (activity regularizers, ``add_loss``). A non-trainable variable that the
     pass changed and that is not a random layer's seed state (``seeds``: ids) is
     appended to ``stateful_updates`` (see :func:`refuse_state_updates`).
     """
@@ -124,7 +131,10 @@ def unit_forward(
     x_u, y_u, sw_u = keras.tree.map_structure(lambda t: None if t is None else next(it), data)
     training = {"training": True} if model._call_has_training_arg else {}
     non_trainable = model.non_trainable_variables
-    with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+    with (
+        excluding_weight_regularization(model),
+        StatelessScope(state_mapping=mapping, collect_losses=True) as scope,
+    ):
         before = [scope.get_current_value(v) for v in non_trainable]
         y_pred = model(x_u, **training)
         loss = model._compute_loss(x=x_u, y=y_u, y_pred=y_pred, sample_weight=sw_u, training=True)

@@ -3,7 +3,11 @@ trainer (``keras_privacy/training/backend/<name>/trainer.py``).
 
 One call of a DP ``train_step`` makes one optimizer update from one logical batch::
 
-    g = ( sum_u clip_C(grad_u) + N(0, (sigma C)^2 I) ) / B
+    g = ( sum_u clip_C(grad_u) + N(0, (sigma C)^2 I) ) / B  +  grad R(w)
+
+where ``grad_u`` is the gradient of unit ``u``'s loss without the weight-regularization
+terms and ``R`` the sum of the weight regularizers, which depend on no data and are added
+after clipping and noising (:mod:`keras_privacy.training.regularization`).
 
 The backends differ in how they compute ``sum_u clip_C(grad_u)`` and draw the noise; what
 is the same everywhere lives here: the public divisor ``B`` (:func:`public_divisor`), the
@@ -76,17 +80,26 @@ def mean_unit_loss(unit_losses: Any, unit_mask: Any = None) -> Any:
 
 
 def dp_metrics(
-    model: Any, data: Any, y_pred: Any, unit_losses: Any, rows: Any, row_mask: Any = None
+    model: Any,
+    data: Any,
+    y_pred: Any,
+    unit_losses: Any,
+    rows: Any,
+    row_mask: Any = None,
+    regularization_loss: Any = None,
 ) -> dict:
     """Update the model's loss tracker and compiled metrics from one DP step; return logs.
 
     ``row_mask`` (``[rows]``, 0/1) excludes padding rows of a fixed-capacity Poisson batch:
     they are given sample weight 0 (and their units are left out of the loss mean).
-    Not private: the logged loss and metrics are computed from the training rows without
-    noise.
+    ``regularization_loss`` (the weight regularizers' ``R(w)``, which the unit losses leave
+    out) is added to the logged loss, as Keras logs it. Not private: the logged loss and
+    metrics are computed from the training rows without noise.
     """
     x, y, sample_weight = data
     mean_loss = mean_unit_loss(unit_losses, row_mask)
+    if regularization_loss is not None:
+        mean_loss = mean_loss + ops.cast(regularization_loss, mean_loss.dtype)
     model._loss_tracker.update_state(mean_loss, sample_weight=ops.cast(rows, "float32"))
     if not model._dp_user_sample_weight:
         sample_weight = None

@@ -34,7 +34,8 @@ def gradients(model, loss_fn):
 
         with tf.GradientTape() as tape:
             loss = loss_fn()
-        grads = tape.gradient(loss, variables)
+        sources = [v.value for v in variables]
+        grads = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return [tf.convert_to_tensor(g).numpy().astype("float64") for g in grads]
     if BACKEND == "jax":
         import jax
@@ -67,8 +68,24 @@ def flat(arrays):
     return np.concatenate([np.ravel(a) for a in arrays])
 
 
+def data_losses(model):
+    """The losses the last call added from its data (activity regularizers, ``add_loss``):
+    every layer's own losses, without the weight regularizers' terms."""
+    return [loss for layer in model._flatten_layers() for loss in layer._get_own_losses()]
+
+
+def regularization_gradient(model):
+    """d R / d w of the weight regularizers (``variable.regularizer``), float64 NumPy."""
+    regularized = [v for v in model.trainable_variables if v.regularizer is not None]
+    if not regularized:
+        return [np.zeros(v.shape) for v in model.trainable_variables]
+    return gradients(model, lambda: sum(keras.ops.sum(v.regularizer(v)) for v in regularized))
+
+
 def reference_clipped_sum(model, loss_fn, x, y, clip):
-    """sum_i clip_C(grad of loss(example i)), one example at a time."""
+    """sum_i clip_C(grad of loss(example i)), one example at a time. Each example's loss
+    holds the losses computed from its data (activity regularizers, ``add_loss``) but not
+    the weight regularizers, which the DP step adds after clipping."""
     n = len(keras.tree.flatten(x)[0])
     total = [np.zeros(v.shape, "float64") for v in model.trainable_variables]
     for i in range(n):
@@ -76,7 +93,8 @@ def reference_clipped_sum(model, loss_fn, x, y, clip):
 
         def loss(xi=xi, i=i):
             value = keras.ops.mean(loss_fn(y[i : i + 1], model(xi, training=True)))
-            return value + sum(model.losses) if model.losses else value
+            extra = data_losses(model)
+            return value + sum(extra) if extra else value
 
         grads = gradients(model, loss)
         norm = np.sqrt(sum(np.sum(g**2) for g in grads))

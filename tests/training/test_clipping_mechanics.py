@@ -15,6 +15,7 @@ from helpers import (
     flat,
     gradients,
     reference_clipped_sum,
+    regularization_gradient,
     sgd_step_sum,
     tensorflow_only,
     to_numpy,
@@ -215,8 +216,9 @@ def test_dp_step_equals_per_example_loop(name, clip, rng):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * min(clip, 1.0))
     # ... and the whole step: (w_before - w_after) * B with SGD(lr=1), up to float32
     # rounding of the weights (~1e-7 |w| B), whatever C is: a tolerance that grew with C
-    # could not fail at C = 1e6.
+    # could not fail at C = 1e6. Weight regularizers add B * dR/dw, after clipping.
     scale = np.abs(flat(weights(private))).max()
+    expected = expected + 12 * flat(regularization_gradient(private))
     stepped = flat(sgd_step_sum(private, x, y, batch_size=12))
     np.testing.assert_allclose(stepped, expected, rtol=1e-3, atol=2e-6 * 12 * max(scale, 1.0))
 
@@ -236,14 +238,17 @@ def test_huge_clip_and_no_noise_is_plain_sgd_on_the_mean_loss(rng):
 
 @pytest.mark.parametrize("name", core_cases(sorted(BUILDERS), CORE))
 def test_each_example_contribution_is_bounded_by_clip(name, rng):
-    """One example per step: the whole update (times B = 1) has norm <= C."""
+    """One example per step: the whole update (times B = 1) less the weight regularizers'
+    gradient (which depends on no example) has norm <= C."""
     model, x = BUILDERS[name](rng)
     y = rng.integers(0, 3, size=12)
     clip = 0.01
     private = _private(model, clip)
     for i in range(3):
         xi = keras.tree.map_structure(lambda a, i=i: a[i : i + 1], x)
+        regularization = flat(regularization_gradient(private))
         contribution = flat(sgd_step_sum(private, xi, y[i : i + 1], batch_size=1))
+        contribution = contribution - regularization
         assert np.linalg.norm(contribution) <= clip * (1 + 1e-5)
         assert np.linalg.norm(contribution) > 0.5 * clip  # actually clipped, not zeroed
 

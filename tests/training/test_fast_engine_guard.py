@@ -68,9 +68,14 @@ def _shared(rng):
     return model, rng.normal(size=(8, 6)).astype("float32")
 
 
-def _regularized(rng):
+def _activity_regularized(rng):
+    """A loss computed from the data (weight regularizers alone are fine for the fast
+    engine: see test_weight_regularization.py)."""
     model = keras.Sequential(
-        [keras.Input((6,)), keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.1))]
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(3, activity_regularizer=keras.regularizers.L2(0.1)),
+        ]
     )
     return model, rng.normal(size=(8, 6)).astype("float32")
 
@@ -101,7 +106,7 @@ def _patched(rng):
     [
         (_patched, "replaced on the instance"),
         (_shared, "called 2 times"),
-        (_regularized, "regularization"),
+        (_activity_regularized, "losses computed from the data"),
         (_conv, "no exact fast rule"),
     ],
 )

@@ -18,6 +18,16 @@ from keras_privacy.training.checks import _all_layers
 from keras_privacy.training.fast.guard import batch_mixing_reason
 from keras_privacy.training.fast.rules import NotExact, RuleCall, rule_for
 
+#: Why a model whose forward pass adds losses computed from the data (activity
+#: regularizers, ``add_loss``) is not for the fast engine. Weight regularizers are fine:
+#: they depend on no example and the trainer adds their gradient after clipping and
+#: noising (:mod:`keras_privacy.training.regularization`).
+DATA_LOSSES = (
+    "the model adds losses computed from the data (activity regularizers or add_loss; "
+    "their per-example gradient terms are not covered by the fast rules; weight "
+    "regularizers alone are fine)"
+)
+
 
 class _Capture:
     """While active, layers with a rule run the rule's forward and record their calls.

@@ -6,7 +6,10 @@ The fast engine is exact for a model only if (1) nothing rules it out statically
 batch-independence allow-list of :mod:`keras_privacy.training.fast.guard`), (2) the
 numerical batch-independence check of :mod:`keras_privacy.training.fast.independence`
 passes, and (3) no rule raises :class:`NotExact` while tracing (uncovered or shared
-variables, regularization losses, a loss that cannot be vectorized over units).
+variables, losses computed from the data -- activity regularizers, ``add_loss`` -- or a
+loss that cannot be vectorized over units). Weight regularizers do not count: they depend
+on no example, and the trainer adds their gradient after clipping and noising
+(:mod:`keras_privacy.training.regularization`).
 """
 
 from __future__ import annotations

@@ -46,12 +46,13 @@ class VectorizedEngine:
     """Materialises each unit's gradient with ``jax.vmap(jax.grad(unit_loss))``.
 
     Each unit (one example, or one microbatch) runs through the model on its own, in
-    training mode, inside a :class:`keras.StatelessScope`, so its loss -- including
-    regularization losses -- and gradient depend on that unit alone. Random layers get a
-    per-unit seed (the unit index folded into the seed state), so every unit draws its
-    own dropout mask. Layers that *update* non-trainable state in training mode (moving
-    statistics, counters) are refused: that state would be computed from private data
-    without noise.
+    training mode, inside a :class:`keras.StatelessScope`, so its loss -- including the
+    losses computed from its data (activity regularizers, ``add_loss``), excluding
+    weight regularization (added by the trainer after clipping and noising) -- and
+    gradient depend on that unit alone. Random layers get a per-unit seed (the unit
+    index folded into the seed state), so every unit draws its own dropout mask. Layers
+    that *update* non-trainable state in training mode (moving statistics, counters) are
+    refused: that state would be computed from private data without noise.
     """
 
     def clipped_gradient_sum(

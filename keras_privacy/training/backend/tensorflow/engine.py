@@ -21,6 +21,7 @@ from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import ClippedBatch, refuse_state_updates
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.choice import warn_if_mixing
+from keras_privacy.training.regularization import excluding_weight_regularization
 
 # Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
 # seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
@@ -142,11 +143,12 @@ class VectorizedEngine:
     """Materialises each unit's gradient; exact for any layer the vectorizer handles.
 
     Each unit (one example, or one microbatch) runs through the model on its own, in
-    training mode, inside a :class:`keras.StatelessScope`, so its loss -- including
-    regularization losses -- and gradient depend on that unit alone. Random layers get a
-    per-unit seed. Layers that *update* non-trainable state in training mode (moving
-    statistics, counters) are refused: that state would be computed from private data
-    without noise.
+    training mode, inside a :class:`keras.StatelessScope`, so its loss -- including the
+    losses computed from its data (activity regularizers, ``add_loss``), excluding
+    weight regularization (added by the trainer after clipping and noising) -- and
+    gradient depend on that unit alone. Random layers get a per-unit seed. Layers that
+    *update* non-trainable state in training mode (moving statistics, counters) are
+    refused: that state would be computed from private data without noise.
     """
 
     def clipped_gradient_sum(
@@ -214,7 +216,10 @@ class VectorizedEngine:
             )
             with tf.GradientTape() as tape:
                 tape.watch(trainable_values)
-                with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+                with (
+                    excluding_weight_regularization(model),
+                    StatelessScope(state_mapping=mapping, collect_losses=True) as scope,
+                ):
                     before = [scope.get_current_value(v) for v in non_trainable]
                     if model._call_has_training_arg:
                         y_pred = model(x_u, training=True)

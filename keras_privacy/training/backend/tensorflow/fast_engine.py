@@ -15,8 +15,11 @@ vectorized engine (``engine="auto"``) or refuses (``engine="fast"``):
   (:func:`keras_privacy.training.fast.guard.batch_mixing_reason`);
 * every trainable variable belongs to exactly one layer with a rule, and that layer is
   called exactly once per forward pass (shared or tied weights would need cross terms);
-* the loss is the compiled per-example loss, with no regularization or ``add_loss``
-  losses (their per-unit gradient terms are not covered by the rules).
+* the loss is the compiled per-example loss, with no losses computed from the data
+  (activity regularizers, ``add_loss``: their per-unit gradient terms are not covered by
+  the rules). Weight regularizers are allowed: they are left out of every unit's loss
+  and the trainer adds their gradient after clipping and noising
+  (:mod:`keras_privacy.training.regularization`).
 
 Each unit's loss is computed exactly as the vectorized engine computes it (the compiled
 loss on that unit's rows alone, vectorized over units), so the output gradients of the
@@ -40,10 +43,11 @@ from keras_privacy.training.backend.tensorflow.vectorization import image_patche
 from keras_privacy.training.engine import ClippedBatch, unit_loss_leaves
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import units as fast_units
-from keras_privacy.training.fast.capture import _Capture, _check_exact
+from keras_privacy.training.fast.capture import DATA_LOSSES, _Capture, _check_exact
 from keras_privacy.training.fast.choice import fast_or_fallback
 from keras_privacy.training.fast.rules import NotExact
 from keras_privacy.training.fast.units import Units
+from keras_privacy.training.regularization import excluding_weight_regularization
 
 _log = logging.getLogger("keras_privacy")
 
@@ -124,14 +128,15 @@ class FastEngine:
             # Every probe is computed from a trainable variable that the tape watches, so
             # its loss gradient is available (watching probes explicitly would cut the
             # paths between them).
-            with _Capture(model) as capture, tf.GradientTape() as tape:
+            with (
+                _Capture(model) as capture,
+                excluding_weight_regularization(model),
+                tf.GradientTape() as tape,
+            ):
                 training = {"training": True} if model._call_has_training_arg else {}
                 y_pred = model(x, **training)
-                if model.losses:
-                    raise NotExact(
-                        "the model has regularization or add_loss losses (their "
-                        "per-example gradient terms are not covered by the fast rules)"
-                    )
+                if model.losses:  # weight regularization is excluded: added after noising
+                    raise NotExact(DATA_LOSSES)
                 unit_losses = _unit_losses(model, y, y_pred, sample_weight, num_units)
                 total = tf.reduce_sum(unit_losses)
             _check_exact(model, capture)

@@ -15,10 +15,11 @@ bound memory, and their clipped sums are added before the single noise draw. Bec
 update never holds more than one logical batch, it can never span an epoch, a pass over
 the data or a ``fit`` call: each example is in it at most once.
 
-The update is ``(sum of clipped unit gradients + N(0, (sigma C)^2)) / B`` with the noise
-drawn once. The step itself counts what it did (noised updates, the largest logical batch,
-the largest clipping unit) in variables only it advances; the model's privacy record is
-read from them.
+The update is ``(sum of clipped unit gradients + N(0, (sigma C)^2)) / B + grad R(w)`` with
+the noise drawn once; ``R`` is the weight regularizers' loss, left out of every unit's
+loss and added after noising (:mod:`keras_privacy.training.regularization`). The step
+itself counts what it did (noised updates, the largest logical batch, the largest clipping
+unit) in variables only it advances; the model's privacy record is read from them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
 from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.noise import gaussians_from_uniforms, pairs_needed, split_noise
 from keras_privacy.training.optimizers import private_update
+from keras_privacy.training.regularization import add_regularization_gradient
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses
 from keras_privacy.training.step import dp_metrics, public_divisor
 
@@ -86,6 +88,15 @@ class _StepState:
         self.largest_batch = tf.Variable(0, dtype="int64", trainable=False)
         self.largest_unit = tf.Variable(0, dtype="int64", trainable=False)
         self.examples = tf.Variable(0, dtype="int64", trainable=False)
+
+
+def _value_and_grad(fn, values: list) -> tuple[Any, list]:
+    """``(fn(values), d fn / d values)`` by ``tf.GradientTape`` (zeros where unconnected)."""
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        value = fn(values)
+    grads = tape.gradient(value, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return value, grads
 
 
 def _rows(data: Any, start: Any, stop: Any) -> Any:
@@ -200,7 +211,7 @@ class TensorFlowDPTrainer:
         grad_sum, unit_losses, y_pred, chunk = self._dp_clipped_logical_batch(
             data, rows, num_units, config.gradient_accumulation_steps
         )
-        self._dp_apply(grad_sum, divisor)
+        regularization_loss = self._dp_apply(grad_sum, divisor)
         state = self._dp_step_state
         state.largest_batch.assign(tf.maximum(state.largest_batch, tf.cast(rows, "int64")))
         state.examples.assign_add(tf.cast(rows, "int64"))
@@ -209,7 +220,7 @@ class TensorFlowDPTrainer:
         else:
             unit = tf.constant(1, "int64")
         state.largest_unit.assign(tf.maximum(state.largest_unit, unit))
-        return self._dp_metrics(data, y_pred, unit_losses, rows)
+        return self._dp_metrics(data, y_pred, unit_losses, rows, regularization_loss)
 
     @property
     def dp_engine_used(self) -> str | None:
@@ -276,8 +287,10 @@ class TensorFlowDPTrainer:
         y_pred = keras.tree.map_structure(lambda ta: ta.concat(), preds)
         return grad_sum, losses.concat(), y_pred, chunk
 
-    def _dp_apply(self, grad_sum: list, denominator: Any) -> None:
-        """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, update, count."""
+    def _dp_apply(self, grad_sum: list, denominator: Any) -> Any:
+        """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, add the weight
+        regularizers' gradient (data-independent: after noising, at full strength), update,
+        count. Returns the regularization loss ``R(w)`` before the update."""
         config = self._dp_config
         variables = self.trainable_variables
         if config.noise_multiplier > 0:
@@ -289,10 +302,11 @@ class TensorFlowDPTrainer:
             uniforms = state.uniforms(key, pairs_needed([math.prod(s) for s in shapes]))
             flat = gaussians_from_uniforms(uniforms, config.noise_stddev)
             grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
-        grads = [
-            tf.cast(g / tf.cast(denominator, "float32"), v.dtype)
-            for g, v in zip(grad_sum, variables, strict=True)
-        ]
+        grads = [g / tf.cast(denominator, "float32") for g in grad_sum]
+        grads, regularization_loss = add_regularization_gradient(
+            self, grads, [v.value for v in variables], _value_and_grad
+        )
+        grads = [tf.cast(g, v.dtype) for g, v in zip(grads, variables, strict=True)]
         optimizer = self.optimizer
         # A LossScaleOptimizer would unscale gradients we never scaled: the DP gradient
         # is computed, clipped and noised in float32 without loss scaling.
@@ -301,6 +315,9 @@ class TensorFlowDPTrainer:
             optimizer.apply(grads, variables)
         # Counted here, where the noise is added: the accountant's events are these.
         self._dp_step_state.updates.assign_add(1)
+        return regularization_loss
 
-    def _dp_metrics(self, data, y_pred, unit_losses, rows):
-        return dp_metrics(self, data, y_pred, unit_losses, rows)
+    def _dp_metrics(self, data, y_pred, unit_losses, rows, regularization_loss=None):
+        return dp_metrics(
+            self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
+        )

@@ -67,10 +67,12 @@ class VectorizedEngine:
     """Materialises each unit's gradient; exact for any layer ``torch.func`` handles.
 
     Each unit runs through the model on its own, in training mode, inside a
-    :class:`keras.StatelessScope`, so its loss -- including regularization losses -- and
-    gradient depend on that unit alone. Layers that *update* non-trainable state in
-    training mode (moving statistics, counters) are refused: that state would be computed
-    from private data without noise. Random layers' seed states advance once per call.
+    :class:`keras.StatelessScope`, so its loss -- including the losses computed from its
+    data (activity regularizers, ``add_loss``), excluding weight regularization (added
+    by the trainer after clipping and noising) -- and gradient depend on that unit
+    alone. Layers that *update* non-trainable state in training mode (moving statistics,
+    counters) are refused: that state would be computed from private data without noise.
+    Random layers' seed states advance once per call.
     """
 
     def clipped_gradient_sum(

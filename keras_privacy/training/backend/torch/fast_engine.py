@@ -28,10 +28,11 @@ from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import ClippedBatch, unit_loss_leaves
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import units as fast_units
-from keras_privacy.training.fast.capture import _Capture, _check_exact
+from keras_privacy.training.fast.capture import DATA_LOSSES, _Capture, _check_exact
 from keras_privacy.training.fast.choice import fast_or_fallback
 from keras_privacy.training.fast.rules import NotExact
 from keras_privacy.training.fast.units import Units
+from keras_privacy.training.regularization import excluding_weight_regularization
 
 
 def _unfold_patches(images, size, strides, dilation_rate, padding):
@@ -176,14 +177,12 @@ class FastEngine:
         with (
             torch.enable_grad(),
             _Capture(model) as capture,
+            excluding_weight_regularization(model),
             StatelessScope(state_mapping=mapping, collect_losses=True) as scope,
         ):
             y_pred = model(x, **training)
-            if model.losses:
-                raise NotExact(
-                    "the model has regularization or add_loss losses (their per-example "
-                    "gradient terms are not covered by the fast rules)"
-                )
+            if model.losses:  # weight regularization is excluded: added after noising
+                raise NotExact(DATA_LOSSES)
             unit_losses = _unit_losses(model, y, y_pred, sample_weight, num_units)
             new_values = [scope.get_current_value(v) for v in non_trainable]
         _check_exact(model, capture)

@@ -3,14 +3,16 @@
 Every call makes exactly one optimizer update from one *logical batch* (see the
 TensorFlow trainer's docstring for the batch kinds and the accumulation semantics)::
 
-    g = ( sum_u clip_C(grad_u) + N(0, (sigma C)^2 I) ) / B
+    g = ( sum_u clip_C(grad_u) + N(0, (sigma C)^2 I) ) / B  +  grad R(w)
 
-with the noise drawn once per update from the model's own :class:`torch.Generator`. That
-generator lives in an untracked :class:`_StepState` on the model as long as the model
-does: its state is filled once (from the operating system's entropy, or from the DP
-``seed`` in tests), only ever advances, and is never saved or restored, so no draw
-repeats across steps or ``fit`` calls. Poisson batches arrive padded with a 0/1 mask (sampled rows
-first); the eager step drops the padding rows before computing anything.
+(``R``: the weight regularizers' loss, left out of every unit's loss and added after
+noising, :mod:`keras_privacy.training.regularization`) with the noise drawn once per
+update from the model's own :class:`torch.Generator`. That generator lives in an untracked
+:class:`_StepState` on the model as long as the model does: its state is filled once (from
+the operating system's entropy, or from the DP ``seed`` in tests), only ever advances, and
+is never saved or restored, so no draw repeats across steps or ``fit`` calls. Poisson
+batches arrive padded with a 0/1 mask (sampled rows first); the eager step drops the
+padding rows before computing anything.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from keras_privacy.training.backend.torch.fast_engine import FastEngine
 from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.noise import split_noise
 from keras_privacy.training.optimizers import private_update
+from keras_privacy.training.regularization import add_regularization_gradient
 
 # torch's CPU generator state (``get_state``): the initial seed (uint64), ``left`` and
 # ``seeded`` (int32 each), ``next`` (uint64), then the 624 Mersenne Twister words, each in
@@ -81,6 +84,12 @@ class _StepState:
         else:
             self.generator.manual_seed(seed + 1)
         self.counts = dict.fromkeys(shared.COUNTERS, 0)
+
+
+def _value_and_grad(fn, values: list) -> tuple[Any, list]:
+    """``(fn(values), d fn / d values)`` by ``torch.func`` (whatever the grad mode)."""
+    grads, value = torch.func.grad_and_value(fn)(values)
+    return value, grads
 
 
 def _rows(data: Any, start: int, stop: int) -> Any:
@@ -150,7 +159,7 @@ class TorchDPTrainer:
         if accumulation > 1:
             chunk = shared.chunk_rows(self._dp_chunk_size, rows, accumulation)
         grad_sum, unit_losses, y_pred = self._dp_clipped_logical_batch(data, rows, num_units, chunk)
-        self._dp_apply(grad_sum, divisor)
+        regularization_loss = self._dp_apply(grad_sum, divisor)
         counts = self._dp_step_state.counts
         counts["examples"] += rows
         counts["largest_batch"] = max(counts["largest_batch"], rows)
@@ -158,7 +167,9 @@ class TorchDPTrainer:
             counts["largest_unit"], int(shared.unit_size(num_units, chunk, rows))
         )
         with torch.no_grad():
-            return shared.dp_metrics(self, data, y_pred, unit_losses, rows)
+            return shared.dp_metrics(
+                self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
+            )
 
     def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0) -> ClippedBatch:
         """The engine's clipped sum for a batch at the current weights."""
@@ -203,8 +214,10 @@ class TorchDPTrainer:
         y_pred = keras.tree.map_structure(lambda *parts: torch.cat(parts), *preds)
         return grad_sum, torch.cat(losses), y_pred
 
-    def _dp_apply(self, grad_sum: list, divisor: Any) -> None:
-        """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, update, count."""
+    def _dp_apply(self, grad_sum: list, divisor: Any) -> Any:
+        """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, add the weight
+        regularizers' gradient (data-independent: after noising, at full strength), update,
+        count. Returns the regularization loss ``R(w)`` before the update."""
         config = self._dp_config
         variables = self.trainable_variables
         with torch.no_grad():
@@ -222,7 +235,11 @@ class TorchDPTrainer:
                 for g, z in zip(grads, split_noise(flat, shapes), strict=True):
                     g.add_(z, alpha=config.noise_stddev)
             scale = 1.0 / float(divisor)
-            grads = [g.mul_(scale).to(v.value.dtype) for g, v in zip(grads, variables, strict=True)]
+            grads = [g.mul_(scale) for g in grads]
+            grads, regularization_loss = add_regularization_gradient(
+                self, grads, [v.value.detach() for v in variables], _value_and_grad
+            )
+            grads = [g.to(v.value.dtype) for g, v in zip(grads, variables, strict=True)]
             # A LossScaleOptimizer would unscale gradients we never scaled: the DP
             # gradient is computed, clipped and noised in float32 without loss scaling.
             optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
@@ -230,3 +247,4 @@ class TorchDPTrainer:
                 optimizer.apply(grads, variables)
         # Counted here, where the noise is added: the accountant's events are these.
         self._dp_step_state.counts["updates"] += 1
+        return regularization_loss
