@@ -222,7 +222,7 @@ def _keras_wrapper(value: Any) -> bool:
 def _callable_reason(layer: Any) -> str | None:
     """Why a callable ``layer`` holds may mix the batch (see the module docstring)."""
     for name, value in vars(layer).items():
-        if value is None or isinstance(value, _NOT_RUN_ON_BATCH) or not callable(value):
+        if not callable(value) or isinstance(value, _NOT_RUN_ON_BATCH):
             continue
         if isinstance(value, keras.layers.Layer):
             continue  # sub-layers are checked by _sublayer_reason
