@@ -22,15 +22,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import stats
 
 from keras_privacy.privacy_tests.metrics import clopper_pearson_interval
 
-if TYPE_CHECKING:
-    from keras_privacy.privacy_tests.data_structures import SingleAttackResult
+
+class AttackResultLike(Protocol):
+    """What the headlines read of an attack result (``attack_results.SingleAttackResult``
+    has it; described here so that this lower module imports no result class)."""
+
+    data_size: Any
+    roc_curve: Any
+    slice_spec: Any
+    attack_type: Any
+
+    def get_auc(self) -> float: ...
+
 
 __all__ = [
     "DEFAULT_MIN_SLICE_SIZE",
@@ -45,13 +55,13 @@ __all__ = [
 DEFAULT_MIN_SLICE_SIZE = 200
 
 
-def _size(result: SingleAttackResult) -> int:
+def _size(result: AttackResultLike) -> int:
     return min(result.data_size["train"], result.data_size["test"])
 
 
 def headline_results(
-    results: Sequence[SingleAttackResult], min_slice_size: int = DEFAULT_MIN_SLICE_SIZE
-) -> tuple[list[SingleAttackResult], bool]:
+    results: Sequence[AttackResultLike], min_slice_size: int = DEFAULT_MIN_SLICE_SIZE
+) -> tuple[list[AttackResultLike], bool]:
     """The results a headline may come from, and whether any slice was big enough.
 
     Those whose slice has at least ``min_slice_size`` members and non-members; if there are
@@ -68,7 +78,7 @@ def headline_results(
     return [r for r in results if _size(r) == largest], False
 
 
-def _counts(result: SingleAttackResult, index: int) -> tuple[int, int]:
+def _counts(result: AttackResultLike, index: int) -> tuple[int, int]:
     """(true positives, false positives) at ROC point ``index``."""
     curve = result.roc_curve
     true_positives = round(float(curve.tpr[index]) * result.data_size["train"])
@@ -76,7 +86,7 @@ def _counts(result: SingleAttackResult, index: int) -> tuple[int, int]:
     return true_positives, false_positives
 
 
-def auc_interval(result: SingleAttackResult, confidence: float = 0.95) -> tuple[float, float]:
+def auc_interval(result: AttackResultLike, confidence: float = 0.95) -> tuple[float, float]:
     """Hanley & McNeil (1982): AUC ± z · SE, clipped to [0, 1]."""
     area = result.get_auc()
     members, nonmembers = result.data_size["train"], result.data_size["test"]
@@ -89,7 +99,7 @@ def auc_interval(result: SingleAttackResult, confidence: float = 0.95) -> tuple[
 
 
 def tpr_at_fpr_interval(
-    result: SingleAttackResult, max_fpr: float = 0.01, confidence: float = 0.95
+    result: AttackResultLike, max_fpr: float = 0.01, confidence: float = 0.95
 ) -> tuple[float, float]:
     """Clopper–Pearson interval of the TPR at the best ROC point with FPR ≤ ``max_fpr``."""
     curve = result.roc_curve
@@ -99,7 +109,7 @@ def tpr_at_fpr_interval(
     return clopper_pearson_interval(true_positives, result.data_size["train"], confidence)
 
 
-def ppv_interval(result: SingleAttackResult, confidence: float = 0.95) -> tuple[float, float, int]:
+def ppv_interval(result: AttackResultLike, confidence: float = 0.95) -> tuple[float, float, int]:
     """Clopper–Pearson interval of the PPV at its best ROC point, and how many examples the
     attack flagged there (the interval's sample size)."""
     curve = result.roc_curve
@@ -117,7 +127,7 @@ def ppv_interval(result: SingleAttackResult, confidence: float = 0.95) -> tuple[
     return low, high, flagged
 
 
-def advantage_interval(result: SingleAttackResult, confidence: float = 0.95) -> tuple[float, float]:
+def advantage_interval(result: AttackResultLike, confidence: float = 0.95) -> tuple[float, float]:
     """Interval of TPR − FPR at the ROC point of the largest advantage, from Clopper–Pearson
     intervals of the TPR and the FPR, each at 1 − (1 − confidence) / 2 (lower end at least 0)."""
     curve = result.roc_curve
@@ -135,14 +145,14 @@ def _ci(interval: tuple[float, ...], confidence: float, digits: int = 2) -> str:
 
 
 def best_lines(
-    results: Sequence[SingleAttackResult],
+    results: Sequence[AttackResultLike],
     indent: str,
     with_slice: bool = True,
     confidence: float = 0.95,
 ) -> list[str]:
     """The summary's lines: the best attack by each metric, each figure with its interval."""
 
-    def describe(result: SingleAttackResult, what: str) -> str:
+    def describe(result: AttackResultLike, what: str) -> str:
         where = f" on slice {result.slice_spec}" if with_slice else ""
         return (
             f"{indent}{result.attack_type} (with {result.data_size['train']} training and "

@@ -155,11 +155,12 @@ def run(args) -> int:
 
     import keras
 
-    from keras_privacy.tutorials import _fashion_text, _spectral, fashion_mnist
+    from keras_privacy.tutorials import _fashion_text, _spectral
+    from keras_privacy.tutorials._fashion_data import load_data
     from keras_privacy.tutorials._report import write_report
     from keras_privacy.tutorials._training import Recipe, train_at_target
 
-    data = fashion_mnist.load_data(args)
+    data = load_data(args)
     if data is None:
         return 2
     (x_train, y_train), (x_test, y_test) = data

@@ -59,23 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_data(args: argparse.Namespace):
-    """Fashion-MNIST ((x_train, y_train), (x_test, y_test)), cut to ``--train-examples``
-    (and ``--test-examples`` in table mode); None after printing why it is missing."""
-    from keras_privacy.datasets import load_fashion_mnist
-
-    try:
-        (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return None
-    if args.train_examples:
-        x_train, y_train = x_train[: args.train_examples], y_train[: args.train_examples]
-    if args.table and args.test_examples:
-        x_test, y_test = x_test[: args.test_examples], y_test[: args.test_examples]
-    return (x_train, y_train), (x_test, y_test)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from keras_privacy.programs import passive_torch_threads, quiet_tensorflow_startup
@@ -90,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras_privacy as kp
     from keras_privacy.models import tutorial_cnn
+    from keras_privacy.tutorials._fashion_data import load_data
 
     data = load_data(args)
     if data is None:
