@@ -8,8 +8,8 @@ it prints which one runs (``[1/3] tensorflow``) and its usual duration; pytest t
 a running count of tests (``-o console_output_style=count``, unless another style is
 given); at the end, each backend's result and wall time.
 
-How long (default suite, quiet 2-core machine): TensorFlow ~10 min, JAX ~11 min, PyTorch
-~4 min, ~25-30 min in all; a machine under other load takes longer. One backend:
+How long (default suite, quiet 2-core machine): TensorFlow ~12 min, JAX ~16 min, PyTorch
+~5 min, ~33 min in all; a machine under other load takes longer. One backend:
 ``python scripts/test_all_backends.py --backends jax`` or
 ``python -m pytest -m "not slow" --backend jax``.
 """
@@ -24,7 +24,7 @@ import time
 
 BACKENDS = ("tensorflow", "jax", "torch")
 #: Minutes the default suite takes per backend on a quiet 2-core machine (measured).
-USUAL_MINUTES = {"tensorflow": 10, "jax": 11, "torch": 4}
+USUAL_MINUTES = {"tensorflow": 12, "jax": 16, "torch": 4}
 
 
 def pytest_command(backend: str, pytest_args: list[str]) -> list[str]:
