@@ -45,7 +45,11 @@ class DPConfig:
       sampling: how ``fit`` samples in-memory arrays: ``"poisson"`` (each example joins
         each update independently with probability q = B/N; what the accountant's
         amplification assumes) or ``"shuffle"`` (fixed-size batches from a per-epoch
-        shuffle; accounted without amplification).
+        shuffle; accounted without amplification). ``None`` (default): Poisson, except
+        when ``num_microbatches`` needs fixed-size batches (k > 1 and k != batch size),
+        which Poisson batches of random size cannot split evenly; then shuffled fixed
+        batches, as TF Privacy's models always used, with a :class:`SamplingWarning`
+        (see :func:`keras_privacy.training.fit_input.array_sampling`).
       seed: seeds the noise and the Poisson sampler, for reproducible tests. Never used
         in production: a known seed makes the noise predictable. Not saved with the model.
         ``keras.utils.set_random_seed`` / ``tf.random.set_seed`` do not seed them (by
@@ -58,7 +62,7 @@ class DPConfig:
     noise_multiplier: float
     num_microbatches: int | None = None
     gradient_accumulation_steps: int = 1
-    sampling: str = POISSON
+    sampling: str | None = None
     seed: int | None = None
     engine: str = "auto"
 
@@ -100,7 +104,7 @@ def validate_dp_arguments(
     noise_multiplier: Any = 0.0,
     num_microbatches: Any = None,
     gradient_accumulation_steps: Any = 1,
-    sampling: Any = POISSON,
+    sampling: Any = None,
     seed: Any = None,
     engine: Any = "auto",
 ) -> None:
@@ -138,8 +142,11 @@ def validate_dp_arguments(
             "gradient_accumulation_steps must be an integer >= 1, received "
             f"{gradient_accumulation_steps!r}."
         )
-    if sampling not in ARRAY_SAMPLING:
-        raise PrivacyError(f"sampling must be one of {ARRAY_SAMPLING}, received {sampling!r}.")
+    if sampling is not None and sampling not in ARRAY_SAMPLING:
+        raise PrivacyError(
+            f"sampling must be None (the default) or one of {ARRAY_SAMPLING}, received "
+            f"{sampling!r}."
+        )
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         raise PrivacyError(f"seed must be None or a non-negative integer, received {seed!r}.")
     if not isinstance(engine, str) or engine not in ENGINES:

@@ -109,9 +109,44 @@ def plan_fit_input(
             (kwargs["x"], kwargs["y"], kwargs["sample_weight"]),
         )
     )
-    if config.sampling == POISSON:
+    if array_sampling(config, kwargs["batch_size"]) == POISSON:
         return _poisson_plan(model, config, kwargs, sampler_rng)
     return _shuffle_plan(model, config, kwargs, sampler_rng)
+
+
+def array_sampling(config: DPConfig, batch_size: int) -> str:
+    """How ``fit`` samples in-memory arrays: ``config.sampling`` when the user chose one;
+    by default Poisson, unless ``num_microbatches`` needs fixed-size batches.
+
+    k microbatches of a batch are k equal slices of it, so k must divide the batch. A
+    Poisson batch has a random size; slicing it by position would not be sound either:
+    adding one example would shift the others between microbatches, so one example could
+    change every microbatch's clipped gradient. With ``num_microbatches`` k > 1 (and k
+    not the batch size, which is per-example clipping) and no ``sampling`` given, ``fit``
+    therefore uses shuffled fixed-size batches -- what TF Privacy's models and optimizers
+    always did -- accounted as such (no amplification by subsampling; L2 sensitivity 2C
+    per microbatch under the zero-out relation), and says so with a
+    :class:`SamplingWarning`. ``sampling="poisson"`` with such microbatches is refused
+    (:func:`_poisson_plan`).
+    """
+    if config.sampling is not None:
+        return config.sampling
+    k = config.num_microbatches
+    if k is None or k == batch_size:
+        return POISSON
+    warnings.warn(
+        f"keras-privacy: num_microbatches={k} splits each batch into {k} equal "
+        "microbatches, which Poisson-sampled batches (of random size) cannot give, so "
+        "fit uses shuffled fixed-size batches, as TF Privacy did. They are clipped and "
+        "noised as asked, but the accountant gives them no amplification by "
+        "subsampling, and each microbatch counts twice the clip norm: a much larger "
+        "epsilon than per-example clipping with Poisson sampling. For the tighter "
+        "guarantee pass num_microbatches=None (per-example clipping; the fast engines "
+        "make it cheap); pass sampling='shuffle' to keep this and silence the warning.",
+        SamplingWarning,
+        stacklevel=4,
+    )
+    return SHUFFLE
 
 
 def _arrays_with_weights_and_split(kwargs: dict[str, Any]) -> dict[str, Any]:

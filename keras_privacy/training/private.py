@@ -122,7 +122,7 @@ def make_private(
     noise_multiplier: float,
     num_microbatches: int | None = None,
     gradient_accumulation_steps: int = 1,
-    sampling: str = POISSON,
+    sampling: str | None = None,
     seed: int | None = None,
     engine: str = "auto",
 ) -> PrivateModel:

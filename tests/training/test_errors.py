@@ -1,5 +1,7 @@
 """Loud failures instead of silent non-privacy."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -159,7 +161,9 @@ def test_keras_optimizer_accumulation_is_refused():
 
 
 def test_microbatches_with_poisson_sampling_are_refused_with_alternatives():
-    model = kp.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0, num_microbatches=2)
+    model = kp.make_private(
+        _mlp(), l2_norm_clip=1.0, noise_multiplier=1.0, num_microbatches=2, sampling="poisson"
+    )
     model.compile(optimizer="sgd", loss=LOSS)
     with pytest.raises(PrivacyError, match="num_microbatches=2 needs fixed-size batches"):
         model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
@@ -171,6 +175,28 @@ def test_microbatches_with_poisson_sampling_are_refused_with_alternatives():
     model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
     segment = model.privacy_record.current
     assert segment.used_microbatching and segment.examples_per_clipping_unit == 4
+
+
+def test_microbatches_without_a_sampling_choice_use_shuffled_batches_and_say_so():
+    # TF Privacy's models never Poisson-sampled; code written for them (num_microbatches,
+    # no sampling argument) trains on shuffled fixed-size batches, with a warning, and is
+    # accounted as such: no amplification, microbatches of 4 counted at 2C.
+    model = kp.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0, num_microbatches=2)
+    model.compile(optimizer="sgd", loss=LOSS)
+    with pytest.warns(kp.SamplingWarning, match="num_microbatches=2") as caught:
+        model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
+    assert caught[0].filename == __file__
+    segment = model.privacy_record.current
+    assert segment.sampling == "shuffle"
+    assert segment.used_microbatching and segment.examples_per_clipping_unit == 4
+    # k equal to the batch size is per-example clipping: Poisson as usual, no warning.
+    model = kp.make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0, num_microbatches=8)
+    model.compile(optimizer="sgd", loss=LOSS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", kp.SamplingWarning)
+        model.fit(*_data(), batch_size=8, epochs=1, verbose=0)
+    assert model.privacy_record.current.sampling == "poisson"
+    assert model._num_microbatches == 8  # TF Privacy's private name, read by its tests
 
 
 def test_shuffled_batches_that_microbatches_do_not_divide_are_refused():
