@@ -6,6 +6,12 @@ model training, sequence perplexities) live in
 :mod:`keras_privacy.privacy_tests.keras_adapters` and are imported only when one of their
 names is used. Plotting (matplotlib) is loaded on first use too.
 
+Two kinds of empirical ε lower bound: :func:`compute_epsilon_lower_bound` (one (ε, δ) bound
+whose confidence accounts for the choice of threshold; ``EpsilonLowerBound`` here is its
+result) and TF Privacy's per-threshold ratio bounds in
+:mod:`keras_privacy.privacy_tests.ratio_bounds` (``RatioBound``, ``BoundMethod``, and its
+class ``ratio_bounds.EpsilonLowerBound``, not exported here under that name).
+
 Typical use::
 
     from keras_privacy import privacy_tests as pt
@@ -67,6 +73,12 @@ from keras_privacy.privacy_tests.metrics import (
     clopper_pearson_upper,
     compute_epsilon_lower_bound,
 )
+from keras_privacy.privacy_tests.ratio_bounds import (
+    BoundMethod,
+    RatioBound,
+    counts_at_thresholds,
+    ratio_lower_bound,
+)
 from keras_privacy.privacy_tests.secret_sharer import (
     CanaryFormat,
     compute_exposure_extrapolation,
@@ -95,12 +107,14 @@ __all__ = [
     "AttackResults",
     "AttackResultsCollection",
     "AttackType",
+    "BoundMethod",
     "CanaryFormat",
     "EpsilonLowerBound",
     "MembershipInferenceCallback",
     "MembershipProbabilityResults",
     "PrivacyMetric",
     "PrivacyReportMetadata",
+    "RatioBound",
     "RocCurve",
     "Seq2SeqAttackInputData",
     "ShadowModelScores",
@@ -115,6 +129,7 @@ __all__ = [
     "compute_epsilon_lower_bound",
     "compute_exposure_extrapolation",
     "compute_exposure_interpolation",
+    "counts_at_thresholds",
     "create_attacker_data",
     "default_attack_model",
     "exposure_by_repetitions",
@@ -132,6 +147,7 @@ __all__ = [
     "plot_by_epochs",
     "plot_privacy_vs_accuracy",
     "plot_roc_curve",
+    "ratio_lower_bound",
     "run_attacks",
     "run_lira",
     "run_membership_probability_analysis",

@@ -48,8 +48,6 @@ def test_names_import(module, names):
 @pytest.mark.parametrize(
     "module, name, instead",
     [
-        (f"{ROOT}.privacy_tests.epsilon_lower_bound", "EpsilonLowerBound", "compute_epsilon"),
-        (f"{ROOT}.privacy_tests.epsilon_lower_bound", "RatioBound", "compute_epsilon"),
         (f"{ROOT}.privacy_tests.utils", "log_loss", "loss_train"),
         (f"{MIA}.data_structures", "_log_value", "private helper"),
         (f"{ROOT}.analysis.compute_dp_sgd_privacy_lib", "_logexpm1", "statement"),
@@ -79,6 +77,18 @@ def test_bound_method_names_are_tf_privacys():
         "INV_SINH": "inv-sinh",
         "CLOPPER_PEARSON": "clopper-pearson",
     }
+
+
+def test_epsilon_lower_bound_module_is_keras_privacys_ratio_bounds():
+    from keras_privacy.privacy_tests import ratio_bounds
+
+    elb = importlib.import_module(f"{ROOT}.privacy_tests.epsilon_lower_bound")
+    for name in ("BoundMethod", "EpsilonLowerBound", "RatioBound"):
+        assert getattr(elb, name) is getattr(ratio_bounds, name)
+    bound = elb.EpsilonLowerBound(np.ones(50), np.zeros(50), 0.05)
+    values = bound.compute_epsilon_lower_bounds(k=1)
+    assert set(values) == set(elb.BoundMethod)
+    assert all(v.shape == (1,) and v[0] > 0 for v in values.values())
 
 
 def test_layer_registry_is_a_no_op_that_says_so():

@@ -18,6 +18,8 @@ data = pt.AttackInputData(loss_train=np.random.rand(50), loss_test=np.random.ran
 results = pt.run_attacks(data, attack_types=list(pt.AttackType)[:5])
 pt.run_lira(pt.ShadowModelScores(np.random.rand(4, 10), pt.make_shadow_in_mask(4, 10)))
 pt.compute_exposure_interpolation([1.0], [0.5, 2.0])
+scanned = pt.ratio_bounds.EpsilonLowerBound(np.random.rand(20), np.random.rand(20), 0.05)
+scanned.compute_epsilon_lower_bounds()
 pt.plot_roc_curve(results.get_result_with_max_auc())
 results.calculate_pd_dataframe()
 loaded = [m for m in ("tensorflow", "keras", "jax", "torch") if m in sys.modules]
