@@ -20,14 +20,14 @@ import tempfile
 import numpy as np
 
 from keras_privacy.programs import (
-    passive_torch_threads,
+    torch_program_threads,
     progress,
     progress_callback,
     quiet_tensorflow_startup,
     show_progress,
 )
 
-passive_torch_threads()  # before Keras imports PyTorch (see its docstring)
+torch_program_threads()  # before Keras imports PyTorch (see its docstring)
 quiet_tensorflow_startup()  # before Keras imports TensorFlow
 
 import keras  # noqa: E402

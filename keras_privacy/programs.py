@@ -9,9 +9,9 @@ terminal shows. What the programs here share:
   because they are logged before that variable is read (tensorflow/tensorflow#100442). This
   sets the variable unless the user did, and imports TensorFlow with those known lines held
   back; every other line is passed on.
-* :func:`passive_torch_threads` — on the PyTorch backend, lets idle OpenMP workers sleep
-  instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a thread setting;
-  see its docstring for the measurement.
+* :func:`torch_program_threads` — on the PyTorch backend, one OpenMP thread that sleeps
+  when idle (``OMP_NUM_THREADS=1``, ``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a
+  thread setting; see its docstring for the measurement.
 * :func:`show_progress`, :func:`progress` and :func:`spinner` — progress bars and spinners
   (``rich``), drawn only on a terminal and not when the user asked for quiet
   (``--no-progress`` or ``KERAS_PRIVACY_NO_PROGRESS=1``); the ``keras-privacy`` command
@@ -32,12 +32,12 @@ from typing import TextIO
 
 __all__ = [
     "is_startup_notice",
-    "passive_torch_threads",
     "progress",
     "progress_callback",
     "quiet_tensorflow_startup",
     "show_progress",
     "spinner",
+    "torch_program_threads",
 ]
 
 #: TensorFlow's known start-up notices (not warnings about the user's program).
@@ -105,27 +105,26 @@ def _configured_backend() -> str:
     return "tensorflow"
 
 
-def passive_torch_threads() -> bool:
-    """On the PyTorch backend, set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a thread
-    setting; returns whether it was set. Call it first thing, before PyTorch is imported
-    (OpenMP reads the variable once, when PyTorch loads it).
+def torch_program_threads() -> bool:
+    """On the PyTorch backend, give PyTorch one OpenMP thread whose idle time is spent
+    asleep (``OMP_NUM_THREADS=1``, ``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a
+    thread setting; returns whether it was set. Call it first thing, before PyTorch is
+    imported (OpenMP reads the variables once, when PyTorch loads it).
 
-    Why: PyTorch runs each CPU op on an OpenMP team (one thread per core). By default an
-    idle OpenMP worker *spins* for a while before it sleeps, and an op ends only when every
-    worker has finished its share. A DP step is many small ops (~2,300 ATen calls per
-    update for the tutorial CNN); on a machine whose cores other processes also use, a
-    spinning worker holds a core that a descheduled worker needs, so most ops wait a
-    scheduler time slice. Measured on a shared 2-core
-    machine (the Fashion-MNIST main job, 240 updates, training time and CPU time of the
-    process): 131 s and 94 s by default, 11-21 s and 21-22 s with
-    ``OMP_WAIT_POLICY=PASSIVE`` (TensorFlow: 7 s and 13.5 s); with 120 updates
-    ``OMP_NUM_THREADS=1`` was about as fast (8.8 s against 8.0 s). The passive policy keeps
-    every core in use, so a quiet many-core machine loses little.
+    Why: PyTorch runs each CPU op on an OpenMP team (one thread per core), and an op ends
+    only when every worker has finished its share. A DP step is many small ops (~2,300
+    ATen calls per update for the tutorial CNN), too small to gain from a team: by
+    default an idle worker *spins*, and on a machine whose cores other processes also
+    use a spinning worker holds the core a descheduled worker needs. Measured on this
+    project's shared 2-core machine (the Fashion-MNIST main job, 240 updates, CPU time of
+    the whole process): OpenMP's default 94 s; ``OMP_WAIT_POLICY=PASSIVE`` (two sleeping
+    workers) 34-35 s; one thread 27-29 s, at the same wall time (28.5-30 s); TensorFlow
+    20 s. One thread is what the programs here (small models) need; a large model on
+    a many-core machine may want more: set ``OMP_NUM_THREADS`` yourself.
 
     Not set when ``OMP_WAIT_POLICY``, ``OMP_NUM_THREADS`` or ``GOMP_SPINCOUNT`` is already
-    set (set ``OMP_WAIT_POLICY=ACTIVE`` to keep OpenMP's default), when
-    ``KERAS_PRIVACY_TORCH_THREADS=default``, on other backends, or when PyTorch is already
-    imported (too late to take effect).
+    set, when ``KERAS_PRIVACY_TORCH_THREADS=default``, on other backends, or when PyTorch
+    is already imported (too late to take effect).
     """
     if os.environ.get("KERAS_PRIVACY_TORCH_THREADS", "").lower() == "default":
         return False
@@ -133,6 +132,7 @@ def passive_torch_threads() -> bool:
         return False
     if _configured_backend() != "torch":
         return False
+    os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return True
 

@@ -183,24 +183,28 @@ def test_the_tutorial_prints_no_tensorflow_start_up_lines():
 
 _THREADS_PROBE = (
     "from keras_privacy import programs; import os, sys; "
-    "done = programs.passive_torch_threads(); "
-    "print(done, os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    "done = programs.torch_program_threads(); "
+    "print(done, os.environ.get('OMP_NUM_THREADS'), os.environ.get('OMP_WAIT_POLICY'), "
+    "'torch' in sys.modules)"
 )
 
 
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        ({"KERAS_BACKEND": "torch"}, "True PASSIVE False"),
-        ({"KERAS_BACKEND": "torch", "OMP_NUM_THREADS": "2"}, "False None False"),
-        ({"KERAS_BACKEND": "torch", "OMP_WAIT_POLICY": "ACTIVE"}, "False ACTIVE False"),
-        ({"KERAS_BACKEND": "torch", "KERAS_PRIVACY_TORCH_THREADS": "default"}, "False None False"),
-        ({"KERAS_BACKEND": "jax"}, "False None False"),
+        ({"KERAS_BACKEND": "torch"}, "True 1 PASSIVE False"),
+        ({"KERAS_BACKEND": "torch", "OMP_NUM_THREADS": "2"}, "False 2 None False"),
+        ({"KERAS_BACKEND": "torch", "OMP_WAIT_POLICY": "ACTIVE"}, "False None ACTIVE False"),
+        (
+            {"KERAS_BACKEND": "torch", "KERAS_PRIVACY_TORCH_THREADS": "default"},
+            "False None None False",
+        ),
+        ({"KERAS_BACKEND": "jax"}, "False None None False"),
     ],
 )
 def test_programs_let_torch_threads_sleep_unless_the_user_chose(extra, expected):
     """Issue 21: torch's spinning OpenMP workers cost 3-10x CPU on a shared machine; the
-    programs set OMP_WAIT_POLICY=PASSIVE on torch unless the user chose a setting."""
+    programs give torch one sleeping OpenMP thread unless the user chose a setting."""
     env = {k: v for k, v in ENV.items() if k not in programs._THREAD_SETTINGS}
     env.pop("KERAS_PRIVACY_TORCH_THREADS", None)
     env.update(extra)
@@ -214,4 +218,4 @@ def test_every_tutorial_sets_torch_threads_before_keras():
     for path in sorted((ROOT / "keras_privacy" / "tutorials").glob("[!_]*.py")):
         text = path.read_text(encoding="utf-8")
         if "quiet_tensorflow_startup()" in text:
-            assert text.index("passive_torch_threads()") < text.index("quiet_tensorflow_startup()")
+            assert text.index("torch_program_threads()") < text.index("quiet_tensorflow_startup()")
