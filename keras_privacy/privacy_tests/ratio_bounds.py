@@ -65,6 +65,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from keras_privacy.privacy_tests._arrays import one_dimensional_values
 from keras_privacy.privacy_tests.metrics import clopper_pearson_upper
 
 __all__ = [
@@ -277,17 +278,6 @@ class RatioBound:
         return {method: self.compute_bound(method) for method in chosen}
 
 
-def _as_scores(name: str, scores: ArrayLike) -> np.ndarray:
-    array = np.asarray(scores, dtype=np.float64)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, received shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"{name} is empty")
-    if np.any(np.isnan(array)):
-        raise ValueError(f"{name} contains NaN")
-    return array
-
-
 def counts_at_thresholds(
     pos_scores: ArrayLike,
     neg_scores: ArrayLike,
@@ -304,8 +294,8 @@ def counts_at_thresholds(
       ValueError: scores that are not one-dimensional, empty or contain NaN; thresholds that
         are not one-dimensional or contain NaN.
     """
-    pos = np.sort(_as_scores("pos_scores", pos_scores))
-    neg = np.sort(_as_scores("neg_scores", neg_scores))
+    pos = np.sort(one_dimensional_values("pos_scores", pos_scores))
+    neg = np.sort(one_dimensional_values("neg_scores", neg_scores))
     if thresholds is None:
         cuts = np.unique(np.concatenate([pos, neg]))[::-1]
         side = "left"
@@ -351,8 +341,8 @@ class EpsilonLowerBound:
         thresholds: ArrayLike | None = None,
     ) -> None:
         alpha = _check_alpha(alpha)
-        pos = _as_scores("pos_scores", pos_scores)
-        neg = _as_scores("neg_scores", neg_scores)
+        pos = one_dimensional_values("pos_scores", pos_scores)
+        neg = one_dimensional_values("neg_scores", neg_scores)
         tp, fp = counts_at_thresholds(pos, neg, thresholds)
         fn, tn = pos.size - tp, neg.size - fp
         self._ratios = [

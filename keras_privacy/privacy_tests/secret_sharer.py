@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from keras_privacy.privacy_tests._arrays import one_dimensional_values
+
 __all__ = [
     "CanaryFormat",
     "compute_exposure_extrapolation",
@@ -199,28 +201,17 @@ def log_perplexity(token_probabilities: np.ndarray | Sequence[float], axis: int 
         return -np.sum(np.log2(probabilities), axis=axis)
 
 
-def _perplexities(name: str, values: Any) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, received shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"{name} is empty")
-    if np.any(np.isnan(array)):
-        raise ValueError(f"{name} contains NaN")
-    return array
-
-
 def _canary_values(canary_perplexities: Any) -> np.ndarray:
     """All canary perplexities as one 1-D array (mapping values may be sequences)."""
     if not isinstance(canary_perplexities, Mapping):
-        return _perplexities("canary_perplexities", canary_perplexities)
+        return one_dimensional_values("canary_perplexities", canary_perplexities)
     if not canary_perplexities:
         raise ValueError("canary_perplexities is empty")
     parts = [np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in canary_perplexities.values()]
     for part in parts:
         if part.ndim != 1:
             raise ValueError("each value of canary_perplexities must be a number or 1-D")
-    return _perplexities("canary_perplexities", np.concatenate(parts))
+    return one_dimensional_values("canary_perplexities", np.concatenate(parts))
 
 
 def _keep_mapping(canary_perplexities: Any, exposures: np.ndarray) -> Any:
@@ -266,7 +257,7 @@ def compute_exposure_interpolation(
     canary that every reference beats; here exposure is always in ``[0, log2 |R|]``.
     """
     canaries = _canary_values(canary_perplexities)
-    references = np.sort(_perplexities("reference_perplexities", reference_perplexities))
+    references = np.sort(one_dimensional_values("reference_perplexities", reference_perplexities))
     lower = np.searchsorted(references, canaries, side="left").astype(np.float64)
     if candidate_space_size is None:
         space = references.size + 1
@@ -295,7 +286,7 @@ def compute_exposure_extrapolation(
     references. Computed with ``logcdf``, so exposures far in the tail stay finite.
     """
     canaries = _canary_values(canary_perplexities)
-    references = _perplexities("reference_perplexities", reference_perplexities)
+    references = one_dimensional_values("reference_perplexities", reference_perplexities)
     if references.size < 3 or np.ptp(references) == 0:
         raise ValueError("need at least 3 distinct reference perplexities to fit a distribution")
     if not np.all(np.isfinite(references)):
