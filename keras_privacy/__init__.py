@@ -73,6 +73,9 @@ class _AfterKerasImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+# Why a hook on Keras's import: load_model finds only classes registered before it runs,
+# and importing Keras here would load a framework for accounting-only use (both import
+# orders are tested in tests/test_package.py).
 if "keras" in sys.modules:
     _register_serializable_classes()
 else:
