@@ -2,9 +2,10 @@
 
     python benchmarks/program_timing.py [--repeats 3] [--programs main mi lm] [--no-progress]
 
-The README's timing claims (the main job, the examples, the language-model tutorial) come
-from this script on the project's 2-core machine: it prints, per program, the range over
-the runs of the wall time, the CPU time (user + system, all threads) and the peak memory.
+The timing claims of the README (the main job) and of docs/ (the examples, the
+language-model tutorial) come from this script on the project's 2-core machine: it prints,
+per program, the range over the runs of the wall time, the CPU time (user + system, all
+threads) and the peak memory.
 It asserts nothing.
 """
 

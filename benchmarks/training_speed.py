@@ -3,7 +3,7 @@
     python benchmarks/training_speed.py [--models cnn mlp embedding transformer]
         [--modes plain vectorized fast] [--steps 40]
 
-    # one pinned core, one thread (the figures in the README):
+    # one pinned core, one thread (the figures in docs/performance.md):
     TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 taskset -c 0 \
         python benchmarks/training_speed.py
     # the same on JAX (the DP step is jit-compiled, as Keras's own step):

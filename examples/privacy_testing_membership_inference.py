@@ -8,7 +8,7 @@ attacks, prints the summaries, and saves the ROC curves and a privacy-by-epoch r
     python examples/privacy_testing_membership_inference.py [--data-dir DIR] [--output-dir DIR]
 
 On a terminal a progress bar follows the training and the attacks (``--no-progress`` hides
-it). Measured on two shared CPU cores: see the README.
+it). Measured on two shared CPU cores: see docs/privacy_testing.md.
 """
 
 from __future__ import annotations

@@ -333,8 +333,9 @@ def run_attacks(
         (trained attacks also need at least ``cross_validation_folds`` of each).
       cross_validation_folds: folds for the trained attacks' cross-fitting.
       attack_model_factories: optional ``{attack type: factory(seed) -> classifier}``.
-      epsilon_lower_bound_delta, epsilon_lower_bound_confidence, epsilon_lower_bound_method:
-        parameters of the empirical ε lower bound attached to each result.
+      epsilon_lower_bound_delta: δ of the empirical ε lower bound attached to each result.
+      epsilon_lower_bound_confidence: the confidence of that bound.
+      epsilon_lower_bound_method: the method of that bound.
       seed: seeds the balancing, the folds, the attack models and the ε holdout split.
       backend: a joblib backend (``"threading"``, ``"loky"``...) for the scikit-learn
         attack models that run jobs in parallel (as in TF Privacy); ``None`` runs them as

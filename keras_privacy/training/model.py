@@ -69,8 +69,9 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
       engine: ``"auto"`` (default: the fast norm-only engine where it is exact for the
         model, else the vectorized one; says which once), ``"fast"`` (raise
         ``PrivacyError`` if it cannot be exact) or ``"vectorized"``.
-      use_xla, layer_registry: TF Privacy's arguments, see
+      use_xla: TF Privacy's argument, see
         :mod:`keras_privacy.training.tf_privacy_arguments`.
+      layer_registry: TF Privacy's argument, likewise.
     """
 
     def __init__(
