@@ -37,6 +37,27 @@ def map_structure(fn: Callable[..., Any], *structures: Any) -> Any:
     return fn(*structures)
 
 
+def map_up_to(shallow: Any, fn: Callable[..., Any], *structures: Any) -> Any:
+    """Like :func:`map_structure`, but following only ``shallow``'s structure: where
+    ``shallow`` has a leaf, ``fn`` gets that leaf and the whole sub-nests of
+    ``structures`` at the same place (a nest of queries over a deeper nest of records)."""
+    if isinstance(shallow, Mapping):
+        return type(shallow)(
+            (key, map_up_to(shallow[key], fn, *(s[key] for s in structures))) for key in shallow
+        )
+    if isinstance(shallow, (list, tuple)):
+        for other in structures:
+            if not isinstance(other, (list, tuple)) or len(other) != len(shallow):
+                raise ValueError(f"structures differ: {shallow!r} and {other!r}")
+        items = [
+            map_up_to(part, fn, *parts) for part, *parts in zip(shallow, *structures, strict=True)
+        ]
+        if _is_namedtuple(shallow):
+            return type(shallow)(*items)
+        return type(shallow)(items)
+    return fn(shallow, *structures)
+
+
 def flatten(structure: Any) -> list[Any]:
     """The leaves of a nest, in the order :func:`map_structure` visits them."""
     leaves: list[Any] = []
