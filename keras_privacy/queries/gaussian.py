@@ -47,6 +47,8 @@ def clip_record(record: Any, l2_norm_clip: float) -> tuple[Any, float]:
         factor = l2_norm_clip / norm
     else:
         factor = 1.0
+    if factor == 0.0:
+        return _nest.map_structure(np.zeros_like, arrays), norm
     return _nest.map_structure(lambda leaf: leaf * factor, arrays), norm
 
 
