@@ -17,45 +17,60 @@ def _is_namedtuple(value: Any) -> bool:
     return isinstance(value, tuple) and hasattr(value, "_fields")
 
 
+def _is_container(value: Any) -> bool:
+    return isinstance(value, (Mapping, list, tuple))
+
+
+def _check_same_level(first: Any, others: tuple) -> None:
+    """``TypeError`` where a container meets a leaf or another kind of container,
+    ``ValueError`` where two containers differ in keys or length (as ``tf.nest`` does)."""
+    for other in others:
+        same_kind = type(other) is type(first) or (
+            isinstance(first, Mapping) and isinstance(other, Mapping)
+        )
+        if not same_kind:
+            raise TypeError(
+                f"structures differ: {type(first).__name__} {first!r} and "
+                f"{type(other).__name__} {other!r}"
+            )
+        if len(other) != len(first) or (isinstance(first, Mapping) and set(other) != set(first)):
+            raise ValueError(f"structures differ: {first!r} and {other!r}")
+
+
+def _rebuild(like: Any, items: list) -> Any:
+    if _is_namedtuple(like):
+        return type(like)(*items)
+    return type(like)(items)
+
+
 def map_structure(fn: Callable[..., Any], *structures: Any) -> Any:
-    """``fn`` applied leaf by leaf to nests of the same structure (dict keys sorted as
-    given by the first nest); raises ``ValueError`` when the structures differ."""
+    """``fn`` applied leaf by leaf to nests of the same structure (dict keys in the first
+    nest's order); ``TypeError`` / ``ValueError`` when the structures differ."""
     first = structures[0]
+    if not _is_container(first):
+        for other in structures[1:]:
+            if _is_container(other):
+                raise TypeError(f"structures differ: leaf {first!r} and {other!r}")
+        return fn(*structures)
+    _check_same_level(first, structures[1:])
     if isinstance(first, Mapping):
-        for other in structures[1:]:
-            if not isinstance(other, Mapping) or set(other) != set(first):
-                raise ValueError(f"structures differ: {first!r} and {other!r}")
         return type(first)((key, map_structure(fn, *(s[key] for s in structures))) for key in first)
-    if isinstance(first, (list, tuple)):
-        for other in structures[1:]:
-            if not isinstance(other, (list, tuple)) or len(other) != len(first):
-                raise ValueError(f"structures differ: {first!r} and {other!r}")
-        items = [map_structure(fn, *parts) for parts in zip(*structures, strict=True)]
-        if _is_namedtuple(first):
-            return type(first)(*items)
-        return type(first)(items)
-    return fn(*structures)
+    return _rebuild(first, [map_structure(fn, *parts) for parts in zip(*structures, strict=True)])
 
 
 def map_up_to(shallow: Any, fn: Callable[..., Any], *structures: Any) -> Any:
     """Like :func:`map_structure`, but following only ``shallow``'s structure: where
     ``shallow`` has a leaf, ``fn`` gets that leaf and the whole sub-nests of
     ``structures`` at the same place (a nest of queries over a deeper nest of records)."""
+    if not _is_container(shallow):
+        return fn(shallow, *structures)
+    _check_same_level(shallow, structures)
     if isinstance(shallow, Mapping):
         return type(shallow)(
             (key, map_up_to(shallow[key], fn, *(s[key] for s in structures))) for key in shallow
         )
-    if isinstance(shallow, (list, tuple)):
-        for other in structures:
-            if not isinstance(other, (list, tuple)) or len(other) != len(shallow):
-                raise ValueError(f"structures differ: {shallow!r} and {other!r}")
-        items = [
-            map_up_to(part, fn, *parts) for part, *parts in zip(shallow, *structures, strict=True)
-        ]
-        if _is_namedtuple(shallow):
-            return type(shallow)(*items)
-        return type(shallow)(items)
-    return fn(shallow, *structures)
+    parts = zip(shallow, *structures, strict=True)
+    return _rebuild(shallow, [map_up_to(part, fn, *rest) for part, *rest in parts])
 
 
 def flatten(structure: Any) -> list[Any]:

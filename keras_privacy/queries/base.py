@@ -108,8 +108,9 @@ class SumAggregationDPQuery(DPQuery):
 
 
 def check_non_negative(name: str, value: Any) -> float:
-    """``value`` as a float; ``ValueError`` unless it is a finite number >= 0."""
-    number = float(value)
+    """``value`` (a number, or anything ``np.asarray`` reads as one, such as a variable)
+    as a float; ``ValueError`` unless it is a finite number >= 0."""
+    number = float(np.asarray(value))
     if not np.isfinite(number) or number < 0:
         raise ValueError(f"{name} must be a finite number >= 0, received {value!r}")
     return number

@@ -77,8 +77,11 @@ class GaussianSumQuery(SumAggregationDPQuery):
     def __init__(
         self, l2_norm_clip: float, stddev: float, *, rng: np.random.Generator | int | None = None
     ) -> None:
-        self._l2_norm_clip = check_non_negative("l2_norm_clip", l2_norm_clip)
-        self._stddev = check_non_negative("stddev", stddev)
+        check_non_negative("l2_norm_clip", l2_norm_clip)
+        check_non_negative("stddev", stddev)
+        # Kept as given (a number, or a variable read each time a global state is made,
+        # as TF Privacy's queries read a tf.Variable).
+        self._l2_norm_clip, self._stddev = l2_norm_clip, stddev
         self._rng = as_generator(rng)
 
     def make_global_state(self, l2_norm_clip: float, stddev: float) -> Any:
@@ -220,16 +223,22 @@ class NestedQuery(DPQuery):
         return results, new_global_state, dp_accounting.ComposedDpEvent(events)
 
     def derive_metrics(self, global_state: Any) -> dict[str, Any]:
+        """Each query's metrics, named by its path in the nest (``"key2/0/clip"``; a
+        single query's by their own names)."""
         metrics: dict[str, Any] = {}
 
-        def collect(query: DPQuery, state: Any) -> None:
-            index = len(collected)
-            collected.append(query)
-            for name, value in query.derive_metrics(state).items():
-                metrics[f"{index}/{name}"] = value
+        def walk(queries: Any, state: Any, path: tuple) -> None:
+            if isinstance(queries, DPQuery):
+                for name, value in queries.derive_metrics(state).items():
+                    metrics["/".join((*path, name))] = value
+            elif isinstance(queries, dict):
+                for key in queries:
+                    walk(queries[key], state[key], (*path, str(key)))
+            else:
+                for index, (query, part) in enumerate(zip(queries, state, strict=True)):
+                    walk(query, part, (*path, str(index)))
 
-        collected: list[DPQuery] = []
-        self._map(collect, global_state)
+        walk(self._queries, global_state, ())
         return metrics
 
 

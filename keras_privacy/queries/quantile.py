@@ -88,7 +88,9 @@ class QuantileEstimatorQuery(SumAggregationDPQuery):
             )
         self._initial_estimate = float(initial_estimate)
         self._target_quantile = float(target_quantile)
-        self._learning_rate = check_non_negative("learning_rate", learning_rate)
+        check_non_negative("learning_rate", learning_rate)
+        # Kept as given: a variable is read at every update (a decaying learning rate).
+        self._learning_rate = learning_rate
         self._geometric_update = bool(geometric_update)
         # Records enter as b - 1/2 in {-1/2, +1/2}: a clip norm of 1/2 never changes them
         # and states the sensitivity.
@@ -125,7 +127,7 @@ class QuantileEstimatorQuery(SumAggregationDPQuery):
         )
         fraction_below = float(np.clip(centered + 0.5, 0.0, 1.0))
         gradient = fraction_below - global_state.target_quantile
-        step = global_state.learning_rate * gradient
+        step = check_non_negative("learning_rate", global_state.learning_rate) * gradient
         if self._geometric_update:
             estimate = global_state.current_estimate * math.exp(-step)
         else:

@@ -233,3 +233,34 @@ def test_the_queries_import_no_framework():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_nested_metrics_are_named_by_path_and_structures_must_match():
+    adaptive = Q.QuantileAdaptiveClipSumQuery(3.0, 1.0, 0.5, 0.2, 10.0, 100)
+    query = Q.NestedSumQuery({"a": adaptive, "b": [Q.GaussianSumQuery(1.0, 1.0), adaptive]})
+    metrics = query.derive_metrics(query.initial_global_state())
+    assert metrics == {"a/clip": 3.0, "b/1/clip": 3.0}
+    assert Q.NestedQuery(adaptive).derive_metrics(adaptive.initial_global_state()) == {"clip": 3.0}
+    single = Q.GaussianSumQuery(1.0, 0.0)
+    with pytest.raises(TypeError, match="structures differ"):
+        _run(single, [[1.0], (1.0,)])  # a list and a tuple
+    with pytest.raises(ValueError, match="structures differ"):
+        _run(single, [[1.0], [1.0, 1.0]])
+    with pytest.raises(TypeError, match="structures differ"):
+        _run(Q.NestedSumQuery([single, [single]]), [[1.0, 1.0]])  # record not as deep
+
+
+def test_a_learning_rate_object_is_read_at_every_update():
+    class Schedule:  # anything np.asarray reads as a number, e.g. a framework variable
+        value = 1.0
+
+        def __array__(self, dtype=None, copy=None):
+            return np.asarray(self.value, dtype=dtype)
+
+    rate = Schedule()
+    query = Q.QuantileEstimatorQuery(10.0, 0.5, rate, 0.0, 2, geometric_update=False)
+    estimate, state, _ = _run(query, [np.array(1.0), np.array(2.0)])
+    assert estimate == 9.5  # both below: fraction 1, step 1.0 * (1 - 0.5)
+    rate.value = 0.0
+    estimate, _, _ = _run(query, [np.array(1.0), np.array(2.0)], state)
+    assert estimate == 9.5

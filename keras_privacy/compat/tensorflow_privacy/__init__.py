@@ -20,6 +20,13 @@ _LAZY = {
     "VectorizedDPKerasAdagradOptimizer": _VECTORIZED,
     "DPModel": "keras_privacy.training",
     "DPSequential": "keras_privacy.training",
+    "DPQuery": "keras_privacy.queries",
+    "SumAggregationDPQuery": "keras_privacy.queries",
+    "GaussianSumQuery": "keras_privacy.queries",
+    "NestedQuery": "keras_privacy.queries",
+    "NormalizedQuery": "keras_privacy.queries",
+    "QuantileEstimatorQuery": "keras_privacy.queries",
+    "QuantileAdaptiveClipSumQuery": "keras_privacy.queries",
     "compute_dp_sgd_privacy": "keras_privacy.accounting.tf_privacy_forms",
     "compute_dp_sgd_privacy_statement": "keras_privacy.accounting.tf_privacy_forms",
 }

@@ -1,0 +1,13 @@
+"""TF Privacy's ``privacy.dp_query.quantile_adaptive_clip_sum_query``: see
+:mod:`keras_privacy.queries`."""
+
+from __future__ import annotations
+
+from keras_privacy.compat._unsupported import module_getattr
+from keras_privacy.compat.tensorflow_privacy.privacy.dp_query import INSTEAD
+from keras_privacy.queries import (  # noqa: F401
+    QuantileAdaptiveClipSumQuery,
+)
+
+__all__ = ["QuantileAdaptiveClipSumQuery"]
+__getattr__ = module_getattr("privacy.dp_query.quantile_adaptive_clip_sum_query", INSTEAD)
