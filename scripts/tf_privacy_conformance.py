@@ -39,6 +39,12 @@ COMPAT_ROOT = "keras_privacy.compat.tensorflow_privacy"
 CLAIMED_TEST_FILES = (
     "tensorflow_privacy/privacy/analysis/compute_dp_sgd_privacy_test.py",
     "tensorflow_privacy/privacy/analysis/compute_noise_from_budget_test.py",
+    "tensorflow_privacy/privacy/dp_query/dp_query_test.py",
+    "tensorflow_privacy/privacy/dp_query/gaussian_query_test.py",
+    "tensorflow_privacy/privacy/dp_query/nested_query_test.py",
+    "tensorflow_privacy/privacy/dp_query/normalized_query_test.py",
+    "tensorflow_privacy/privacy/dp_query/quantile_adaptive_clip_sum_query_test.py",
+    "tensorflow_privacy/privacy/dp_query/quantile_estimator_query_test.py",
     "tensorflow_privacy/privacy/keras_models/dp_keras_model_test.py",
     "tensorflow_privacy/privacy/optimizers/dp_optimizer_keras_test.py",
     "tensorflow_privacy/privacy/privacy_tests/epsilon_lower_bound_test.py",
