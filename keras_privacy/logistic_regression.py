@@ -9,9 +9,9 @@ add/remove-one-row neighbours.
 
 **The mechanism.** Each row ``x`` is first projected to the ball of radius
 ``R = data_norm_bound`` (with ``fit_intercept``, the constant column ``c =
-intercept_scaling`` is part of the row: the features are scaled to norm at most
-``sqrt(R**2 - c**2)``, then ``c`` is appended). With labels ``y`` in {0, 1}, the output is
-the exact minimizer of
+intercept_scaling``, ``R / 2`` by default, is part of the row: the features are scaled to
+norm at most ``sqrt(R**2 - c**2)``, then ``c`` is appended). With labels ``y`` in {0, 1}, the
+output is the exact minimizer of
 
     J(theta) = sum_i l(theta; x_i, y_i) + (Lambda / 2) ||theta||**2 + <b, theta>,
 
@@ -143,7 +143,7 @@ def _minimize(
         np.zeros(d),
         jac=True,
         method="L-BFGS-B",
-        options={"maxiter": max_iter, "gtol": 1e-10, "ftol": 1e-15},
+        options={"maxiter": max_iter, "gtol": 1e-8, "ftol": 1e-13},
     )
     theta = result.x
     grad = _objective(theta, X, y, lam, b)[1]
@@ -190,7 +190,7 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
         fit_intercept: append a constant column ``intercept_scaling``; its weight, times
             ``intercept_scaling``, is the intercept (regularized with the rest).
         intercept_scaling: the constant ``c``, with ``0 < c < data_norm_bound``; the
-            features get norm at most ``sqrt(R**2 - c**2)``.
+            features get norm at most ``sqrt(R**2 - c**2)``. ``None``: ``R / 2``.
         max_iter: L-BFGS iterations.
         tol: the perturbed objective's gradient norm at which ``fit`` stops (the analysis
             assumes the exact minimizer; see ``optimality_gap_bound_``).
@@ -220,7 +220,7 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
         C: float = 1.0,
         data_norm_bound: float = 1.0,
         fit_intercept: bool = True,
-        intercept_scaling: float = 0.5,
+        intercept_scaling: float | None = None,
         max_iter: int = 1000,
         tol: float = 1e-8,
         random_state: Any = None,
@@ -243,7 +243,7 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
         check_positive_real(self.C, "C")
         check_positive_real(self.data_norm_bound, "data_norm_bound")
         check_positive_real(self.tol, "tol")
-        if self.fit_intercept:
+        if self.fit_intercept and self.intercept_scaling is not None:
             c = check_positive_real(self.intercept_scaling, "intercept_scaling")
             if c >= self.data_norm_bound:
                 raise ValueError(
@@ -251,16 +251,21 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
                     f"the intercept column is part of the row norm, received {c!r}"
                 )
 
+    def _intercept_constant(self) -> float:
+        if self.intercept_scaling is None:
+            return float(self.data_norm_bound) / 2.0
+        return float(self.intercept_scaling)
+
     def _project(self, X: np.ndarray) -> np.ndarray:
         """Rows scaled to the norm bound, with the intercept column appended."""
         radius = float(self.data_norm_bound)
         if self.fit_intercept:
-            radius = math.sqrt(radius**2 - float(self.intercept_scaling) ** 2)
+            radius = math.sqrt(radius**2 - self._intercept_constant() ** 2)
         norms = np.linalg.norm(X, axis=1)
         scale = np.minimum(1.0, radius / np.maximum(norms, np.finfo(float).tiny))
         X = X * scale[:, None]
         if self.fit_intercept:
-            X = np.hstack([X, np.full((X.shape[0], 1), float(self.intercept_scaling))])
+            X = np.hstack([X, np.full((X.shape[0], 1), self._intercept_constant())])
         return X
 
     def fit(self, X: Any, y: Any) -> DPLogisticRegression:
@@ -300,7 +305,7 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
         theta = np.array(thetas)
         if self.fit_intercept:
             self.coef_ = theta[:, :-1]
-            self.intercept_ = theta[:, -1] * float(self.intercept_scaling)
+            self.intercept_ = theta[:, -1] * self._intercept_constant()
         else:
             self.coef_, self.intercept_ = theta, np.zeros(len(thetas))
         self.epsilon_, self.delta_ = float(self.epsilon), float(self.delta)
