@@ -135,8 +135,11 @@ def _objective(
 
 def _minimize(
     X: np.ndarray, y: np.ndarray, lam: float, b: np.ndarray, max_iter: int, tol: float
-) -> tuple[np.ndarray, float]:
-    """L-BFGS on J / n, then Newton steps until ||grad J|| <= tol; returns (theta, ||grad||)."""
+) -> tuple[np.ndarray, float, int]:
+    """L-BFGS on J / n, then Newton steps until ||grad J|| <= tol.
+
+    Returns ``(theta, ||grad J(theta)||, iterations)``.
+    """
     n, d = X.shape
     result = optimize.minimize(
         lambda th: tuple(v / n for v in _objective(th, X, y, lam, b)),
@@ -145,7 +148,7 @@ def _minimize(
         method="L-BFGS-B",
         options={"maxiter": max_iter, "gtol": 1e-8, "ftol": 1e-13},
     )
-    theta = result.x
+    theta, iterations = result.x, int(result.nit)
     grad = _objective(theta, X, y, lam, b)[1]
     for _ in range(20):  # J is smooth and strongly convex: Newton converges fast from here
         if np.linalg.norm(grad) <= tol:
@@ -162,7 +165,8 @@ def _minimize(
         if np.linalg.norm(new_grad) >= norm:
             break
         theta, grad = theta - scale * step, new_grad
-    return theta, float(np.linalg.norm(grad))
+        iterations += 1
+    return theta, float(np.linalg.norm(grad)), iterations
 
 
 class DPLogisticRegression(ClassifierMixin, BaseEstimator):
@@ -207,6 +211,7 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
         delta_: δ of the fit.
         noise_std_: σ of ``b`` in each binary problem.
         regularization_: ``Lambda`` used in each binary problem.
+        n_iter_: solver iterations (L-BFGS and Newton) of each binary problem.
         gradient_norm_: largest ``||grad J||`` at the returned parameters.
         optimality_gap_bound_: ``gradient_norm_ / regularization_``, a bound on the
             distance to the exact minimizer.
@@ -281,7 +286,7 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
             raise ValueError(
-                f"y must contain at least two classes, received one: {self.classes_[0]!r}"
+                f"y must contain at least two classes, received one class: {self.classes_[0]!r}"
             )
         n = X.shape[0]
         check_delta_below_one_over_n(float(self.delta), n, self.allow_large_delta)
@@ -294,14 +299,16 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
         Xp = self._project(X)
         rng = check_random_state(self.random_state)
         targets = [self.classes_[1]] if problems == 1 else list(self.classes_)
-        thetas, grad_norms = [], []
+        thetas, grad_norms, iterations = [], [], []
         for target in targets:
             b = rng.normal(0.0, sigma, size=Xp.shape[1])
-            theta, grad_norm = _minimize(
+            theta, grad_norm, n_iter = _minimize(
                 Xp, (y == target).astype(float), lam, b, int(self.max_iter), float(self.tol)
             )
             thetas.append(theta)
             grad_norms.append(grad_norm)
+            iterations.append(max(n_iter, 1))
+        self.n_iter_ = np.array(iterations)
         theta = np.array(thetas)
         if self.fit_intercept:
             self.coef_ = theta[:, :-1]
