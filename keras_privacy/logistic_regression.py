@@ -372,7 +372,7 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
         return (
             f"DPLogisticRegression (objective perturbation) is (ε = {self.epsilon_:.4g}, "
             f"δ = {self.delta_:.3g})-differentially private for one training row added or "
-            f"removed (replace-one: twice ε by group privacy).{split} Each row was scaled "
+            f"removed (for one row replaced: (2ε, (1 + e^ε) δ), by group privacy).{split} Each row was scaled "
             f"to L2 norm at most {self.data_norm_bound:g} (intercept column included); the "
             f"objective has L2 regularization Λ = {self.regularization_:.4g} and a linear "
             f"term with Gaussian noise σ = {self.noise_std_:.4g} per coordinate (ε spent "
