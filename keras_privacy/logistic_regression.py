@@ -26,9 +26,9 @@ Hessian ``p (1 - p) x x^T`` has rank one and eigenvalue at most ``beta = R**2 / 
 (``R**2 / 4``-smooth). The budget is split as ``epsilon = epsilon_1 + epsilon_2``:
 ``epsilon_1 = log(1 + beta / Lambda)`` pays for the Jacobian and ``epsilon_2`` for the
 noise. If ``1 / C`` already gives ``epsilon_1 <= epsilon / 2``, then ``Lambda = 1 / C``;
-otherwise ``epsilon_1 = epsilon / 2`` and ``Lambda = Lambda_min = beta / (exp(epsilon / 2)
-- 1)`` (the extra regularization is ``Lambda_min - 1 / C``). With ``t =
-Phi^-1(1 - delta)``, the noise scale is ``sigma = R / (sqrt(t**2 + 2 epsilon_2) - t)``.
+otherwise ``epsilon_1 = epsilon / 2`` and ``Lambda = Lambda_min =
+beta / (exp(epsilon / 2) - 1)`` (the extra regularization is ``Lambda_min - 1 / C``).
+With ``t = Phi^-1(1 - delta)``, the noise scale is ``sigma = R / (sqrt(t**2 + 2 epsilon_2) - t)``.
 
 **The proof, in short.** ``J`` is ``Lambda``-strongly convex, so ``b -> theta`` is a
 bijection with inverse ``b(theta) = -grad L_D(theta) - Lambda theta``, and the output has
