@@ -2,6 +2,7 @@
 large ε, scikit-learn compatibility, errors and accuracy on WDBC. Framework-free."""
 
 import math
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -271,3 +272,12 @@ def test_wdbc_accuracy_at_large_epsilon():
     scores = evaluate(8.0, {"C": 1.0, "data_norm_bound": 1.0}, data, range(3), "test")
     assert DELTA * len(data["train"][1]) < 1
     assert scores[:, 0].mean() > 0.9 and scores[:, 1].mean() > 0.95
+
+
+def test_the_module_imports_no_framework():
+    code = (
+        "import sys, keras_privacy; keras_privacy.DPLogisticRegression;"
+        "bad = [m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
