@@ -297,7 +297,11 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
         )
         lam, sigma = params["regularization"], params["noise_std"]
         Xp = self._project(X)
-        rng = check_random_state(self.random_state)
+        rng = (
+            self.random_state
+            if isinstance(self.random_state, np.random.Generator)
+            else check_random_state(self.random_state)
+        )
         targets = [self.classes_[1]] if problems == 1 else list(self.classes_)
         thetas, grad_norms, iterations = [], [], []
         for target in targets:

@@ -188,6 +188,10 @@ def test_a_seed_reproduces_the_fit_and_other_seeds_differ():
     fits = [DPLogisticRegression(random_state=s).fit(X, y).coef_ for s in (7, 7, 8)]
     np.testing.assert_array_equal(fits[0], fits[1])
     assert not np.allclose(fits[0], fits[2])
+    generators = [np.random.default_rng(3), np.random.RandomState(3)]
+    for rng in generators:
+        fit = DPLogisticRegression(random_state=rng).fit(X, y).coef_
+        assert np.isfinite(fit).all()
 
 
 # (e) scikit-learn
