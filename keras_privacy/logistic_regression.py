@@ -196,8 +196,9 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
         intercept_scaling: the constant ``c``, with ``0 < c < data_norm_bound``; the
             features get norm at most ``sqrt(R**2 - c**2)``. ``None``: ``R / 2``.
         max_iter: L-BFGS iterations.
-        tol: the perturbed objective's gradient norm at which ``fit`` stops (the analysis
-            assumes the exact minimizer; see ``optimality_gap_bound_``).
+        tol: the gradient norm of the summed perturbed objective at which ``fit`` stops
+            (the analysis assumes the exact minimizer; see ``optimality_gap_bound_``).
+            Newton steps form the d × d Hessian: meant for up to a few thousand features.
         random_state: seed or ``numpy.random.Generator``/``RandomState`` for the noise.
             Any fixed seed makes the noise predictable: use ``None`` for a real release.
         allow_large_delta: allow ``delta >= 1 / n_samples`` (a meaningless guarantee).
@@ -211,6 +212,9 @@ class DPLogisticRegression(ClassifierMixin, BaseEstimator):
         delta_: δ of the fit.
         noise_std_: σ of ``b`` in each binary problem.
         regularization_: ``Lambda`` used in each binary problem.
+        epsilon_jacobian_: ``epsilon_1`` of each binary problem (the Jacobian's share).
+        epsilon_noise_: ``epsilon_2`` of each binary problem (the noise's share).
+        n_problems_: 1 for two classes, ``K`` for one-vs-rest.
         n_iter_: solver iterations (L-BFGS and Newton) of each binary problem.
         gradient_norm_: largest ``||grad J||`` at the returned parameters.
         optimality_gap_bound_: ``gradient_norm_ / regularization_``, a bound on the
