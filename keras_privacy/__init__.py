@@ -39,6 +39,8 @@ _LAZY = {
     # accounting during training (Keras)
     "PrivacyBudget": "keras_privacy.training.callbacks",
     "privacy_spent": "keras_privacy.training.callbacks",
+    # DP logistic regression (scikit-learn, framework-free)
+    "DPLogisticRegression": "keras_privacy.logistic_regression",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -33,6 +33,9 @@ __all__ = [
     "write_report",
 ]
 
+# Row.accountant of models made private by objective perturbation (no DP-SGD accountant)
+OBJECTIVE = "objective perturbation"
+
 
 @dataclasses.dataclass(frozen=True)
 class Row:
@@ -118,7 +121,7 @@ def _value(pair: tuple[float, float], runs: int, digits: int = 3) -> str:
 
 
 def _number(value: float | None, digits: int = 3) -> str:
-    if value is None:
+    if value is None or math.isnan(value):
         return "—"
     if math.isinf(value):
         return "∞"
@@ -202,7 +205,7 @@ def plot_vs_epsilon(rows: Sequence[Row], metric: str, path: str | os.PathLike, t
                 marker="o",
                 capsize=3,
                 color=color,
-                label=f"{model}, DP-SGD",
+                label=model if private[0].first.accountant == OBJECTIVE else f"{model}, DP-SGD",
             )
         for s in mine:
             if not s.first.private:
