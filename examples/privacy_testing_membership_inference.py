@@ -20,11 +20,11 @@ import tempfile
 import numpy as np
 
 from keras_privacy.programs import (
-    torch_program_threads,
     progress,
     progress_callback,
     quiet_tensorflow_startup,
     show_progress,
+    torch_program_threads,
 )
 
 torch_program_threads()  # before Keras imports PyTorch (see its docstring)

@@ -21,6 +21,7 @@ import dataclasses
 from typing import Any, Protocol
 
 import keras
+from keras import ops
 from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
 from keras.src.backend.common.stateless_scope import StatelessScope
 
@@ -72,6 +73,33 @@ class ClippingEngine(Protocol):
           random layers (dropout) give every unit its own randomness.
         """
         ...
+
+
+def check_units_divide(rows: int | None, num_units: int) -> None:
+    """Raise :class:`PrivacyError` unless ``num_units`` microbatches split ``rows`` rows
+    evenly (nothing to check while the row count is unknown, as in a TensorFlow trace)."""
+    if rows is not None and rows % num_units:
+        raise PrivacyError(
+            f"num_microbatches={num_units} must divide the batch size, but a batch has "
+            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
+        )
+
+
+def to_units(tensor: Any, num_units: int | None) -> Any:
+    """``[rows, ...] -> [units, rows_per_unit, ...]`` for a tensor of static shape (JAX,
+    PyTorch): unit ``u`` holds rows ``u R .. (u + 1) R - 1`` with ``R = rows / units``;
+    one row per unit for per-example clipping (``num_units=None``)."""
+    if num_units is None:
+        return tensor[:, None]
+    rows = tensor.shape[0]
+    check_units_divide(rows, num_units)
+    return ops.reshape(tensor, (num_units, rows // num_units, *tensor.shape[1:]))
+
+
+def from_units(tensor: Any) -> Any:
+    """``[units, rows_per_unit, ...] -> [rows, ...]`` (static shape), the inverse of
+    :func:`to_units`."""
+    return ops.reshape(tensor, (-1, *tensor.shape[2:]))
 
 
 def unit_loss_leaves(y: Any, y_pred: Any, sample_weight: Any) -> tuple[list, Any]:

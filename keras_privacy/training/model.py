@@ -35,9 +35,6 @@ from keras.src.models.model import functional_init_arguments
 from keras_privacy.training import user_checks
 from keras_privacy.training.backend import DPTrainer
 from keras_privacy.training.dp_training import DPTrainingMixin
-from keras_privacy.training.record import (
-    POISSON,
-)
 from keras_privacy.training.tf_privacy_arguments import check_tf_privacy_arguments
 
 

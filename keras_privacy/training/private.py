@@ -19,7 +19,7 @@ from keras_privacy.training.checks import check_layers_supported
 from keras_privacy.training.dp_training import DPTrainingMixin
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.model import DPModel, DPSequential
-from keras_privacy.training.record import POISSON, TrainingRecord
+from keras_privacy.training.record import TrainingRecord
 
 
 @keras.saving.register_keras_serializable(package="keras_privacy")

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from keras_privacy.programs import torch_program_threads, quiet_tensorflow_startup
+    from keras_privacy.programs import quiet_tensorflow_startup, torch_program_threads
 
     torch_program_threads()  # before PyTorch loads: see its docstring
     quiet_tensorflow_startup()  # TF_CPP_MIN_LOG_LEVEL=3 and no start-up notices

@@ -15,31 +15,18 @@ import keras
 
 from keras_privacy.training import clipping
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch, refuse_state_updates, unit_forward
-from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.engine import (
+    ClippedBatch,
+    from_units,
+    refuse_state_updates,
+    to_units,
+    unit_forward,
+)
 from keras_privacy.training.fast.choice import warn_if_mixing
 
 # Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
 # seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
 _SEED_STRIDE = 1_000_003
-
-
-def _to_units(tensor: jax.Array, num_units: int | None) -> jax.Array:
-    """[rows, ...] -> [units, rows_per_unit, ...] (static shapes)."""
-    if num_units is None:
-        return tensor[:, None]
-    rows = tensor.shape[0]
-    if rows % num_units:
-        raise PrivacyError(
-            f"num_microbatches={num_units} must divide the batch size, but a batch has "
-            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
-        )
-    return jnp.reshape(tensor, (num_units, rows // num_units, *tensor.shape[1:]))
-
-
-def _from_units(tensor: jax.Array) -> jax.Array:
-    """[units, rows_per_unit, ...] -> [rows, ...]."""
-    return jnp.reshape(tensor, (-1, *tensor.shape[2:]))
 
 
 class VectorizedEngine:
@@ -85,14 +72,8 @@ class VectorizedEngine:
             num_units=num_units,
             unit_offset=unit_offset,
         )
-        norms = clipping.global_norms(grads)
-        factors = clipping.clip_factors(norms, l2_norm_clip, unit_mask)
-        batch = ClippedBatch(
-            grad_sum=clipping.weighted_sum(grads, factors, norms),
-            unit_losses=unit_losses,
-            y_pred=y_pred,
-            norms=norms,
-        )
+        grad_sum, norms = clipping.clipped_sum(grads, l2_norm_clip, unit_mask)
+        batch = ClippedBatch(grad_sum=grad_sum, unit_losses=unit_losses, y_pred=y_pred, norms=norms)
         return batch, new_non_trainable
 
     def unit_gradients(
@@ -114,7 +95,7 @@ class VectorizedEngine:
         seeds = {id(v) for v in seed_state_variables(model)}
         data = (x, y, sample_weight)
         leaves = [t for t in keras.tree.flatten(data) if t is not None]
-        unit_leaves = [_to_units(jnp.asarray(t), num_units) for t in leaves]
+        unit_leaves = [to_units(jnp.asarray(t), num_units) for t in leaves]
         count = unit_leaves[0].shape[0]
         unit_index = jnp.arange(count, dtype="uint32") + jnp.asarray(unit_offset, "uint32")
         stateful_updates: list[str] = []
@@ -158,4 +139,4 @@ class VectorizedEngine:
             value + next(advances)[0] if id(var) in seeds else value
             for var, value in zip(non_trainable, non_trainable_values, strict=True)
         ]
-        return grads, unit_losses, keras.tree.map_structure(_from_units, y_pred), new_non_trainable
+        return grads, unit_losses, keras.tree.map_structure(from_units, y_pred), new_non_trainable

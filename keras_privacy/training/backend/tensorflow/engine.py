@@ -18,7 +18,7 @@ from keras_privacy.training.backend.tensorflow.vectorization import (
     vectorizer_rules,
 )
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch, refuse_state_updates
+from keras_privacy.training.engine import ClippedBatch, check_units_divide, refuse_state_updates
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.choice import warn_if_mixing
 from keras_privacy.training.regularization import excluding_weight_regularization
@@ -32,12 +32,7 @@ def _to_units(tensor: tf.Tensor, num_units: int | None) -> tf.Tensor:
     """[rows, ...] -> [units, rows_per_unit, ...]."""
     if num_units is None:
         return tensor[:, None]
-    rows = tensor.shape[0]
-    if rows is not None and rows % num_units:
-        raise PrivacyError(
-            f"num_microbatches={num_units} must divide the batch size, but a batch has "
-            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
-        )
+    check_units_divide(tensor.shape[0], num_units)
     shape = tf.shape(tensor)
     tf.debugging.assert_equal(
         shape[0] % num_units,
@@ -167,14 +162,8 @@ class VectorizedEngine:
             model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
         )
         _say_engine_notes(model)
-        norms = clipping.global_norms(grads)
-        factors = clipping.clip_factors(norms, l2_norm_clip)
-        return ClippedBatch(
-            grad_sum=clipping.weighted_sum(grads, factors, norms),
-            unit_losses=unit_losses,
-            y_pred=y_pred,
-            norms=norms,
-        )
+        grad_sum, norms = clipping.clipped_sum(grads, l2_norm_clip)
+        return ClippedBatch(grad_sum=grad_sum, unit_losses=unit_losses, y_pred=y_pred, norms=norms)
 
     def unit_gradients(
         self,

@@ -28,7 +28,7 @@ summed unit losses are each unit's own.
 
 from __future__ import annotations
 
-import logging
+import functools
 from typing import Any
 
 import tensorflow as tf
@@ -40,17 +40,15 @@ from keras_privacy.training.backend.tensorflow.engine import (
     queue_engine_note,
 )
 from keras_privacy.training.backend.tensorflow.vectorization import image_patches
-from keras_privacy.training.engine import ClippedBatch, unit_loss_leaves
+from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.fast import clip as fast_clip
+from keras_privacy.training.fast import engine as fast_engine
 from keras_privacy.training.fast import units as fast_units
-from keras_privacy.training.fast.capture import DATA_LOSSES, _Capture, _check_exact
-from keras_privacy.training.fast.choice import fast_or_fallback
-from keras_privacy.training.fast.rules import NotExact
+from keras_privacy.training.fast.capture import _Capture, _check_exact
+from keras_privacy.training.fast.choice import record_engine
+from keras_privacy.training.fast.engine import rules_forward, vectorized_unit_losses
 from keras_privacy.training.fast.units import Units
 from keras_privacy.training.regularization import excluding_weight_regularization
-
-_log = logging.getLogger("keras_privacy")
-
 
 fast_units.backend_ops["extract_patches"] = image_patches
 # The engine choice runs while the step is being traced; the numerical
@@ -59,28 +57,22 @@ fast_units.backend_ops["eager"] = tf.init_scope
 
 
 def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
-    """``[U]``: each unit's loss, as the vectorized engine computes it (the compiled loss
-    of the unit's rows alone, with their output masks, averaged), vectorized over units."""
-    leaves, rebuild = unit_loss_leaves(y, y_pred, sample_weight)
-    unit_leaves = [_to_units(t, num_units) for t in leaves]
-
-    def unit_loss(leaves_u):
-        y_u, pred_u, sw_u = rebuild(leaves_u)
-        with StatelessScope():
-            loss = model._compute_loss(
-                x=None, y=y_u, y_pred=pred_u, sample_weight=sw_u, training=True
-            )
-        return tf.reduce_mean(tf.cast(loss, "float32"))
-
-    try:
-        return tf.vectorized_map(unit_loss, unit_leaves)
-    except (TypeError, ValueError, NotImplementedError) as error:
-        raise NotExact(
-            f"the loss could not be vectorized over units ({type(error).__name__})"
-        ) from error
+    """``[U]``: each unit's loss, vectorized over units with ``tf.vectorized_map``
+    (:func:`~keras_privacy.training.fast.engine.vectorized_unit_losses`)."""
+    return vectorized_unit_losses(
+        model,
+        y,
+        y_pred,
+        sample_weight,
+        num_units,
+        to_units=_to_units,
+        vmap=tf.vectorized_map,
+        scope=StatelessScope,
+        errors=(TypeError, ValueError, NotImplementedError),
+    )
 
 
-class FastEngine:
+class FastEngine(fast_engine.FastEngine):
     """Norm-only clipping for the batch at once; see the module docstring.
 
     Args:
@@ -88,39 +80,13 @@ class FastEngine:
         ``False`` for ``engine="auto"`` (fall back to the vectorized engine).
     """
 
-    def __init__(self, require: bool = False) -> None:
-        self.require = require
-        self.fallback = VectorizedEngine()
+    vectorized = VectorizedEngine
 
-    def clipped_gradient_sum(
-        self,
-        model: Any,
-        x: Any,
-        y: Any,
-        sample_weight: Any,
-        *,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: Any = 0,
-    ) -> ClippedBatch:
-        return fast_or_fallback(
-            model,
-            x,
-            self.require,
-            lambda: self._fast(model, x, y, sample_weight, num_units, l2_norm_clip),
-            lambda: self.fallback.clipped_gradient_sum(
-                model,
-                x,
-                y,
-                sample_weight,
-                num_units=num_units,
-                l2_norm_clip=l2_norm_clip,
-                unit_offset=unit_offset,
-            ),
-            record=_record,
-        )
+    # The fallback's warning is said together with anything the vectorized engine has to
+    # add, in one line.
+    record = staticmethod(functools.partial(record_engine, note=queue_engine_note))
 
-    def _fast(self, model, x, y, sample_weight, num_units, l2_norm_clip) -> ClippedBatch:
+    def _fast(self, model, x, y, sample_weight, *, num_units, l2_norm_clip) -> ClippedBatch:
         units = Units(num_units)
 
         @tf.function(autograph=False)
@@ -133,11 +99,9 @@ class FastEngine:
                 excluding_weight_regularization(model),
                 tf.GradientTape() as tape,
             ):
-                training = {"training": True} if model._call_has_training_arg else {}
-                y_pred = model(x, **training)
-                if model.losses:  # weight regularization is excluded: added after noising
-                    raise NotExact(DATA_LOSSES)
-                unit_losses = _unit_losses(model, y, y_pred, sample_weight, num_units)
+                y_pred, unit_losses = rules_forward(
+                    model, x, y, sample_weight, num_units, _unit_losses
+                )
                 total = tf.reduce_sum(unit_losses)
             _check_exact(model, capture)
             calls = capture.calls
@@ -153,23 +117,6 @@ class FastEngine:
 
         grad_sum, unit_losses, y_pred, norms = run.get_concrete_function()()
         return ClippedBatch(grad_sum=grad_sum, unit_losses=unit_losses, y_pred=y_pred, norms=norms)
-
-
-def _record(model: Any, engine: str, reason: str | None) -> None:
-    """Remember which engine trains the model; say it once per model and engine."""
-    previous = getattr(model, "_dp_engine_used", None)
-    object.__setattr__(model, "_dp_engine_used", (engine, reason))
-    if previous is not None and previous[0] == engine:
-        return
-    if engine == "fast":
-        _log.info("keras-privacy: %r trains with the fast (norm-only) clipping engine.", model.name)
-    else:
-        # Said together with anything the vectorized engine has to add, in one line.
-        queue_engine_note(
-            model,
-            f"{model.name!r} trains with the vectorized clipping engine (exact, slower), "
-            f"because the fast engine cannot be exact for it: {reason}.",
-        )
 
 
 __all__ = ["FastEngine"]

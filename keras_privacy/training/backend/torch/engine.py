@@ -20,8 +20,13 @@ from keras.src.backend.torch import nn as torch_nn
 
 from keras_privacy.training import clipping
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch, refuse_state_updates, unit_forward
-from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.engine import (
+    ClippedBatch,
+    from_units,
+    refuse_state_updates,
+    unit_forward,
+)
+from keras_privacy.training.engine import to_units as _static_to_units
 from keras_privacy.training.fast.choice import warn_if_mixing
 
 # Spreads the seeds of seeded random layers over the chunks of a logical batch: the chunk
@@ -31,22 +36,9 @@ _SEED_STRIDE = 1_000_003
 
 
 def to_units(tensor: torch.Tensor, num_units: int | None) -> torch.Tensor:
-    """[rows, ...] -> [units, rows_per_unit, ...]."""
-    tensor = torch.as_tensor(tensor)
-    if num_units is None:
-        return tensor[:, None]
-    rows = tensor.shape[0]
-    if rows % num_units:
-        raise PrivacyError(
-            f"num_microbatches={num_units} must divide the batch size, but a batch has "
-            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
-        )
-    return torch.reshape(tensor, (num_units, rows // num_units, *tensor.shape[1:]))
-
-
-def _from_units(tensor: torch.Tensor) -> torch.Tensor:
-    """[units, rows_per_unit, ...] -> [rows, ...]."""
-    return torch.reshape(tensor, (-1, *tensor.shape[2:]))
+    """[rows, ...] -> [units, rows_per_unit, ...] (see
+    :func:`keras_privacy.training.engine.to_units`)."""
+    return _static_to_units(torch.as_tensor(tensor), num_units)
 
 
 @contextlib.contextmanager
@@ -93,9 +85,7 @@ class VectorizedEngine:
             model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
         )
         with torch.no_grad():
-            norms = clipping.global_norms(grads)
-            factors = clipping.clip_factors(norms, l2_norm_clip)
-            grad_sum = clipping.weighted_sum(grads, factors, norms)
+            grad_sum, norms = clipping.clipped_sum(grads, l2_norm_clip)
         return ClippedBatch(grad_sum=grad_sum, unit_losses=unit_losses, y_pred=y_pred, norms=norms)
 
     def unit_gradients(
@@ -163,4 +153,4 @@ class VectorizedEngine:
             new = new[0] if new.ndim > start.ndim else new  # one row per unit, all equal
             var.assign(var.value + (new - start))
         grads = [g.to(torch.float32) for g in grads]
-        return grads, unit_losses.detach(), keras.tree.map_structure(_from_units, y_pred)
+        return grads, unit_losses.detach(), keras.tree.map_structure(from_units, y_pred)
