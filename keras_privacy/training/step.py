@@ -12,19 +12,102 @@ after clipping and noising (:mod:`keras_privacy.training.regularization`).
 The backends differ in how they compute ``sum_u clip_C(grad_u)`` and draw the noise; what
 is the same everywhere lives here: the public divisor ``B`` (:func:`public_divisor`), the
 rows per chunk under gradient accumulation (:func:`chunk_rows`), the largest clipping unit
-(:func:`unit_size`) and the training metrics (:func:`dp_metrics`).
+(:func:`unit_size`), the training metrics (:func:`dp_metrics`), the optimizer update
+after noising (:func:`apply_private_update`) and the trainer methods that need no backend
+primitive (:class:`DPTrainerBase`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import keras
 from keras import ops
 
 from keras_privacy.training.config import DPConfig
+from keras_privacy.training.optimizers import private_update
+from keras_privacy.training.regularization import add_regularization_gradient
 
 #: The names of the counters every backend's DP step keeps (see ``_dp_counters``).
 COUNTERS = ("updates", "largest_batch", "largest_unit", "examples")
+
+
+class DPTrainerBase:
+    """What every backend's DP trainer mixin (``backend/<name>/trainer.py``) shares.
+
+    A backend sets ``_dp_engines`` (``"vectorized"``, ``"fast"``, ``"auto"`` -> engine) and
+    gives its step state (``_dp_step_state``, created on first training) a ``counters()``
+    method returning :data:`COUNTERS` as Python ints.
+    """
+
+    _dp_engines: dict
+
+    @property
+    def dp_engine_used(self) -> str | None:
+        """The clipping engine the last (traced or compiled) DP step used (``"fast"`` or
+        ``"vectorized"``), or ``None`` before training."""
+        used = getattr(self, "_dp_engine_used", None)
+        return None if used is None else used[0]
+
+    def _dp_counters(self) -> dict[str, int]:
+        """What the DP step has done, as Python ints (zeros before any training)."""
+        state = self._dp_step_state
+        if state is None:
+            return dict.fromkeys(COUNTERS, 0)
+        return state.counters()
+
+    def _dp_engine_for_step(self) -> Any:
+        """The engine that ``engine=`` names (``model._dp_engine_used`` is set here for
+        ``"vectorized"``; the fast engines record their own choice per batch)."""
+        choice = self._dp_settings.get("engine", "auto")
+        if choice == "vectorized":
+            object.__setattr__(self, "_dp_engine_used", ("vectorized", "engine='vectorized'"))
+        return self._dp_engines[choice]
+
+    def _dp_clipped(
+        self, x: Any, y: Any, sample_weight: Any, num_units: int | None, unit_offset: Any = 0
+    ) -> Any:
+        """The engine's :class:`~keras_privacy.training.engine.ClippedBatch` for a batch at
+        the current weights (TensorFlow, PyTorch; the JAX trainer passes values)."""
+        return self._dp_engine_for_step().clipped_gradient_sum(
+            self,
+            x,
+            y,
+            sample_weight,
+            num_units=num_units,
+            l2_norm_clip=self._dp_require_config().l2_norm_clip,
+            unit_offset=unit_offset,
+        )
+
+
+def rows_of(data: Any, start: Any, stop: Any) -> Any:
+    """Rows ``start:stop`` of every tensor in the nest ``data`` (``None`` stays ``None``)."""
+    return keras.tree.map_structure(lambda t: None if t is None else t[start:stop], data)
+
+
+def apply_private_update(
+    model: Any,
+    grads: list,
+    values: list,
+    value_and_grad: Callable[[Callable, list], tuple[Any, list]],
+) -> Any:
+    """Apply ``g + grad R(w)`` with the model's optimizer, where ``grads`` are the noised,
+    divided gradients ``g`` (float32) and ``R`` the weight regularizers' loss at the
+    trainable values ``values`` (data-independent: added after noising, at full strength,
+    :func:`~keras_privacy.training.regularization.add_regularization_gradient`, with the
+    backend's ``value_and_grad``). Each gradient is cast to its variable's dtype. A
+    ``LossScaleOptimizer`` would unscale gradients that were never scaled (the DP gradient
+    is computed, clipped and noised in float32 without loss scaling): its inner optimizer
+    applies them. Returns ``R(w)`` before the update.
+    """
+    variables = model.trainable_variables
+    grads, regularization_loss = add_regularization_gradient(model, grads, values, value_and_grad)
+    grads = [ops.cast(g, v.dtype) for g, v in zip(grads, variables, strict=True)]
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    with private_update():
+        optimizer.apply(grads, variables)
+    return regularization_loss
 
 
 def public_divisor(
@@ -157,9 +240,12 @@ def _update_compiled_metrics(
 
 __all__ = [
     "COUNTERS",
+    "DPTrainerBase",
+    "apply_private_update",
     "chunk_rows",
     "dp_metrics",
     "mean_unit_loss",
     "public_divisor",
+    "rows_of",
     "unit_size",
 ]

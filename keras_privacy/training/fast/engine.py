@@ -98,6 +98,17 @@ class FastEngine:
         raise NotImplementedError
 
 
+def engine_table(fast: type[FastEngine]) -> dict[str, Any]:
+    """A trainer's engines by the ``engine=`` setting, from its backend's fast engine
+    class: the vectorized reference engine, the fast engine that refuses what it cannot
+    train exactly (``"fast"``) and the one that falls back (``"auto"``)."""
+    return {
+        "vectorized": fast.vectorized(),
+        "fast": fast(require=True),
+        "auto": fast(require=False),
+    }
+
+
 def rules_forward(
     model: Any,
     x: Any,

@@ -23,7 +23,6 @@ shapes are static and XLA compiles the step once.
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,9 +31,9 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training import step as shared
-from keras_privacy.training.backend.jax.engine import VectorizedEngine
 from keras_privacy.training.backend.jax.fast_engine import FastEngine
 from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.regularization import add_regularization_gradient
 
 
@@ -85,20 +84,12 @@ class _StepState:
 POISSON_PIECE = 32
 
 
-def _rows(data: Any, start: int, stop: int) -> Any:
-    return keras.tree.map_structure(lambda t: None if t is None else t[start:stop], data)
-
-
-class JAXDPTrainer:
+class JAXDPTrainer(shared.DPTrainerBase):
     """Mixin for ``keras.Model`` subclasses on the JAX backend (placed first in the
     bases): replaces ``train_step`` with the DP step and compiles it with ``jax.jit``."""
 
-    _dp_engine = VectorizedEngine()  # the reference engine (engine="vectorized")
-    _dp_engines = {
-        "vectorized": _dp_engine,
-        "fast": FastEngine(require=True),
-        "auto": FastEngine(require=False),
-    }
+    _dp_engines = engine_table(FastEngine)
+    _dp_engine = _dp_engines["vectorized"]  # the reference engine
     _dp_supports_jit = True  # compile() leaves jit_compile to Keras ("auto": on)
 
     # -- state shared with the backend-neutral model ----------------------------------
@@ -108,28 +99,8 @@ class JAXDPTrainer:
             self._dp_step_state = _StepState(self._dp_require_config().seed)
         return self._dp_step_state
 
-    def _dp_counters(self) -> dict[str, int]:
-        """What the DP step has done, as Python ints (zeros before any training)."""
-        state = self._dp_step_state
-        if state is None:
-            return dict.fromkeys(shared.COUNTERS, 0)
-        return state.counters()
-
     def _dp_reset_segment_counters(self) -> None:
         self._dp_state().reset_segment()
-
-    @property
-    def dp_engine_used(self) -> str | None:
-        """The clipping engine the last compiled DP step used (``"fast"`` or
-        ``"vectorized"``), or ``None`` before training."""
-        used = getattr(self, "_dp_engine_used", None)
-        return None if used is None else used[0]
-
-    def _dp_engine_for_step(self):
-        choice = self._dp_settings.get("engine", "auto")
-        if choice == "vectorized":
-            object.__setattr__(self, "_dp_engine_used", ("vectorized", "engine='vectorized'"))
-        return self._dp_engines[choice]
 
     def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0):
         """The engine's clipped sum for a batch at the current weights, eagerly (tests and
@@ -256,7 +227,7 @@ class JAXDPTrainer:
             batch, non_trainable = clipped(non_trainable, data, mask, 0)
             return batch.grad_sum, batch.unit_losses, batch.y_pred, non_trainable
         units_per_chunk = chunk if num_units is None else num_units
-        head = _rows((data, mask), 0, full * chunk)
+        head = shared.rows_of((data, mask), 0, full * chunk)
         chunks = keras.tree.map_structure(
             lambda t: None if t is None else jnp.reshape(t, (full, chunk, *t.shape[1:])), head
         )
@@ -275,7 +246,7 @@ class JAXDPTrainer:
         losses = jnp.reshape(losses, (-1,))
         preds = keras.tree.map_structure(lambda p: jnp.reshape(p, (-1, *p.shape[2:])), preds)
         if capacity > full * chunk:  # the remainder chunk (static size)
-            part, part_mask = _rows((data, mask), full * chunk, capacity)
+            part, part_mask = shared.rows_of((data, mask), full * chunk, capacity)
             batch, non_trainable = clipped(non_trainable, part, part_mask, full * units_per_chunk)
             grad_sum = [s + g for s, g in zip(grad_sum, batch.grad_sum, strict=True)]
             losses = jnp.concatenate([losses, batch.unit_losses])

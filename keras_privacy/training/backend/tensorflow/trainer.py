@@ -32,14 +32,18 @@ import keras
 import tensorflow as tf
 from keras.src.trainers.data_adapters import data_adapter_utils
 
-from keras_privacy.training.backend.tensorflow.engine import VectorizedEngine
 from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
-from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.noise import gaussians_from_uniforms, pairs_needed, split_noise
-from keras_privacy.training.optimizers import private_update
-from keras_privacy.training.regularization import add_regularization_gradient
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses
-from keras_privacy.training.step import dp_metrics, public_divisor
+from keras_privacy.training.step import (
+    COUNTERS,
+    DPTrainerBase,
+    apply_private_update,
+    dp_metrics,
+    public_divisor,
+    rows_of,
+)
 
 
 @tf.function(jit_compile=True)
@@ -89,6 +93,10 @@ class _StepState:
         self.largest_unit = tf.Variable(0, dtype="int64", trainable=False)
         self.examples = tf.Variable(0, dtype="int64", trainable=False)
 
+    def counters(self) -> dict[str, int]:
+        """The counters as Python ints."""
+        return {name: int(getattr(self, name).numpy()) for name in COUNTERS}
+
 
 def _value_and_grad(fn, values: list) -> tuple[Any, list]:
     """``(fn(values), d fn / d values)`` by ``tf.GradientTape`` (zeros where unconnected)."""
@@ -99,20 +107,12 @@ def _value_and_grad(fn, values: list) -> tuple[Any, list]:
     return value, grads
 
 
-def _rows(data: Any, start: Any, stop: Any) -> Any:
-    return keras.tree.map_structure(lambda t: None if t is None else t[start:stop], data)
-
-
-class TensorFlowDPTrainer:
+class TensorFlowDPTrainer(DPTrainerBase):
     """Mixin for ``keras.Model`` subclasses on the TensorFlow backend (placed first in
     the bases): replaces ``train_step`` with the DP step."""
 
-    _dp_engine = VectorizedEngine()  # the reference engine (engine="vectorized")
-    _dp_engines = {
-        "vectorized": _dp_engine,
-        "fast": FastEngine(require=True),
-        "auto": FastEngine(require=False),
-    }
+    _dp_engines = engine_table(FastEngine)
+    _dp_engine = _dp_engines["vectorized"]  # the reference engine
 
     # -- state shared with the backend-neutral model ----------------------------------
 
@@ -123,18 +123,6 @@ class TensorFlowDPTrainer:
                 seed = None if config.seed is None else config.seed + 1
                 self._dp_step_state = _StepState(seed)
         return self._dp_step_state
-
-    def _dp_counters(self) -> dict[str, int]:
-        """What the DP step has done, as Python ints (zeros before any training)."""
-        state = self._dp_step_state
-        if state is None:
-            return dict.fromkeys(("updates", "largest_batch", "largest_unit", "examples"), 0)
-        return {
-            "updates": int(state.updates.numpy()),
-            "largest_batch": int(state.largest_batch.numpy()),
-            "largest_unit": int(state.largest_unit.numpy()),
-            "examples": int(state.examples.numpy()),
-        }
 
     def _dp_reset_segment_counters(self) -> None:
         state = self._dp_state()
@@ -200,7 +188,7 @@ class TensorFlowDPTrainer:
         if isinstance(data, (tuple, list)) and len(data) == 4:
             x, y, sample_weight, mask = data
             rows = tf.cast(tf.reduce_sum(mask), "int32")
-            data = _rows((x, y, sample_weight), 0, rows)
+            data = rows_of((x, y, sample_weight), 0, rows)
             num_units = None  # Poisson sampling clips per example
             divisor = self._dp_expected_units
         else:
@@ -222,28 +210,6 @@ class TensorFlowDPTrainer:
         state.largest_unit.assign(tf.maximum(state.largest_unit, unit))
         return self._dp_metrics(data, y_pred, unit_losses, rows, regularization_loss)
 
-    @property
-    def dp_engine_used(self) -> str | None:
-        """The clipping engine the last traced DP step used (``"fast"`` or
-        ``"vectorized"``), or ``None`` before training."""
-        used = getattr(self, "_dp_engine_used", None)
-        return None if used is None else used[0]
-
-    def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0) -> ClippedBatch:
-        choice = self._dp_settings.get("engine", "auto")
-        if choice == "vectorized":
-            object.__setattr__(self, "_dp_engine_used", ("vectorized", "engine='vectorized'"))
-        engine = self._dp_engines[choice]
-        return engine.clipped_gradient_sum(
-            self,
-            x,
-            y,
-            sample_weight,
-            num_units=num_units,
-            l2_norm_clip=self._dp_config.l2_norm_clip,
-            unit_offset=unit_offset,
-        )
-
     def _dp_clipped_logical_batch(self, data, rows, num_units, accumulation_steps):
         """The clipped sum of one logical batch, in chunks when accumulating.
 
@@ -258,14 +224,14 @@ class TensorFlowDPTrainer:
             chunk = (rows + accumulation_steps - 1) // accumulation_steps
         chunk = tf.maximum(tf.cast(chunk, "int32"), 1)
         # The first chunk runs before the loop to fix the output structure.
-        first = self._dp_clipped(*_rows(data, 0, tf.minimum(chunk, rows)), num_units=num_units)
+        first = self._dp_clipped(*rows_of(data, 0, tf.minimum(chunk, rows)), num_units=num_units)
 
         def new_array():
             return tf.TensorArray("float32", size=0, dynamic_size=True, infer_shape=False)
 
         def body(i, sums, losses, preds):
             start = i * chunk
-            part = _rows(data, start, tf.minimum(start + chunk, rows))
+            part = rows_of(data, start, tf.minimum(start + chunk, rows))
             units_before = start if num_units is None else i * num_units
             batch = self._dp_clipped(*part, num_units=num_units, unit_offset=units_before)
             sums = [s + g for s, g in zip(sums, batch.grad_sum, strict=True)]
@@ -303,16 +269,9 @@ class TensorFlowDPTrainer:
             flat = gaussians_from_uniforms(uniforms, config.noise_stddev)
             grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
         grads = [g / tf.cast(denominator, "float32") for g in grad_sum]
-        grads, regularization_loss = add_regularization_gradient(
+        regularization_loss = apply_private_update(
             self, grads, [v.value for v in variables], _value_and_grad
         )
-        grads = [tf.cast(g, v.dtype) for g, v in zip(grads, variables, strict=True)]
-        optimizer = self.optimizer
-        # A LossScaleOptimizer would unscale gradients we never scaled: the DP gradient
-        # is computed, clipped and noised in float32 without loss scaling.
-        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-        with private_update():
-            optimizer.apply(grads, variables)
         # Counted here, where the noise is added: the accountant's events are these.
         self._dp_step_state.updates.assign_add(1)
         return regularization_loss
