@@ -13,23 +13,21 @@ import jax
 import jax.numpy as jnp
 import keras
 
-from keras_privacy.training import clipping
+from keras_privacy.training import vectorized
 from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import (
-    ClippedBatch,
     from_units,
     refuse_state_updates,
     to_units,
     unit_forward,
 )
-from keras_privacy.training.fast.choice import warn_if_mixing
 
 # Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
 # seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
 _SEED_STRIDE = 1_000_003
 
 
-class VectorizedEngine:
+class VectorizedEngine(vectorized.VectorizedEngine):
     """Materialises each unit's gradient with ``jax.vmap(jax.grad(unit_loss))``.
 
     Each unit (one example, or one microbatch) runs through the model on its own, in
@@ -41,40 +39,6 @@ class VectorizedEngine:
     that *update* non-trainable state in training mode (moving statistics, counters) are
     refused: that state would be computed from private data without noise.
     """
-
-    def clipped_gradient_sum(
-        self,
-        model: Any,
-        trainable_values: list,
-        non_trainable_values: list,
-        x: Any,
-        y: Any,
-        sample_weight: Any,
-        *,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: Any = 0,
-        unit_mask: Any = None,
-    ) -> tuple[ClippedBatch, list]:
-        """``sum_u min(1, C / ||g_u||) g_u`` over the units (units outside ``unit_mask``
-        and units with a non-finite gradient contribute exactly zero).
-
-        Returns the :class:`ClippedBatch` and the new non-trainable values.
-        """
-        warn_if_mixing(model, x)
-        grads, unit_losses, y_pred, new_non_trainable = self.unit_gradients(
-            model,
-            trainable_values,
-            non_trainable_values,
-            x,
-            y,
-            sample_weight,
-            num_units=num_units,
-            unit_offset=unit_offset,
-        )
-        grad_sum, norms = clipping.clipped_sum(grads, l2_norm_clip, unit_mask)
-        batch = ClippedBatch(grad_sum=grad_sum, unit_losses=unit_losses, y_pred=y_pred, norms=norms)
-        return batch, new_non_trainable
 
     def unit_gradients(
         self,

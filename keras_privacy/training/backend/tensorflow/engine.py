@@ -13,14 +13,13 @@ import keras
 import tensorflow as tf
 from keras.src.backend.common.stateless_scope import StatelessScope
 
-from keras_privacy.training import clipping
+from keras_privacy.training import vectorized
 from keras_privacy.training.backend.tensorflow.vectorization import (
     vectorizer_rules,
 )
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch, check_units_divide, refuse_state_updates
+from keras_privacy.training.engine import check_units_divide, refuse_state_updates
 from keras_privacy.training.errors import PrivacyError
-from keras_privacy.training.fast.choice import warn_if_mixing
 from keras_privacy.training.regularization import excluding_weight_regularization
 
 # Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
@@ -70,7 +69,8 @@ def queue_engine_note(model: Any, note: str) -> None:
 def _say_engine_notes(model: Any) -> None:
     notes = model.__dict__.pop("_dp_engine_notes", None)
     if notes:
-        warnings.warn("keras-privacy: " + " ".join(notes), stacklevel=4)
+        # Warn at the caller of the engine's caller (through the hook and clipped_gradient_sum).
+        warnings.warn("keras-privacy: " + " ".join(notes), stacklevel=5)
 
 
 def _warn_loop_fallback(model: Any, error: Exception) -> None:
@@ -134,7 +134,7 @@ def _per_unit_loop(fn, elems):
     return tf.map_fn(fn, elems, fn_output_signature=signature, parallel_iterations=8)
 
 
-class VectorizedEngine:
+class VectorizedEngine(vectorized.VectorizedEngine):
     """Materialises each unit's gradient; exact for any layer the vectorizer handles.
 
     Each unit (one example, or one microbatch) runs through the model on its own, in
@@ -146,24 +146,8 @@ class VectorizedEngine:
     refused: that state would be computed from private data without noise.
     """
 
-    def clipped_gradient_sum(
-        self,
-        model: Any,
-        x: Any,
-        y: Any,
-        sample_weight: Any,
-        *,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: Any = 0,
-    ) -> ClippedBatch:
-        warn_if_mixing(model, x)
-        grads, unit_losses, y_pred = self.unit_gradients(
-            model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
-        )
+    def _after_unit_gradients(self, model: Any) -> None:
         _say_engine_notes(model)
-        grad_sum, norms = clipping.clipped_sum(grads, l2_norm_clip)
-        return ClippedBatch(grad_sum=grad_sum, unit_losses=unit_losses, y_pred=y_pred, norms=norms)
 
     def unit_gradients(
         self,

@@ -18,16 +18,14 @@ import keras
 import torch
 from keras.src.backend.torch import nn as torch_nn
 
-from keras_privacy.training import clipping
+from keras_privacy.training import vectorized
 from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import (
-    ClippedBatch,
     from_units,
     refuse_state_updates,
     unit_forward,
 )
 from keras_privacy.training.engine import to_units as _static_to_units
-from keras_privacy.training.fast.choice import warn_if_mixing
 
 # Spreads the seeds of seeded random layers over the chunks of a logical batch: the chunk
 # whose first unit is i draws with seed state (s0 + i * _SEED_STRIDE, s1). Within a chunk,
@@ -55,7 +53,7 @@ def vmappable_convolutions() -> Iterator[None]:
         torch_nn._maybe_convert_to_channels_last = original
 
 
-class VectorizedEngine:
+class VectorizedEngine(vectorized.VectorizedEngine):
     """Materialises each unit's gradient; exact for any layer ``torch.func`` handles.
 
     Each unit runs through the model on its own, in training mode, inside a
@@ -67,26 +65,8 @@ class VectorizedEngine:
     Random layers' seed states advance once per call.
     """
 
-    def clipped_gradient_sum(
-        self,
-        model: Any,
-        x: Any,
-        y: Any,
-        sample_weight: Any,
-        *,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: int = 0,
-    ) -> ClippedBatch:
-        """``sum_u min(1, C / ||g_u||) g_u`` over the units (units with a non-finite
-        gradient contribute exactly zero), at the model's current weights."""
-        warn_if_mixing(model, x)
-        grads, unit_losses, y_pred = self.unit_gradients(
-            model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
-        )
-        with torch.no_grad():
-            grad_sum, norms = clipping.clipped_sum(grads, l2_norm_clip)
-        return ClippedBatch(grad_sum=grad_sum, unit_losses=unit_losses, y_pred=y_pred, norms=norms)
+    def _clipping_scope(self) -> contextlib.AbstractContextManager:
+        return torch.no_grad()
 
     def unit_gradients(
         self,
