@@ -143,7 +143,7 @@ def unit_forward(
     stateful_updates: list[str],
 ) -> tuple[Any, Any, list, list]:
     """One clipping unit's training-mode forward pass and loss, stateless (the body that
-    the JAX and PyTorch vectorized engines map over units).
+    every backend's vectorized engine maps over units, differentiating the loss).
 
     ``mapping`` gives every variable's value for this unit; ``data`` is the batch's
     ``(x, y, sample_weight)`` structure and ``unit_leaves`` this unit's non-``None``

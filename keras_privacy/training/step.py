@@ -7,7 +7,20 @@ One call of a DP ``train_step`` makes one optimizer update from one logical batc
 
 where ``grad_u`` is the gradient of unit ``u``'s loss without the weight-regularization
 terms and ``R`` the sum of the weight regularizers, which depend on no data and are added
-after clipping and noising (:mod:`keras_privacy.training.regularization`).
+after clipping and noising (:mod:`keras_privacy.training.regularization`). The noise is
+drawn once per update, and nothing of a call carries over to the next. A logical batch is
+
+* a Poisson batch ``(x, y, sample_weight, mask)`` padded to a fixed capacity, sampled
+  rows first (see :mod:`keras_privacy.training.sampling`); or
+* an ordinary ``(x, y, sample_weight)`` batch: Keras's shuffled batching of arrays
+  (``sampling="shuffle"``, batches of ``batch_size x gradient_accumulation_steps`` rows),
+  one batch of a pipeline (``tf.data``, a generator), or a ``train_on_batch`` batch.
+
+With ``gradient_accumulation_steps = n > 1`` the logical batch is processed in chunks
+(``batch_size`` rows each for arrays; ``ceil(rows / n)`` rows for a pipeline batch) to
+bound memory, and their clipped sums are added before the single noise draw. Because an
+update never holds more than one logical batch, it can never span an epoch, a pass over
+the data or a ``fit`` call: each example is in it at most once.
 
 The backends differ in how they compute ``sum_u clip_C(grad_u)`` and draw the noise; what
 is the same everywhere lives here: the public divisor ``B`` (:func:`public_divisor`), the

@@ -18,6 +18,31 @@ the same on every backend lives here:
   exactly as the compiled loss computes it on the unit alone;
 * :func:`refuse_forward_updates`: only random layers' seed states may change.
 
+One forward pass of the whole batch, in training mode, with every layer that has a rule
+(:mod:`keras_privacy.training.fast.rules`) running its rule's forward, which keeps the
+layer's inputs and names its output tensors; one backward pass for the gradients of the
+sum of unit losses with respect to those outputs; then the rules compute per-unit norms
+and the clipped sum. No per-unit gradient is materialised unless a rule finds that
+cheaper, and no second backward pass is run.
+
+The engine is used only when it is exact for the model, and otherwise falls back to the
+vectorized engine (``engine="auto"``) or refuses (``engine="fast"``):
+
+* every operation on the forward path is known to treat rows independently
+  (:func:`keras_privacy.training.fast.guard.batch_mixing_reason`);
+* every trainable variable belongs to exactly one layer with a rule, and that layer is
+  called exactly once per forward pass (shared or tied weights would need cross terms);
+* the loss is the compiled per-example loss, with no losses computed from the data
+  (activity regularizers, ``add_loss``: their per-unit gradient terms are not covered by
+  the rules). Weight regularizers are allowed: they are left out of every unit's loss
+  and the trainer adds their gradient after clipping and noising
+  (:mod:`keras_privacy.training.regularization`);
+* only random layers' seed states change in the forward pass.
+
+Each unit's loss is computed exactly as the vectorized engine computes it (the compiled
+loss on that unit's rows alone, vectorized over units), so the output gradients of the
+summed unit losses are each unit's own.
+
 A backend supplies the primitives: its vectorizer (``tf.vectorized_map``,
 ``jax.vmap``, ``torch.func.vmap``), how gradients with respect to the probes are taken,
 and how the step is compiled.

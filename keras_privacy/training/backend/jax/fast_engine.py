@@ -1,6 +1,6 @@
 """The fast (norm-only, book-keeping) clipping engine on JAX.
 
-The same engine as on TensorFlow (see that module's docstring for when it is exact and
+The engine of :mod:`keras_privacy.training.fast.engine` (which says when it is exact and
 when it falls back), with JAX's way of getting the loss gradients of the rules' probe
 tensors ``z`` (a traced function has no gradient with respect to an intermediate value):
 
@@ -13,8 +13,6 @@ tensors ``z`` (a traced function has no gradient with respect to an intermediate
    enabled for that part (``jax.enable_x64``) as the rules use them on TensorFlow.
 
 Padding rows of a Poisson batch are left out of the summed loss and get clip factor 0.
-Only random layers' seed states may change in the forward pass; any other non-trainable
-update sends the model to the vectorized engine (which refuses it, loudly).
 """
 
 from __future__ import annotations

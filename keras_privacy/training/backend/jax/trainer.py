@@ -7,14 +7,9 @@ through every step like Keras's seed generators, but it is not a Keras variable:
 in an untracked :class:`_StepState` on the model, so nothing of it reaches a saved model
 or is restored by ``load_weights``.
 
-Every call makes exactly one optimizer update from one *logical batch* (see the TensorFlow
-trainer's docstring for the batch kinds and the accumulation semantics)::
-
-    g = ( sum_u clip_C(grad_u) + N(0, (sigma C)^2 I) ) / B  +  grad R(w)
-
-(``R``: the weight regularizers' loss, left out of every unit's loss and added after
-noising, :mod:`keras_privacy.training.regularization`) with the noise drawn once, from a
-key split off the state's key (never reused: the key lives as long as the model, across
+Every call makes exactly one optimizer update from one *logical batch*, as
+:mod:`keras_privacy.training.step` says, with the noise drawn once, from a key split off
+the state's key (never reused: the key lives as long as the model, across
 steps, fits and recompiles). Poisson batches arrive padded to a fixed capacity with a 0/1
 mask; the step computes over the whole capacity and gives padding rows clip factor 0, so
 shapes are static and XLA compiles the step once.

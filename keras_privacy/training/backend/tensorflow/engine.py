@@ -11,16 +11,14 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training import vectorized
 from keras_privacy.training.backend.tensorflow.vectorization import (
     vectorizer_rules,
 )
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import check_units_divide, refuse_state_updates
+from keras_privacy.training.engine import check_units_divide, refuse_state_updates, unit_forward
 from keras_privacy.training.errors import PrivacyError
-from keras_privacy.training.regularization import excluding_weight_regularization
 
 # Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
 # seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
@@ -175,10 +173,6 @@ class VectorizedEngine(vectorized.VectorizedEngine):
 
         def unit_gradient(args):
             leaves_u, index = args
-            it = iter(leaves_u)
-            x_u, y_u, sw_u = keras.tree.map_structure(
-                lambda t: None if t is None else next(it), data
-            )
             offset = tf.stack([index * _SEED_STRIDE, tf.constant(0, "int64")])
             unit_non_trainable = [
                 value + tf.cast(offset, value.dtype) if id(var) in seeds else value
@@ -189,23 +183,10 @@ class VectorizedEngine(vectorized.VectorizedEngine):
             )
             with tf.GradientTape() as tape:
                 tape.watch(trainable_values)
-                with (
-                    excluding_weight_regularization(model),
-                    StatelessScope(state_mapping=mapping, collect_losses=True) as scope,
-                ):
-                    before = [scope.get_current_value(v) for v in non_trainable]
-                    if model._call_has_training_arg:
-                        y_pred = model(x_u, training=True)
-                    else:
-                        y_pred = model(x_u)
-                    loss = model._compute_loss(
-                        x=x_u, y=y_u, y_pred=y_pred, sample_weight=sw_u, training=True
-                    )
-                    after = [scope.get_current_value(v) for v in non_trainable]
+                loss, y_pred, before, after = unit_forward(
+                    model, mapping, data, leaves_u, seeds, stateful_updates
+                )
                 loss = tf.reduce_mean(tf.cast(loss, "float32"))
-            for var, old, new in zip(non_trainable, before, after, strict=True):
-                if id(var) not in seeds and new is not old:
-                    stateful_updates.append(var.path)
             grads = tape.gradient(
                 loss, trainable_values, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )

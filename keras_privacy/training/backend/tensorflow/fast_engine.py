@@ -1,29 +1,10 @@
-"""The fast (norm-only, book-keeping) clipping engine on TensorFlow.
+"""The fast (norm-only, book-keeping) clipping engine on TensorFlow (see
+:mod:`keras_privacy.training.fast.engine` for the engine and when it is exact).
 
-One forward pass of the whole batch, in training mode, with every layer that has a rule
-(:mod:`keras_privacy.training.fast.rules`) running its rule's forward, which keeps the
-layer's inputs and names its output tensors; one backward pass for the gradients of the
-sum of unit losses with respect to those outputs (this module's only backend-specific
-part: ``tf.GradientTape``); then the rules compute per-unit norms and the clipped sum
-(:mod:`keras_privacy.training.fast.clip`). No per-unit gradient is materialised unless a
-rule finds that cheaper, and no second backward pass is run.
-
-The engine is used only when it is exact for the model, and otherwise falls back to the
-vectorized engine (``engine="auto"``) or refuses (``engine="fast"``):
-
-* every operation on the forward path is known to treat rows independently
-  (:func:`keras_privacy.training.fast.guard.batch_mixing_reason`);
-* every trainable variable belongs to exactly one layer with a rule, and that layer is
-  called exactly once per forward pass (shared or tied weights would need cross terms);
-* the loss is the compiled per-example loss, with no losses computed from the data
-  (activity regularizers, ``add_loss``: their per-unit gradient terms are not covered by
-  the rules). Weight regularizers are allowed: they are left out of every unit's loss
-  and the trainer adds their gradient after clipping and noising
-  (:mod:`keras_privacy.training.regularization`).
-
-Each unit's loss is computed exactly as the vectorized engine computes it (the compiled
-loss on that unit's rows alone, vectorized over units), so the output gradients of the
-summed unit losses are each unit's own.
+The backend-specific part: the forward pass of the whole batch and the unit losses
+(``tf.vectorized_map``) run under a ``tf.GradientTape``, which gives the gradients of the
+summed unit losses with respect to the rules' probe tensors in one backward pass, all in
+one ``tf.function``.
 """
 
 from __future__ import annotations

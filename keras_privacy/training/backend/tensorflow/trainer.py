@@ -1,25 +1,10 @@
-"""The DP training step on TensorFlow.
+"""The DP training step on TensorFlow, traced by ``tf.function`` as Keras's own step is.
 
-Every call of :meth:`TensorFlowDPTrainer.train_step` makes exactly one optimizer update
-from one *logical batch*, and nothing of it carries over to the next call:
-
-* a Poisson batch ``(x, y, sample_weight, mask)`` padded to a fixed capacity, sampled
-  rows first (see :mod:`keras_privacy.training.sampling`); or
-* an ordinary ``(x, y, sample_weight)`` batch: Keras's shuffled batching of arrays
-  (``sampling="shuffle"``, batches of ``batch_size x gradient_accumulation_steps`` rows),
-  one batch of a pipeline (``tf.data``, a generator), or a ``train_on_batch`` batch.
-
-With ``gradient_accumulation_steps = n > 1`` the logical batch is processed in chunks
-(``batch_size`` rows each for arrays; ``ceil(rows / n)`` rows for a pipeline batch) to
-bound memory, and their clipped sums are added before the single noise draw. Because an
-update never holds more than one logical batch, it can never span an epoch, a pass over
-the data or a ``fit`` call: each example is in it at most once.
-
-The update is ``(sum of clipped unit gradients + N(0, (sigma C)^2)) / B + grad R(w)`` with
-the noise drawn once; ``R`` is the weight regularizers' loss, left out of every unit's
-loss and added after noising (:mod:`keras_privacy.training.regularization`). The step
-itself counts what it did (noised updates, the largest logical batch, the largest clipping
-unit) in variables only it advances; the model's privacy record is read from them.
+The update and the logical batches are those of :mod:`keras_privacy.training.step`; the
+noise is drawn once per update from a counter-based generator keyed by the model's own
+key (:class:`_StepState`), and the step counts what it did (noised updates, the largest
+logical batch, the largest clipping unit) in variables only it advances; the model's
+privacy record is read from them.
 """
 
 from __future__ import annotations

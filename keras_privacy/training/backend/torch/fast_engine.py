@@ -1,6 +1,6 @@
 """The fast (norm-only, book-keeping) clipping engine on PyTorch.
 
-The same engine as on TensorFlow (see that module's docstring for when it is exact and
+The engine of :mod:`keras_privacy.training.fast.engine` (which says when it is exact and
 when it falls back). On PyTorch the step is eager, so getting the loss gradients of the
 rules' probe tensors ``z`` is plain autograd: one forward pass of the whole batch with
 every layer that has a rule running the rule's forward (inside a
@@ -8,9 +8,6 @@ every layer that has a rule running the rule's forward (inside a
 engine's back), the unit losses ``l_u``, then ``torch.autograd.grad(sum_u l_u, z)`` in one
 backward pass; the shared rules compute each unit's norm and the clipped sum
 (:mod:`keras_privacy.training.fast.clip`) from the layers' inputs and those gradients.
-
-Only random layers' seed states may change in the forward pass; any other non-trainable
-update sends the model to the vectorized engine (which refuses it, loudly).
 """
 
 from __future__ import annotations

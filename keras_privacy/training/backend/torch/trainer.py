@@ -1,13 +1,8 @@
 """The DP training step on PyTorch (eager, as Keras's own torch step runs by default).
 
-Every call makes exactly one optimizer update from one *logical batch* (see the
-TensorFlow trainer's docstring for the batch kinds and the accumulation semantics)::
-
-    g = ( sum_u clip_C(grad_u) + N(0, (sigma C)^2 I) ) / B  +  grad R(w)
-
-(``R``: the weight regularizers' loss, left out of every unit's loss and added after
-noising, :mod:`keras_privacy.training.regularization`) with the noise drawn once per
-update from the model's own :class:`torch.Generator`. That generator lives in an untracked
+Every call makes exactly one optimizer update from one *logical batch*, as
+:mod:`keras_privacy.training.step` says, with the noise drawn once per update from the
+model's own :class:`torch.Generator`. That generator lives in an untracked
 :class:`_StepState` on the model as long as the model does: its state is filled once (from
 the operating system's entropy, or from the DP ``seed`` in tests), only ever advances, and
 is never saved or restored, so no draw repeats across steps or ``fit`` calls. Poisson
