@@ -75,6 +75,25 @@ class ClippingEngine(Protocol):
         ...
 
 
+#: Spreads the seed states of random layers (dropout) over clipping units: unit ``i`` of a
+#: step (counted from the logical batch's first unit) draws with seed state
+#: ``(s0 + i * SEED_STRIDE, s1)``, distinct for every unit of every step.
+SEED_STRIDE = 1_000_003
+
+
+def state_mapping(
+    model: Any, trainable_values: list, non_trainable_values: list, extra: list = ()
+) -> list[tuple[Any, Any]]:
+    """A :class:`keras.StatelessScope` mapping: each trainable and non-trainable variable
+    of ``model`` to the given value, in the models' variable order, then ``extra`` pairs
+    (e.g. scratch values for the metrics' variables)."""
+    return (
+        list(zip(model.trainable_variables, trainable_values, strict=True))
+        + list(zip(model.non_trainable_variables, non_trainable_values, strict=True))
+        + list(extra)
+    )
+
+
 def check_units_divide(rows: int | None, num_units: int) -> None:
     """Raise :class:`PrivacyError` unless ``num_units`` microbatches split ``rows`` rows
     evenly (nothing to check while the row count is unknown, as in a TensorFlow trace)."""

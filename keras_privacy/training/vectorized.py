@@ -9,6 +9,16 @@ leading unit axis) with its vectorizer over a stateless forward pass
     sum_u c_u g_u,   c_u = min(1, C / ||g_u||)   (0 for a non-finite norm or a masked unit)
 
 (:func:`keras_privacy.training.clipping.clipped_sum`).
+
+Each unit (one example, or one microbatch) runs through the model on its own, in
+training mode, inside a :class:`keras.StatelessScope`
+(:func:`keras_privacy.training.engine.unit_forward`), so its loss -- including the losses
+computed from its data (activity regularizers, ``add_loss``), excluding weight
+regularization (added by the trainer after clipping and noising) -- and gradient depend
+on that unit alone. Random layers get a per-unit seed (or, on PyTorch, a per-unit draw),
+and their seed states advance once per call, as one plain call would advance them.
+Layers that *update* non-trainable state in training mode (moving statistics, counters)
+are refused: that state would be computed from private data without noise.
 """
 
 from __future__ import annotations

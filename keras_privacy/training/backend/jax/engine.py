@@ -16,29 +16,19 @@ import keras
 from keras_privacy.training import vectorized
 from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import (
+    SEED_STRIDE,
     from_units,
     refuse_state_updates,
+    state_mapping,
     to_units,
     unit_forward,
 )
 
-# Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
-# seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
-_SEED_STRIDE = 1_000_003
-
 
 class VectorizedEngine(vectorized.VectorizedEngine):
-    """Materialises each unit's gradient with ``jax.vmap(jax.grad(unit_loss))``.
-
-    Each unit (one example, or one microbatch) runs through the model on its own, in
-    training mode, inside a :class:`keras.StatelessScope`, so its loss -- including the
-    losses computed from its data (activity regularizers, ``add_loss``), excluding
-    weight regularization (added by the trainer after clipping and noising) -- and
-    gradient depend on that unit alone. Random layers get a per-unit seed (the unit
-    index folded into the seed state), so every unit draws its own dropout mask. Layers
-    that *update* non-trainable state in training mode (moving statistics, counters) are
-    refused: that state would be computed from private data without noise.
-    """
+    """Materialises each unit's gradient with ``jax.vmap(jax.grad(unit_loss))`` (see
+    :mod:`keras_privacy.training.vectorized`); random layers get the unit index folded
+    into their seed state, so every unit draws its own dropout mask."""
 
     def unit_gradients(
         self,
@@ -54,7 +44,6 @@ class VectorizedEngine(vectorized.VectorizedEngine):
     ) -> tuple[list, Any, Any, list]:
         """Each unit's gradient (float32, leading unit axis), loss, the outputs, and the
         non-trainable values after the step (seed states advanced once)."""
-        trainable = model.trainable_variables
         non_trainable = model.non_trainable_variables
         seeds = {id(v) for v in seed_state_variables(model)}
         data = (x, y, sample_weight)
@@ -70,16 +59,12 @@ class VectorizedEngine(vectorized.VectorizedEngine):
 
         def unit_loss(train_values, leaves_u, index):
             unit_non_trainable = [
-                value + (index * _SEED_STRIDE).astype(value.dtype) * jnp.array([1, 0], value.dtype)
+                value + (index * SEED_STRIDE).astype(value.dtype) * jnp.array([1, 0], value.dtype)
                 if id(var) in seeds
                 else value
                 for var, value in zip(non_trainable, non_trainable_values, strict=True)
             ]
-            mapping = (
-                list(zip(trainable, train_values, strict=True))
-                + list(zip(non_trainable, unit_non_trainable, strict=True))
-                + scratch_metrics
-            )
+            mapping = state_mapping(model, train_values, unit_non_trainable, scratch_metrics)
             loss, y_pred, before, after = unit_forward(
                 model, mapping, data, leaves_u, seeds, stateful_updates
             )

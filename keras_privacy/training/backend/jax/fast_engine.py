@@ -29,7 +29,7 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training.backend.jax.engine import VectorizedEngine
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch, to_units
+from keras_privacy.training.engine import ClippedBatch, state_mapping, to_units
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import engine as fast_engine
 from keras_privacy.training.fast import units as fast_units
@@ -109,12 +109,8 @@ def _is_array(value: Any) -> bool:
 
 
 class FastEngine(fast_engine.FastEngine):
-    """Norm-only clipping for the batch at once; see the module docstring.
-
-    Args:
-      require: ``True`` for ``engine="fast"`` (refuse models it cannot train exactly),
-        ``False`` for ``engine="auto"`` (fall back to the vectorized engine).
-    """
+    """The fast engine (:class:`keras_privacy.training.fast.engine.FastEngine`) on JAX;
+    see the module docstring."""
 
     vectorized = VectorizedEngine
 
@@ -136,11 +132,7 @@ class FastEngine(fast_engine.FastEngine):
         non_trainable = model.non_trainable_variables
         seeds = {id(v) for v in seed_state_variables(model)}
         scratch_metrics = [(v, jnp.zeros(v.shape, v.dtype)) for v in model.metrics_variables]
-        mapping = (
-            list(zip(trainable, trainable_values, strict=True))
-            + list(zip(non_trainable, non_trainable_values, strict=True))
-            + scratch_metrics
-        )
+        mapping = state_mapping(model, trainable_values, non_trainable_values, scratch_metrics)
         static: dict = {}
 
         def forward(perturbations):

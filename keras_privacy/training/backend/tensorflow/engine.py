@@ -17,12 +17,14 @@ from keras_privacy.training.backend.tensorflow.vectorization import (
     vectorizer_rules,
 )
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import check_units_divide, refuse_state_updates, unit_forward
+from keras_privacy.training.engine import (
+    SEED_STRIDE,
+    check_units_divide,
+    refuse_state_updates,
+    state_mapping,
+    unit_forward,
+)
 from keras_privacy.training.errors import PrivacyError
-
-# Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
-# seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
-_SEED_STRIDE = 1_000_003
 
 
 def _to_units(tensor: tf.Tensor, num_units: int | None) -> tf.Tensor:
@@ -133,16 +135,9 @@ def _per_unit_loop(fn, elems):
 
 
 class VectorizedEngine(vectorized.VectorizedEngine):
-    """Materialises each unit's gradient; exact for any layer the vectorizer handles.
-
-    Each unit (one example, or one microbatch) runs through the model on its own, in
-    training mode, inside a :class:`keras.StatelessScope`, so its loss -- including the
-    losses computed from its data (activity regularizers, ``add_loss``), excluding
-    weight regularization (added by the trainer after clipping and noising) -- and
-    gradient depend on that unit alone. Random layers get a per-unit seed. Layers that
-    *update* non-trainable state in training mode (moving statistics, counters) are
-    refused: that state would be computed from private data without noise.
-    """
+    """Materialises each unit's gradient with ``tf.vectorized_map`` (see
+    :mod:`keras_privacy.training.vectorized`); exact for any layer the vectorizer
+    handles, and in a ``tf.map_fn`` loop where it cannot convert the graph."""
 
     def _after_unit_gradients(self, model: Any) -> None:
         _say_engine_notes(model)
@@ -173,14 +168,12 @@ class VectorizedEngine(vectorized.VectorizedEngine):
 
         def unit_gradient(args):
             leaves_u, index = args
-            offset = tf.stack([index * _SEED_STRIDE, tf.constant(0, "int64")])
+            offset = tf.stack([index * SEED_STRIDE, tf.constant(0, "int64")])
             unit_non_trainable = [
                 value + tf.cast(offset, value.dtype) if id(var) in seeds else value
                 for var, value in zip(non_trainable, non_trainable_values, strict=True)
             ]
-            mapping = list(zip(trainable, trainable_values, strict=True)) + list(
-                zip(non_trainable, unit_non_trainable, strict=True)
-            )
+            mapping = state_mapping(model, trainable_values, unit_non_trainable)
             with tf.GradientTape() as tape:
                 tape.watch(trainable_values)
                 loss, y_pred, before, after = unit_forward(

@@ -54,12 +54,8 @@ def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units:
 
 
 class FastEngine(fast_engine.FastEngine):
-    """Norm-only clipping for the batch at once; see the module docstring.
-
-    Args:
-      require: ``True`` for ``engine="fast"`` (refuse models it cannot train exactly),
-        ``False`` for ``engine="auto"`` (fall back to the vectorized engine).
-    """
+    """The fast engine (:class:`keras_privacy.training.fast.engine.FastEngine`) on TensorFlow;
+    see the module docstring."""
 
     vectorized = VectorizedEngine
 

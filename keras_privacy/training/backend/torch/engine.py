@@ -21,16 +21,17 @@ from keras.src.backend.torch import nn as torch_nn
 from keras_privacy.training import vectorized
 from keras_privacy.training.checks import seed_state_variables
 from keras_privacy.training.engine import (
+    SEED_STRIDE,
     from_units,
     refuse_state_updates,
+    state_mapping,
     unit_forward,
 )
 from keras_privacy.training.engine import to_units as _static_to_units
 
-# Spreads the seeds of seeded random layers over the chunks of a logical batch: the chunk
-# whose first unit is i draws with seed state (s0 + i * _SEED_STRIDE, s1). Within a chunk,
-# vmap's randomness="different" gives every unit its own draw.
-_SEED_STRIDE = 1_000_003
+# Seeded random layers: the chunk of a logical batch whose first unit is i draws with seed
+# state (s0 + i * SEED_STRIDE, s1); within a chunk, vmap's randomness="different" gives
+# every unit its own draw.
 
 
 def to_units(tensor: torch.Tensor, num_units: int | None) -> torch.Tensor:
@@ -54,16 +55,9 @@ def vmappable_convolutions() -> Iterator[None]:
 
 
 class VectorizedEngine(vectorized.VectorizedEngine):
-    """Materialises each unit's gradient; exact for any layer ``torch.func`` handles.
-
-    Each unit runs through the model on its own, in training mode, inside a
-    :class:`keras.StatelessScope`, so its loss -- including the losses computed from its
-    data (activity regularizers, ``add_loss``), excluding weight regularization (added
-    by the trainer after clipping and noising) -- and gradient depend on that unit
-    alone. Layers that *update* non-trainable state in training mode (moving statistics,
-    counters) are refused: that state would be computed from private data without noise.
-    Random layers' seed states advance once per call.
-    """
+    """Materialises each unit's gradient with ``torch.func`` (see
+    :mod:`keras_privacy.training.vectorized`); exact for any layer ``torch.func``
+    handles."""
 
     def _clipping_scope(self) -> contextlib.AbstractContextManager:
         return torch.no_grad()
@@ -85,7 +79,7 @@ class VectorizedEngine(vectorized.VectorizedEngine):
         seeds = {id(v) for v in seed_state_variables(model)}
         trainable_values = [v.value.detach() for v in trainable]
         # Seeded random layers: this chunk's seed state, shifted by its first unit's index.
-        offset = int(unit_offset) * _SEED_STRIDE
+        offset = int(unit_offset) * SEED_STRIDE
         non_trainable_values = [
             v.value + torch.tensor([offset, 0], dtype=v.value.dtype, device=v.value.device)
             if id(v) in seeds
@@ -106,11 +100,7 @@ class VectorizedEngine(vectorized.VectorizedEngine):
         stateful_updates: list[str] = []
 
         def unit_loss(train_values, leaves_u):
-            mapping = (
-                list(zip(trainable, train_values, strict=True))
-                + list(zip(non_trainable, non_trainable_values, strict=True))
-                + scratch_metrics
-            )
+            mapping = state_mapping(model, train_values, non_trainable_values, scratch_metrics)
             loss, y_pred, _, after = unit_forward(
                 model, mapping, data, leaves_u, seeds, stateful_updates
             )

@@ -22,7 +22,7 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training.backend.torch.engine import VectorizedEngine, to_units
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.engine import ClippedBatch, state_mapping
 from keras_privacy.training.fast import clip as fast_clip
 from keras_privacy.training.fast import engine as fast_engine
 from keras_privacy.training.fast import units as fast_units
@@ -115,12 +115,8 @@ def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units:
 
 
 class FastEngine(fast_engine.FastEngine):
-    """Norm-only clipping for the batch at once; see the module docstring.
-
-    Args:
-      require: ``True`` for ``engine="fast"`` (refuse models it cannot train exactly),
-        ``False`` for ``engine="auto"`` (fall back to the vectorized engine).
-    """
+    """The fast engine (:class:`keras_privacy.training.fast.engine.FastEngine`) on PyTorch;
+    see the module docstring."""
 
     vectorized = VectorizedEngine
 
@@ -133,11 +129,7 @@ class FastEngine(fast_engine.FastEngine):
         scratch_metrics = [(v, torch.zeros_like(v.value)) for v in model.metrics_variables]
         # The trainable values are the variables' own tensors, so autograd connects the
         # probes to them; nothing is written to any variable inside the scope.
-        mapping = (
-            [(v, v.value) for v in trainable]
-            + list(zip(non_trainable, old_values, strict=True))
-            + scratch_metrics
-        )
+        mapping = state_mapping(model, [v.value for v in trainable], old_values, scratch_metrics)
         with (
             torch.enable_grad(),
             _Capture(model) as capture,
