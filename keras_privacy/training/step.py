@@ -37,6 +37,7 @@ from typing import Any
 
 import keras
 from keras import ops
+from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training.config import DPConfig
 from keras_privacy.training.optimizers import private_update
@@ -121,6 +122,20 @@ def apply_private_update(
     with private_update():
         optimizer.apply(grads, variables)
     return regularization_loss
+
+
+def split_batch(data: Any, config: DPConfig) -> tuple[tuple, Any, int | None]:
+    """A DP step's batch as ``((x, y, sample_weight), mask, num_units)``.
+
+    A padded Poisson batch ``(x, y, sample_weight, mask)`` keeps its 0/1 row mask (sampled
+    rows first) and is clipped per example (``num_units=None``); any other batch is
+    unpacked as Keras unpacks it (``mask=None``) and clipped in
+    ``config.num_microbatches`` units (``None``: per example).
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 4:
+        x, y, sample_weight, mask = data
+        return (x, y, sample_weight), mask, None
+    return data_adapter_utils.unpack_x_y_sample_weight(data), None, config.num_microbatches
 
 
 def public_divisor(
@@ -260,5 +275,6 @@ __all__ = [
     "mean_unit_loss",
     "public_divisor",
     "rows_of",
+    "split_batch",
     "unit_size",
 ]

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import keras
 from keras.src.backend.common.stateless_scope import StatelessScope
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training import step as shared
 from keras_privacy.training.backend.jax.fast_engine import FastEngine
@@ -151,19 +150,10 @@ class JAXDPTrainer(shared.DPTrainerBase):
         trainable, non_trainable, optimizer_values, metrics_values, dp = state
         config = self._dp_require_config()
         accumulation = config.gradient_accumulation_steps
-        if isinstance(data, (tuple, list)) and len(data) == 4:
-            x, y, sample_weight, mask = data
-            data = (x, y, sample_weight)
-            rows = jnp.sum(mask).astype("int32")
-            num_units = None  # Poisson sampling clips per example
-            poisson = True
-        else:
-            data = data_adapter_utils.unpack_x_y_sample_weight(data)
-            mask = None
-            rows = keras.tree.flatten(data[0])[0].shape[0]
-            num_units = config.num_microbatches
-            poisson = False
+        data, mask, num_units = shared.split_batch(data, config)
+        poisson = mask is not None
         capacity = keras.tree.flatten(data[0])[0].shape[0]
+        rows = jnp.sum(mask).astype("int32") if poisson else capacity
         divisor = shared.public_divisor(config, self._dp_expected_units, rows, poisson=poisson)
         chunk = capacity
         if accumulation > 1:

@@ -15,7 +15,6 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
 from keras_privacy.training.fast.engine import engine_table
@@ -25,9 +24,12 @@ from keras_privacy.training.step import (
     COUNTERS,
     DPTrainerBase,
     apply_private_update,
+    chunk_rows,
     dp_metrics,
     public_divisor,
     rows_of,
+    split_batch,
+    unit_size,
 )
 
 
@@ -170,17 +172,14 @@ class TensorFlowDPTrainer(DPTrainerBase):
 
     def train_step(self, data):
         config = self._dp_require_config()
-        if isinstance(data, (tuple, list)) and len(data) == 4:
-            x, y, sample_weight, mask = data
+        data, mask, num_units = split_batch(data, config)
+        if mask is not None:  # a Poisson batch: sampled rows first
             rows = tf.cast(tf.reduce_sum(mask), "int32")
-            data = rows_of((x, y, sample_weight), 0, rows)
-            num_units = None  # Poisson sampling clips per example
-            divisor = self._dp_expected_units
+            data = rows_of(data, 0, rows)
         else:
-            data = data_adapter_utils.unpack_x_y_sample_weight(data)
             rows = tf.shape(keras.tree.flatten(data[0])[0])[0]
-            num_units = config.num_microbatches
-            divisor = public_divisor(config, self._dp_expected_units, rows, poisson=False)
+        poisson = mask is not None
+        divisor = public_divisor(config, self._dp_expected_units, rows, poisson=poisson)
         grad_sum, unit_losses, y_pred, chunk = self._dp_clipped_logical_batch(
             data, rows, num_units, config.gradient_accumulation_steps
         )
@@ -188,10 +187,7 @@ class TensorFlowDPTrainer(DPTrainerBase):
         state = self._dp_step_state
         state.largest_batch.assign(tf.maximum(state.largest_batch, tf.cast(rows, "int64")))
         state.examples.assign_add(tf.cast(rows, "int64"))
-        if num_units:  # every chunk splits evenly into microbatches (checked by the engine)
-            unit = tf.cast(tf.minimum(chunk, rows) // num_units, "int64")
-        else:
-            unit = tf.constant(1, "int64")
+        unit = tf.cast(unit_size(num_units, chunk, rows), "int64")
         state.largest_unit.assign(tf.maximum(state.largest_unit, unit))
         return self._dp_metrics(data, y_pred, unit_losses, rows, regularization_loss)
 
@@ -205,9 +201,8 @@ class TensorFlowDPTrainer(DPTrainerBase):
         if accumulation_steps == 1:
             batch = self._dp_clipped(*data, num_units=num_units)
             return batch.grad_sum, batch.unit_losses, batch.y_pred, rows
-        if chunk is None:  # a pipeline / train_on_batch batch: n nearly equal chunks
-            chunk = (rows + accumulation_steps - 1) // accumulation_steps
-        chunk = tf.maximum(tf.cast(chunk, "int32"), 1)
+        # Arrays: batch_size rows; a pipeline / train_on_batch batch: n nearly equal chunks.
+        chunk = tf.cast(chunk_rows(chunk, rows, accumulation_steps), "int32")
         # The first chunk runs before the loop to fix the output structure.
         first = self._dp_clipped(*rows_of(data, 0, tf.minimum(chunk, rows)), num_units=num_units)
 

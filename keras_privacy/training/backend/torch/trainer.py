@@ -19,7 +19,6 @@ from typing import Any
 import keras
 import torch
 from keras.src.backend.torch.core import get_device
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training import step as shared
 from keras_privacy.training.backend.torch.fast_engine import FastEngine
@@ -116,17 +115,13 @@ class TorchDPTrainer(shared.DPTrainerBase):
     def train_step(self, data: Any) -> dict:
         """One DP update from one logical batch (eager)."""
         config = self._dp_require_config()
-        if isinstance(data, (tuple, list)) and len(data) == 4:
-            x, y, sample_weight, mask = data
+        data, mask, num_units = shared.split_batch(data, config)
+        poisson = mask is not None
+        if poisson:
             rows = int(torch.as_tensor(mask).sum().item())
-            data = shared.rows_of((x, y, sample_weight), 0, rows)  # sampled rows come first
-            num_units = None  # Poisson sampling clips per example
-            poisson = True
+            data = shared.rows_of(data, 0, rows)  # sampled rows come first
         else:
-            data = data_adapter_utils.unpack_x_y_sample_weight(data)
             rows = int(keras.tree.flatten(data[0])[0].shape[0])
-            num_units = config.num_microbatches
-            poisson = False
         divisor = shared.public_divisor(config, self._dp_expected_units, rows, poisson=poisson)
         accumulation = config.gradient_accumulation_steps
         chunk = rows
