@@ -43,7 +43,15 @@ from keras_privacy.training.config import DPConfig
 from keras_privacy.training.optimizers import private_update
 from keras_privacy.training.regularization import add_regularization_gradient
 
-#: The names of the counters every backend's DP step keeps (see ``_dp_counters``).
+#: The counters every backend's DP step keeps in its per-model step state (read as Python
+#: ints by ``_dp_counters``): ``updates``, the noised optimizer updates over the model's
+#: life (counted where the noise is added: the accountant's events are these);
+#: ``largest_batch`` and ``largest_unit``, the most examples one update and one clipping
+#: unit held since the current record segment began; ``examples``, the rows trained on.
+#: Only the DP step advances them: resetting ``optimizer.iterations``, restoring a
+#: checkpoint or interrupting ``fit`` cannot rewind them. The step state is deliberately
+#: not tracked by Keras, so nothing of it reaches a saved model or is restored by
+#: ``load_weights``.
 COUNTERS = ("updates", "largest_batch", "largest_unit", "examples")
 
 

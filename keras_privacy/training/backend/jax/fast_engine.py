@@ -18,6 +18,7 @@ Padding rows of a Poisson batch are left out of the summed loss and get clip fac
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -191,18 +192,12 @@ class FastEngine(fast_engine.FastEngine):
         return batch, new_non_trainable
 
 
-def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
-    """``[U]``: each unit's loss, vectorized over units with ``jax.vmap`` (see
-    :func:`~keras_privacy.training.fast.engine.vectorized_unit_losses`)."""
-    return vectorized_unit_losses(
-        model,
-        y,
-        y_pred,
-        sample_weight,
-        num_units,
-        to_units=lambda t, n: to_units(jnp.asarray(t), n),
-        vmap=lambda fn, leaves: jax.vmap(fn)(leaves),
-    )
+#: ``[U]``: each unit's loss, vectorized over units with ``jax.vmap``.
+_unit_losses = functools.partial(
+    vectorized_unit_losses,
+    to_units=lambda t, n: to_units(jnp.asarray(t), n),
+    vmap=lambda fn, leaves: jax.vmap(fn)(leaves),
+)
 
 
 __all__ = ["FastEngine"]

@@ -32,15 +32,12 @@ from keras_privacy.training.regularization import add_regularization_gradient
 
 
 class _StepState:
-    """Per-model transient state of the DP step, deliberately not tracked by Keras.
+    """Per-model transient state of the DP step (:data:`~keras_privacy.training.step.COUNTERS`).
 
     ``values`` is what the jit-compiled step reads and returns: ``key`` (a raw uint32[2]
     threefry key, advanced every step) and the counters since they were last read
-    (``updates``, ``examples``: int32 deltas; ``largest_batch``, ``largest_unit``: maxima
-    since the current record segment began). :meth:`counters` folds the deltas into Python
-    integers (``totals``), so they never overflow. Only the DP step advances them;
-    resetting ``optimizer.iterations``, restoring a checkpoint or interrupting ``fit``
-    cannot rewind them.
+    (``updates``, ``examples``: int32 deltas; ``largest_batch``, ``largest_unit``: maxima).
+    :meth:`counters` folds the deltas into Python integers, so they never overflow.
     """
 
     def __init__(self, seed: int | None) -> None:

@@ -10,7 +10,6 @@ one ``tf.function``.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import tensorflow as tf
 from keras.src.backend.common.stateless_scope import StatelessScope
@@ -37,20 +36,14 @@ fast_units.backend_ops["extract_patches"] = image_patches
 fast_units.backend_ops["eager"] = tf.init_scope
 
 
-def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
-    """``[U]``: each unit's loss, vectorized over units with ``tf.vectorized_map``
-    (:func:`~keras_privacy.training.fast.engine.vectorized_unit_losses`)."""
-    return vectorized_unit_losses(
-        model,
-        y,
-        y_pred,
-        sample_weight,
-        num_units,
-        to_units=_to_units,
-        vmap=tf.vectorized_map,
-        scope=StatelessScope,
-        errors=(TypeError, ValueError, NotImplementedError),
-    )
+#: ``[U]``: each unit's loss, vectorized over units with ``tf.vectorized_map``.
+_unit_losses = functools.partial(
+    vectorized_unit_losses,
+    to_units=_to_units,
+    vmap=tf.vectorized_map,
+    scope=StatelessScope,
+    errors=(TypeError, ValueError, NotImplementedError),
+)
 
 
 class FastEngine(fast_engine.FastEngine):

@@ -55,20 +55,14 @@ def _uniform_sampler():
 
 
 class _StepState:
-    """Per-model transient state of the DP step. Deliberately not tracked by Keras, so
-    nothing here reaches a saved model or is restored by ``load_weights``.
+    """Per-model transient state of the DP step: the noise key and, in variables,
+    the counters (:data:`~keras_privacy.training.step.COUNTERS`).
 
     The noise key ``(seed, n)`` lives as long as the model: the n-th update's noise comes
     from the counter-based generator at key ``(seed, n)``, and ``n`` only ever grows, so
     recompiling or retracing never repeats a draw (repeated noise could be cancelled by
     differencing two updates). ``seed`` is the DP ``seed`` when one is given (tests),
     else 62 bits from the operating system's entropy.
-
-    The counters are advanced only by the DP step: ``updates`` counts noised optimizer
-    updates over the model's life (resetting ``optimizer.iterations``, restoring a
-    checkpoint or interrupting ``fit`` cannot rewind it); ``largest_batch`` and
-    ``largest_unit`` hold the most examples one update and one clipping unit held since
-    the current record segment began; ``examples`` counts the rows trained on.
     """
 
     def __init__(self, seed: int | None) -> None:

@@ -56,15 +56,11 @@ def _entropy_seeded(generator: torch.Generator) -> torch.Generator:
 
 
 class _StepState:
-    """Per-model transient state of the DP step, deliberately not tracked by Keras.
+    """Per-model transient state of the DP step: the noise generator and the counters
+    (:data:`~keras_privacy.training.step.COUNTERS`) as Python integers.
 
     ``generator`` draws the noise: its whole state comes from OS entropy
-    (:func:`_entropy_seeded`), or from the DP ``seed`` in tests. The counters are Python
-    integers that only the DP step advances: ``updates`` (noised optimizer updates over
-    the model's life), ``examples`` (rows trained on), and ``largest_batch`` /
-    ``largest_unit`` (the most examples one update and one clipping unit held since the
-    current record segment began). Resetting ``optimizer.iterations``, restoring a
-    checkpoint or interrupting ``fit`` cannot rewind them.
+    (:func:`_entropy_seeded`), or from the DP ``seed`` in tests.
     """
 
     def __init__(self, seed: int | None) -> None:
