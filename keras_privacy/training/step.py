@@ -59,11 +59,22 @@ class DPTrainerBase:
     """What every backend's DP trainer mixin (``backend/<name>/trainer.py``) shares.
 
     A backend sets ``_dp_engines`` (``"vectorized"``, ``"fast"``, ``"auto"`` -> engine) and
-    gives its step state (``_dp_step_state``, created on first training) a ``counters()``
-    method returning :data:`COUNTERS` as Python ints.
+    ``_dp_step_state_class``, its per-model step state (noise generator and counters):
+    ``cls(seed)`` from the DP ``seed`` (or ``None``), with ``counters()`` (:data:`COUNTERS`
+    as Python ints) and ``reset_segment()`` (zero the segment's maxima).
     """
 
     _dp_engines: dict
+    _dp_step_state_class: type
+
+    def _dp_state(self) -> Any:
+        """The model's step state, created on first use."""
+        if self._dp_step_state is None:
+            self._dp_step_state = self._dp_step_state_class(self._dp_require_config().seed)
+        return self._dp_step_state
+
+    def _dp_reset_segment_counters(self) -> None:
+        self._dp_state().reset_segment()
 
     @property
     def dp_engine_used(self) -> str | None:

@@ -181,10 +181,11 @@ class FastEngine(fast_engine.FastEngine):
         # The rules compute some sums in 64 bits (the Dense rule's position double sum in
         # float64, Embedding token keys in int64): JAX allows them within this scope.
         with jax.enable_x64(True):
-            norms = fast_clip.unit_norms(calls, units)
-            sums = fast_clip.clipped_sums(calls, units, norms, l2_norm_clip, unit_mask)
+            sums, norms = fast_clip.clipped_gradient_sum(
+                calls, units, trainable, l2_norm_clip, unit_mask
+            )
             batch = ClippedBatch(
-                grad_sum=[jnp.asarray(sums[id(v)], "float32") for v in trainable],
+                grad_sum=[jnp.asarray(g, "float32") for g in sums],
                 unit_losses=unit_losses,
                 y_pred=y_pred,
                 norms=jnp.asarray(norms, "float32"),

@@ -81,17 +81,10 @@ class JAXDPTrainer(shared.DPTrainerBase):
 
     _dp_engines = engine_table(FastEngine)
     _dp_engine = _dp_engines["vectorized"]  # the reference engine
+    _dp_step_state_class = _StepState
     _dp_supports_jit = True  # compile() leaves jit_compile to Keras ("auto": on)
 
     # -- state shared with the backend-neutral model ----------------------------------
-
-    def _dp_state(self) -> _StepState:
-        if self._dp_step_state is None:
-            self._dp_step_state = _StepState(self._dp_require_config().seed)
-        return self._dp_step_state
-
-    def _dp_reset_segment_counters(self) -> None:
-        self._dp_state().reset_segment()
 
     def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0):
         """The engine's clipped sum for a batch at the current weights, eagerly (tests and

@@ -80,9 +80,9 @@ class FastEngine(fast_engine.FastEngine):
             it = iter(grads)
             for call in calls:
                 call.grads = {name: next(it) for name in call.probes}
-            norms = fast_clip.unit_norms(calls, units)
-            sums = fast_clip.clipped_sums(calls, units, norms, l2_norm_clip)
-            grad_sum = [sums[id(v)] for v in model.trainable_variables]
+            grad_sum, norms = fast_clip.clipped_gradient_sum(
+                calls, units, model.trainable_variables, l2_norm_clip
+            )
             return grad_sum, unit_losses, y_pred, norms
 
         grad_sum, unit_losses, y_pred, norms = run.get_concrete_function()()

@@ -61,18 +61,24 @@ class _StepState:
     The noise key ``(seed, n)`` lives as long as the model: the n-th update's noise comes
     from the counter-based generator at key ``(seed, n)``, and ``n`` only ever grows, so
     recompiling or retracing never repeats a draw (repeated noise could be cancelled by
-    differencing two updates). ``seed`` is the DP ``seed`` when one is given (tests),
+    differencing two updates). ``seed`` is the DP ``seed`` + 1 when one is given (tests),
     else 62 bits from the operating system's entropy.
     """
 
     def __init__(self, seed: int | None) -> None:
-        base = secrets.randbits(62) if seed is None else seed
-        self.noise_key = tf.Variable([base, 0], dtype="int64", trainable=False)
-        self.uniforms = _uniform_sampler()
-        self.updates = tf.Variable(0, dtype="int64", trainable=False)
-        self.largest_batch = tf.Variable(0, dtype="int64", trainable=False)
-        self.largest_unit = tf.Variable(0, dtype="int64", trainable=False)
-        self.examples = tf.Variable(0, dtype="int64", trainable=False)
+        # Lifted out of any trace in progress: the variables outlive the traced step.
+        with tf.init_scope():
+            base = secrets.randbits(62) if seed is None else seed + 1
+            self.noise_key = tf.Variable([base, 0], dtype="int64", trainable=False)
+            self.uniforms = _uniform_sampler()
+            self.updates = tf.Variable(0, dtype="int64", trainable=False)
+            self.largest_batch = tf.Variable(0, dtype="int64", trainable=False)
+            self.largest_unit = tf.Variable(0, dtype="int64", trainable=False)
+            self.examples = tf.Variable(0, dtype="int64", trainable=False)
+
+    def reset_segment(self) -> None:
+        self.largest_batch.assign(0)
+        self.largest_unit.assign(0)
 
     def counters(self) -> dict[str, int]:
         """The counters as Python ints."""
@@ -94,21 +100,9 @@ class TensorFlowDPTrainer(DPTrainerBase):
 
     _dp_engines = engine_table(FastEngine)
     _dp_engine = _dp_engines["vectorized"]  # the reference engine
+    _dp_step_state_class = _StepState
 
     # -- state shared with the backend-neutral model ----------------------------------
-
-    def _dp_state(self) -> _StepState:
-        if self._dp_step_state is None:
-            config = self._dp_require_config()
-            with tf.init_scope():
-                seed = None if config.seed is None else config.seed + 1
-                self._dp_step_state = _StepState(seed)
-        return self._dp_step_state
-
-    def _dp_reset_segment_counters(self) -> None:
-        state = self._dp_state()
-        state.largest_batch.assign(0)
-        state.largest_unit.assign(0)
 
     def make_train_function(self, force: bool = False):
         self._dp_state()

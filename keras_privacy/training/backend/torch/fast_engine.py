@@ -154,9 +154,8 @@ class FastEngine(fast_engine.FastEngine):
         with torch.no_grad():
             for call in calls:
                 call.saved = {k: _detach(v) for k, v in call.saved.items()}
-            norms = fast_clip.unit_norms(calls, units)
-            sums = fast_clip.clipped_sums(calls, units, norms, l2_norm_clip)
-            grad_sum = [sums[id(v)].to(torch.float32) for v in trainable]
+            sums, norms = fast_clip.clipped_gradient_sum(calls, units, trainable, l2_norm_clip)
+            grad_sum = [g.to(torch.float32) for g in sums]
         for var, new in zip(non_trainable, new_values, strict=True):
             if id(var) in seeds:  # random layers' seeds advance as in a plain call
                 var.assign(new)

@@ -76,6 +76,9 @@ class _StepState:
         """The counters (a copy)."""
         return dict(self.counts)
 
+    def reset_segment(self) -> None:
+        self.counts["largest_batch"] = self.counts["largest_unit"] = 0
+
 
 def _value_and_grad(fn, values: list) -> tuple[Any, list]:
     """``(fn(values), d fn / d values)`` by ``torch.func`` (whatever the grad mode)."""
@@ -89,17 +92,9 @@ class TorchDPTrainer(shared.DPTrainerBase):
 
     _dp_engines = engine_table(FastEngine)
     _dp_engine = _dp_engines["vectorized"]  # the reference engine
+    _dp_step_state_class = _StepState
 
     # -- state shared with the backend-neutral model ----------------------------------
-
-    def _dp_state(self) -> _StepState:
-        if self._dp_step_state is None:
-            self._dp_step_state = _StepState(self._dp_require_config().seed)
-        return self._dp_step_state
-
-    def _dp_reset_segment_counters(self) -> None:
-        counts = self._dp_state().counts
-        counts["largest_batch"] = counts["largest_unit"] = 0
 
     def make_train_function(self, force: bool = False):
         self._dp_state()
