@@ -24,12 +24,27 @@ are refused: that state would be computed from private data without noise.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from contextlib import AbstractContextManager
 from typing import Any
 
 from keras_privacy.training import clipping
 from keras_privacy.training.engine import ClippedBatch
 from keras_privacy.training.fast.choice import warn_if_mixing
+
+
+def queue_engine_note(model: Any, note: str) -> None:
+    """Queue a sentence about how ``model`` is trained (TensorFlow: the fast engine's
+    fallback, the vectorizer's loop fallback); the vectorized engine says all queued notes
+    in one warning line when it has computed the batch's unit gradients."""
+    notes = model.__dict__.setdefault("_dp_engine_notes", [])
+    notes.append(note)
+
+
+def _say_engine_notes(model: Any) -> None:
+    notes = model.__dict__.pop("_dp_engine_notes", None)
+    if notes:
+        warnings.warn("keras-privacy: " + " ".join(notes), stacklevel=4)
 
 
 class VectorizedEngine:
@@ -58,7 +73,7 @@ class VectorizedEngine:
         grads, unit_losses, y_pred, *state = self.unit_gradients(
             model, *args, num_units=num_units, unit_offset=unit_offset
         )
-        self._after_unit_gradients(model)
+        _say_engine_notes(model)
         with self._clipping_scope():
             grad_sum, norms = clipping.clipped_sum(grads, l2_norm_clip, unit_mask)
         batch = ClippedBatch(grad_sum=grad_sum, unit_losses=unit_losses, y_pred=y_pred, norms=norms)
@@ -68,9 +83,6 @@ class VectorizedEngine:
         """Each unit's gradient (float32, leading unit axis), loss, and the outputs (and,
         on JAX, the new non-trainable values)."""
         raise NotImplementedError
-
-    def _after_unit_gradients(self, model: Any) -> None:
-        """Called once the unit gradients are computed (TensorFlow says its notes)."""
 
     def _clipping_scope(self) -> AbstractContextManager:
         """Entered around the clipping arithmetic (PyTorch: ``torch.no_grad``)."""

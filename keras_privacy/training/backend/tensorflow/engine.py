@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from keras_privacy.training.engine import (
     unit_forward,
 )
 from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.vectorized import queue_engine_note
 
 
 def _to_units(tensor: tf.Tensor, num_units: int | None) -> tf.Tensor:
@@ -57,20 +57,6 @@ def _dense(grad: Any, value: tf.Tensor) -> tf.Tensor:
 
 
 _warned_models: set[int] = set()
-
-
-def queue_engine_note(model: Any, note: str) -> None:
-    """Queue a sentence about how ``model`` is trained; the engine says all queued notes
-    in one warning line when it has computed the batch (see :func:`_say_engine_notes`)."""
-    notes = model.__dict__.setdefault("_dp_engine_notes", [])
-    notes.append(note)
-
-
-def _say_engine_notes(model: Any) -> None:
-    notes = model.__dict__.pop("_dp_engine_notes", None)
-    if notes:
-        # Warn at the caller of the engine's caller (through the hook and clipped_gradient_sum).
-        warnings.warn("keras-privacy: " + " ".join(notes), stacklevel=5)
 
 
 def _warn_loop_fallback(model: Any, error: Exception) -> None:
@@ -138,9 +124,6 @@ class VectorizedEngine(vectorized.VectorizedEngine):
     """Materialises each unit's gradient with ``tf.vectorized_map`` (see
     :mod:`keras_privacy.training.vectorized`); exact for any layer the vectorizer
     handles, and in a ``tf.map_fn`` loop where it cannot convert the graph."""
-
-    def _after_unit_gradients(self, model: Any) -> None:
-        _say_engine_notes(model)
 
     def unit_gradients(
         self,

@@ -17,7 +17,6 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 from keras_privacy.training.backend.tensorflow.engine import (
     VectorizedEngine,
     _to_units,
-    queue_engine_note,
 )
 from keras_privacy.training.backend.tensorflow.vectorization import image_patches
 from keras_privacy.training.engine import ClippedBatch
@@ -29,6 +28,7 @@ from keras_privacy.training.fast.choice import record_engine
 from keras_privacy.training.fast.engine import rules_forward, vectorized_unit_losses
 from keras_privacy.training.fast.units import Units
 from keras_privacy.training.regularization import excluding_weight_regularization
+from keras_privacy.training.vectorized import queue_engine_note
 
 fast_units.backend_ops["extract_patches"] = image_patches
 # The engine choice runs while the step is being traced; the numerical

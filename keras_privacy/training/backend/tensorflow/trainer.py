@@ -177,7 +177,9 @@ class TensorFlowDPTrainer(DPTrainerBase):
         state.examples.assign_add(tf.cast(rows, "int64"))
         unit = tf.cast(unit_size(num_units, chunk, rows), "int64")
         state.largest_unit.assign(tf.maximum(state.largest_unit, unit))
-        return self._dp_metrics(data, y_pred, unit_losses, rows, regularization_loss)
+        return dp_metrics(
+            self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
+        )
 
     def _dp_clipped_logical_batch(self, data, rows, num_units, accumulation_steps):
         """The clipped sum of one logical batch, in chunks when accumulating.
@@ -243,8 +245,3 @@ class TensorFlowDPTrainer(DPTrainerBase):
         # Counted here, where the noise is added: the accountant's events are these.
         self._dp_step_state.updates.assign_add(1)
         return regularization_loss
-
-    def _dp_metrics(self, data, y_pred, unit_losses, rows, regularization_loss=None):
-        return dp_metrics(
-            self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
-        )
