@@ -153,6 +153,27 @@ def unit_loss_leaves(y: Any, y_pred: Any, sample_weight: Any) -> tuple[list, Any
     return leaves + [m for m in masks if m is not None], rebuild
 
 
+def unit_data(
+    x: Any, y: Any, sample_weight: Any, num_units: int | None, to_units: Any
+) -> tuple[tuple, list]:
+    """``((x, y, sample_weight), unit_leaves)``: the batch's structure and its non-``None``
+    leaves split into units by the backend's ``to_units`` (``[rows, ...] -> [units,
+    rows_per_unit, ...]``), what a vectorized engine maps over (see :func:`unit_forward`)."""
+    data = (x, y, sample_weight)
+    leaves = [t for t in keras.tree.flatten(data) if t is not None]
+    return data, [to_units(t, num_units) for t in leaves]
+
+
+def seed_advances(non_trainable: list, before: list, after: list, seeds: set[int]) -> list:
+    """``after - before`` for each random layer's seed state (``seeds``: ids) among the
+    non-trainable variables, in order: how far one unit's forward pass advanced it."""
+    return [
+        new - old
+        for var, old, new in zip(non_trainable, before, after, strict=True)
+        if id(var) in seeds
+    ]
+
+
 def unit_forward(
     model: Any,
     mapping: list,

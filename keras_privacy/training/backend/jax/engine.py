@@ -19,8 +19,10 @@ from keras_privacy.training.engine import (
     SEED_STRIDE,
     from_units,
     refuse_state_updates,
+    seed_advances,
     state_mapping,
     to_units,
+    unit_data,
     unit_forward,
 )
 
@@ -46,9 +48,9 @@ class VectorizedEngine(vectorized.VectorizedEngine):
         non-trainable values after the step (seed states advanced once)."""
         non_trainable = model.non_trainable_variables
         seeds = {id(v) for v in seed_state_variables(model)}
-        data = (x, y, sample_weight)
-        leaves = [t for t in keras.tree.flatten(data) if t is not None]
-        unit_leaves = [to_units(jnp.asarray(t), num_units) for t in leaves]
+        data, unit_leaves = unit_data(
+            x, y, sample_weight, num_units, lambda t, n: to_units(jnp.asarray(t), n)
+        )
         count = unit_leaves[0].shape[0]
         unit_index = jnp.arange(count, dtype="uint32") + jnp.asarray(unit_offset, "uint32")
         stateful_updates: list[str] = []
@@ -68,11 +70,7 @@ class VectorizedEngine(vectorized.VectorizedEngine):
             loss, y_pred, before, after = unit_forward(
                 model, mapping, data, leaves_u, seeds, stateful_updates
             )
-            seed_advance = [
-                new - old
-                for var, old, new in zip(non_trainable, before, after, strict=True)
-                if id(var) in seeds
-            ]
+            seed_advance = seed_advances(non_trainable, before, after, seeds)
             loss = jnp.mean(jnp.asarray(loss, "float32"))
             return loss, (loss, y_pred, seed_advance)
 

@@ -20,7 +20,9 @@ from keras_privacy.training.engine import (
     SEED_STRIDE,
     check_units_divide,
     refuse_state_updates,
+    seed_advances,
     state_mapping,
+    unit_data,
     unit_forward,
 )
 from keras_privacy.training.errors import PrivacyError
@@ -142,9 +144,7 @@ class VectorizedEngine(vectorized.VectorizedEngine):
         trainable_values = [v.value for v in trainable]
         non_trainable_values = [v.value for v in non_trainable]
 
-        data = (x, y, sample_weight)
-        leaves = [t for t in keras.tree.flatten(data) if t is not None]
-        unit_leaves = [_to_units(t, num_units) for t in leaves]
+        data, unit_leaves = unit_data(x, y, sample_weight, num_units, _to_units)
         count = tf.shape(unit_leaves[0])[0]
         unit_index = tf.range(count, dtype="int64") + tf.cast(unit_offset, "int64")
         stateful_updates: list[str] = []
@@ -170,11 +170,7 @@ class VectorizedEngine(vectorized.VectorizedEngine):
                 tf.cast(_dense(g, value), "float32")
                 for g, value in zip(grads, trainable_values, strict=True)
             ]
-            seed_advance = [
-                new - old
-                for var, old, new in zip(non_trainable, before, after, strict=True)
-                if id(var) in seeds
-            ]
+            seed_advance = seed_advances(non_trainable, before, after, seeds)
             return grads, loss, y_pred, seed_advance
 
         elems = (unit_leaves, unit_index)

@@ -94,6 +94,14 @@ def _value_and_grad(fn, values: list) -> tuple[Any, list]:
     return value, grads
 
 
+def _tensors(x: Any, y: Any, sample_weight: Any) -> tuple:
+    """In-memory arrays as tensors for a ``tf.data`` pipeline (lists become tuples)."""
+    return keras.tree.map_structure(
+        lambda a: None if a is None else tf.convert_to_tensor(a),
+        keras.tree.lists_to_tuples((x, y, sample_weight)),
+    )
+
+
 class TensorFlowDPTrainer(DPTrainerBase):
     """Mixin for ``keras.Model`` subclasses on the TensorFlow backend (placed first in
     the bases): replaces ``train_step`` with the DP step."""
@@ -117,10 +125,7 @@ class TensorFlowDPTrainer(DPTrainerBase):
         block, capacity = 16, sampler.capacity
         # tf.data has no lists: lists of inputs or targets (multi-output models) become
         # tuples, as Keras's own array adapter makes them.
-        data = keras.tree.map_structure(
-            lambda a: None if a is None else tf.convert_to_tensor(a),
-            keras.tree.lists_to_tuples((sampler.x, sampler.y, sampler.sample_weight)),
-        )
+        data = _tensors(sampler.x, sampler.y, sampler.sample_weight)
         spec = tf.TensorSpec([block, capacity], tf.int32), tf.TensorSpec([block], tf.int32)
         draws = tf.data.Dataset.from_generator(
             lambda: sampler.index_blocks(block), output_signature=spec
@@ -140,10 +145,7 @@ class TensorFlowDPTrainer(DPTrainerBase):
         pipeline for the whole ``fit`` (rows gathered in the pipeline). Keras's own array
         pipeline is rebuilt every epoch, and tearing down its iterator (parallel-map
         threads) left the core idle ~0.45 s at every epoch boundary here."""
-        data = keras.tree.map_structure(
-            lambda a: None if a is None else tf.convert_to_tensor(a),
-            keras.tree.lists_to_tuples((passes.x, passes.y, passes.sample_weight)),
-        )
+        data = _tensors(passes.x, passes.y, passes.sample_weight)
         indices = tf.data.Dataset.from_generator(
             passes.index_batches, output_signature=tf.TensorSpec([None], tf.int32)
         )

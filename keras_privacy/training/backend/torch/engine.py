@@ -25,6 +25,7 @@ from keras_privacy.training.engine import (
     from_units,
     refuse_state_updates,
     state_mapping,
+    unit_data,
     unit_forward,
 )
 from keras_privacy.training.engine import to_units as _static_to_units
@@ -91,9 +92,7 @@ class VectorizedEngine(vectorized.VectorizedEngine):
             for v, value in zip(non_trainable, non_trainable_values, strict=True)
             if id(v) in seeds
         ]
-        data = (x, y, sample_weight)
-        leaves = [t for t in keras.tree.flatten(data) if t is not None]
-        unit_leaves = [to_units(t, num_units) for t in leaves]
+        data, unit_leaves = unit_data(x, y, sample_weight, num_units, to_units)
         # The compiled loss updates its per-output loss trackers; per unit those updates
         # are discarded (the trainer logs metrics once per batch).
         scratch_metrics = [(v, torch.zeros_like(v.value)) for v in model.metrics_variables]
