@@ -13,12 +13,31 @@ every unit's gradient with the backend's vectorizer over a stateless forward pas
 Faster engines (norm-only "ghost" clipping, which computes per-unit norms from layer
 inputs and output-gradients without materialising per-unit gradients) implement the
 same method and are chosen per model; the vectorized one stays the reference in tests.
+Their backend-neutral frames are :class:`keras_privacy.training.vectorized.VectorizedEngine`
+and :class:`keras_privacy.training.fast.engine.FastEngine`.
+
+The interface: ``engine.clipped_gradient_sum(model, x, y, sample_weight, *, num_units,
+l2_norm_clip, unit_offset=0) -> ClippedBatch`` where
+
+* ``model`` is the DP model (built);
+* ``x, y, sample_weight`` are the batch's rows (nests of tensors; ``y`` and
+  ``sample_weight`` may be ``None``);
+* ``num_units`` is ``None`` for per-example clipping, otherwise the number of equal
+  microbatches the rows are split into;
+* ``l2_norm_clip`` is C;
+* ``unit_offset`` is the index of the batch's first unit within the logical batch, so
+  that random layers (dropout) give every unit its own randomness.
+
+On JAX the step's trainable and non-trainable values come before ``x``, ``unit_mask``
+(0 for the padding rows of a Poisson batch) is a further keyword argument, and the result
+is ``(ClippedBatch, new non-trainable values)``: everything is a function of the values
+it is given.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any
 
 import keras
 from keras import ops
@@ -46,33 +65,6 @@ class ClippedBatch:
     unit_losses: Any
     y_pred: Any
     norms: Any
-
-
-class ClippingEngine(Protocol):
-    """Computes the clipped gradient sum of a batch; see the module docstring."""
-
-    def clipped_gradient_sum(
-        self,
-        model: Any,
-        x: Any,
-        y: Any,
-        sample_weight: Any,
-        *,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: Any = 0,
-    ) -> ClippedBatch:
-        """Args:
-        model: the DP model (built).
-        x, y, sample_weight: the batch's rows (nests of tensors; y and sample_weight may
-          be None).
-        num_units: ``None`` for per-example clipping; otherwise the number of equal
-          microbatches the rows are split into.
-        l2_norm_clip: C.
-        unit_offset: index of the batch's first unit within the logical batch, so that
-          random layers (dropout) give every unit its own randomness.
-        """
-        ...
 
 
 #: Spreads the seed states of random layers (dropout) over clipping units: unit ``i`` of a

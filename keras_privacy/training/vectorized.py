@@ -62,7 +62,7 @@ class VectorizedEngine:
     ) -> Any:
         """``sum_u min(1, C / ||g_u||) g_u`` over the units at the given weights (units
         outside ``unit_mask`` and units with a non-finite gradient contribute exactly
-        zero).
+        zero); the engine interface of :mod:`keras_privacy.training.engine`.
 
         ``args`` are ``unit_gradients``'s positional arguments after the model (the step's
         variable values on JAX), ending with the batch's ``x, y, sample_weight``. Returns

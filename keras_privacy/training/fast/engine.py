@@ -68,7 +68,8 @@ class FastEngine:
     :func:`~keras_privacy.training.fast.choice.fast_or_fallback`.
 
     A backend subclasses it, sets :attr:`vectorized` (its exact engine, the fallback) and
-    implements ``_fast(model, *args, num_units=..., l2_norm_clip=..., **options)``, which
+    implements ``_fast(model, *args, num_units=..., l2_norm_clip=..., **options)`` (JAX's
+    option: ``unit_mask``), which
     returns what the fallback's ``clipped_gradient_sum`` returns or raises
     :class:`NotExact`.
 
@@ -87,35 +88,18 @@ class FastEngine:
     #: ``record(model, engine, reason)``: says which engine trains the model, once.
     record: Callable[[Any, str, str | None], None] = staticmethod(record_engine)
 
-    def clipped_gradient_sum(
-        self,
-        model: Any,
-        *args: Any,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: Any = 0,
-        **options: Any,
-    ) -> Any:
-        """As the backend's ``VectorizedEngine.clipped_gradient_sum``: ``args`` are its
-        positional arguments after the model (the step's variable values on JAX), ending
-        with the batch's ``x, y, sample_weight``; ``options`` its other keyword arguments
-        (JAX: ``unit_mask``). ``unit_offset`` only matters to the fallback: the fast
-        engine runs the batch at once, so random layers see one plain call."""
+    def clipped_gradient_sum(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        """The engine interface (:mod:`keras_privacy.training.engine`): ``args`` end with
+        the batch's ``x, y, sample_weight``. ``_fast`` gets every keyword argument but
+        ``unit_offset``, which only matters to the fallback: the fast engine runs the
+        batch at once, so random layers see one plain call."""
+        fast_kwargs = {k: v for k, v in kwargs.items() if k != "unit_offset"}
         return fast_or_fallback(
             model,
             args[-3],
             self.require,
-            lambda: self._fast(
-                model, *args, num_units=num_units, l2_norm_clip=l2_norm_clip, **options
-            ),
-            lambda: self.fallback.clipped_gradient_sum(
-                model,
-                *args,
-                num_units=num_units,
-                l2_norm_clip=l2_norm_clip,
-                unit_offset=unit_offset,
-                **options,
-            ),
+            lambda: self._fast(model, *args, **fast_kwargs),
+            lambda: self.fallback.clipped_gradient_sum(model, *args, **kwargs),
             record=self.record,
         )
 
