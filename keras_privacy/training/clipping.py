@@ -83,3 +83,12 @@ def weighted_sum(grads: Sequence, factors: object, norms: object) -> list:
         return out
 
     return ops.cond(ops.all(ops.isfinite(norms)), fast, safe)
+
+
+def clipped_sum(grads: Sequence, l2_norm_clip: float, unit_mask: object | None = None) -> tuple:
+    """``(sum_u c_u g_u, norms)`` with ``c_u = min(1, C / ||g_u||)``: :func:`global_norms`,
+    :func:`clip_factors` (0 for non-finite norms and for units outside ``unit_mask``) and
+    :func:`weighted_sum` in one call, as every vectorized engine clips its unit gradients."""
+    norms = global_norms(grads)
+    factors = clip_factors(norms, l2_norm_clip, unit_mask)
+    return weighted_sum(grads, factors, norms), norms

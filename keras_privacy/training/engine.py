@@ -13,14 +13,34 @@ every unit's gradient with the backend's vectorizer over a stateless forward pas
 Faster engines (norm-only "ghost" clipping, which computes per-unit norms from layer
 inputs and output-gradients without materialising per-unit gradients) implement the
 same method and are chosen per model; the vectorized one stays the reference in tests.
+Their backend-neutral frames are :class:`keras_privacy.training.vectorized.VectorizedEngine`
+and :class:`keras_privacy.training.fast.engine.FastEngine`.
+
+The interface: ``engine.clipped_gradient_sum(model, x, y, sample_weight, *, num_units,
+l2_norm_clip, unit_offset=0) -> ClippedBatch`` where
+
+* ``model`` is the DP model (built);
+* ``x, y, sample_weight`` are the batch's rows (nests of tensors; ``y`` and
+  ``sample_weight`` may be ``None``);
+* ``num_units`` is ``None`` for per-example clipping, otherwise the number of equal
+  microbatches the rows are split into;
+* ``l2_norm_clip`` is C;
+* ``unit_offset`` is the index of the batch's first unit within the logical batch, so
+  that random layers (dropout) give every unit its own randomness.
+
+On JAX the step's trainable and non-trainable values come before ``x``, ``unit_mask``
+(0 for the padding rows of a Poisson batch) is a further keyword argument, and the result
+is ``(ClippedBatch, new non-trainable values)``: everything is a function of the values
+it is given.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any
 
 import keras
+from keras import ops
 from keras.src.backend.common.masking import get_keras_mask, set_keras_mask
 from keras.src.backend.common.stateless_scope import StatelessScope
 
@@ -47,31 +67,50 @@ class ClippedBatch:
     norms: Any
 
 
-class ClippingEngine(Protocol):
-    """Computes the clipped gradient sum of a batch; see the module docstring."""
+#: Spreads the seed states of random layers (dropout) over clipping units: unit ``i`` of a
+#: step (counted from the logical batch's first unit) draws with seed state
+#: ``(s0 + i * SEED_STRIDE, s1)``, distinct for every unit of every step.
+SEED_STRIDE = 1_000_003
 
-    def clipped_gradient_sum(
-        self,
-        model: Any,
-        x: Any,
-        y: Any,
-        sample_weight: Any,
-        *,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: Any = 0,
-    ) -> ClippedBatch:
-        """Args:
-        model: the DP model (built).
-        x, y, sample_weight: the batch's rows (nests of tensors; y and sample_weight may
-          be None).
-        num_units: ``None`` for per-example clipping; otherwise the number of equal
-          microbatches the rows are split into.
-        l2_norm_clip: C.
-        unit_offset: index of the batch's first unit within the logical batch, so that
-          random layers (dropout) give every unit its own randomness.
-        """
-        ...
+
+def state_mapping(
+    model: Any, trainable_values: list, non_trainable_values: list, extra: list = ()
+) -> list[tuple[Any, Any]]:
+    """A :class:`keras.StatelessScope` mapping: each trainable and non-trainable variable
+    of ``model`` to the given value, in the models' variable order, then ``extra`` pairs
+    (e.g. scratch values for the metrics' variables)."""
+    return (
+        list(zip(model.trainable_variables, trainable_values, strict=True))
+        + list(zip(model.non_trainable_variables, non_trainable_values, strict=True))
+        + list(extra)
+    )
+
+
+def check_units_divide(rows: int | None, num_units: int) -> None:
+    """Raise :class:`PrivacyError` unless ``num_units`` microbatches split ``rows`` rows
+    evenly (nothing to check while the row count is unknown, as in a TensorFlow trace)."""
+    if rows is not None and rows % num_units:
+        raise PrivacyError(
+            f"num_microbatches={num_units} must divide the batch size, but a batch has "
+            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
+        )
+
+
+def to_units(tensor: Any, num_units: int | None) -> Any:
+    """``[rows, ...] -> [units, rows_per_unit, ...]`` for a tensor of static shape (JAX,
+    PyTorch): unit ``u`` holds rows ``u R .. (u + 1) R - 1`` with ``R = rows / units``;
+    one row per unit for per-example clipping (``num_units=None``)."""
+    if num_units is None:
+        return tensor[:, None]
+    rows = tensor.shape[0]
+    check_units_divide(rows, num_units)
+    return ops.reshape(tensor, (num_units, rows // num_units, *tensor.shape[1:]))
+
+
+def from_units(tensor: Any) -> Any:
+    """``[units, rows_per_unit, ...] -> [rows, ...]`` (static shape), the inverse of
+    :func:`to_units`."""
+    return ops.reshape(tensor, (-1, *tensor.shape[2:]))
 
 
 def unit_loss_leaves(y: Any, y_pred: Any, sample_weight: Any) -> tuple[list, Any]:
@@ -106,6 +145,27 @@ def unit_loss_leaves(y: Any, y_pred: Any, sample_weight: Any) -> tuple[list, Any
     return leaves + [m for m in masks if m is not None], rebuild
 
 
+def unit_data(
+    x: Any, y: Any, sample_weight: Any, num_units: int | None, to_units: Any
+) -> tuple[tuple, list]:
+    """``((x, y, sample_weight), unit_leaves)``: the batch's structure and its non-``None``
+    leaves split into units by the backend's ``to_units`` (``[rows, ...] -> [units,
+    rows_per_unit, ...]``), what a vectorized engine maps over (see :func:`unit_forward`)."""
+    data = (x, y, sample_weight)
+    leaves = [t for t in keras.tree.flatten(data) if t is not None]
+    return data, [to_units(t, num_units) for t in leaves]
+
+
+def seed_advances(non_trainable: list, before: list, after: list, seeds: set[int]) -> list:
+    """``after - before`` for each random layer's seed state (``seeds``: ids) among the
+    non-trainable variables, in order: how far one unit's forward pass advanced it."""
+    return [
+        new - old
+        for var, old, new in zip(non_trainable, before, after, strict=True)
+        if id(var) in seeds
+    ]
+
+
 def unit_forward(
     model: Any,
     mapping: list,
@@ -115,7 +175,7 @@ def unit_forward(
     stateful_updates: list[str],
 ) -> tuple[Any, Any, list, list]:
     """One clipping unit's training-mode forward pass and loss, stateless (the body that
-    the JAX and PyTorch vectorized engines map over units).
+    every backend's vectorized engine maps over units, differentiating the loss).
 
     ``mapping`` gives every variable's value for this unit; ``data`` is the batch's
     ``(x, y, sample_weight)`` structure and ``unit_leaves`` this unit's non-``None``

@@ -99,15 +99,7 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
                 "or build your functional keras.Model and wrap it with make_private()."
             )
         super().__init__(*args, **kwargs)
-        self._dp_setup(
-            l2_norm_clip=l2_norm_clip,
-            noise_multiplier=noise_multiplier,
-            num_microbatches=num_microbatches,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            sampling=sampling,
-            seed=seed,
-            engine=engine,
-        )
+        self._dp_setup(**user_checks.dp_settings(locals()))
 
     def __new__(cls, *args: Any, **kwargs: Any):
         if cls is DPModel and functional_init_arguments(args, kwargs):
@@ -141,15 +133,7 @@ class DPFunctional(DPModel, Functional):
         # class hierarchy.
         BackendTrainer.__init__(self)
         Functional.__init__(self, inputs, outputs, name=name, **kwargs)
-        self._dp_setup(
-            l2_norm_clip=l2_norm_clip,
-            noise_multiplier=noise_multiplier,
-            num_microbatches=num_microbatches,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            sampling=sampling,
-            seed=seed,
-            engine=engine,
-        )
+        self._dp_setup(**user_checks.dp_settings(locals()))
 
 
 @keras.saving.register_keras_serializable(package="keras_privacy")
@@ -180,7 +164,6 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
     ) -> None:
         check_tf_privacy_arguments(use_xla, layer_registry)
         given = user_checks.sequential_arguments(args, dict(locals()))
-        settings = {k: given[k] for k in user_checks.SEQUENTIAL_ARGUMENTS[:7]}
         layers, trainable, name = given["layers"], given["trainable"], given["name"]
         super().__init__(layers=layers, trainable=trainable, name=name)
-        self._dp_setup(**settings)
+        self._dp_setup(**user_checks.dp_settings(given))

@@ -15,6 +15,7 @@ from typing import Any
 import keras
 from keras.src.models.functional import Functional
 
+from keras_privacy.training import user_checks
 from keras_privacy.training.checks import check_layers_supported
 from keras_privacy.training.dp_training import DPTrainingMixin
 from keras_privacy.training.errors import PrivacyError
@@ -142,16 +143,7 @@ def make_private(
     if isinstance(model, DPTrainingMixin):
         raise PrivacyError(f"Model {model.name!r} is already a DP model.")
     check_layers_supported(model)
-    private = PrivateModel(
-        model,
-        l2_norm_clip=l2_norm_clip,
-        noise_multiplier=noise_multiplier,
-        num_microbatches=num_microbatches,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        sampling=sampling,
-        seed=seed,
-        engine=engine,
-    )
+    private = PrivateModel(model, **user_checks.dp_settings(locals()))
     if getattr(model, "compiled", False):
         private.compile_from_config(model.get_compile_config())
     return private

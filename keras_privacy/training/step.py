@@ -7,24 +7,154 @@ One call of a DP ``train_step`` makes one optimizer update from one logical batc
 
 where ``grad_u`` is the gradient of unit ``u``'s loss without the weight-regularization
 terms and ``R`` the sum of the weight regularizers, which depend on no data and are added
-after clipping and noising (:mod:`keras_privacy.training.regularization`).
+after clipping and noising (:mod:`keras_privacy.training.regularization`). The noise is
+drawn once per update, and nothing of a call carries over to the next. A logical batch is
+
+* a Poisson batch ``(x, y, sample_weight, mask)`` padded to a fixed capacity, sampled
+  rows first (see :mod:`keras_privacy.training.sampling`); or
+* an ordinary ``(x, y, sample_weight)`` batch: Keras's shuffled batching of arrays
+  (``sampling="shuffle"``, batches of ``batch_size x gradient_accumulation_steps`` rows),
+  one batch of a pipeline (``tf.data``, a generator), or a ``train_on_batch`` batch.
+
+With ``gradient_accumulation_steps = n > 1`` the logical batch is processed in chunks
+(``batch_size`` rows each for arrays; ``ceil(rows / n)`` rows for a pipeline batch) to
+bound memory, and their clipped sums are added before the single noise draw. Because an
+update never holds more than one logical batch, it can never span an epoch, a pass over
+the data or a ``fit`` call: each example is in it at most once.
 
 The backends differ in how they compute ``sum_u clip_C(grad_u)`` and draw the noise; what
 is the same everywhere lives here: the public divisor ``B`` (:func:`public_divisor`), the
 rows per chunk under gradient accumulation (:func:`chunk_rows`), the largest clipping unit
-(:func:`unit_size`) and the training metrics (:func:`dp_metrics`).
+(:func:`unit_size`), the training metrics (:func:`dp_metrics`), the optimizer update
+after noising (:func:`apply_private_update`) and the trainer methods that need no backend
+primitive (:class:`DPTrainerBase`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import keras
 from keras import ops
+from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training.config import DPConfig
+from keras_privacy.training.optimizers import private_update
+from keras_privacy.training.regularization import add_regularization_gradient
 
-#: The names of the counters every backend's DP step keeps (see ``_dp_counters``).
+#: The counters every backend's DP step keeps in its per-model step state (read as Python
+#: ints by ``_dp_counters``): ``updates``, the noised optimizer updates over the model's
+#: life (counted where the noise is added: the accountant's events are these);
+#: ``largest_batch`` and ``largest_unit``, the most examples one update and one clipping
+#: unit held since the current record segment began; ``examples``, the rows trained on.
+#: Only the DP step advances them: resetting ``optimizer.iterations``, restoring a
+#: checkpoint or interrupting ``fit`` cannot rewind them. The step state is deliberately
+#: not tracked by Keras, so nothing of it reaches a saved model or is restored by
+#: ``load_weights``.
 COUNTERS = ("updates", "largest_batch", "largest_unit", "examples")
+
+
+class DPTrainerBase:
+    """What every backend's DP trainer mixin (``backend/<name>/trainer.py``) shares.
+
+    A backend sets ``_dp_engines`` (``"vectorized"``, ``"fast"``, ``"auto"`` -> engine) and
+    ``_dp_step_state_class``, its per-model step state (noise generator and counters):
+    ``cls(seed)`` from the DP ``seed`` (or ``None``), with ``counters()`` (:data:`COUNTERS`
+    as Python ints) and ``reset_segment()`` (zero the segment's maxima).
+    """
+
+    _dp_engines: dict
+    _dp_step_state_class: type
+
+    def _dp_state(self) -> Any:
+        """The model's step state, created on first use."""
+        if self._dp_step_state is None:
+            self._dp_step_state = self._dp_step_state_class(self._dp_require_config().seed)
+        return self._dp_step_state
+
+    def _dp_reset_segment_counters(self) -> None:
+        self._dp_state().reset_segment()
+
+    @property
+    def dp_engine_used(self) -> str | None:
+        """The clipping engine the last (traced or compiled) DP step used (``"fast"`` or
+        ``"vectorized"``), or ``None`` before training."""
+        used = getattr(self, "_dp_engine_used", None)
+        return None if used is None else used[0]
+
+    def _dp_counters(self) -> dict[str, int]:
+        """What the DP step has done, as Python ints (zeros before any training)."""
+        state = self._dp_step_state
+        if state is None:
+            return dict.fromkeys(COUNTERS, 0)
+        return state.counters()
+
+    def _dp_engine_for_step(self) -> Any:
+        """The engine that ``engine=`` names (``model._dp_engine_used`` is set here for
+        ``"vectorized"``; the fast engines record their own choice per batch)."""
+        choice = self._dp_settings.get("engine", "auto")
+        if choice == "vectorized":
+            object.__setattr__(self, "_dp_engine_used", ("vectorized", "engine='vectorized'"))
+        return self._dp_engines[choice]
+
+    def _dp_clipped(
+        self, x: Any, y: Any, sample_weight: Any, num_units: int | None, unit_offset: Any = 0
+    ) -> Any:
+        """The engine's :class:`~keras_privacy.training.engine.ClippedBatch` for a batch at
+        the current weights (TensorFlow, PyTorch; the JAX trainer passes values)."""
+        return self._dp_engine_for_step().clipped_gradient_sum(
+            self,
+            x,
+            y,
+            sample_weight,
+            num_units=num_units,
+            l2_norm_clip=self._dp_require_config().l2_norm_clip,
+            unit_offset=unit_offset,
+        )
+
+
+def rows_of(data: Any, start: Any, stop: Any) -> Any:
+    """Rows ``start:stop`` of every tensor in the nest ``data`` (``None`` stays ``None``)."""
+    return keras.tree.map_structure(lambda t: None if t is None else t[start:stop], data)
+
+
+def apply_private_update(
+    model: Any,
+    grads: list,
+    values: list,
+    value_and_grad: Callable[[Callable, list], tuple[Any, list]],
+) -> Any:
+    """Apply ``g + grad R(w)`` with the model's optimizer, where ``grads`` are the noised,
+    divided gradients ``g`` (float32) and ``R`` the weight regularizers' loss at the
+    trainable values ``values`` (data-independent: added after noising, at full strength,
+    :func:`~keras_privacy.training.regularization.add_regularization_gradient`, with the
+    backend's ``value_and_grad``). Each gradient is cast to its variable's dtype. A
+    ``LossScaleOptimizer`` would unscale gradients that were never scaled (the DP gradient
+    is computed, clipped and noised in float32 without loss scaling): its inner optimizer
+    applies them. Returns ``R(w)`` before the update.
+    """
+    variables = model.trainable_variables
+    grads, regularization_loss = add_regularization_gradient(model, grads, values, value_and_grad)
+    grads = [ops.cast(g, v.dtype) for g, v in zip(grads, variables, strict=True)]
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    with private_update():
+        optimizer.apply(grads, variables)
+    return regularization_loss
+
+
+def split_batch(data: Any, config: DPConfig) -> tuple[tuple, Any, int | None]:
+    """A DP step's batch as ``((x, y, sample_weight), mask, num_units)``.
+
+    A padded Poisson batch ``(x, y, sample_weight, mask)`` keeps its 0/1 row mask (sampled
+    rows first) and is clipped per example (``num_units=None``); any other batch is
+    unpacked as Keras unpacks it (``mask=None``) and clipped in
+    ``config.num_microbatches`` units (``None``: per example).
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 4:
+        x, y, sample_weight, mask = data
+        return (x, y, sample_weight), mask, None
+    return data_adapter_utils.unpack_x_y_sample_weight(data), None, config.num_microbatches
 
 
 def public_divisor(
@@ -157,9 +287,13 @@ def _update_compiled_metrics(
 
 __all__ = [
     "COUNTERS",
+    "DPTrainerBase",
+    "apply_private_update",
     "chunk_rows",
     "dp_metrics",
     "mean_unit_loss",
     "public_divisor",
+    "rows_of",
+    "split_batch",
     "unit_size",
 ]

@@ -69,6 +69,14 @@ _SEQUENTIAL_DEFAULTS = {
     "trainable": True,
 }
 
+#: The DP settings every DP model keeps (``DPTrainingMixin._dp_setup``'s arguments).
+DP_SETTINGS = SEQUENTIAL_ARGUMENTS[:7]
+
+
+def dp_settings(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The DP settings among a constructor's arguments (its ``locals()``), by name."""
+    return {name: arguments[name] for name in DP_SETTINGS}
+
 
 def sequential_arguments(args: tuple, given: dict[str, Any]) -> dict[str, Any]:
     """``DPSequential``'s keyword arguments (``given``) with the positional ones filled in.

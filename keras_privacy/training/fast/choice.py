@@ -25,10 +25,16 @@ from keras_privacy.training.fast.independence import MIXES, numerical_mixing_rea
 from keras_privacy.training.fast.rules import NotExact
 
 
-def record_engine(model: Any, engine: str, reason: str | None) -> None:
+def record_engine(
+    model: Any,
+    engine: str,
+    reason: str | None,
+    note: Callable[[Any, str], None] | None = None,
+) -> None:
     """Remember which engine trains the model (``model._dp_engine_used``); say it once per
     model and engine: an INFO log for the fast engine, a warning (with the reason) for the
-    vectorized fallback. (TensorFlow queues the warning with its vectorizer's notes.)"""
+    vectorized fallback. ``note(model, sentence)``, if given, takes the warning's sentence
+    instead (TensorFlow queues it with its vectorizer's notes, said in one line)."""
     previous = getattr(model, "_dp_engine_used", None)
     object.__setattr__(model, "_dp_engine_used", (engine, reason))
     if previous is not None and previous[0] == engine:
@@ -37,12 +43,15 @@ def record_engine(model: Any, engine: str, reason: str | None) -> None:
         logging.getLogger("keras_privacy").info(
             "keras-privacy: %r trains with the fast (norm-only) clipping engine.", model.name
         )
+        return
+    sentence = (
+        f"{model.name!r} trains with the vectorized clipping engine (exact, slower), "
+        f"because the fast engine cannot be exact for it: {reason}."
+    )
+    if note is not None:
+        note(model, sentence)
     else:
-        warnings.warn(
-            f"keras-privacy: {model.name!r} trains with the vectorized clipping engine "
-            f"(exact, slower), because the fast engine cannot be exact for it: {reason}.",
-            stacklevel=2,
-        )
+        warnings.warn(f"keras-privacy: {sentence}", stacklevel=2)
 
 
 def fast_or_fallback(

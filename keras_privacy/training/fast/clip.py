@@ -39,15 +39,18 @@ def unit_norms(calls: Sequence[RuleCall], units: Units) -> Any:
     )
 
 
-def clipped_sums(
+def clipped_gradient_sum(
     calls: Sequence[RuleCall],
     units: Units,
-    norms: Any,
+    variables: Sequence,
     l2_norm_clip: float,
     unit_mask: Any = None,
-) -> dict[int, Any]:
-    """``{id(variable): sum_u c_u grad_u}`` for every variable of every call; units
-    outside ``unit_mask`` (padding rows) get ``c_u = 0``."""
+) -> tuple[list, Any]:
+    """``([sum_u c_u grad_u for each of variables], norms)`` with the norms of
+    :func:`unit_norms` and ``c_u = min(1, C / ||g_u||)`` (0 for a non-finite norm and for
+    units outside ``unit_mask``: padding rows); every variable of every call is summed,
+    returned in the order of ``variables``."""
+    norms = unit_norms(calls, units)
     factors = clipping.clip_factors(norms, l2_norm_clip, unit_mask)
 
     def sums(safe: bool):
@@ -60,5 +63,6 @@ def clipped_sums(
         return run
 
     flat = ops.cond(ops.all(ops.isfinite(norms)), sums(False), sums(True))
-    variables = [v for call in calls for v in call.rule.variables(call.layer)]
-    return {id(v): g for v, g in zip(variables, flat, strict=True)}
+    covered = [v for call in calls for v in call.rule.variables(call.layer)]
+    by_id = {id(v): g for v, g in zip(covered, flat, strict=True)}
+    return [by_id[id(v)] for v in variables], norms

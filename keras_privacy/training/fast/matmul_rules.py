@@ -38,6 +38,21 @@ class _MatmulRule(LayerRule):
         """``[U, n_bias]``: each unit's bias gradient."""
         raise NotImplementedError
 
+    def variables(self, layer):
+        return [layer._kernel] + ([layer.bias] if layer.bias is not None else [])
+
+    def _project(self, layer: Any, inputs: Any) -> Any:
+        """``a W``: the layer's output before the bias."""
+        raise NotImplementedError
+
+    def forward(self, layer, inputs, *args, **kwargs):
+        z = self._project(layer, inputs)
+        if layer.bias is not None:
+            z = ops.add(z, layer.bias)
+        z = U.probe(z)
+        out = layer.activation(z) if layer.activation is not None else z
+        return out, {"a": inputs}, {"z": z}
+
     def _grouped(self, call, units):
         if "a" not in call.cache:
             call.cache["a"], call.cache["d"] = self._kernel_2d(call, units)
@@ -119,16 +134,8 @@ class DenseRule(_MatmulRule):
     def unsupported(self, layer):
         return _plain_layer(layer) or _trainable_only(layer, self.variables(layer))
 
-    def variables(self, layer):
-        return [layer._kernel] + ([layer.bias] if layer.bias is not None else [])
-
-    def forward(self, layer, inputs, *args, **kwargs):
-        z = ops.matmul(inputs, layer.kernel)
-        if layer.bias is not None:
-            z = ops.add(z, layer.bias)
-        z = U.probe(z)
-        out = layer.activation(z) if layer.activation is not None else z
-        return out, {"a": inputs}, {"z": z}
+    def _project(self, layer, inputs):
+        return ops.matmul(inputs, layer.kernel)
 
     def _kernel_2d(self, call, units):
         a = call.saved["a"]
@@ -185,16 +192,8 @@ class EinsumDenseRule(_MatmulRule):
             return f"its equation {layer.equation!r} is not a batched matmul"
         return _plain_layer(layer) or _trainable_only(layer, self.variables(layer))
 
-    def variables(self, layer):
-        return [layer._kernel] + ([layer.bias] if layer.bias is not None else [])
-
-    def forward(self, layer, inputs, *args, **kwargs):
-        z = ops.einsum(layer.equation, inputs, layer.kernel)
-        if layer.bias is not None:
-            z = ops.add(z, layer.bias)
-        z = U.probe(z)
-        out = layer.activation(z) if layer.activation is not None else z
-        return out, {"a": inputs}, {"z": z}
+    def _project(self, layer, inputs):
+        return ops.einsum(layer.equation, inputs, layer.kernel)
 
     def _kernel_2d(self, call, units):
         inp, ker, out, b, pos, d_in, d_out = self._letters(call.layer)

@@ -49,26 +49,24 @@ class Units:
         return ops.repeat(unit_values, rows // self.num_units, axis=0)
 
 
-def _keras_extract_patches(images, size, strides, dilation_rate, padding):
-    return ops.image.extract_patches(
-        images,
-        size,
-        strides=strides,
-        dilation_rate=dilation_rate,
-        padding=padding,
-        data_format="channels_last",
-    )
+def _channels_last(name: str):
+    """Keras's ``ops.image.<name>`` with the rules' positional signature, channels last."""
+
+    def extract(images, size, strides, dilation_rate, padding):
+        return getattr(ops.image, name)(
+            images,
+            size,
+            strides=strides,
+            dilation_rate=dilation_rate,
+            padding=padding,
+            data_format="channels_last",
+        )
+
+    return extract
 
 
-def _keras_extract_patches_3d(volumes, size, strides, dilation_rate, padding):
-    return ops.image.extract_patches_3d(
-        volumes,
-        size,
-        strides=strides,
-        dilation_rate=dilation_rate,
-        padding=padding,
-        data_format="channels_last",
-    )
+_keras_extract_patches = _channels_last("extract_patches")
+_keras_extract_patches_3d = _channels_last("extract_patches_3d")
 
 
 backend_ops = {

@@ -13,87 +13,24 @@ import jax
 import jax.numpy as jnp
 import keras
 
-from keras_privacy.training import clipping
+from keras_privacy.training import vectorized
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch, refuse_state_updates, unit_forward
-from keras_privacy.training.errors import PrivacyError
-from keras_privacy.training.fast.choice import warn_if_mixing
-
-# Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
-# seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
-_SEED_STRIDE = 1_000_003
-
-
-def _to_units(tensor: jax.Array, num_units: int | None) -> jax.Array:
-    """[rows, ...] -> [units, rows_per_unit, ...] (static shapes)."""
-    if num_units is None:
-        return tensor[:, None]
-    rows = tensor.shape[0]
-    if rows % num_units:
-        raise PrivacyError(
-            f"num_microbatches={num_units} must divide the batch size, but a batch has "
-            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
-        )
-    return jnp.reshape(tensor, (num_units, rows // num_units, *tensor.shape[1:]))
+from keras_privacy.training.engine import (
+    SEED_STRIDE,
+    from_units,
+    refuse_state_updates,
+    seed_advances,
+    state_mapping,
+    to_units,
+    unit_data,
+    unit_forward,
+)
 
 
-def _from_units(tensor: jax.Array) -> jax.Array:
-    """[units, rows_per_unit, ...] -> [rows, ...]."""
-    return jnp.reshape(tensor, (-1, *tensor.shape[2:]))
-
-
-class VectorizedEngine:
-    """Materialises each unit's gradient with ``jax.vmap(jax.grad(unit_loss))``.
-
-    Each unit (one example, or one microbatch) runs through the model on its own, in
-    training mode, inside a :class:`keras.StatelessScope`, so its loss -- including the
-    losses computed from its data (activity regularizers, ``add_loss``), excluding
-    weight regularization (added by the trainer after clipping and noising) -- and
-    gradient depend on that unit alone. Random layers get a per-unit seed (the unit
-    index folded into the seed state), so every unit draws its own dropout mask. Layers
-    that *update* non-trainable state in training mode (moving statistics, counters) are
-    refused: that state would be computed from private data without noise.
-    """
-
-    def clipped_gradient_sum(
-        self,
-        model: Any,
-        trainable_values: list,
-        non_trainable_values: list,
-        x: Any,
-        y: Any,
-        sample_weight: Any,
-        *,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: Any = 0,
-        unit_mask: Any = None,
-    ) -> tuple[ClippedBatch, list]:
-        """``sum_u min(1, C / ||g_u||) g_u`` over the units (units outside ``unit_mask``
-        and units with a non-finite gradient contribute exactly zero).
-
-        Returns the :class:`ClippedBatch` and the new non-trainable values.
-        """
-        warn_if_mixing(model, x)
-        grads, unit_losses, y_pred, new_non_trainable = self.unit_gradients(
-            model,
-            trainable_values,
-            non_trainable_values,
-            x,
-            y,
-            sample_weight,
-            num_units=num_units,
-            unit_offset=unit_offset,
-        )
-        norms = clipping.global_norms(grads)
-        factors = clipping.clip_factors(norms, l2_norm_clip, unit_mask)
-        batch = ClippedBatch(
-            grad_sum=clipping.weighted_sum(grads, factors, norms),
-            unit_losses=unit_losses,
-            y_pred=y_pred,
-            norms=norms,
-        )
-        return batch, new_non_trainable
+class VectorizedEngine(vectorized.VectorizedEngine):
+    """Materialises each unit's gradient with ``jax.vmap(jax.grad(unit_loss))`` (see
+    :mod:`keras_privacy.training.vectorized`); random layers get the unit index folded
+    into their seed state, so every unit draws its own dropout mask."""
 
     def unit_gradients(
         self,
@@ -109,12 +46,11 @@ class VectorizedEngine:
     ) -> tuple[list, Any, Any, list]:
         """Each unit's gradient (float32, leading unit axis), loss, the outputs, and the
         non-trainable values after the step (seed states advanced once)."""
-        trainable = model.trainable_variables
         non_trainable = model.non_trainable_variables
         seeds = {id(v) for v in seed_state_variables(model)}
-        data = (x, y, sample_weight)
-        leaves = [t for t in keras.tree.flatten(data) if t is not None]
-        unit_leaves = [_to_units(jnp.asarray(t), num_units) for t in leaves]
+        data, unit_leaves = unit_data(
+            x, y, sample_weight, num_units, lambda t, n: to_units(jnp.asarray(t), n)
+        )
         count = unit_leaves[0].shape[0]
         unit_index = jnp.arange(count, dtype="uint32") + jnp.asarray(unit_offset, "uint32")
         stateful_updates: list[str] = []
@@ -125,24 +61,16 @@ class VectorizedEngine:
 
         def unit_loss(train_values, leaves_u, index):
             unit_non_trainable = [
-                value + (index * _SEED_STRIDE).astype(value.dtype) * jnp.array([1, 0], value.dtype)
+                value + (index * SEED_STRIDE).astype(value.dtype) * jnp.array([1, 0], value.dtype)
                 if id(var) in seeds
                 else value
                 for var, value in zip(non_trainable, non_trainable_values, strict=True)
             ]
-            mapping = (
-                list(zip(trainable, train_values, strict=True))
-                + list(zip(non_trainable, unit_non_trainable, strict=True))
-                + scratch_metrics
-            )
+            mapping = state_mapping(model, train_values, unit_non_trainable, scratch_metrics)
             loss, y_pred, before, after = unit_forward(
                 model, mapping, data, leaves_u, seeds, stateful_updates
             )
-            seed_advance = [
-                new - old
-                for var, old, new in zip(non_trainable, before, after, strict=True)
-                if id(var) in seeds
-            ]
+            seed_advance = seed_advances(non_trainable, before, after, seeds)
             loss = jnp.mean(jnp.asarray(loss, "float32"))
             return loss, (loss, y_pred, seed_advance)
 
@@ -158,4 +86,4 @@ class VectorizedEngine:
             value + next(advances)[0] if id(var) in seeds else value
             for var, value in zip(non_trainable, non_trainable_values, strict=True)
         ]
-        return grads, unit_losses, keras.tree.map_structure(_from_units, y_pred), new_non_trainable
+        return grads, unit_losses, keras.tree.map_structure(from_units, y_pred), new_non_trainable

@@ -1,6 +1,6 @@
 """The fast (norm-only, book-keeping) clipping engine on JAX.
 
-The same engine as on TensorFlow (see that module's docstring for when it is exact and
+The engine of :mod:`keras_privacy.training.fast.engine` (which says when it is exact and
 when it falls back), with JAX's way of getting the loss gradients of the rules' probe
 tensors ``z`` (a traced function has no gradient with respect to an intermediate value):
 
@@ -13,13 +13,12 @@ tensors ``z`` (a traced function has no gradient with respect to an intermediate
    enabled for that part (``jax.enable_x64``) as the rules use them on TensorFlow.
 
 Padding rows of a Poisson batch are left out of the summed loss and get clip factor 0.
-Only random layers' seed states may change in the forward pass; any other non-trainable
-update sends the model to the vectorized engine (which refuses it, loudly).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,13 +28,18 @@ import keras
 import numpy as np
 from keras.src.backend.common.stateless_scope import StatelessScope
 
-from keras_privacy.training.backend.jax.engine import VectorizedEngine, _to_units
+from keras_privacy.training.backend.jax.engine import VectorizedEngine
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch, unit_loss_leaves
+from keras_privacy.training.engine import ClippedBatch, state_mapping, to_units
 from keras_privacy.training.fast import clip as fast_clip
+from keras_privacy.training.fast import engine as fast_engine
 from keras_privacy.training.fast import units as fast_units
-from keras_privacy.training.fast.capture import DATA_LOSSES, _Capture, _check_exact
-from keras_privacy.training.fast.choice import fast_or_fallback
+from keras_privacy.training.fast.capture import _Capture, _check_exact
+from keras_privacy.training.fast.engine import (
+    refuse_forward_updates,
+    rules_forward,
+    vectorized_unit_losses,
+)
 from keras_privacy.training.fast.matmul_rules import ConvRule
 from keras_privacy.training.fast.rules import _RULES, NotExact, RuleCall, register_rule
 from keras_privacy.training.fast.units import Units
@@ -105,73 +109,31 @@ def _is_array(value: Any) -> bool:
     return isinstance(value, (jax.Array, jnp.ndarray)) or hasattr(value, "aval")
 
 
-class FastEngine:
-    """Norm-only clipping for the batch at once; see the module docstring.
+class FastEngine(fast_engine.FastEngine):
+    """The fast engine (:class:`keras_privacy.training.fast.engine.FastEngine`) on JAX;
+    see the module docstring."""
 
-    Args:
-      require: ``True`` for ``engine="fast"`` (refuse models it cannot train exactly),
-        ``False`` for ``engine="auto"`` (fall back to the vectorized engine).
-    """
+    vectorized = VectorizedEngine
 
-    def __init__(self, require: bool = False) -> None:
-        self.require = require
-        self.fallback = VectorizedEngine()
-
-    def clipped_gradient_sum(
+    def _fast(
         self,
-        model: Any,
-        trainable_values: list,
-        non_trainable_values: list,
-        x: Any,
-        y: Any,
-        sample_weight: Any,
+        model,
+        trainable_values,
+        non_trainable_values,
+        x,
+        y,
+        sample_weight,
         *,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: Any = 0,
-        unit_mask: Any = None,
+        num_units,
+        l2_norm_clip,
+        unit_mask=None,
     ) -> tuple[ClippedBatch, list]:
-        """As :meth:`VectorizedEngine.clipped_gradient_sum`."""
-        return fast_or_fallback(
-            model,
-            x,
-            self.require,
-            lambda: self._fast(
-                model,
-                trainable_values,
-                non_trainable_values,
-                (x, y, sample_weight),
-                num_units,
-                l2_norm_clip,
-                unit_mask,
-            ),
-            lambda: self.fallback.clipped_gradient_sum(
-                model,
-                trainable_values,
-                non_trainable_values,
-                x,
-                y,
-                sample_weight,
-                num_units=num_units,
-                l2_norm_clip=l2_norm_clip,
-                unit_offset=unit_offset,
-                unit_mask=unit_mask,
-            ),
-        )
-
-    def _fast(self, model, trainable_values, non_trainable_values, data, num_units, clip, mask):
         units = Units(num_units)
-        x, y, sample_weight = data
         trainable = model.trainable_variables
         non_trainable = model.non_trainable_variables
         seeds = {id(v) for v in seed_state_variables(model)}
         scratch_metrics = [(v, jnp.zeros(v.shape, v.dtype)) for v in model.metrics_variables]
-        mapping = (
-            list(zip(trainable, trainable_values, strict=True))
-            + list(zip(non_trainable, non_trainable_values, strict=True))
-            + scratch_metrics
-        )
-        training = {"training": True} if model._call_has_training_arg else {}
+        mapping = state_mapping(model, trainable_values, non_trainable_values, scratch_metrics)
         static: dict = {}
 
         def forward(perturbations):
@@ -182,17 +144,12 @@ class FastEngine:
                 excluding_weight_regularization(model),
                 StatelessScope(state_mapping=mapping, collect_losses=True) as scope,
             ):
-                y_pred = model(x, **training)
-                if model.losses:  # weight regularization is excluded: added after noising
-                    raise NotExact(DATA_LOSSES)
-                unit_losses = _unit_losses(model, y, y_pred, sample_weight, num_units)
+                y_pred, unit_losses = rules_forward(
+                    model, x, y, sample_weight, num_units, _unit_losses
+                )
                 new_non_trainable = [scope.get_current_value(v) for v in non_trainable]
             _check_exact(model, capture)
-            for var, old, new in zip(
-                non_trainable, non_trainable_values, new_non_trainable, strict=True
-            ):
-                if id(var) not in seeds and new is not old:
-                    raise NotExact(f"the forward pass updates the non-trainable {var.path!r}")
+            refuse_forward_updates(non_trainable, non_trainable_values, new_non_trainable, seeds)
             for call in capture.calls:
                 for tensor in call.probes.values():
                     if not any(tensor is t for t in tap.outputs):
@@ -201,8 +158,8 @@ class FastEngine:
                             "with keras_privacy.training.fast.units.probe"
                         )
             keep = jnp.isfinite(unit_losses)
-            if mask is not None:
-                keep = jnp.logical_and(keep, mask > 0)
+            if unit_mask is not None:
+                keep = jnp.logical_and(keep, unit_mask > 0)
             total = jnp.sum(jnp.where(keep, unit_losses, 0.0))
             saved = []
             for call in capture.calls:
@@ -224,10 +181,11 @@ class FastEngine:
         # The rules compute some sums in 64 bits (the Dense rule's position double sum in
         # float64, Embedding token keys in int64): JAX allows them within this scope.
         with jax.enable_x64(True):
-            norms = fast_clip.unit_norms(calls, units)
-            sums = fast_clip.clipped_sums(calls, units, norms, clip, mask)
+            sums, norms = fast_clip.clipped_gradient_sum(
+                calls, units, trainable, l2_norm_clip, unit_mask
+            )
             batch = ClippedBatch(
-                grad_sum=[jnp.asarray(sums[id(v)], "float32") for v in trainable],
+                grad_sum=[jnp.asarray(g, "float32") for g in sums],
                 unit_losses=unit_losses,
                 y_pred=y_pred,
                 norms=jnp.asarray(norms, "float32"),
@@ -235,19 +193,12 @@ class FastEngine:
         return batch, new_non_trainable
 
 
-def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
-    """``[U]``: each unit's loss, as the vectorized engine computes it (the compiled loss
-    of the unit's rows alone, with their output masks, averaged), vectorized over units
-    with ``jax.vmap``."""
-    leaves, rebuild = unit_loss_leaves(y, y_pred, sample_weight)
-    unit_leaves = [_to_units(jnp.asarray(t), num_units) for t in leaves]
-
-    def unit_loss(leaves_u):
-        y_u, pred_u, sw_u = rebuild(leaves_u)
-        loss = model._compute_loss(x=None, y=y_u, y_pred=pred_u, sample_weight=sw_u, training=True)
-        return jnp.mean(jnp.asarray(loss, "float32"))
-
-    return jax.vmap(unit_loss)(unit_leaves)
+#: ``[U]``: each unit's loss, vectorized over units with ``jax.vmap``.
+_unit_losses = functools.partial(
+    vectorized_unit_losses,
+    to_units=lambda t, n: to_units(jnp.asarray(t), n),
+    vmap=lambda fn, leaves: jax.vmap(fn)(leaves),
+)
 
 
 __all__ = ["FastEngine"]

@@ -7,14 +7,9 @@ through every step like Keras's seed generators, but it is not a Keras variable:
 in an untracked :class:`_StepState` on the model, so nothing of it reaches a saved model
 or is restored by ``load_weights``.
 
-Every call makes exactly one optimizer update from one *logical batch* (see the TensorFlow
-trainer's docstring for the batch kinds and the accumulation semantics)::
-
-    g = ( sum_u clip_C(grad_u) + N(0, (sigma C)^2 I) ) / B  +  grad R(w)
-
-(``R``: the weight regularizers' loss, left out of every unit's loss and added after
-noising, :mod:`keras_privacy.training.regularization`) with the noise drawn once, from a
-key split off the state's key (never reused: the key lives as long as the model, across
+Every call makes exactly one optimizer update from one *logical batch*, as
+:mod:`keras_privacy.training.step` says, with the noise drawn once, from a key split off
+the state's key (never reused: the key lives as long as the model, across
 steps, fits and recompiles). Poisson batches arrive padded to a fixed capacity with a 0/1
 mask; the step computes over the whole capacity and gives padding rows clip factor 0, so
 shapes are static and XLA compiles the step once.
@@ -23,31 +18,26 @@ shapes are static and XLA compiles the step once.
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import keras
 from keras.src.backend.common.stateless_scope import StatelessScope
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training import step as shared
-from keras_privacy.training.backend.jax.engine import VectorizedEngine
 from keras_privacy.training.backend.jax.fast_engine import FastEngine
 from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.regularization import add_regularization_gradient
 
 
 class _StepState:
-    """Per-model transient state of the DP step, deliberately not tracked by Keras.
+    """Per-model transient state of the DP step (:data:`~keras_privacy.training.step.COUNTERS`).
 
     ``values`` is what the jit-compiled step reads and returns: ``key`` (a raw uint32[2]
     threefry key, advanced every step) and the counters since they were last read
-    (``updates``, ``examples``: int32 deltas; ``largest_batch``, ``largest_unit``: maxima
-    since the current record segment began). :meth:`counters` folds the deltas into Python
-    integers (``totals``), so they never overflow. Only the DP step advances them;
-    resetting ``optimizer.iterations``, restoring a checkpoint or interrupting ``fit``
-    cannot rewind them.
+    (``updates``, ``examples``: int32 deltas; ``largest_batch``, ``largest_unit``: maxima).
+    :meth:`counters` folds the deltas into Python integers, so they never overflow.
     """
 
     def __init__(self, seed: int | None) -> None:
@@ -85,51 +75,16 @@ class _StepState:
 POISSON_PIECE = 32
 
 
-def _rows(data: Any, start: int, stop: int) -> Any:
-    return keras.tree.map_structure(lambda t: None if t is None else t[start:stop], data)
-
-
-class JAXDPTrainer:
+class JAXDPTrainer(shared.DPTrainerBase):
     """Mixin for ``keras.Model`` subclasses on the JAX backend (placed first in the
     bases): replaces ``train_step`` with the DP step and compiles it with ``jax.jit``."""
 
-    _dp_engine = VectorizedEngine()  # the reference engine (engine="vectorized")
-    _dp_engines = {
-        "vectorized": _dp_engine,
-        "fast": FastEngine(require=True),
-        "auto": FastEngine(require=False),
-    }
+    _dp_engines = engine_table(FastEngine)
+    _dp_engine = _dp_engines["vectorized"]  # the reference engine
+    _dp_step_state_class = _StepState
     _dp_supports_jit = True  # compile() leaves jit_compile to Keras ("auto": on)
 
     # -- state shared with the backend-neutral model ----------------------------------
-
-    def _dp_state(self) -> _StepState:
-        if self._dp_step_state is None:
-            self._dp_step_state = _StepState(self._dp_require_config().seed)
-        return self._dp_step_state
-
-    def _dp_counters(self) -> dict[str, int]:
-        """What the DP step has done, as Python ints (zeros before any training)."""
-        state = self._dp_step_state
-        if state is None:
-            return dict.fromkeys(shared.COUNTERS, 0)
-        return state.counters()
-
-    def _dp_reset_segment_counters(self) -> None:
-        self._dp_state().reset_segment()
-
-    @property
-    def dp_engine_used(self) -> str | None:
-        """The clipping engine the last compiled DP step used (``"fast"`` or
-        ``"vectorized"``), or ``None`` before training."""
-        used = getattr(self, "_dp_engine_used", None)
-        return None if used is None else used[0]
-
-    def _dp_engine_for_step(self):
-        choice = self._dp_settings.get("engine", "auto")
-        if choice == "vectorized":
-            object.__setattr__(self, "_dp_engine_used", ("vectorized", "engine='vectorized'"))
-        return self._dp_engines[choice]
 
     def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0):
         """The engine's clipped sum for a batch at the current weights, eagerly (tests and
@@ -185,19 +140,10 @@ class JAXDPTrainer:
         trainable, non_trainable, optimizer_values, metrics_values, dp = state
         config = self._dp_require_config()
         accumulation = config.gradient_accumulation_steps
-        if isinstance(data, (tuple, list)) and len(data) == 4:
-            x, y, sample_weight, mask = data
-            data = (x, y, sample_weight)
-            rows = jnp.sum(mask).astype("int32")
-            num_units = None  # Poisson sampling clips per example
-            poisson = True
-        else:
-            data = data_adapter_utils.unpack_x_y_sample_weight(data)
-            mask = None
-            rows = keras.tree.flatten(data[0])[0].shape[0]
-            num_units = config.num_microbatches
-            poisson = False
+        data, mask, num_units = shared.split_batch(data, config)
+        poisson = mask is not None
         capacity = keras.tree.flatten(data[0])[0].shape[0]
+        rows = jnp.sum(mask).astype("int32") if poisson else capacity
         divisor = shared.public_divisor(config, self._dp_expected_units, rows, poisson=poisson)
         chunk = capacity
         if accumulation > 1:
@@ -256,7 +202,7 @@ class JAXDPTrainer:
             batch, non_trainable = clipped(non_trainable, data, mask, 0)
             return batch.grad_sum, batch.unit_losses, batch.y_pred, non_trainable
         units_per_chunk = chunk if num_units is None else num_units
-        head = _rows((data, mask), 0, full * chunk)
+        head = shared.rows_of((data, mask), 0, full * chunk)
         chunks = keras.tree.map_structure(
             lambda t: None if t is None else jnp.reshape(t, (full, chunk, *t.shape[1:])), head
         )
@@ -275,7 +221,7 @@ class JAXDPTrainer:
         losses = jnp.reshape(losses, (-1,))
         preds = keras.tree.map_structure(lambda p: jnp.reshape(p, (-1, *p.shape[2:])), preds)
         if capacity > full * chunk:  # the remainder chunk (static size)
-            part, part_mask = _rows((data, mask), full * chunk, capacity)
+            part, part_mask = shared.rows_of((data, mask), full * chunk, capacity)
             batch, non_trainable = clipped(non_trainable, part, part_mask, full * units_per_chunk)
             grad_sum = [s + g for s, g in zip(grad_sum, batch.grad_sum, strict=True)]
             losses = jnp.concatenate([losses, batch.unit_losses])

@@ -5,39 +5,35 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import keras
 import tensorflow as tf
-from keras.src.backend.common.stateless_scope import StatelessScope
 
-from keras_privacy.training import clipping
+from keras_privacy.training import vectorized
 from keras_privacy.training.backend.tensorflow.vectorization import (
     vectorizer_rules,
 )
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch, refuse_state_updates
+from keras_privacy.training.engine import (
+    SEED_STRIDE,
+    check_units_divide,
+    refuse_state_updates,
+    seed_advances,
+    state_mapping,
+    unit_data,
+    unit_forward,
+)
 from keras_privacy.training.errors import PrivacyError
-from keras_privacy.training.fast.choice import warn_if_mixing
-from keras_privacy.training.regularization import excluding_weight_regularization
-
-# Spreads the seeds of random layers (dropout) over units: unit i of a step draws with
-# seed state (s0 + i * _SEED_STRIDE, s1), distinct for every unit of every step.
-_SEED_STRIDE = 1_000_003
+from keras_privacy.training.vectorized import queue_engine_note
 
 
 def _to_units(tensor: tf.Tensor, num_units: int | None) -> tf.Tensor:
     """[rows, ...] -> [units, rows_per_unit, ...]."""
     if num_units is None:
         return tensor[:, None]
-    rows = tensor.shape[0]
-    if rows is not None and rows % num_units:
-        raise PrivacyError(
-            f"num_microbatches={num_units} must divide the batch size, but a batch has "
-            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
-        )
+    check_units_divide(tensor.shape[0], num_units)
     shape = tf.shape(tensor)
     tf.debugging.assert_equal(
         shape[0] % num_units,
@@ -63,19 +59,6 @@ def _dense(grad: Any, value: tf.Tensor) -> tf.Tensor:
 
 
 _warned_models: set[int] = set()
-
-
-def queue_engine_note(model: Any, note: str) -> None:
-    """Queue a sentence about how ``model`` is trained; the engine says all queued notes
-    in one warning line when it has computed the batch (see :func:`_say_engine_notes`)."""
-    notes = model.__dict__.setdefault("_dp_engine_notes", [])
-    notes.append(note)
-
-
-def _say_engine_notes(model: Any) -> None:
-    notes = model.__dict__.pop("_dp_engine_notes", None)
-    if notes:
-        warnings.warn("keras-privacy: " + " ".join(notes), stacklevel=4)
 
 
 def _warn_loop_fallback(model: Any, error: Exception) -> None:
@@ -139,42 +122,10 @@ def _per_unit_loop(fn, elems):
     return tf.map_fn(fn, elems, fn_output_signature=signature, parallel_iterations=8)
 
 
-class VectorizedEngine:
-    """Materialises each unit's gradient; exact for any layer the vectorizer handles.
-
-    Each unit (one example, or one microbatch) runs through the model on its own, in
-    training mode, inside a :class:`keras.StatelessScope`, so its loss -- including the
-    losses computed from its data (activity regularizers, ``add_loss``), excluding
-    weight regularization (added by the trainer after clipping and noising) -- and
-    gradient depend on that unit alone. Random layers get a per-unit seed. Layers that
-    *update* non-trainable state in training mode (moving statistics, counters) are
-    refused: that state would be computed from private data without noise.
-    """
-
-    def clipped_gradient_sum(
-        self,
-        model: Any,
-        x: Any,
-        y: Any,
-        sample_weight: Any,
-        *,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: Any = 0,
-    ) -> ClippedBatch:
-        warn_if_mixing(model, x)
-        grads, unit_losses, y_pred = self.unit_gradients(
-            model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
-        )
-        _say_engine_notes(model)
-        norms = clipping.global_norms(grads)
-        factors = clipping.clip_factors(norms, l2_norm_clip)
-        return ClippedBatch(
-            grad_sum=clipping.weighted_sum(grads, factors, norms),
-            unit_losses=unit_losses,
-            y_pred=y_pred,
-            norms=norms,
-        )
+class VectorizedEngine(vectorized.VectorizedEngine):
+    """Materialises each unit's gradient with ``tf.vectorized_map`` (see
+    :mod:`keras_privacy.training.vectorized`); exact for any layer the vectorizer
+    handles, and in a ``tf.map_fn`` loop where it cannot convert the graph."""
 
     def unit_gradients(
         self,
@@ -193,46 +144,25 @@ class VectorizedEngine:
         trainable_values = [v.value for v in trainable]
         non_trainable_values = [v.value for v in non_trainable]
 
-        data = (x, y, sample_weight)
-        leaves = [t for t in keras.tree.flatten(data) if t is not None]
-        unit_leaves = [_to_units(t, num_units) for t in leaves]
+        data, unit_leaves = unit_data(x, y, sample_weight, num_units, _to_units)
         count = tf.shape(unit_leaves[0])[0]
         unit_index = tf.range(count, dtype="int64") + tf.cast(unit_offset, "int64")
         stateful_updates: list[str] = []
 
         def unit_gradient(args):
             leaves_u, index = args
-            it = iter(leaves_u)
-            x_u, y_u, sw_u = keras.tree.map_structure(
-                lambda t: None if t is None else next(it), data
-            )
-            offset = tf.stack([index * _SEED_STRIDE, tf.constant(0, "int64")])
+            offset = tf.stack([index * SEED_STRIDE, tf.constant(0, "int64")])
             unit_non_trainable = [
                 value + tf.cast(offset, value.dtype) if id(var) in seeds else value
                 for var, value in zip(non_trainable, non_trainable_values, strict=True)
             ]
-            mapping = list(zip(trainable, trainable_values, strict=True)) + list(
-                zip(non_trainable, unit_non_trainable, strict=True)
-            )
+            mapping = state_mapping(model, trainable_values, unit_non_trainable)
             with tf.GradientTape() as tape:
                 tape.watch(trainable_values)
-                with (
-                    excluding_weight_regularization(model),
-                    StatelessScope(state_mapping=mapping, collect_losses=True) as scope,
-                ):
-                    before = [scope.get_current_value(v) for v in non_trainable]
-                    if model._call_has_training_arg:
-                        y_pred = model(x_u, training=True)
-                    else:
-                        y_pred = model(x_u)
-                    loss = model._compute_loss(
-                        x=x_u, y=y_u, y_pred=y_pred, sample_weight=sw_u, training=True
-                    )
-                    after = [scope.get_current_value(v) for v in non_trainable]
+                loss, y_pred, before, after = unit_forward(
+                    model, mapping, data, leaves_u, seeds, stateful_updates
+                )
                 loss = tf.reduce_mean(tf.cast(loss, "float32"))
-            for var, old, new in zip(non_trainable, before, after, strict=True):
-                if id(var) not in seeds and new is not old:
-                    stateful_updates.append(var.path)
             grads = tape.gradient(
                 loss, trainable_values, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
@@ -240,11 +170,7 @@ class VectorizedEngine:
                 tf.cast(_dense(g, value), "float32")
                 for g, value in zip(grads, trainable_values, strict=True)
             ]
-            seed_advance = [
-                new - old
-                for var, old, new in zip(non_trainable, before, after, strict=True)
-                if id(var) in seeds
-            ]
+            seed_advance = seed_advances(non_trainable, before, after, seeds)
             return grads, loss, y_pred, seed_advance
 
         elems = (unit_leaves, unit_index)

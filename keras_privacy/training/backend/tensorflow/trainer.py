@@ -1,25 +1,10 @@
-"""The DP training step on TensorFlow.
+"""The DP training step on TensorFlow, traced by ``tf.function`` as Keras's own step is.
 
-Every call of :meth:`TensorFlowDPTrainer.train_step` makes exactly one optimizer update
-from one *logical batch*, and nothing of it carries over to the next call:
-
-* a Poisson batch ``(x, y, sample_weight, mask)`` padded to a fixed capacity, sampled
-  rows first (see :mod:`keras_privacy.training.sampling`); or
-* an ordinary ``(x, y, sample_weight)`` batch: Keras's shuffled batching of arrays
-  (``sampling="shuffle"``, batches of ``batch_size x gradient_accumulation_steps`` rows),
-  one batch of a pipeline (``tf.data``, a generator), or a ``train_on_batch`` batch.
-
-With ``gradient_accumulation_steps = n > 1`` the logical batch is processed in chunks
-(``batch_size`` rows each for arrays; ``ceil(rows / n)`` rows for a pipeline batch) to
-bound memory, and their clipped sums are added before the single noise draw. Because an
-update never holds more than one logical batch, it can never span an epoch, a pass over
-the data or a ``fit`` call: each example is in it at most once.
-
-The update is ``(sum of clipped unit gradients + N(0, (sigma C)^2)) / B + grad R(w)`` with
-the noise drawn once; ``R`` is the weight regularizers' loss, left out of every unit's
-loss and added after noising (:mod:`keras_privacy.training.regularization`). The step
-itself counts what it did (noised updates, the largest logical batch, the largest clipping
-unit) in variables only it advances; the model's privacy record is read from them.
+The update and the logical batches are those of :mod:`keras_privacy.training.step`; the
+noise is drawn once per update from a counter-based generator keyed by the model's own
+key (:class:`_StepState`), and the step counts what it did (noised updates, the largest
+logical batch, the largest clipping unit) in variables only it advances; the model's
+privacy record is read from them.
 """
 
 from __future__ import annotations
@@ -30,16 +15,22 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from keras.src.trainers.data_adapters import data_adapter_utils
 
-from keras_privacy.training.backend.tensorflow.engine import VectorizedEngine
 from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
-from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.noise import gaussians_from_uniforms, pairs_needed, split_noise
-from keras_privacy.training.optimizers import private_update
-from keras_privacy.training.regularization import add_regularization_gradient
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses
-from keras_privacy.training.step import dp_metrics, public_divisor
+from keras_privacy.training.step import (
+    COUNTERS,
+    DPTrainerBase,
+    apply_private_update,
+    chunk_rows,
+    dp_metrics,
+    public_divisor,
+    rows_of,
+    split_batch,
+    unit_size,
+)
 
 
 @tf.function(jit_compile=True)
@@ -64,30 +55,34 @@ def _uniform_sampler():
 
 
 class _StepState:
-    """Per-model transient state of the DP step. Deliberately not tracked by Keras, so
-    nothing here reaches a saved model or is restored by ``load_weights``.
+    """Per-model transient state of the DP step: the noise key and, in variables,
+    the counters (:data:`~keras_privacy.training.step.COUNTERS`).
 
     The noise key ``(seed, n)`` lives as long as the model: the n-th update's noise comes
     from the counter-based generator at key ``(seed, n)``, and ``n`` only ever grows, so
     recompiling or retracing never repeats a draw (repeated noise could be cancelled by
-    differencing two updates). ``seed`` is the DP ``seed`` when one is given (tests),
+    differencing two updates). ``seed`` is the DP ``seed`` + 1 when one is given (tests),
     else 62 bits from the operating system's entropy.
-
-    The counters are advanced only by the DP step: ``updates`` counts noised optimizer
-    updates over the model's life (resetting ``optimizer.iterations``, restoring a
-    checkpoint or interrupting ``fit`` cannot rewind it); ``largest_batch`` and
-    ``largest_unit`` hold the most examples one update and one clipping unit held since
-    the current record segment began; ``examples`` counts the rows trained on.
     """
 
     def __init__(self, seed: int | None) -> None:
-        base = secrets.randbits(62) if seed is None else seed
-        self.noise_key = tf.Variable([base, 0], dtype="int64", trainable=False)
-        self.uniforms = _uniform_sampler()
-        self.updates = tf.Variable(0, dtype="int64", trainable=False)
-        self.largest_batch = tf.Variable(0, dtype="int64", trainable=False)
-        self.largest_unit = tf.Variable(0, dtype="int64", trainable=False)
-        self.examples = tf.Variable(0, dtype="int64", trainable=False)
+        # Lifted out of any trace in progress: the variables outlive the traced step.
+        with tf.init_scope():
+            base = secrets.randbits(62) if seed is None else seed + 1
+            self.noise_key = tf.Variable([base, 0], dtype="int64", trainable=False)
+            self.uniforms = _uniform_sampler()
+            self.updates = tf.Variable(0, dtype="int64", trainable=False)
+            self.largest_batch = tf.Variable(0, dtype="int64", trainable=False)
+            self.largest_unit = tf.Variable(0, dtype="int64", trainable=False)
+            self.examples = tf.Variable(0, dtype="int64", trainable=False)
+
+    def reset_segment(self) -> None:
+        self.largest_batch.assign(0)
+        self.largest_unit.assign(0)
+
+    def counters(self) -> dict[str, int]:
+        """The counters as Python ints."""
+        return {name: int(getattr(self, name).numpy()) for name in COUNTERS}
 
 
 def _value_and_grad(fn, values: list) -> tuple[Any, list]:
@@ -99,47 +94,23 @@ def _value_and_grad(fn, values: list) -> tuple[Any, list]:
     return value, grads
 
 
-def _rows(data: Any, start: Any, stop: Any) -> Any:
-    return keras.tree.map_structure(lambda t: None if t is None else t[start:stop], data)
+def _tensors(x: Any, y: Any, sample_weight: Any) -> tuple:
+    """In-memory arrays as tensors for a ``tf.data`` pipeline (lists become tuples)."""
+    return keras.tree.map_structure(
+        lambda a: None if a is None else tf.convert_to_tensor(a),
+        keras.tree.lists_to_tuples((x, y, sample_weight)),
+    )
 
 
-class TensorFlowDPTrainer:
+class TensorFlowDPTrainer(DPTrainerBase):
     """Mixin for ``keras.Model`` subclasses on the TensorFlow backend (placed first in
     the bases): replaces ``train_step`` with the DP step."""
 
-    _dp_engine = VectorizedEngine()  # the reference engine (engine="vectorized")
-    _dp_engines = {
-        "vectorized": _dp_engine,
-        "fast": FastEngine(require=True),
-        "auto": FastEngine(require=False),
-    }
+    _dp_engines = engine_table(FastEngine)
+    _dp_engine = _dp_engines["vectorized"]  # the reference engine
+    _dp_step_state_class = _StepState
 
     # -- state shared with the backend-neutral model ----------------------------------
-
-    def _dp_state(self) -> _StepState:
-        if self._dp_step_state is None:
-            config = self._dp_require_config()
-            with tf.init_scope():
-                seed = None if config.seed is None else config.seed + 1
-                self._dp_step_state = _StepState(seed)
-        return self._dp_step_state
-
-    def _dp_counters(self) -> dict[str, int]:
-        """What the DP step has done, as Python ints (zeros before any training)."""
-        state = self._dp_step_state
-        if state is None:
-            return dict.fromkeys(("updates", "largest_batch", "largest_unit", "examples"), 0)
-        return {
-            "updates": int(state.updates.numpy()),
-            "largest_batch": int(state.largest_batch.numpy()),
-            "largest_unit": int(state.largest_unit.numpy()),
-            "examples": int(state.examples.numpy()),
-        }
-
-    def _dp_reset_segment_counters(self) -> None:
-        state = self._dp_state()
-        state.largest_batch.assign(0)
-        state.largest_unit.assign(0)
 
     def make_train_function(self, force: bool = False):
         self._dp_state()
@@ -154,10 +125,7 @@ class TensorFlowDPTrainer:
         block, capacity = 16, sampler.capacity
         # tf.data has no lists: lists of inputs or targets (multi-output models) become
         # tuples, as Keras's own array adapter makes them.
-        data = keras.tree.map_structure(
-            lambda a: None if a is None else tf.convert_to_tensor(a),
-            keras.tree.lists_to_tuples((sampler.x, sampler.y, sampler.sample_weight)),
-        )
+        data = _tensors(sampler.x, sampler.y, sampler.sample_weight)
         spec = tf.TensorSpec([block, capacity], tf.int32), tf.TensorSpec([block], tf.int32)
         draws = tf.data.Dataset.from_generator(
             lambda: sampler.index_blocks(block), output_signature=spec
@@ -177,10 +145,7 @@ class TensorFlowDPTrainer:
         pipeline for the whole ``fit`` (rows gathered in the pipeline). Keras's own array
         pipeline is rebuilt every epoch, and tearing down its iterator (parallel-map
         threads) left the core idle ~0.45 s at every epoch boundary here."""
-        data = keras.tree.map_structure(
-            lambda a: None if a is None else tf.convert_to_tensor(a),
-            keras.tree.lists_to_tuples((passes.x, passes.y, passes.sample_weight)),
-        )
+        data = _tensors(passes.x, passes.y, passes.sample_weight)
         indices = tf.data.Dataset.from_generator(
             passes.index_batches, output_signature=tf.TensorSpec([None], tf.int32)
         )
@@ -197,17 +162,14 @@ class TensorFlowDPTrainer:
 
     def train_step(self, data):
         config = self._dp_require_config()
-        if isinstance(data, (tuple, list)) and len(data) == 4:
-            x, y, sample_weight, mask = data
+        data, mask, num_units = split_batch(data, config)
+        if mask is not None:  # a Poisson batch: sampled rows first
             rows = tf.cast(tf.reduce_sum(mask), "int32")
-            data = _rows((x, y, sample_weight), 0, rows)
-            num_units = None  # Poisson sampling clips per example
-            divisor = self._dp_expected_units
+            data = rows_of(data, 0, rows)
         else:
-            data = data_adapter_utils.unpack_x_y_sample_weight(data)
             rows = tf.shape(keras.tree.flatten(data[0])[0])[0]
-            num_units = config.num_microbatches
-            divisor = public_divisor(config, self._dp_expected_units, rows, poisson=False)
+        poisson = mask is not None
+        divisor = public_divisor(config, self._dp_expected_units, rows, poisson=poisson)
         grad_sum, unit_losses, y_pred, chunk = self._dp_clipped_logical_batch(
             data, rows, num_units, config.gradient_accumulation_steps
         )
@@ -215,33 +177,10 @@ class TensorFlowDPTrainer:
         state = self._dp_step_state
         state.largest_batch.assign(tf.maximum(state.largest_batch, tf.cast(rows, "int64")))
         state.examples.assign_add(tf.cast(rows, "int64"))
-        if num_units:  # every chunk splits evenly into microbatches (checked by the engine)
-            unit = tf.cast(tf.minimum(chunk, rows) // num_units, "int64")
-        else:
-            unit = tf.constant(1, "int64")
+        unit = tf.cast(unit_size(num_units, chunk, rows), "int64")
         state.largest_unit.assign(tf.maximum(state.largest_unit, unit))
-        return self._dp_metrics(data, y_pred, unit_losses, rows, regularization_loss)
-
-    @property
-    def dp_engine_used(self) -> str | None:
-        """The clipping engine the last traced DP step used (``"fast"`` or
-        ``"vectorized"``), or ``None`` before training."""
-        used = getattr(self, "_dp_engine_used", None)
-        return None if used is None else used[0]
-
-    def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0) -> ClippedBatch:
-        choice = self._dp_settings.get("engine", "auto")
-        if choice == "vectorized":
-            object.__setattr__(self, "_dp_engine_used", ("vectorized", "engine='vectorized'"))
-        engine = self._dp_engines[choice]
-        return engine.clipped_gradient_sum(
-            self,
-            x,
-            y,
-            sample_weight,
-            num_units=num_units,
-            l2_norm_clip=self._dp_config.l2_norm_clip,
-            unit_offset=unit_offset,
+        return dp_metrics(
+            self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
         )
 
     def _dp_clipped_logical_batch(self, data, rows, num_units, accumulation_steps):
@@ -254,18 +193,17 @@ class TensorFlowDPTrainer:
         if accumulation_steps == 1:
             batch = self._dp_clipped(*data, num_units=num_units)
             return batch.grad_sum, batch.unit_losses, batch.y_pred, rows
-        if chunk is None:  # a pipeline / train_on_batch batch: n nearly equal chunks
-            chunk = (rows + accumulation_steps - 1) // accumulation_steps
-        chunk = tf.maximum(tf.cast(chunk, "int32"), 1)
+        # Arrays: batch_size rows; a pipeline / train_on_batch batch: n nearly equal chunks.
+        chunk = tf.cast(chunk_rows(chunk, rows, accumulation_steps), "int32")
         # The first chunk runs before the loop to fix the output structure.
-        first = self._dp_clipped(*_rows(data, 0, tf.minimum(chunk, rows)), num_units=num_units)
+        first = self._dp_clipped(*rows_of(data, 0, tf.minimum(chunk, rows)), num_units=num_units)
 
         def new_array():
             return tf.TensorArray("float32", size=0, dynamic_size=True, infer_shape=False)
 
         def body(i, sums, losses, preds):
             start = i * chunk
-            part = _rows(data, start, tf.minimum(start + chunk, rows))
+            part = rows_of(data, start, tf.minimum(start + chunk, rows))
             units_before = start if num_units is None else i * num_units
             batch = self._dp_clipped(*part, num_units=num_units, unit_offset=units_before)
             sums = [s + g for s, g in zip(sums, batch.grad_sum, strict=True)]
@@ -303,21 +241,9 @@ class TensorFlowDPTrainer:
             flat = gaussians_from_uniforms(uniforms, config.noise_stddev)
             grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
         grads = [g / tf.cast(denominator, "float32") for g in grad_sum]
-        grads, regularization_loss = add_regularization_gradient(
+        regularization_loss = apply_private_update(
             self, grads, [v.value for v in variables], _value_and_grad
         )
-        grads = [tf.cast(g, v.dtype) for g, v in zip(grads, variables, strict=True)]
-        optimizer = self.optimizer
-        # A LossScaleOptimizer would unscale gradients we never scaled: the DP gradient
-        # is computed, clipped and noised in float32 without loss scaling.
-        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-        with private_update():
-            optimizer.apply(grads, variables)
         # Counted here, where the noise is added: the accountant's events are these.
         self._dp_step_state.updates.assign_add(1)
         return regularization_loss
-
-    def _dp_metrics(self, data, y_pred, unit_losses, rows, regularization_loss=None):
-        return dp_metrics(
-            self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
-        )

@@ -18,35 +18,27 @@ import keras
 import torch
 from keras.src.backend.torch import nn as torch_nn
 
-from keras_privacy.training import clipping
+from keras_privacy.training import vectorized
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch, refuse_state_updates, unit_forward
-from keras_privacy.training.errors import PrivacyError
-from keras_privacy.training.fast.choice import warn_if_mixing
+from keras_privacy.training.engine import (
+    SEED_STRIDE,
+    from_units,
+    refuse_state_updates,
+    state_mapping,
+    unit_data,
+    unit_forward,
+)
+from keras_privacy.training.engine import to_units as _static_to_units
 
-# Spreads the seeds of seeded random layers over the chunks of a logical batch: the chunk
-# whose first unit is i draws with seed state (s0 + i * _SEED_STRIDE, s1). Within a chunk,
-# vmap's randomness="different" gives every unit its own draw.
-_SEED_STRIDE = 1_000_003
+# Seeded random layers: the chunk of a logical batch whose first unit is i draws with seed
+# state (s0 + i * SEED_STRIDE, s1); within a chunk, vmap's randomness="different" gives
+# every unit its own draw.
 
 
 def to_units(tensor: torch.Tensor, num_units: int | None) -> torch.Tensor:
-    """[rows, ...] -> [units, rows_per_unit, ...]."""
-    tensor = torch.as_tensor(tensor)
-    if num_units is None:
-        return tensor[:, None]
-    rows = tensor.shape[0]
-    if rows % num_units:
-        raise PrivacyError(
-            f"num_microbatches={num_units} must divide the batch size, but a batch has "
-            f"{rows} examples. Choose a batch size that is a multiple of num_microbatches."
-        )
-    return torch.reshape(tensor, (num_units, rows // num_units, *tensor.shape[1:]))
-
-
-def _from_units(tensor: torch.Tensor) -> torch.Tensor:
-    """[units, rows_per_unit, ...] -> [rows, ...]."""
-    return torch.reshape(tensor, (-1, *tensor.shape[2:]))
+    """[rows, ...] -> [units, rows_per_unit, ...] (see
+    :func:`keras_privacy.training.engine.to_units`)."""
+    return _static_to_units(torch.as_tensor(tensor), num_units)
 
 
 @contextlib.contextmanager
@@ -63,40 +55,13 @@ def vmappable_convolutions() -> Iterator[None]:
         torch_nn._maybe_convert_to_channels_last = original
 
 
-class VectorizedEngine:
-    """Materialises each unit's gradient; exact for any layer ``torch.func`` handles.
+class VectorizedEngine(vectorized.VectorizedEngine):
+    """Materialises each unit's gradient with ``torch.func`` (see
+    :mod:`keras_privacy.training.vectorized`); exact for any layer ``torch.func``
+    handles."""
 
-    Each unit runs through the model on its own, in training mode, inside a
-    :class:`keras.StatelessScope`, so its loss -- including the losses computed from its
-    data (activity regularizers, ``add_loss``), excluding weight regularization (added
-    by the trainer after clipping and noising) -- and gradient depend on that unit
-    alone. Layers that *update* non-trainable state in training mode (moving statistics,
-    counters) are refused: that state would be computed from private data without noise.
-    Random layers' seed states advance once per call.
-    """
-
-    def clipped_gradient_sum(
-        self,
-        model: Any,
-        x: Any,
-        y: Any,
-        sample_weight: Any,
-        *,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: int = 0,
-    ) -> ClippedBatch:
-        """``sum_u min(1, C / ||g_u||) g_u`` over the units (units with a non-finite
-        gradient contribute exactly zero), at the model's current weights."""
-        warn_if_mixing(model, x)
-        grads, unit_losses, y_pred = self.unit_gradients(
-            model, x, y, sample_weight, num_units=num_units, unit_offset=unit_offset
-        )
-        with torch.no_grad():
-            norms = clipping.global_norms(grads)
-            factors = clipping.clip_factors(norms, l2_norm_clip)
-            grad_sum = clipping.weighted_sum(grads, factors, norms)
-        return ClippedBatch(grad_sum=grad_sum, unit_losses=unit_losses, y_pred=y_pred, norms=norms)
+    def _clipping_scope(self) -> contextlib.AbstractContextManager:
+        return torch.no_grad()
 
     def unit_gradients(
         self,
@@ -115,7 +80,7 @@ class VectorizedEngine:
         seeds = {id(v) for v in seed_state_variables(model)}
         trainable_values = [v.value.detach() for v in trainable]
         # Seeded random layers: this chunk's seed state, shifted by its first unit's index.
-        offset = int(unit_offset) * _SEED_STRIDE
+        offset = int(unit_offset) * SEED_STRIDE
         non_trainable_values = [
             v.value + torch.tensor([offset, 0], dtype=v.value.dtype, device=v.value.device)
             if id(v) in seeds
@@ -127,20 +92,14 @@ class VectorizedEngine:
             for v, value in zip(non_trainable, non_trainable_values, strict=True)
             if id(v) in seeds
         ]
-        data = (x, y, sample_weight)
-        leaves = [t for t in keras.tree.flatten(data) if t is not None]
-        unit_leaves = [to_units(t, num_units) for t in leaves]
+        data, unit_leaves = unit_data(x, y, sample_weight, num_units, to_units)
         # The compiled loss updates its per-output loss trackers; per unit those updates
         # are discarded (the trainer logs metrics once per batch).
         scratch_metrics = [(v, torch.zeros_like(v.value)) for v in model.metrics_variables]
         stateful_updates: list[str] = []
 
         def unit_loss(train_values, leaves_u):
-            mapping = (
-                list(zip(trainable, train_values, strict=True))
-                + list(zip(non_trainable, non_trainable_values, strict=True))
-                + scratch_metrics
-            )
+            mapping = state_mapping(model, train_values, non_trainable_values, scratch_metrics)
             loss, y_pred, _, after = unit_forward(
                 model, mapping, data, leaves_u, seeds, stateful_updates
             )
@@ -163,4 +122,4 @@ class VectorizedEngine:
             new = new[0] if new.ndim > start.ndim else new  # one row per unit, all equal
             var.assign(var.value + (new - start))
         grads = [g.to(torch.float32) for g in grads]
-        return grads, unit_losses.detach(), keras.tree.map_structure(_from_units, y_pred)
+        return grads, unit_losses.detach(), keras.tree.map_structure(from_units, y_pred)

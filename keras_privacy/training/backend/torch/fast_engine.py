@@ -1,6 +1,6 @@
 """The fast (norm-only, book-keeping) clipping engine on PyTorch.
 
-The same engine as on TensorFlow (see that module's docstring for when it is exact and
+The engine of :mod:`keras_privacy.training.fast.engine` (which says when it is exact and
 when it falls back). On PyTorch the step is eager, so getting the loss gradients of the
 rules' probe tensors ``z`` is plain autograd: one forward pass of the whole batch with
 every layer that has a rule running the rule's forward (inside a
@@ -8,9 +8,6 @@ every layer that has a rule running the rule's forward (inside a
 engine's back), the unit losses ``l_u``, then ``torch.autograd.grad(sum_u l_u, z)`` in one
 backward pass; the shared rules compute each unit's norm and the clipped sum
 (:mod:`keras_privacy.training.fast.clip`) from the layers' inputs and those gradients.
-
-Only random layers' seed states may change in the forward pass; any other non-trainable
-update sends the model to the vectorized engine (which refuses it, loudly).
 """
 
 from __future__ import annotations
@@ -25,12 +22,16 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training.backend.torch.engine import VectorizedEngine, to_units
 from keras_privacy.training.checks import seed_state_variables
-from keras_privacy.training.engine import ClippedBatch, unit_loss_leaves
+from keras_privacy.training.engine import ClippedBatch, state_mapping
 from keras_privacy.training.fast import clip as fast_clip
+from keras_privacy.training.fast import engine as fast_engine
 from keras_privacy.training.fast import units as fast_units
-from keras_privacy.training.fast.capture import DATA_LOSSES, _Capture, _check_exact
-from keras_privacy.training.fast.choice import fast_or_fallback
-from keras_privacy.training.fast.rules import NotExact
+from keras_privacy.training.fast.capture import _Capture, _check_exact
+from keras_privacy.training.fast.engine import (
+    refuse_forward_updates,
+    rules_forward,
+    vectorized_unit_losses,
+)
 from keras_privacy.training.fast.units import Units
 from keras_privacy.training.regularization import excluding_weight_regularization
 
@@ -96,70 +97,30 @@ fast_units.backend_ops["same_randomness"] = _same_randomness
 
 
 def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
-    """``[U]``: each unit's loss, as the vectorized engine computes it (the compiled loss
-    of the unit's rows alone, with their output masks, averaged), vectorized over units
-    with ``torch.func.vmap`` (differentiable with respect to ``y_pred``)."""
-    leaves, rebuild = unit_loss_leaves(y, y_pred, sample_weight)
-    unit_leaves = [to_units(t, num_units) for t in leaves]
+    """``[U]``: each unit's loss, vectorized over units with ``torch.func.vmap``
+    (differentiable with respect to ``y_pred``; see
+    :func:`~keras_privacy.training.fast.engine.vectorized_unit_losses`)."""
     scratch_metrics = [(v, torch.zeros_like(v.value)) for v in model.metrics_variables]
-
-    def unit_loss(leaves_u):
-        y_u, pred_u, sw_u = rebuild(leaves_u)
-        with StatelessScope(state_mapping=scratch_metrics):
-            loss = model._compute_loss(
-                x=None, y=y_u, y_pred=pred_u, sample_weight=sw_u, training=True
-            )
-        return torch.mean(loss.to(torch.float32))
-
-    try:
-        return torch.func.vmap(unit_loss)(unit_leaves)
-    except (TypeError, ValueError, NotImplementedError, RuntimeError) as error:
-        raise NotExact(
-            f"the loss could not be vectorized over units ({type(error).__name__})"
-        ) from error
+    return vectorized_unit_losses(
+        model,
+        y,
+        y_pred,
+        sample_weight,
+        num_units,
+        to_units=to_units,
+        vmap=lambda fn, leaves: torch.func.vmap(fn)(leaves),
+        scope=lambda: StatelessScope(state_mapping=scratch_metrics),
+        errors=(TypeError, ValueError, NotImplementedError, RuntimeError),
+    )
 
 
-class FastEngine:
-    """Norm-only clipping for the batch at once; see the module docstring.
+class FastEngine(fast_engine.FastEngine):
+    """The fast engine (:class:`keras_privacy.training.fast.engine.FastEngine`) on PyTorch;
+    see the module docstring."""
 
-    Args:
-      require: ``True`` for ``engine="fast"`` (refuse models it cannot train exactly),
-        ``False`` for ``engine="auto"`` (fall back to the vectorized engine).
-    """
+    vectorized = VectorizedEngine
 
-    def __init__(self, require: bool = False) -> None:
-        self.require = require
-        self.fallback = VectorizedEngine()
-
-    def clipped_gradient_sum(
-        self,
-        model: Any,
-        x: Any,
-        y: Any,
-        sample_weight: Any,
-        *,
-        num_units: int | None,
-        l2_norm_clip: float,
-        unit_offset: int = 0,
-    ) -> ClippedBatch:
-        """As :meth:`VectorizedEngine.clipped_gradient_sum`."""
-        return fast_or_fallback(
-            model,
-            x,
-            self.require,
-            lambda: self._fast(model, x, y, sample_weight, num_units, l2_norm_clip),
-            lambda: self.fallback.clipped_gradient_sum(
-                model,
-                x,
-                y,
-                sample_weight,
-                num_units=num_units,
-                l2_norm_clip=l2_norm_clip,
-                unit_offset=unit_offset,
-            ),
-        )
-
-    def _fast(self, model, x, y, sample_weight, num_units, l2_norm_clip) -> ClippedBatch:
+    def _fast(self, model, x, y, sample_weight, *, num_units, l2_norm_clip) -> ClippedBatch:
         units = Units(num_units)
         trainable = model.trainable_variables
         non_trainable = model.non_trainable_variables
@@ -168,27 +129,17 @@ class FastEngine:
         scratch_metrics = [(v, torch.zeros_like(v.value)) for v in model.metrics_variables]
         # The trainable values are the variables' own tensors, so autograd connects the
         # probes to them; nothing is written to any variable inside the scope.
-        mapping = (
-            [(v, v.value) for v in trainable]
-            + list(zip(non_trainable, old_values, strict=True))
-            + scratch_metrics
-        )
-        training = {"training": True} if model._call_has_training_arg else {}
+        mapping = state_mapping(model, [v.value for v in trainable], old_values, scratch_metrics)
         with (
             torch.enable_grad(),
             _Capture(model) as capture,
             excluding_weight_regularization(model),
             StatelessScope(state_mapping=mapping, collect_losses=True) as scope,
         ):
-            y_pred = model(x, **training)
-            if model.losses:  # weight regularization is excluded: added after noising
-                raise NotExact(DATA_LOSSES)
-            unit_losses = _unit_losses(model, y, y_pred, sample_weight, num_units)
+            y_pred, unit_losses = rules_forward(model, x, y, sample_weight, num_units, _unit_losses)
             new_values = [scope.get_current_value(v) for v in non_trainable]
         _check_exact(model, capture)
-        for var, old, new in zip(non_trainable, old_values, new_values, strict=True):
-            if id(var) not in seeds and new is not old:
-                raise NotExact(f"the forward pass updates the non-trainable {var.path!r}")
+        refuse_forward_updates(non_trainable, old_values, new_values, seeds)
         calls = capture.calls
         probes = [t for call in calls for t in call.probes.values()]
         keep = torch.isfinite(unit_losses)
@@ -203,9 +154,8 @@ class FastEngine:
         with torch.no_grad():
             for call in calls:
                 call.saved = {k: _detach(v) for k, v in call.saved.items()}
-            norms = fast_clip.unit_norms(calls, units)
-            sums = fast_clip.clipped_sums(calls, units, norms, l2_norm_clip)
-            grad_sum = [sums[id(v)].to(torch.float32) for v in trainable]
+            sums, norms = fast_clip.clipped_gradient_sum(calls, units, trainable, l2_norm_clip)
+            grad_sum = [g.to(torch.float32) for g in sums]
         for var, new in zip(non_trainable, new_values, strict=True):
             if id(var) in seeds:  # random layers' seeds advance as in a plain call
                 var.assign(new)

@@ -1,13 +1,8 @@
 """The DP training step on PyTorch (eager, as Keras's own torch step runs by default).
 
-Every call makes exactly one optimizer update from one *logical batch* (see the
-TensorFlow trainer's docstring for the batch kinds and the accumulation semantics)::
-
-    g = ( sum_u clip_C(grad_u) + N(0, (sigma C)^2 I) ) / B  +  grad R(w)
-
-(``R``: the weight regularizers' loss, left out of every unit's loss and added after
-noising, :mod:`keras_privacy.training.regularization`) with the noise drawn once per
-update from the model's own :class:`torch.Generator`. That generator lives in an untracked
+Every call makes exactly one optimizer update from one *logical batch*, as
+:mod:`keras_privacy.training.step` says, with the noise drawn once per update from the
+model's own :class:`torch.Generator`. That generator lives in an untracked
 :class:`_StepState` on the model as long as the model does: its state is filled once (from
 the operating system's entropy, or from the DP ``seed`` in tests), only ever advances, and
 is never saved or restored, so no draw repeats across steps or ``fit`` calls. Poisson
@@ -24,15 +19,11 @@ from typing import Any
 import keras
 import torch
 from keras.src.backend.torch.core import get_device
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_privacy.training import step as shared
-from keras_privacy.training.backend.torch.engine import VectorizedEngine
 from keras_privacy.training.backend.torch.fast_engine import FastEngine
-from keras_privacy.training.engine import ClippedBatch
+from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.noise import split_noise
-from keras_privacy.training.optimizers import private_update
-from keras_privacy.training.regularization import add_regularization_gradient
 
 # torch's CPU generator state (``get_state``): the initial seed (uint64), ``left`` and
 # ``seeded`` (int32 each), ``next`` (uint64), then the 624 Mersenne Twister words, each in
@@ -65,15 +56,11 @@ def _entropy_seeded(generator: torch.Generator) -> torch.Generator:
 
 
 class _StepState:
-    """Per-model transient state of the DP step, deliberately not tracked by Keras.
+    """Per-model transient state of the DP step: the noise generator and the counters
+    (:data:`~keras_privacy.training.step.COUNTERS`) as Python integers.
 
     ``generator`` draws the noise: its whole state comes from OS entropy
-    (:func:`_entropy_seeded`), or from the DP ``seed`` in tests. The counters are Python
-    integers that only the DP step advances: ``updates`` (noised optimizer updates over
-    the model's life), ``examples`` (rows trained on), and ``largest_batch`` /
-    ``largest_unit`` (the most examples one update and one clipping unit held since the
-    current record segment began). Resetting ``optimizer.iterations``, restoring a
-    checkpoint or interrupting ``fit`` cannot rewind them.
+    (:func:`_entropy_seeded`), or from the DP ``seed`` in tests.
     """
 
     def __init__(self, seed: int | None) -> None:
@@ -85,6 +72,13 @@ class _StepState:
             self.generator.manual_seed(seed + 1)
         self.counts = dict.fromkeys(shared.COUNTERS, 0)
 
+    def counters(self) -> dict[str, int]:
+        """The counters (a copy)."""
+        return dict(self.counts)
+
+    def reset_segment(self) -> None:
+        self.counts["largest_batch"] = self.counts["largest_unit"] = 0
+
 
 def _value_and_grad(fn, values: list) -> tuple[Any, list]:
     """``(fn(values), d fn / d values)`` by ``torch.func`` (whatever the grad mode)."""
@@ -92,45 +86,15 @@ def _value_and_grad(fn, values: list) -> tuple[Any, list]:
     return value, grads
 
 
-def _rows(data: Any, start: int, stop: int) -> Any:
-    return keras.tree.map_structure(lambda t: None if t is None else t[start:stop], data)
-
-
-class TorchDPTrainer:
+class TorchDPTrainer(shared.DPTrainerBase):
     """Mixin for ``keras.Model`` subclasses on the PyTorch backend (placed first in the
     bases): replaces ``train_step`` with the DP step."""
 
-    _dp_engine = VectorizedEngine()  # the reference engine (engine="vectorized")
-    _dp_engines = {
-        "vectorized": _dp_engine,
-        "fast": FastEngine(require=True),
-        "auto": FastEngine(require=False),
-    }
+    _dp_engines = engine_table(FastEngine)
+    _dp_engine = _dp_engines["vectorized"]  # the reference engine
+    _dp_step_state_class = _StepState
 
     # -- state shared with the backend-neutral model ----------------------------------
-
-    def _dp_state(self) -> _StepState:
-        if self._dp_step_state is None:
-            self._dp_step_state = _StepState(self._dp_require_config().seed)
-        return self._dp_step_state
-
-    def _dp_counters(self) -> dict[str, int]:
-        """What the DP step has done, as Python ints (zeros before any training)."""
-        state = self._dp_step_state
-        if state is None:
-            return dict.fromkeys(shared.COUNTERS, 0)
-        return dict(state.counts)
-
-    def _dp_reset_segment_counters(self) -> None:
-        counts = self._dp_state().counts
-        counts["largest_batch"] = counts["largest_unit"] = 0
-
-    @property
-    def dp_engine_used(self) -> str | None:
-        """The clipping engine the last DP step used (``"fast"`` or ``"vectorized"``),
-        or ``None`` before training."""
-        used = getattr(self, "_dp_engine_used", None)
-        return None if used is None else used[0]
 
     def make_train_function(self, force: bool = False):
         self._dp_state()
@@ -142,17 +106,13 @@ class TorchDPTrainer:
     def train_step(self, data: Any) -> dict:
         """One DP update from one logical batch (eager)."""
         config = self._dp_require_config()
-        if isinstance(data, (tuple, list)) and len(data) == 4:
-            x, y, sample_weight, mask = data
+        data, mask, num_units = shared.split_batch(data, config)
+        poisson = mask is not None
+        if poisson:
             rows = int(torch.as_tensor(mask).sum().item())
-            data = _rows((x, y, sample_weight), 0, rows)  # sampled rows come first
-            num_units = None  # Poisson sampling clips per example
-            poisson = True
+            data = shared.rows_of(data, 0, rows)  # sampled rows come first
         else:
-            data = data_adapter_utils.unpack_x_y_sample_weight(data)
             rows = int(keras.tree.flatten(data[0])[0].shape[0])
-            num_units = config.num_microbatches
-            poisson = False
         divisor = shared.public_divisor(config, self._dp_expected_units, rows, poisson=poisson)
         accumulation = config.gradient_accumulation_steps
         chunk = rows
@@ -171,21 +131,6 @@ class TorchDPTrainer:
                 self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
             )
 
-    def _dp_clipped(self, x, y, sample_weight, num_units, unit_offset=0) -> ClippedBatch:
-        """The engine's clipped sum for a batch at the current weights."""
-        choice = self._dp_settings.get("engine", "auto")
-        if choice == "vectorized":
-            object.__setattr__(self, "_dp_engine_used", ("vectorized", "engine='vectorized'"))
-        return self._dp_engines[choice].clipped_gradient_sum(
-            self,
-            x,
-            y,
-            sample_weight,
-            num_units=num_units,
-            l2_norm_clip=self._dp_require_config().l2_norm_clip,
-            unit_offset=unit_offset,
-        )
-
     def _dp_clipped_logical_batch(self, data, rows, num_units, chunk):
         """The clipped sum of one logical batch, in chunks of ``chunk`` rows when
         accumulating; returns the summed clipped gradients, each unit's loss and the
@@ -202,7 +147,7 @@ class TorchDPTrainer:
             return batch.grad_sum, batch.unit_losses, batch.y_pred
         grad_sum, losses, preds = None, [], []
         for i, start in enumerate(range(0, rows, chunk)):
-            part = _rows(data, start, min(start + chunk, rows))
+            part = shared.rows_of(data, start, min(start + chunk, rows))
             units_before = start if num_units is None else i * num_units
             batch = self._dp_clipped(*part, num_units=num_units, unit_offset=units_before)
             if grad_sum is None:
@@ -236,15 +181,9 @@ class TorchDPTrainer:
                     g.add_(z, alpha=config.noise_stddev)
             scale = 1.0 / float(divisor)
             grads = [g.mul_(scale) for g in grads]
-            grads, regularization_loss = add_regularization_gradient(
+            regularization_loss = shared.apply_private_update(
                 self, grads, [v.value.detach() for v in variables], _value_and_grad
             )
-            grads = [g.to(v.value.dtype) for g, v in zip(grads, variables, strict=True)]
-            # A LossScaleOptimizer would unscale gradients we never scaled: the DP
-            # gradient is computed, clipped and noised in float32 without loss scaling.
-            optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-            with private_update():
-                optimizer.apply(grads, variables)
         # Counted here, where the noise is added: the accountant's events are these.
         self._dp_step_state.counts["updates"] += 1
         return regularization_loss
