@@ -63,7 +63,9 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
       num_microbatches: ``None`` for per-example clipping, or k equal microbatches per
         batch, each clipped as a unit (doubles the sensitivity; needs fixed batches).
       gradient_accumulation_steps: batches per optimizer update (noise added once).
-      sampling: ``"poisson"`` (default) or ``"shuffle"`` for in-memory arrays.
+      sampling: ``"poisson"`` or ``"shuffle"`` for in-memory arrays; ``None`` (default):
+        Poisson, or shuffled fixed batches when ``num_microbatches`` needs them
+        (:func:`keras_privacy.training.fit_input.array_sampling`).
       seed: for reproducible tests only; never saved. The only way to fix the noise and
         the sampling: ``keras.utils.set_random_seed`` / ``tf.random.set_seed`` do not.
       engine: ``"auto"`` (default: the fast norm-only engine where it is exact for the

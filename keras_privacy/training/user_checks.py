@@ -64,7 +64,7 @@ SEQUENTIAL_ARGUMENTS = (
 )
 _SEQUENTIAL_DEFAULTS = {
     "gradient_accumulation_steps": 1,
-    "sampling": "poisson",
+    "sampling": None,
     "engine": "auto",
     "trainable": True,
 }
