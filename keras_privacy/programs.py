@@ -75,14 +75,12 @@ def quiet_tensorflow_startup() -> None:
     """Set ``TF_CPP_MIN_LOG_LEVEL=3`` (unless set) and import TensorFlow without its notices.
 
     Call it first thing in a program, before anything imports Keras or TensorFlow. With
-    ``TF_CPP_MIN_LOG_LEVEL`` set to 0 by the user, nothing is held back. On the JAX and
-    PyTorch backends TensorFlow is not imported (importing it costs about 8 s of CPU on
-    a 2-core machine, a third of the main job's on PyTorch); only the log level is set.
+    ``TF_CPP_MIN_LOG_LEVEL`` set to 0 by the user, nothing is held back. TensorFlow is
+    imported on the JAX and PyTorch backends too when it is installed: Keras imports it
+    later anyway for ``model.save()``, and its notices would then reach the terminal.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
-        return
-    if _configured_backend() != "tensorflow":
         return
     # Without TensorFlow (another backend), Keras says what is missing if it needs it.
     with contextlib.suppress(ImportError):
@@ -118,7 +116,7 @@ def torch_program_threads() -> bool:
     use a spinning worker holds the core a descheduled worker needs. Measured on this
     project's shared 2-core machine (the Fashion-MNIST main job, 240 updates, CPU time of
     the whole process): OpenMP's default 94 s; ``OMP_WAIT_POLICY=PASSIVE`` (two sleeping
-    workers) 34-35 s; one thread 27-29 s, at the same wall time (28.5-30 s); TensorFlow
+    workers) 34-35 s; one thread 27-30 s, at the same wall time (28.5-30 s); TensorFlow
     20 s. One thread is what the programs here (small models) need; a large model on
     a many-core machine may want more: set ``OMP_NUM_THREADS`` yourself.
 
