@@ -1,13 +1,11 @@
 """The snippets of docs/coming_from_tf_privacy.md run, and differ from TF Privacy code only
 in the import root."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from snippets import run_snippet
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = (ROOT / "docs" / "coming_from_tf_privacy.md").read_text()
@@ -38,14 +36,5 @@ def test_snippet_uses_keras_privacy_only_as_the_import_root(index):
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_snippet_runs(index, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"}
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCKS[index]],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_snippet(BLOCKS[index], tmp_path)
     assert "inf" not in result.stdout.split()
