@@ -41,6 +41,30 @@ def in_private_update() -> bool:
     return getattr(_local, "active", False)
 
 
+def stateless_private_apply(
+    optimizer: keras.optimizers.Optimizer, optimizer_values: list, grads: list, values: list
+) -> tuple[list, list]:
+    """``optimizer.stateless_apply`` of the DP step's noised gradients (JAX), marked as a
+    private update. Returns the new trainable and optimizer values.
+
+    A ``LossScaleOptimizer`` would unscale gradients that were never scaled (the DP
+    gradient is computed, clipped and noised in float32 without loss scaling), so its inner
+    optimizer applies them, to its own variables' values only (the loss scale is left)."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    positions = list(range(len(optimizer_values)))
+    if inner is not None:
+        inner_ids = {id(v) for v in inner.variables}
+        positions = [i for i, v in enumerate(optimizer.variables) if id(v) in inner_ids]
+    with private_update():
+        values, applied = (inner or optimizer).stateless_apply(
+            [optimizer_values[i] for i in positions], grads, list(values)
+        )
+    optimizer_values = list(optimizer_values)
+    for i, value in zip(positions, applied, strict=True):
+        optimizer_values[i] = value
+    return values, optimizer_values
+
+
 class DPOptimizerMixin:
     """Holds the DP settings; refuses updates that do not come from a DP training step."""
 

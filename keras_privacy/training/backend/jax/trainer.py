@@ -28,6 +28,7 @@ from keras_privacy.training import step as shared
 from keras_privacy.training.backend.jax.fast_engine import FastEngine
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.engine import engine_table
+from keras_privacy.training.optimizers import stateless_private_apply
 from keras_privacy.training.regularization import add_regularization_gradient
 
 
@@ -307,33 +308,10 @@ class JAXDPTrainer(shared.DPTrainerBase):
             self, grads, trainable, lambda fn, values: jax.value_and_grad(fn)(values)
         )
         grads = [g.astype(v.dtype) for g, v in zip(grads, trainable, strict=True)]
-        optimizer = self.optimizer
-        # A LossScaleOptimizer would unscale gradients we never scaled: the DP gradient
-        # is computed, clipped and noised in float32 without loss scaling.
-        inner = getattr(optimizer, "inner_optimizer", None)
-        if inner is not None:
-            # Its variables are the inner optimizer's plus its own (the scale): update the
-            # inner ones only.
-            inner_paths = {id(v) for v in inner.variables}
-            positions = [i for i, v in enumerate(optimizer.variables) if id(v) in inner_paths]
-            inner_values = [optimizer_values[i] for i in positions]
-            trainable, inner_values = self._dp_stateless_apply(
-                inner, inner_values, grads, trainable
-            )
-            optimizer_values = list(optimizer_values)
-            for i, value in zip(positions, inner_values, strict=True):
-                optimizer_values[i] = value
-            return trainable, optimizer_values, regularization_loss
-        trainable, optimizer_values = self._dp_stateless_apply(
-            optimizer, optimizer_values, grads, trainable
+        trainable, optimizer_values = stateless_private_apply(
+            self.optimizer, optimizer_values, grads, trainable
         )
         return trainable, optimizer_values, regularization_loss
-
-    def _dp_stateless_apply(self, optimizer, optimizer_values, grads, trainable):
-        from keras_privacy.training.optimizers import private_update
-
-        with private_update():
-            return optimizer.stateless_apply(list(optimizer_values), grads, list(trainable))
 
     def _dp_stateless_metrics(
         self, metrics_values, data, y_pred, unit_losses, rows, mask, regularization_loss=None
