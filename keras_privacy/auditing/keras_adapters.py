@@ -37,19 +37,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_privacy.auditing.multi_run import run_multi_run_audit
 from keras_privacy.auditing.one_run import one_run_audit
 from keras_privacy.auditing.results import AuditResult
 from keras_privacy.auditing.theory import claimed_epsilon
 from keras_privacy.training import clipping
 
-__all__ = ["GradientCanaries", "input_space_audit", "white_box_audit"]
+__all__ = [
+    "GradientCanaries",
+    "input_space_audit",
+    "white_box_audit",
+    "white_box_multi_run_audit",
+]
 
 
 class _CanaryEngine:
@@ -88,8 +94,8 @@ class GradientCanaries:
         coordinates drawn at random.
       included: which canaries are in the run (m booleans); default: each with
         probability 1/2, drawn from ``seed``.
-      gradient_scale: a, the canary's raw gradient norm in units of C (≥ 1, default 2);
-        clipping takes it down to C.
+      gradient_scale: a, the canary's raw gradient norm in units of C (≥ 1, default 10);
+        clipping takes it down to C, and a build that does not clip shows a-fold.
       seed: seeds the default coordinates and inclusion.
 
     Use::
@@ -108,7 +114,7 @@ class GradientCanaries:
         *,
         coordinates: np.ndarray | None = None,
         included: np.ndarray | None = None,
-        gradient_scale: float = 2.0,
+        gradient_scale: float = 10.0,
         seed: int | None = None,
     ) -> None:
         if getattr(model, "_dp_engines", None) is None:
@@ -222,24 +228,29 @@ def white_box_audit(
     x: Any,
     y: Any,
     *,
-    steps: int,
+    epochs: int,
+    batch_size: int | None = None,
     num_canaries: int = 1000,
     coordinates: np.ndarray | None = None,
     delta: float = 1e-5,
     confidence: float = 0.95,
-    gradient_scale: float = 2.0,
+    gradient_scale: float = 10.0,
     guess_counts: Any = None,
     seed: int | None = None,
     **fit_arguments: Any,
 ) -> AuditResult:
-    """A one-run white-box audit of ``model``'s DP step: ``steps`` full-batch updates on
-    ``(x, y)`` with ``num_canaries`` gradient canaries, each included with probability
-    1/2; the bound of Steinke et al. (:func:`~keras_privacy.auditing.one_run_audit`),
-    compared with the accountant's ε for ``steps`` Gaussian mechanisms of the model's
-    noise multiplier at ``delta``.
+    """A one-run white-box audit of ``model``'s DP step: ``fit`` on ``(x, y)`` for
+    ``epochs`` with ``num_canaries`` gradient canaries, each included with probability
+    1/2 and then present in every update; the bound of Steinke et al.
+    (:func:`~keras_privacy.auditing.one_run_audit`), compared with the accountant's ε for
+    T Gaussian mechanisms of the model's noise multiplier at ``delta``, T being the
+    updates the DP step counted.
 
-    The model must be a compiled DP model with plain SGD; it is trained (its weights
-    change). ``fit_arguments`` go to ``fit`` (``verbose`` defaults to 0).
+    ``batch_size`` defaults to the whole of ``x`` (full-batch DP-SGD, q = 1); a smaller
+    one changes how the data are batched, not the canaries (still in every update, so the
+    claim stays that of T Gaussian mechanisms). The model must be a compiled DP model
+    with plain SGD; it is trained (its weights change). ``fit_arguments`` go to ``fit``
+    (``verbose`` defaults to 0).
 
     Raises:
       ValueError: an optimizer other than plain SGD with a constant learning rate, a model
@@ -250,6 +261,7 @@ def white_box_audit(
         raise ValueError("the model adds no noise (noise_multiplier=0): there is no ε to audit")
     learning_rate = _check_plain_sgd(model)
     rows = len(keras.tree.flatten(x)[0])
+    batch_size = rows if batch_size is None else int(batch_size)
     if not model.built:
         model._symbolic_build(data_batch=(x[:1], y[:1], None))
     canaries = GradientCanaries(
@@ -263,9 +275,9 @@ def white_box_audit(
     updates_before = model._dp_counters()["updates"]
     fit_arguments.setdefault("verbose", 0)
     with canaries.installed():
-        model.fit(x, y, batch_size=rows, epochs=int(steps), **fit_arguments)
+        model.fit(x, y, batch_size=batch_size, epochs=int(epochs), **fit_arguments)
     updates = model._dp_counters()["updates"] - updates_before
-    scores = canaries.scores(before, learning_rate=learning_rate, divisor=rows)
+    scores = canaries.scores(before, learning_rate=learning_rate, divisor=batch_size)
     return one_run_audit(
         scores,
         canaries.included,
@@ -275,6 +287,79 @@ def white_box_audit(
         epsilon_claimed=claimed_epsilon(config.noise_multiplier, updates, delta),
         canary_kind="white-box gradient",
     )
+
+
+def white_box_multi_run_audit(
+    build_model: Callable[[], Any],
+    x: Any,
+    y: Any,
+    *,
+    steps: int,
+    num_trials: int,
+    coordinate: int | None = None,
+    delta: float = 1e-5,
+    confidence: float = 0.95,
+    privacy_profile: str = "gaussian",
+    threshold: float | None = None,
+    gradient_scale: float = 10.0,
+    seed: int | None = None,
+) -> AuditResult:
+    """A multi-run white-box audit: ``num_trials`` full-batch runs of ``steps`` updates,
+    each with one gradient canary (at ``coordinate``) included by a fair coin.
+
+    ``build_model()`` must return a fresh compiled DP model (plain SGD, built) each time
+    it is called; it is called twice (one model trains with the canary installed, one
+    without, so neither retraces between trials), and every trial starts both from the
+    same initial weights, with fresh noise. The score is the canary coordinate's summed
+    update in units of C (``T`` + noise with the canary, noise alone without, when the
+    data never moves that coordinate). With ``privacy_profile="gaussian"`` the default
+    threshold is ``steps / 2``, fixed before any run (so no selection is paid for); see
+    :func:`~keras_privacy.auditing.multi_run_audit`.
+    """
+    with_canary, without_canary = build_model(), build_model()
+    learning_rate = _check_plain_sgd(with_canary)
+    config = with_canary._dp_require_config()
+    if not config.noise_multiplier > 0:
+        raise ValueError("the model adds no noise (noise_multiplier=0): there is no ε to audit")
+    rows = len(keras.tree.flatten(x)[0])
+    initial = with_canary.get_weights()
+    if coordinate is None:
+        total = sum(int(np.prod(v.shape)) for v in with_canary.trainable_variables)
+        coordinate = int(np.random.default_rng(seed).integers(total))
+    canaries = {
+        True: GradientCanaries(
+            with_canary, 1, coordinates=[coordinate], included=[True], gradient_scale=gradient_scale
+        ),
+        False: GradientCanaries(without_canary, 1, coordinates=[coordinate], included=[False]),
+    }
+    updates = []
+
+    def train_and_score(include: bool, trial: int) -> float:
+        canary = canaries[include]
+        canary.model.set_weights(initial)
+        before = canary.weights()
+        counted = canary.model._dp_counters()["updates"]
+        canary.model.fit(x, y, batch_size=rows, epochs=int(steps), verbose=0)
+        updates.append(canary.model._dp_counters()["updates"] - counted)
+        return float(canary.scores(before, learning_rate=learning_rate, divisor=rows)[0])
+
+    if privacy_profile == "gaussian" and threshold is None:
+        threshold = steps / 2.0
+    with canaries[True].installed():
+        result = run_multi_run_audit(
+            train_and_score,
+            num_trials,
+            seed=seed,
+            delta=delta,
+            confidence=confidence,
+            canary_kind="white-box gradient",
+            privacy_profile=privacy_profile,
+            threshold=threshold,
+        )
+    if len(set(updates)) != 1:
+        raise RuntimeError(f"the runs made different numbers of updates: {sorted(set(updates))}")
+    claim = claimed_epsilon(config.noise_multiplier, updates[0], delta)
+    return dataclasses.replace(result, epsilon_claimed=claim)
 
 
 def input_space_audit(
