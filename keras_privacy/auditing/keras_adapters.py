@@ -236,6 +236,7 @@ def white_box_audit(
     confidence: float = 0.95,
     gradient_scale: float = 10.0,
     guess_counts: Any = None,
+    statistic: str = "sum",
     seed: int | None = None,
     **fit_arguments: Any,
 ) -> AuditResult:
@@ -251,6 +252,12 @@ def white_box_audit(
     claim stays that of T Gaussian mechanisms). The model must be a compiled DP model
     with plain SGD; it is trained (its weights change). ``fit_arguments`` go to ``fit``
     (``verbose`` defaults to 0).
+
+    The weights along the canaries' coordinates are read after every update (the
+    white-box adversary sees every iterate, as DP-SGD's accounting allows), giving each
+    canary's contribution per update in units of C. ``statistic`` combines them into its
+    score: ``"sum"`` (the likelihood-ratio statistic for correct DP-SGD, the tightest) or
+    ``"median"`` (robust: exposes updates that were not noised at all).
 
     Raises:
       ValueError: an optimizer other than plain SGD with a constant learning rate, a model
@@ -271,13 +278,25 @@ def white_box_audit(
         gradient_scale=gradient_scale,
         seed=seed,
     )
-    before = canaries.weights()
+    if statistic not in ("sum", "median"):
+        raise ValueError(f"statistic must be 'sum' or 'median', received {statistic!r}")
+    trajectory = [canaries.weights()]
+    recorder = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: trajectory.append(canaries.weights())
+    )
     updates_before = model._dp_counters()["updates"]
     fit_arguments.setdefault("verbose", 0)
+    callbacks = [*fit_arguments.pop("callbacks", []), recorder]
     with canaries.installed():
-        model.fit(x, y, batch_size=batch_size, epochs=int(epochs), **fit_arguments)
+        model.fit(
+            x, y, batch_size=batch_size, epochs=int(epochs), callbacks=callbacks, **fit_arguments
+        )
     updates = model._dp_counters()["updates"] - updates_before
-    scores = canaries.scores(before, learning_rate=learning_rate, divisor=batch_size)
+    # Each update's contribution along each canary's coordinate, in units of C.
+    per_update = -np.diff(np.stack(trajectory), axis=0) * (
+        batch_size / (learning_rate * config.l2_norm_clip)
+    )
+    scores = per_update.sum(axis=0) if statistic == "sum" else np.median(per_update, axis=0)
     return one_run_audit(
         scores,
         canaries.included,

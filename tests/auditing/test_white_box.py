@@ -1,0 +1,198 @@
+"""White-box audits of the real DP step, on this backend and both engines.
+
+The model is a linear classifier on 8 informative features and ``NUM_CANARIES`` features
+that are always 0: the data never move the weights of those, so each canary's score is
+exactly ``T·[included] + N(0, T σ²)`` on a correct build. The broken builds are made here
+by monkeypatching (never by flags in the library): clipping off, noise halved, noise
+added once per epoch instead of once per update. Each must be flagged (bound above the
+accountant's ε), and the correct build never.
+
+Only :func:`test_canaries_are_inert_when_not_included` runs in the default suite; the
+audits are ``slow`` (each well under a minute on one core).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from keras_privacy import DPSequential
+from keras_privacy.auditing import GradientCanaries, white_box_audit, white_box_multi_run_audit
+from keras_privacy.training import clipping
+from keras_privacy.training.config import DPConfig
+
+ROWS, FEATURES, NUM_CANARIES = 64, 8, 1000
+ENGINES = ["fast", "vectorized"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    keras.backend.clear_session()
+    yield
+
+
+def _data(canary_features=NUM_CANARIES):
+    rng = np.random.default_rng(0)
+    informative = rng.normal(size=(ROWS, FEATURES))
+    x = np.concatenate([informative, np.zeros((ROWS, canary_features))], axis=1)
+    y = (informative[:, 0] + 0.5 * rng.normal(size=ROWS) > 0).astype("float32")[:, None]
+    return x.astype("float32"), y
+
+
+def _model(engine, noise_multiplier, seed=None, canary_features=NUM_CANARIES, **compile_args):
+    model = DPSequential(
+        [keras.Input((FEATURES + canary_features,)), keras.layers.Dense(1)],
+        l2_norm_clip=1.0,
+        noise_multiplier=noise_multiplier,
+        engine=engine,
+        seed=seed,
+    )
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.BinaryCrossentropy(from_logits=True),
+        **compile_args,
+    )
+    model.build((None, FEATURES + canary_features))
+    return model
+
+
+CANARY_COORDINATES = np.arange(FEATURES, FEATURES + NUM_CANARIES)  # kernel rows of the zeros
+
+
+def _flat_weights(model):
+    return np.concatenate(
+        [np.ravel(keras.ops.convert_to_numpy(v.value)) for v in model.trainable_variables]
+    )
+
+
+def test_canaries_are_inert_when_not_included():
+    x, y = _data(canary_features=4)
+    plain = _model("vectorized", 1.0, seed=7, canary_features=4)
+    audited = _model("vectorized", 1.0, seed=7, canary_features=4)
+    audited.set_weights(plain.get_weights())
+    canaries = GradientCanaries(
+        audited, 4, coordinates=np.arange(FEATURES, FEATURES + 4), included=np.zeros(4, bool)
+    )
+    with canaries.installed():
+        assert "_dp_engines" in audited.__dict__
+        audited.fit(x, y, batch_size=ROWS, epochs=2, verbose=0)
+    assert "_dp_engines" not in audited.__dict__  # back to the class's own engines
+    plain.fit(x, y, batch_size=ROWS, epochs=2, verbose=0)
+    np.testing.assert_array_equal(_flat_weights(audited), _flat_weights(plain))
+    # Training after the block is ordinary training again: identical updates.
+    audited.fit(x, y, batch_size=ROWS, epochs=1, verbose=0)
+    plain.fit(x, y, batch_size=ROWS, epochs=1, verbose=0)
+    np.testing.assert_array_equal(_flat_weights(audited), _flat_weights(plain))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_included_canary_adds_exactly_the_clip_norm(engine, monkeypatch):
+    # Without noise the canary's coordinate moves by exactly lr * C / B per update; with
+    # the library's clipping switched off by exactly gradient_scale times that.
+    x, y = _data(canary_features=2)
+    coordinates = np.arange(FEATURES, FEATURES + 2)
+    for clip_off in (False, True):
+        if clip_off:
+            monkeypatch.setattr(
+                clipping, "clip_factors", lambda norms, clip, mask=None: keras.ops.ones_like(norms)
+            )
+        model = _model(engine, 0.0, canary_features=2)
+        canaries = GradientCanaries(model, 2, coordinates=coordinates, included=[True, False])
+        before = canaries.weights()
+        with canaries.installed():
+            model.fit(x, y, batch_size=ROWS, epochs=3, verbose=0)
+        scores = canaries.scores(before, learning_rate=0.1, divisor=ROWS)
+        expected = 3 * (canaries.gradient_scale if clip_off else 1.0)
+        np.testing.assert_allclose(scores, [expected, 0.0], atol=1e-4)
+
+
+def _one_run(engine, noise_multiplier, epochs, **arguments):
+    x, y = _data()
+    model = _model(engine, noise_multiplier, run_eagerly=arguments.pop("run_eagerly", False))
+    return white_box_audit(
+        model,
+        x,
+        y,
+        epochs=epochs,
+        num_canaries=NUM_CANARIES,
+        coordinates=CANARY_COORDINATES,
+        seed=arguments.pop("seed", 0),
+        **arguments,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_correct_build_stays_below_the_accountant(engine):
+    # sigma = 2 over 4 full-batch updates: the Gaussian mechanism of noise 1 (eps 4.38).
+    for statistic in ("sum", "median"):
+        result = _one_run(engine, 2.0, 4, statistic=statistic)
+        print(engine, statistic, result.summary())
+        assert not result.violates_claim
+        assert result.epsilon_claimed == pytest.approx(4.377, abs=0.01)
+    assert result.fraction_of_claimed > 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_clipping_off_is_flagged(engine, monkeypatch):
+    monkeypatch.setattr(
+        clipping, "clip_factors", lambda norms, clip, mask=None: keras.ops.ones_like(norms)
+    )
+    result = _one_run(engine, 4.0, 4)  # claimed: eps 1.99
+    print(engine, result.summary())
+    assert result.violates_claim
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_noise_once_per_epoch_is_flagged(engine, monkeypatch):
+    # 4 updates per epoch (Poisson, expected batch 16 of 64); the broken build noises only
+    # the first update of each epoch. Run eagerly so the patched noise scale is read per
+    # update. The canaries are still in every update: claimed eps is for 8 Gaussians.
+    noise_on = [True]
+    monkeypatch.setattr(
+        DPConfig,
+        "noise_stddev",
+        property(lambda self: self.noise_multiplier * self.l2_norm_clip * float(noise_on[0])),
+    )
+    schedule = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda batch, logs: noise_on.__setitem__(0, batch == 0)
+    )
+    result = _one_run(
+        engine,
+        4.0,
+        2,
+        batch_size=16,
+        statistic="median",
+        callbacks=[schedule],
+        run_eagerly=True,
+    )
+    print(engine, result.summary())
+    assert result.violates_claim
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_noise_halved_is_flagged(engine, monkeypatch):
+    # One run cannot tell sigma from sigma / 2 at these eps; the multi-run audit against
+    # the accountant's Gaussian profile can. Claimed: sigma = 1 over 2 updates (mu = 1.41).
+    x, y = _data(canary_features=1)
+    arguments = dict(steps=2, num_trials=120, coordinate=FEATURES, seed=0)
+
+    def build():
+        return _model(engine, 1.0, canary_features=1)
+
+    correct = white_box_multi_run_audit(build, x, y, **arguments)
+    print(engine, "correct:", correct.summary())
+    assert not correct.violates_claim
+    monkeypatch.setattr(
+        DPConfig,
+        "noise_stddev",
+        property(lambda self: 0.5 * self.noise_multiplier * self.l2_norm_clip),
+    )
+    halved = white_box_multi_run_audit(build, x, y, **arguments)
+    print(engine, "halved:", halved.summary())
+    assert halved.violates_claim
