@@ -187,7 +187,12 @@ class GradientCanaries:
             model.train_function = None
 
     def weights(self) -> np.ndarray:
-        """The canaries' coordinates of the trainable weights, now (float64)."""
+        """The canaries' coordinates of the trainable weights, now (float64). On JAX, inside
+        ``fit``, the variables are first synced from the training state, as Keras's own
+        callbacks do."""
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
         flat = np.concatenate(
             [
                 np.ravel(np.asarray(ops.convert_to_numpy(v.value), dtype=np.float64))
@@ -323,7 +328,8 @@ def white_box_multi_run_audit(
     gradient_scale: float = 10.0,
     seed: int | None = None,
 ) -> AuditResult:
-    """A multi-run white-box audit: ``num_trials`` full-batch runs of ``steps`` updates,
+    """A multi-run white-box audit: ``num_trials`` full-batch runs of ``steps`` updates
+    (``train_on_batch`` on all of ``(x, y)``),
     each with one gradient canary (at ``coordinate``) included by a fair coin.
 
     ``build_model()`` must return a fresh compiled DP model (plain SGD, built) each time
@@ -358,7 +364,8 @@ def white_box_multi_run_audit(
         canary.model.set_weights(initial)
         before = canary.weights()
         counted = canary.model._dp_counters()["updates"]
-        canary.model.fit(x, y, batch_size=rows, epochs=int(steps), verbose=0)
+        for _ in range(int(steps)):  # one full-batch update each (cheaper than fit)
+            canary.model.train_on_batch(x, y)
         updates.append(canary.model._dp_counters()["updates"] - counted)
         return float(canary.scores(before, learning_rate=learning_rate, divisor=rows)[0])
 

@@ -7,8 +7,8 @@ by monkeypatching (never by flags in the library): clipping off, noise halved, n
 added once per epoch instead of once per update. Each must be flagged (bound above the
 accountant's ε), and the correct build never.
 
-Only :func:`test_canaries_are_inert_when_not_included` runs in the default suite; the
-audits are ``slow`` (each well under a minute on one core).
+Only :func:`test_canaries_are_inert_when_not_included` runs in the default suite (on
+TensorFlow); the audits are ``slow`` (each under ~20 s on this machine).
 """
 
 from __future__ import annotations
@@ -66,7 +66,11 @@ def _flat_weights(model):
     )
 
 
+@pytest.mark.extended  # default suite on TensorFlow; -m slow elsewhere (compiles twice)
 def test_canaries_are_inert_when_not_included():
+    # Same seed, same initial weights: training with the canary hook installed (and no
+    # canary included) gives bit-identical weights to ordinary training, and the model
+    # gets its own engines back when the block ends.
     x, y = _data(canary_features=4)
     plain = _model("vectorized", 1.0, seed=7, canary_features=4)
     audited = _model("vectorized", 1.0, seed=7, canary_features=4)
@@ -77,12 +81,9 @@ def test_canaries_are_inert_when_not_included():
     with canaries.installed():
         assert "_dp_engines" in audited.__dict__
         audited.fit(x, y, batch_size=ROWS, epochs=2, verbose=0)
-    assert "_dp_engines" not in audited.__dict__  # back to the class's own engines
+    assert "_dp_engines" not in audited.__dict__
+    assert audited.train_function is None  # retraced with the class's engines next time
     plain.fit(x, y, batch_size=ROWS, epochs=2, verbose=0)
-    np.testing.assert_array_equal(_flat_weights(audited), _flat_weights(plain))
-    # Training after the block is ordinary training again: identical updates.
-    audited.fit(x, y, batch_size=ROWS, epochs=1, verbose=0)
-    plain.fit(x, y, batch_size=ROWS, epochs=1, verbose=0)
     np.testing.assert_array_equal(_flat_weights(audited), _flat_weights(plain))
 
 
