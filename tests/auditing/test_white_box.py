@@ -18,7 +18,12 @@ import numpy as np
 import pytest
 
 from keras_privacy import DPSequential
-from keras_privacy.auditing import GradientCanaries, white_box_audit, white_box_multi_run_audit
+from keras_privacy.auditing import (
+    GradientCanaries,
+    input_space_audit,
+    white_box_audit,
+    white_box_multi_run_audit,
+)
 from keras_privacy.training import clipping
 from keras_privacy.training.config import DPConfig
 
@@ -197,3 +202,32 @@ def test_noise_halved_is_flagged(engine, monkeypatch):
     halved = white_box_multi_run_audit(build, x, y, **arguments)
     print(engine, "halved:", halved.summary())
     assert halved.violates_claim
+
+
+@pytest.mark.slow
+def test_input_space_audit_of_a_fit():
+    # Black-box: 200 out-of-distribution canaries, canary i the one-hot input e_(4+i)
+    # (features the real data never use) labelled 1, each added with probability 1/2 and
+    # Poisson-sampled with the rest; scored by minus their loss. Looser than gradient
+    # canaries (a canary is sampled in only some updates, its gradient is not at the clip
+    # norm), and never above the accountant's eps for this fit.
+    rng = np.random.default_rng(0)
+    informative = rng.normal(size=(400, 4))
+    x = np.concatenate([informative, np.zeros((400, 200))], axis=1).astype("float32")
+    y = (informative[:, 0] > 0).astype("float32")[:, None]
+    canary_x = np.concatenate([np.zeros((200, 4)), 3.0 * np.eye(200)], axis=1).astype("float32")
+    canary_y = np.ones((200, 1), "float32")
+    model = DPSequential(
+        [keras.Input((204,)), keras.layers.Dense(1)], l2_norm_clip=1.0, noise_multiplier=0.8
+    )
+    model.compile(keras.optimizers.SGD(0.5), keras.losses.BinaryCrossentropy(from_logits=True))
+    result = input_space_audit(
+        model, x, y, canary_x, canary_y, batch_size=250, epochs=10, delta=1e-4, seed=0
+    )
+    print(result.summary())
+    assert result.canary_kind == "input-space" and result.num_canaries == 200
+    assert result.epsilon_claimed == pytest.approx(
+        model.privacy_spent(1e-4, allow_large_delta=True)
+    )
+    assert not result.violates_claim
+    assert result.epsilon_lower_bound > 0
