@@ -15,7 +15,9 @@ How they get in. :class:`GradientCanaries` wraps the model's clipping engines, *
 one model object only* and only inside ``with canaries.installed():``: the wrapper calls
 the real engine and adds the included canaries' clipped gradient to the sum of the
 logical batch's first chunk. Nothing in the library changes; outside the ``with`` block
-(and on every other model) training is exactly what it was. The canaries are in every
+(and on every other model) training is exactly what it was. (One corner: on JAX a Poisson
+batch of capacity above 64 rows that samples no row at all skips its only chunk, and the
+canaries with it; the audit is then conservative, never inflated.) The canaries are in every
 update, so white-box audits are of full-batch training (q = 1), and the claim they are
 checked against is the accountant's ε for T Gaussian mechanisms
 (:func:`~keras_privacy.auditing.claimed_epsilon`).

@@ -92,6 +92,21 @@ def test_canaries_are_inert_when_not_included():
     np.testing.assert_array_equal(_flat_weights(audited), _flat_weights(plain))
 
 
+def test_white_box_arguments_are_checked():
+    x, y = _data(canary_features=4)
+    model = _model("vectorized", 1.0, canary_features=4)
+    with pytest.raises(ValueError, match="distinct"):
+        GradientCanaries(model, 2, coordinates=[3, 3])
+    with pytest.raises(ValueError, match="gradient_scale"):
+        GradientCanaries(model, 2, gradient_scale=0.5)
+    model.compile(keras.optimizers.Adam(), keras.losses.BinaryCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="plain SGD"):
+        white_box_audit(model, x, y, epochs=1, num_canaries=4)
+    noiseless = _model("vectorized", 0.0, canary_features=4)
+    with pytest.raises(ValueError, match="no noise"):
+        white_box_audit(noiseless, x, y, epochs=1, num_canaries=4)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_included_canary_adds_exactly_the_clip_norm(engine, monkeypatch):
