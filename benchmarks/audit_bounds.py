@@ -2,6 +2,7 @@
 accountant's ε, for correct and deliberately broken builds.
 
     KERAS_BACKEND=jax python benchmarks/audit_bounds.py --trials 2000
+    KERAS_BACKEND=jax python benchmarks/audit_bounds.py --trials 20000 --multi-run-only
     python benchmarks/audit_bounds.py --gaussian-only
 
 Rows: the Gaussian mechanism simulated exactly (framework-free), then the real DP step of
@@ -69,7 +70,7 @@ def gaussian_rows() -> None:
             _row(f"Gaussian mechanism σ={sigma:g}", label, result, time.time() - start)
 
 
-def dp_step_rows(trials: int) -> None:
+def dp_step_rows(trials: int, engines: list[str], multi_run_only: bool) -> None:
     import keras
 
     from keras_privacy import DPSequential
@@ -141,7 +142,7 @@ def dp_step_rows(trials: int) -> None:
     schedule = keras.callbacks.LambdaCallback(
         on_train_batch_begin=lambda batch, logs: noise_on.__setitem__(0, batch == 0)
     )
-    for engine in ("fast", "vectorized"):
+    for engine in engines:
         where = f"DP-SGD q=1, {backend}/{engine}"
         cases = [
             (
@@ -183,6 +184,8 @@ def dp_step_rows(trials: int) -> None:
                 ),
             ),
         ]
+        if multi_run_only:
+            cases = cases[1:2]
         for setting, method, patch, run in cases:
             keras.backend.clear_session()
             start = time.time()
@@ -197,13 +200,17 @@ def main() -> None:
         "--trials", type=int, default=400, help="runs of the correct multi-run audit"
     )
     parser.add_argument("--gaussian-only", action="store_true")
+    parser.add_argument("--engines", nargs="+", default=["fast", "vectorized"])
+    parser.add_argument(
+        "--multi-run-only", action="store_true", help="only the correct multi-run audit"
+    )
     args = parser.parse_args()
     print("| setting | audit | claimed ε | lower bound | fraction | verdict | seconds |")
     print("|---|---|---|---|---|---|---|")
     if args.gaussian_only:
         gaussian_rows()
     else:
-        dp_step_rows(args.trials)
+        dp_step_rows(args.trials, args.engines, args.multi_run_only)
 
 
 if __name__ == "__main__":
