@@ -39,6 +39,8 @@ _LAZY = {
     # accounting during training (Keras)
     "PrivacyBudget": "keras_privacy.training.callbacks",
     "privacy_spent": "keras_privacy.training.callbacks",
+    # the privacy report (framework-free)
+    "privacy_report": "keras_privacy.reporting",
     # DP logistic regression (scikit-learn, framework-free)
     "DPLogisticRegression": "keras_privacy.logistic_regression",
 }
@@ -50,7 +52,7 @@ def _register_serializable_classes() -> None:
     """Register the DP models, optimizers and losses with Keras's serialization (importing
     ``keras_privacy.training`` does it), so that ``keras.models.load_model`` finds a saved
     DP model's classes after a plain ``import keras_privacy``."""
-    importlib.import_module("keras_privacy.training")
+    importlib.import_module("keras_privacy.training").register_serializable_classes()
 
 
 class _AfterKerasImport(importlib.abc.MetaPathFinder):
