@@ -31,7 +31,7 @@ def _figure(width: float = 5.6, height: float = 3.9) -> tuple[Figure, object]:
     figure = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.grid(True, alpha=0.3, which="both")
+    axes.grid(True, alpha=0.3, which="major")
     for side in ("top", "right"):
         axes.spines[side].set_visible(False)
     return figure, axes
@@ -58,17 +58,19 @@ def epsilon_delta_png(
     if math.isfinite(epsilon):
         axes.plot([delta], [epsilon], "o", color="black", zorder=5)
         axes.annotate(
-            f"  ε = {epsilon:.3g} at δ = {delta:.0e}",
+            f"ε = {epsilon:.2f} at δ = {delta:.0e}",
             (delta, epsilon),
+            xytext=(-12, -18),
+            textcoords="offset points",
+            ha="right",
             fontsize=9,
-            va="bottom",
         )
     axes.set_xscale("log")
     axes.set_ylim(bottom=0)
     axes.set_xlabel("δ (log scale)")
     axes.set_ylabel("ε")
     axes.set_title("Guarantee at each δ: smaller is more private", fontsize=11)
-    axes.legend(fontsize=9)
+    axes.legend(fontsize=9, loc="best")
     return _png(figure)
 
 
@@ -99,7 +101,7 @@ def epsilon_training_png(
             functions=(lambda u: u / updates_per_epoch, lambda e: e * updates_per_epoch),
         )
         top.set_xlabel("epochs", fontsize=9)
-    axes.legend(fontsize=9)
+    axes.legend(fontsize=9, loc="best")
     return _png(figure)
 
 
@@ -164,22 +166,45 @@ def audit_png(
     confidence: float,
     delta: float,
 ) -> bytes:
-    """Two bars: the accountant's ε (an upper bound) and the audit's ε lower bound."""
-    figure, axes = _figure(5.6, 2.4)
+    """Where the true ε can be: from the audit's lower bound to the accountant's upper
+    bound, on one axis (a lower bound past the upper bound is drawn in red)."""
+    figure, axes = _figure(5.6, 2.3)
     axes.grid(False)
     axes.grid(True, axis="x", alpha=0.3)
-    labels = ["accountant: ε ≤", f"audit ({confidence:.0%} conf.): ε ≥"]
-    values = [epsilon_claimed, epsilon_lower_bound]
-    colors = [_COLORS["pld"], _COLORS["rdp"]]
-    bars = axes.barh(labels, values, color=colors, height=0.55)
-    for bar, value in zip(bars, values, strict=True):
-        axes.text(
-            bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.3g}", va="center"
-        )
-    axes.invert_yaxis()
-    axes.set_xlim(0, max(values) * 1.2 if max(values) > 0 else 1.0)
+    axes.spines["left"].set_visible(False)
+    axes.set_yticks([])
+    low, high = epsilon_lower_bound, epsilon_claimed
+    violated = low > high
+    color = _COLORS["bound"] if violated else _COLORS["pld"]
+    axes.axvspan(min(low, high), max(low, high), ymin=0.35, ymax=0.65, color=color, alpha=0.18)
+    axes.plot([low], [0.5], marker=">", ms=12, color=_COLORS["rdp"], ls="none")
+    axes.plot([high], [0.5], marker="<", ms=12, color=_COLORS["pld"], ls="none")
+    axes.annotate(
+        f"audit: ε ≥ {low:.2f}\n({confidence:.0%} confidence)",
+        (low, 0.5),
+        xytext=(0, 16),
+        textcoords="offset points",
+        ha="center",
+        fontsize=9,
+        color=_COLORS["rdp"],
+    )
+    axes.annotate(
+        f"accountant: ε ≤ {high:.2f}",
+        (high, 0.5),
+        xytext=(0, -24),
+        textcoords="offset points",
+        ha="center",
+        fontsize=9,
+        color=_COLORS["pld"],
+    )
+    top = max(low, high)
+    axes.set_xlim(-0.08 * top - 0.05, top * 1.15 + 0.1)
+    axes.set_ylim(0, 1)
     axes.set_xlabel(f"ε at δ = {delta:.0e}")
-    axes.set_title("What the audit proves vs what the accountant claims", fontsize=11)
+    axes.set_title(
+        "The audit refutes the claim" if violated else "The true ε lies in the shaded range",
+        fontsize=11,
+    )
     return _png(figure)
 
 
@@ -197,11 +222,13 @@ def exposure_png(exposures: Mapping[int, Sequence[float]], ceiling: float | None
     means = [float(np.mean(exposures[c])) for c in counts]
     axes.plot(positions, means, "s-", color="C1", lw=2, label="mean")
     if ceiling is not None:
-        axes.axhline(ceiling, color=_COLORS["bound"], ls="--", lw=1.2, label="log2 |R| (fully memorised)")
+        axes.axhline(
+            ceiling, color=_COLORS["bound"], ls="--", lw=1.2, label="log2 |R|: fully memorised"
+        )
     axes.set_xticks(positions, [f"×{c}" for c in counts])
     axes.set_xlabel("times the canary was in the training data")
     axes.set_ylabel("exposure (bits)")
     axes.set_ylim(bottom=0)
     axes.set_title("Secret sharer: canary exposure", fontsize=11)
-    axes.legend(fontsize=9)
+    axes.legend(fontsize=9, loc="best")
     return _png(figure)

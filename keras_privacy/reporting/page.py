@@ -40,8 +40,7 @@ header.top .meta { color: var(--muted); font-size: 13px; }
 .headline p { margin: 8px 0 0; max-width: 860px; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin-top: 14px; }
 .card { background: var(--wash); border-radius: 6px; padding: 8px 14px; min-width: 150px; }
-.card .label { font-size: 12px; color: var(--muted); text-transform: uppercase;
-               letter-spacing: .04em; }
+.card .label { font-size: 12.5px; color: var(--muted); }
 .card .value { font-size: 19px; font-weight: 600; }
 nav.toc { font-size: 13px; margin: 0 0 18px; color: var(--muted); }
 nav.toc a { color: var(--accent); text-decoration: none; margin-right: 14px; white-space: nowrap; }
@@ -60,7 +59,11 @@ section.empty h2 { color: var(--muted); }
 .callout.good { background: #e9f5ee; border-left: 4px solid var(--good); }
 .callout.warn { background: #fdf1e3; border-left: 4px solid var(--warn); }
 .callout.bad { background: #fbe9e8; border-left: 4px solid var(--bad); }
+.split { display: flex; flex-wrap: wrap; gap: 4px 26px; align-items: flex-start; }
+.split > .text { flex: 1 1 360px; min-width: 0; }
+.split > .figures { flex: 0 1 540px; }
 .figures { display: flex; flex-wrap: wrap; gap: 14px; }
+.below > .figures figure { max-width: 640px; }
 figure { margin: 8px 0; flex: 1 1 420px; max-width: 100%; }
 figure img { width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
 figcaption { font-size: 13px; color: var(--muted); margin-top: 4px; }
@@ -137,6 +140,9 @@ class Section:
     figures: list[Figure] = dataclasses.field(default_factory=list)
     filled: bool = True
     anchor: str = ""
+    #: "side": text left, figures right (wrapping on narrow screens); "below": figures
+    #: under the text (for wide tables).
+    layout: str = "side"
 
     def __post_init__(self) -> None:
         if not self.anchor:
@@ -148,13 +154,15 @@ class Section:
             if self.filled
             else '<span class="status empty">not run</span>'
         )
-        figures = ""
+        css = "" if self.filled else ' class="empty"'
+        content = self.body
         if self.figures:
             figures = '<div class="figures">' + "".join(f.html() for f in self.figures) + "</div>"
-        css = "" if self.filled else ' class="empty"'
+            layout = "split" if self.layout == "side" else "below"
+            content = f'<div class="{layout}"><div class="text">{self.body}</div>{figures}</div>'
         return (
             f'<section id="{self.anchor}"{css}><h2>{html.escape(self.title)}{status}</h2>'
-            f"{self.body}{figures}</section>"
+            f"{content}</section>"
         )
 
 

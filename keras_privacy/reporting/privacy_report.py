@@ -61,6 +61,30 @@ def _fmt_delta(delta: float) -> str:
     return f"{delta:.0e}".replace("e-0", "e-")
 
 
+def _fmt_eps(epsilon: float | None) -> str:
+    """ε with two decimals (three significant digits below 1)."""
+    if epsilon is None or not math.isfinite(epsilon):
+        return format_number(epsilon)
+    return f"{epsilon:.2f}" if epsilon >= 1 else f"{epsilon:.3g}"
+
+
+_ATTACK_NAMES = {
+    "THRESHOLD_ATTACK": "loss threshold",
+    "THRESHOLD_ENTROPY_ATTACK": "entropy threshold",
+    "LOGISTIC_REGRESSION": "logistic regression",
+    "MULTI_LAYERED_PERCEPTRON": "MLP",
+    "RANDOM_FOREST": "random forest",
+    "K_NEAREST_NEIGHBORS": "k-nearest neighbours",
+    "LIRA_ONLINE": "LiRA (online)",
+    "LIRA_OFFLINE": "LiRA (offline)",
+}
+
+
+def _attack_name(result: Any) -> str:
+    name = getattr(result.attack_type, "name", str(result.attack_type))
+    return _ATTACK_NAMES.get(name, name.replace("_", " ").lower())
+
+
 # -- inputs --------------------------------------------------------------------------
 
 
@@ -148,30 +172,42 @@ def _headline(context: _Context) -> str:
     factor = math.exp(epsilon)
     tpr = float(figures.dp_roc_bound(np.array([0.01]), epsilon, delta)[0])
     sentence = (
-        f"Adding or removing any one training example changes the probability of any "
-        f"outcome of this training by at most a factor e^ε = {factor:.3g}, except with "
+        "Adding or removing any one training example changes the probability of any outcome "
+        f"of this training by at most a factor e<sup>ε</sup> = {factor:.3g}, except with "
         f"probability δ = {_fmt_delta(delta)}. So an attacker who may wrongly accuse at most "
-        f"1% of non-members can identify at most {tpr:.1%} of the members, whatever they do."
+        f"1% of non-members can find at most <b>{tpr:.1%}</b> of the members, whatever they do."
     )
     cards = [
-        ("ε (" + context.accountant.upper() + ")", format_number(epsilon)),
+        (f"ε ({context.accountant.upper()})", _fmt_eps(epsilon)),
         ("δ", _fmt_delta(delta)),
-        (f"ε ({other.upper()})", format_number(context.epsilon_other)),
+        (f"ε ({other.upper()})", _fmt_eps(context.epsilon_other)),
         ("optimizer updates", f"{record.total_updates:,}"),
     ]
     current = record.current
     if current is not None:
-        cards.append(("noise σ / clip C", f"{current.noise_multiplier:.3g} / {current.l2_norm_clip:g}"))
+        cards.append(
+            ("noise σ / clip C", f"{current.noise_multiplier:.3g} / {current.l2_norm_clip:g}")
+        )
+    attacks = context.data.get("membership")
+    if attacks:
+        cards.append(("best attack AUC", f"{max(a['auc'] for a in attacks):.3f}"))
+    audit = context.data.get("audit")
+    if audit:
+        cards.append(("audit: ε ≥", _fmt_eps(audit["epsilon_lower_bound"])))
+    exposures = context.data.get("canary_exposures")
+    if exposures:
+        top = max(max(v) for v in exposures.values())
+        cards.append(("largest canary exposure", f"{top:.1f} bits"))
     card_html = "".join(
         f'<div class="card"><div class="label">{html.escape(k)}</div>'
         f'<div class="value">{html.escape(v)}</div></div>'
         for k, v in cards
     )
     return (
-        f'<div class="big">ε = {epsilon:.3g} <small>at δ = {_fmt_delta(delta)}, '
+        f'<div class="big">ε = {_fmt_eps(epsilon)} <small>at δ = {_fmt_delta(delta)}, '
         f"{context.accountant.upper()} accountant, example-level</small></div>"
-        + paragraph(sentence)
-        + f'<div class="cards">{card_html}</div>'
+        f"<p>{sentence}</p>"
+        f'<div class="cards">{card_html}</div>'
     )
 
 
@@ -230,7 +266,8 @@ def _settings_section(context: _Context) -> Section:
     shown = {k: v for k, v in settings.items() if v is not None}
     if shown:
         body += "<h3>Model settings</h3>" + table(
-            ["setting", "value"], [[k, str(v)] for k, v in shown.items()]
+            ["setting", "value"],
+            [[k, format_number(v, 4) if isinstance(v, float) else str(v)] for k, v in shown.items()],
         )
     body += paragraph(
         "Neighbouring datasets: add or remove one example under Poisson sampling, replace "
@@ -247,16 +284,16 @@ def _curves_section(context: _Context) -> Section:
     low = min(delta, 1e-12)
     n = record_data.largest_dataset_size(context.record)
     high = min(1e-1, 1.0 / n) if n else 1e-2
-    deltas = np.logspace(math.log10(low), math.log10(high), 25).tolist()
-    if delta not in deltas:
-        deltas = sorted([*deltas, delta])
+    pick = sorted({d for d in (1e-10, 1e-8, 1e-6, delta) if low <= d <= high})
+    deltas = sorted({*np.logspace(math.log10(low), math.log10(high), 25).tolist(), *pick})
     curves = record_data.epsilon_delta_curves(context.record, deltas)
     png = figures.epsilon_delta_png(
         {name: (deltas, eps) for name, eps in curves.items()}, delta, context.epsilon
     )
-    pick = [d for d in (1e-10, 1e-8, 1e-6, delta) if d <= high]
-    rows = [[_fmt_delta(d), *(curves[a][deltas.index(d)] for a in ("pld", "rdp"))]
-            for d in sorted(set(pick)) if d in deltas]
+    rows = [
+        [_fmt_delta(d), *(_fmt_eps(curves[a][deltas.index(d)]) for a in ("pld", "rdp"))]
+        for d in pick
+    ]
     body = paragraph(
         "A DP guarantee is a curve, not a number: every δ has its ε. PLD (privacy loss "
         "distributions) is numerically tight; RDP (Rényi DP) is a looser, classic bound "
@@ -289,8 +326,9 @@ def _training_section(context: _Context) -> Section:
         body += paragraph("Dotted lines: where a new fit began.", "note")
     half = updates[len(updates) // 2]
     body += paragraph(
-        f"Half-way ({half:,} updates) ε was {curves[context.accountant][len(updates) // 2]:.3g}; "
-        f"at the end ({updates[-1]:,} updates) {curves[context.accountant][-1]:.3g}."
+        f"Half-way ({half:,} updates) ε was "
+        f"{_fmt_eps(curves[context.accountant][len(updates) // 2])}; at the end "
+        f"({updates[-1]:,} updates) {_fmt_eps(curves[context.accountant][-1])}."
     )
     context.data["epsilon_over_training"] = {"updates": updates, **curves}
     figure = Figure("epsilon_over_training.png", png, "epsilon over training",
@@ -321,7 +359,7 @@ def _membership_section(context: _Context, results: list[Any] | None) -> Section
     rows, curves, saved = [], [], []
     smallest = 1.0
     for result in results:
-        label = str(result.attack_type)
+        label = _attack_name(result)
         roc = result.roc_curve
         curves.append((f"{label} (AUC {result.get_auc():.3f})", roc.fpr, roc.tpr))
         non_members = int(result.data_size.get("test", 0)) or 1
@@ -379,7 +417,7 @@ def _membership_section(context: _Context, results: list[Any] | None) -> Section
     png = figures.roc_png(curves, epsilon, delta, smallest)
     figure = Figure("membership_roc.png", png, "membership inference ROC, log-log",
                     "ROC of each attack (log-log) with the (ε, δ)-DP limit.")
-    return Section(title, body, [figure])
+    return Section(title, body, [figure], layout="below")
 
 
 def _audit_section(context: _Context, audit: Any) -> Section:
@@ -401,8 +439,11 @@ def _audit_section(context: _Context, audit: Any) -> Section:
         ours = math.inf
     claimed = audit.epsilon_claimed if audit.epsilon_claimed is not None else ours
     rows = [
-        ["accountant's ε (upper bound)", claimed],
-        [f"audit's ε lower bound ({audit.confidence:.0%} confidence)", audit.epsilon_lower_bound],
+        ["accountant's ε (upper bound)", _fmt_eps(claimed)],
+        [
+            f"audit's ε lower bound ({audit.confidence:.0%} confidence)",
+            _fmt_eps(audit.epsilon_lower_bound),
+        ],
         ["δ", _fmt_delta(audit.delta) if audit.delta else "0"],
         ["method", f"{audit.method}, {audit.canary_kind} canaries"],
         ["canaries / guesses / correct", f"{audit.num_canaries} / {audit.num_guesses} / "
@@ -420,26 +461,31 @@ def _audit_section(context: _Context, audit: Any) -> Section:
         audit.epsilon_claimed, ours, rel_tol=0.02
     ):
         body += paragraph(
-            f"The audit compared itself with ε = {audit.epsilon_claimed:.3g}; this model's "
-            f"record gives ε = {ours:.3g} at the audit's δ (an audit of other runs, or of "
+            f"The audit compared itself with ε = {_fmt_eps(audit.epsilon_claimed)}; this "
+            f"model's record gives ε = {_fmt_eps(ours)} at the audit's δ (an audit of other runs, or of "
             "one DP step rather than the whole training).",
             "note",
         )
     if claimed is not None and audit.epsilon_lower_bound > claimed:
         body += callout(
-            f"The audit proves ε ≥ {audit.epsilon_lower_bound:.3g} > {claimed:.3g} claimed: the "
+            f"The audit proves ε ≥ {_fmt_eps(audit.epsilon_lower_bound)} > "
+            f"{_fmt_eps(claimed)} claimed: the "
             "training is less private than its accountant says (a bug, or the accountant was "
             "told the wrong sampling or noise).",
             "bad",
         )
     else:
-        fraction = audit.epsilon_lower_bound / claimed if claimed and math.isfinite(claimed) else None
         text = (
-            f"Consistent: the audit's bound ({audit.epsilon_lower_bound:.3g}) is below the "
-            f"claimed ε ({format_number(claimed)})"
+            f"Consistent: the audit's bound ({_fmt_eps(audit.epsilon_lower_bound)}) is below "
+            f"the claimed ε ({_fmt_eps(claimed)})"
         )
-        if fraction is not None:
-            text += f", {fraction:.0%} of it"
+        if audit.epsilon_lower_bound == 0:
+            text += (
+                "; its canaries did not leak detectably. That is no proof of privacy: a "
+                "stronger attack (white-box gradient canaries) may do better"
+            )
+        elif claimed and math.isfinite(claimed):
+            text += f", {audit.epsilon_lower_bound / claimed:.0%} of it"
         body += callout(text + ".", "good")
     context.data["audit"] = {**audit.to_dict(), "epsilon_of_record_at_audit_delta": ours}
     figures_list = []
@@ -479,7 +525,9 @@ def _exposure_section(
         "repeated often (a repeated secret is a group of examples)."
     )
     if ceiling is not None:
-        body += paragraph(f"|R| = {space_size:,} candidates: the largest exposure is {ceiling:.3g} bits.")
+        body += paragraph(
+            f"|R| = {space_size:,} candidates: the largest exposure is {ceiling:.3g} bits."
+        )
     body += table(["inserted", "canaries", "mean exposure", "min", "max"], rows)
     context.data["canary_exposures"] = {str(k): v for k, v in clean.items()}
     context.data["canary_space_size"] = space_size
@@ -552,7 +600,6 @@ def privacy_report(
         subtitle=f"{record.total_updates:,} DP updates in {len(record.segments)} fit(s); "
         f"example-level guarantee.",
     )
-    page.headline = _headline(context)
     page.add(_settings_section(context))
     trained = record.total_updates > 0 and math.isfinite(epsilon)
     if trained:
@@ -564,6 +611,7 @@ def privacy_report(
     page.add(_exposure_section(context, canary_exposures, canary_space_size))
     for heading, text in notes:
         page.add(Section(heading, Markup("".join(paragraph(p) for p in text.split("\n\n")))))
+    page.headline = _headline(context)  # after the sections: it summarises their numbers
     context.data["sections"] = {s.anchor: s.filled for s in page.sections}
     path = page.write(directory)
     (Path(directory) / "report.json").write_text(
