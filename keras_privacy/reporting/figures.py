@@ -135,7 +135,7 @@ def roc_png(
             color=_COLORS["bound"],
             lw=1.5,
             ls="--",
-            label=f"most any attack can do at ε = {epsilon:.3g}",
+            label=f"the most any attack can do at ε = {epsilon:.2f}",
         )
     axes.plot(grid, grid, color=_COLORS["chance"], lw=1, ls=":", label="chance")
     for index, (label, fpr, tpr) in enumerate(curves):

@@ -196,9 +196,7 @@ class Page:
     def html(self) -> str:
         from keras_privacy import __version__
 
-        toc = " ".join(
-            f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in self.sections
-        )
+        toc = " ".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in self.sections)
         made = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         subtitle = f'<div class="meta">{html.escape(self.subtitle)}</div>' if self.subtitle else ""
         headline = f'<div class="headline">{self.headline}</div>' if self.headline else ""

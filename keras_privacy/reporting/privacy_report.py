@@ -88,9 +88,7 @@ def _attack_name(result: Any) -> str:
 # -- inputs --------------------------------------------------------------------------
 
 
-def membership_results(
-    membership: Any, model: Any, delta: float, seed: int = 0
-) -> list[Any]:
+def membership_results(membership: Any, model: Any, delta: float, seed: int = 0) -> list[Any]:
     """The entire-dataset attack results to plot, from what the caller passed.
 
     ``membership`` is an :class:`~keras_privacy.privacy_tests.AttackResults`, a sequence of
@@ -100,8 +98,10 @@ def membership_results(
     """
     from keras_privacy import privacy_tests as pt
 
-    if isinstance(membership, tuple) and len(membership) == 2 and isinstance(
-        membership[0], (tuple, list)
+    if (
+        isinstance(membership, tuple)
+        and len(membership) == 2
+        and isinstance(membership[0], (tuple, list))
     ):
         if not hasattr(model, "predict"):
             raise ValueError(
@@ -144,6 +144,7 @@ def membership_results(
 
 @dataclasses.dataclass
 class _Context:
+    epsilon_at: dict[str, Any]  # accountant -> (δ -> ε) of the whole record
     record: TrainingRecord
     settings: dict[str, Any]
     delta: float
@@ -157,17 +158,13 @@ def _headline(context: _Context) -> str:
     record, epsilon, delta = context.record, context.epsilon, context.delta
     other = "rdp" if context.accountant == "pld" else "pld"
     if record.total_updates == 0 and not record.other_releases:
-        return (
-            '<div class="big">No DP training recorded</div>'
-            + paragraph("This model has made no noised update yet: there is nothing to report.")
+        return '<div class="big">No DP training recorded</div>' + paragraph(
+            "This model has made no noised update yet: there is nothing to report."
         )
     if not math.isfinite(epsilon):
-        return (
-            '<div class="big">ε = ∞ <small>not differentially private</small></div>'
-            + paragraph(
-                "At least one update added no noise (noise multiplier 0), so no finite ε "
-                "holds: treat this model as trained without DP."
-            )
+        return '<div class="big">ε = ∞ <small>not differentially private</small></div>' + paragraph(
+            "At least one update added no noise (noise multiplier 0), so no finite ε "
+            "holds: treat this model as trained without DP."
         )
     factor = math.exp(epsilon)
     tpr = float(figures.dp_roc_bound(np.array([0.01]), epsilon, delta)[0])
@@ -186,7 +183,7 @@ def _headline(context: _Context) -> str:
     current = record.current
     if current is not None:
         cards.append(
-            ("noise σ / clip C", f"{current.noise_multiplier:.3g} / {current.l2_norm_clip:g}")
+            ("noise σ / clip C", f"{current.noise_multiplier:.3g} / {current.l2_norm_clip:.3g}")
         )
     attacks = context.data.get("membership")
     if attacks:
@@ -267,7 +264,10 @@ def _settings_section(context: _Context) -> Section:
     if shown:
         body += "<h3>Model settings</h3>" + table(
             ["setting", "value"],
-            [[k, format_number(v, 4) if isinstance(v, float) else str(v)] for k, v in shown.items()],
+            [
+                [k, format_number(v, 4) if isinstance(v, float) else str(v)]
+                for k, v in shown.items()
+            ],
         )
     body += paragraph(
         "Neighbouring datasets: add or remove one example under Poisson sampling, replace "
@@ -286,7 +286,7 @@ def _curves_section(context: _Context) -> Section:
     high = min(1e-1, 1.0 / n) if n else 1e-2
     pick = sorted({d for d in (1e-10, 1e-8, 1e-6, delta) if low <= d <= high})
     deltas = sorted({*np.logspace(math.log10(low), math.log10(high), 25).tolist(), *pick})
-    curves = record_data.epsilon_delta_curves(context.record, deltas)
+    curves = record_data.epsilon_delta_curves(context.record, deltas, context.epsilon_at)
     png = figures.epsilon_delta_png(
         {name: (deltas, eps) for name, eps in curves.items()}, delta, context.epsilon
     )
@@ -301,14 +301,19 @@ def _curves_section(context: _Context) -> Section:
     )
     body += table(["δ", "ε (PLD)", "ε (RDP)"], rows)
     context.data["epsilon_delta"] = {"delta": deltas, **curves}
-    figure = Figure("epsilon_delta.png", png, "epsilon against delta, PLD and RDP",
-                    "ε(δ) of the whole training; the dot is the report's δ.")
+    figure = Figure(
+        "epsilon_delta.png",
+        png,
+        "epsilon against delta, PLD and RDP",
+        "ε(δ) of the whole training; the dot is the report's δ.",
+    )
     return Section("ε(δ): PLD and RDP", body, [figure])
 
 
 def _training_section(context: _Context) -> Section:
     record = context.record
-    updates, curves = record_data.epsilon_over_training(record, context.delta)
+    final = {name: at(context.delta) for name, at in context.epsilon_at.items()}
+    updates, curves = record_data.epsilon_over_training(record, context.delta, final=final)
     segment = record.current
     per_epoch = None
     if len({(s.dataset_size, s.expected_batch_size) for s in record.segments}) == 1 and (
@@ -331,8 +336,12 @@ def _training_section(context: _Context) -> Section:
         f"({updates[-1]:,} updates) {_fmt_eps(curves[context.accountant][-1])}."
     )
     context.data["epsilon_over_training"] = {"updates": updates, **curves}
-    figure = Figure("epsilon_over_training.png", png, "epsilon over training",
-                    f"ε at δ = {_fmt_delta(context.delta)} against optimizer updates.")
+    figure = Figure(
+        "epsilon_over_training.png",
+        png,
+        "epsilon over training",
+        f"ε at δ = {_fmt_delta(context.delta)} against optimizer updates.",
+    )
     return Section("ε over the course of training", body, [figure])
 
 
@@ -388,9 +397,15 @@ def _membership_section(context: _Context, results: list[Any] | None) -> Section
             }
         )
     bound_rows = [
-        ["(ε, δ)-DP bound: no attack can exceed", "", "", "",
-         *(float(figures.dp_roc_bound(np.array([f]), epsilon, delta)[0]) for f in LOW_FPRS),
-         "", ""]
+        [
+            "(ε, δ)-DP bound: no attack can exceed",
+            "",
+            "",
+            "",
+            *(float(figures.dp_roc_bound(np.array([f]), epsilon, delta)[0]) for f in LOW_FPRS),
+            "",
+            "",
+        ]
     ]
     header = ["attack", "members", "non-members", "AUC", "TPR @ 0.1% FPR", "TPR @ 1% FPR"]
     header += ["advantage", "ε lower bound"]
@@ -415,8 +430,12 @@ def _membership_section(context: _Context, results: list[Any] | None) -> Section
     )
     context.data["membership"] = saved
     png = figures.roc_png(curves, epsilon, delta, smallest)
-    figure = Figure("membership_roc.png", png, "membership inference ROC, log-log",
-                    "ROC of each attack (log-log) with the (ε, δ)-DP limit.")
+    figure = Figure(
+        "membership_roc.png",
+        png,
+        "membership inference ROC, log-log",
+        "ROC of each attack (log-log) with the (ε, δ)-DP limit.",
+    )
     return Section(title, body, [figure], layout="below")
 
 
@@ -429,12 +448,8 @@ def _audit_section(context: _Context, audit: Any) -> Section:
             "command line, --audit FILE.json (AuditResult.to_dict())."
         )
         return Section(title, body, filled=False)
-    from keras_privacy.accounting.record_accounting import epsilon_of_record
-
     if audit.delta > 0:
-        ours = epsilon_of_record(
-            context.record, audit.delta, context.accountant, allow_large_delta=True
-        )
+        ours = float(context.epsilon_at[context.accountant](audit.delta))
     else:
         ours = math.inf
     claimed = audit.epsilon_claimed if audit.epsilon_claimed is not None else ours
@@ -446,8 +461,10 @@ def _audit_section(context: _Context, audit: Any) -> Section:
         ],
         ["δ", _fmt_delta(audit.delta) if audit.delta else "0"],
         ["method", f"{audit.method}, {audit.canary_kind} canaries"],
-        ["canaries / guesses / correct", f"{audit.num_canaries} / {audit.num_guesses} / "
-         f"{audit.num_correct}"],
+        [
+            "canaries / guesses / correct",
+            f"{audit.num_canaries} / {audit.num_guesses} / {audit.num_correct}",
+        ],
         ["training runs", audit.num_trials],
     ]
     body = paragraph(
@@ -457,8 +474,10 @@ def _audit_section(context: _Context, audit: Any) -> Section:
         "consistent with it (it does not prove the model private)."
     )
     body += table(["", "value"], rows)
-    if audit.epsilon_claimed is not None and math.isfinite(ours) and not math.isclose(
-        audit.epsilon_claimed, ours, rel_tol=0.02
+    if (
+        audit.epsilon_claimed is not None
+        and math.isfinite(ours)
+        and not math.isclose(audit.epsilon_claimed, ours, rel_tol=0.02)
     ):
         body += paragraph(
             f"The audit compared itself with ε = {_fmt_eps(audit.epsilon_claimed)}; this "
@@ -491,8 +510,14 @@ def _audit_section(context: _Context, audit: Any) -> Section:
     figures_list = []
     if claimed is not None and math.isfinite(claimed):
         png = figures.audit_png(claimed, audit.epsilon_lower_bound, audit.confidence, audit.delta)
-        figures_list.append(Figure("audit.png", png, "audit lower bound against accountant epsilon",
-                                   "The gap between the bars is what the audit cannot rule out."))
+        figures_list.append(
+            Figure(
+                "audit.png",
+                png,
+                "audit lower bound against accountant epsilon",
+                "The shaded range is what neither bound rules out.",
+            )
+        )
     return Section(title, body, figures_list)
 
 
@@ -532,8 +557,12 @@ def _exposure_section(
     context.data["canary_exposures"] = {str(k): v for k, v in clean.items()}
     context.data["canary_space_size"] = space_size
     png = figures.exposure_png(clean, ceiling)
-    figure = Figure("canary_exposure.png", png, "canary exposure by repetitions",
-                    "Each dot one canary; squares the mean per repetition count.")
+    figure = Figure(
+        "canary_exposure.png",
+        png,
+        "canary exposure by repetitions",
+        "Each dot one canary; squares the mean per repetition count.",
+    )
     return Section(title, body, [figure])
 
 
@@ -578,20 +607,23 @@ def privacy_report(
       DatasetSizeUnknownError: a fit on batched data gave no ``dataset_size``.
     """
     from keras_privacy.accounting import _checks
-    from keras_privacy.accounting.record_accounting import epsilon_of_record
+    from keras_privacy.accounting.record_accounting import check_delta_for_record
 
     record, settings = record_data.load_record(model)
     accountant = _checks.check_accountant(accountant)
     delta = record_data.default_delta(record) if delta is None else _checks.check_delta(delta)
-    epsilon = epsilon_of_record(record, delta, accountant)
+    check_delta_for_record(record, delta)
+    epsilon_at = record_data.epsilon_functions(record)
+    epsilon = float(epsilon_at[accountant](delta))
     other = "rdp" if accountant == "pld" else "pld"
     context = _Context(
+        epsilon_at,
         record,
         settings,
         delta,
         accountant,
         epsilon,
-        epsilon_of_record(record, delta, other),
+        float(epsilon_at[other](delta)),
         {"delta": delta, "accountant": accountant, "epsilon": _json(epsilon)},
     )
     name = title or _model_name(model)
@@ -605,6 +637,14 @@ def privacy_report(
     if trained:
         page.add(_curves_section(context))
         page.add(_training_section(context))
+    else:
+        why = (
+            "No noised update has been recorded yet: train the model with fit first."
+            if record.total_updates == 0
+            else "ε is infinite (an update without noise): there is no curve to draw."
+        )
+        for heading in ("ε(δ): PLD and RDP", "ε over the course of training"):
+            page.add(Section(heading, paragraph(why), filled=False))
     results = None if membership is None else membership_results(membership, model, delta, seed)
     page.add(_membership_section(context, results))
     page.add(_audit_section(context, audit))
