@@ -52,7 +52,7 @@ def add_report_command(commands: Any) -> None:
     report.add_argument(
         "--non-members",
         metavar="NPZ",
-        help="held-out examples (.npz with x and y), never trained on",
+        help="held-out examples (.npz with x and y)",
     )
     report.add_argument(
         "--attack-results", metavar="JSON", help="membership results saved with AttackResults.save"

@@ -481,8 +481,8 @@ def _audit_section(context: _Context, audit: Any) -> Section:
     ):
         body += paragraph(
             f"The audit compared itself with ε = {_fmt_eps(audit.epsilon_claimed)}; this "
-            f"model's record gives ε = {_fmt_eps(ours)} at the audit's δ (an audit of other runs, or of "
-            "one DP step rather than the whole training).",
+            f"model's record gives ε = {_fmt_eps(ours)} at the audit's δ (an audit of other "
+            "runs, or of one DP step rather than the whole training).",
             "note",
         )
     if claimed is not None and audit.epsilon_lower_bound > claimed:
