@@ -16,8 +16,8 @@ _LAZY = {
     "Figure": "page",
     "Page": "page",
     "Section": "page",
-    "membership_results": "privacy_report",
-    "privacy_report": "privacy_report",
+    "membership_results": "model_report",
+    "privacy_report": "model_report",
 }
 
 __all__ = sorted(_LAZY)

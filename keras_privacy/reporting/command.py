@@ -118,7 +118,7 @@ def _npz(path: str, flag: str) -> tuple[Any, Any]:
 
 def run_report(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """Write the report; return (a line for the terminal, report.json's content)."""
-    from keras_privacy.reporting.privacy_report import privacy_report
+    from keras_privacy.reporting.model_report import privacy_report
 
     if (args.members is None) != (args.non_members is None):
         raise ValueError("--members and --non-members go together")

@@ -276,7 +276,7 @@ def _settings_section(context: _Context) -> Section:
     )
     context.data["segments"] = [s.to_dict() for s in record.segments]
     context.data["other_releases"] = [note for note, _ in record.other_releases]
-    return Section("DP settings and the sampling actually used", body)
+    return Section("DP settings and the sampling actually used", body, anchor="settings")
 
 
 def _curves_section(context: _Context) -> Section:
@@ -307,7 +307,7 @@ def _curves_section(context: _Context) -> Section:
         "epsilon against delta, PLD and RDP",
         "ε(δ) of the whole training; the dot is the report's δ.",
     )
-    return Section("ε(δ): PLD and RDP", body, [figure])
+    return Section("ε(δ): PLD and RDP", body, [figure], anchor="epsilon-delta")
 
 
 def _training_section(context: _Context) -> Section:
@@ -342,7 +342,7 @@ def _training_section(context: _Context) -> Section:
         "epsilon over training",
         f"ε at δ = {_fmt_delta(context.delta)} against optimizer updates.",
     )
-    return Section("ε over the course of training", body, [figure])
+    return Section("ε over the course of training", body, [figure], anchor="epsilon-over-training")
 
 
 def _tpr_cell(result: Any, fpr: float) -> tuple[Any, float | None]:
@@ -354,7 +354,7 @@ def _tpr_cell(result: Any, fpr: float) -> tuple[Any, float | None]:
 
 
 def _membership_section(context: _Context, results: list[Any] | None) -> Section:
-    title = "Membership inference"
+    title, anchor = "Membership inference", "membership"
     if results is None:
         body = paragraph(
             "Not run. Pass membership=((x_train, y_train), (x_held_out, y_held_out)) to "
@@ -363,7 +363,7 @@ def _membership_section(context: _Context, results: list[Any] | None) -> Section
             "on the command line, --members and --non-members (.npz files with x and y) or "
             "--attack-results (a saved AttackResults JSON)."
         )
-        return Section(title, body, filled=False)
+        return Section(title, body, filled=False, anchor=anchor)
     epsilon, delta = context.epsilon, context.delta
     rows, curves, saved = [], [], []
     smallest = 1.0
@@ -436,18 +436,18 @@ def _membership_section(context: _Context, results: list[Any] | None) -> Section
         "membership inference ROC, log-log",
         "ROC of each attack (log-log) with the (ε, δ)-DP limit.",
     )
-    return Section(title, body, [figure], layout="below")
+    return Section(title, body, [figure], layout="below", anchor=anchor)
 
 
 def _audit_section(context: _Context, audit: Any) -> Section:
-    title = "Audit: empirical lower bound vs the accountant"
+    title, anchor = "Audit: empirical lower bound vs the accountant", "audit"
     if audit is None:
         body = paragraph(
             "Not run. Pass audit=AuditResult (from keras_privacy.auditing) to show what an "
             "audit proves about this training beside what the accountant claims; on the "
             "command line, --audit FILE.json (AuditResult.to_dict())."
         )
-        return Section(title, body, filled=False)
+        return Section(title, body, filled=False, anchor=anchor)
     if audit.delta > 0:
         ours = float(context.epsilon_at[context.accountant](audit.delta))
     else:
@@ -518,13 +518,13 @@ def _audit_section(context: _Context, audit: Any) -> Section:
                 "The shaded range is what neither bound rules out.",
             )
         )
-    return Section(title, body, figures_list)
+    return Section(title, body, figures_list, anchor=anchor)
 
 
 def _exposure_section(
     context: _Context, exposures: Mapping[int, Sequence[float]] | None, space_size: int | None
 ) -> Section:
-    title = "Secret sharer: canary exposure"
+    title, anchor = "Secret sharer: canary exposure", "secret-sharer"
     if exposures is None:
         body = paragraph(
             "Not run (no canaries). Insert canaries into the training data "
@@ -533,7 +533,7 @@ def _exposure_section(
             "canary_exposures={times inserted: [exposure of each canary]} and "
             "canary_space_size=|R|; on the command line, --exposures FILE.json."
         )
-        return Section(title, body, filled=False)
+        return Section(title, body, filled=False, anchor=anchor)
     clean = {int(k): [float(v) for v in values] for k, values in exposures.items()}
     if not clean or any(len(v) == 0 for v in clean.values()):
         raise ValueError("canary_exposures must map each repetition count to its exposures")
@@ -563,7 +563,7 @@ def _exposure_section(
         "canary exposure by repetitions",
         "Each dot one canary; squares the mean per repetition count.",
     )
-    return Section(title, body, [figure])
+    return Section(title, body, [figure], anchor=anchor)
 
 
 # -- the report ----------------------------------------------------------------------
@@ -643,8 +643,11 @@ def privacy_report(
             if record.total_updates == 0
             else "ε is infinite (an update without noise): there is no curve to draw."
         )
-        for heading in ("ε(δ): PLD and RDP", "ε over the course of training"):
-            page.add(Section(heading, paragraph(why), filled=False))
+        for heading, anchor in (
+            ("ε(δ): PLD and RDP", "epsilon-delta"),
+            ("ε over the course of training", "epsilon-over-training"),
+        ):
+            page.add(Section(heading, paragraph(why), filled=False, anchor=anchor))
     results = None if membership is None else membership_results(membership, model, delta, seed)
     page.add(_membership_section(context, results))
     page.add(_audit_section(context, audit))
