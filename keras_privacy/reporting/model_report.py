@@ -32,7 +32,6 @@ import numpy as np
 from keras_privacy.reporting import figures, record_data
 from keras_privacy.reporting.page import (
     Figure,
-    Markup,
     Page,
     Section,
     callout,
@@ -653,7 +652,8 @@ def privacy_report(
     page.add(_audit_section(context, audit))
     page.add(_exposure_section(context, canary_exposures, canary_space_size))
     for heading, text in notes:
-        page.add(Section(heading, Markup("".join(paragraph(p) for p in text.split("\n\n")))))
+        body = "".join(paragraph(p) for p in text.split("\n\n"))
+        page.add(Section(heading, body, badge=False))
     page.headline = _headline(context)  # after the sections: it summarises their numbers
     context.data["sections"] = {s.anchor: s.filled for s in page.sections}
     path = page.write(directory)

@@ -143,17 +143,21 @@ class Section:
     #: "side": text left, figures right (wrapping on narrow screens); "below": figures
     #: under the text (for wide tables).
     layout: str = "side"
+    #: False for sections of plain notes: no "measured" / "not run" badge.
+    badge: bool = True
 
     def __post_init__(self) -> None:
         if not self.anchor:
             self.anchor = re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
 
     def html(self) -> str:
-        status = (
-            '<span class="status filled">measured</span>'
-            if self.filled
-            else '<span class="status empty">not run</span>'
-        )
+        status = ""
+        if self.badge:
+            status = (
+                '<span class="status filled">measured</span>'
+                if self.filled
+                else '<span class="status empty">not run</span>'
+            )
         css = "" if self.filled else ' class="empty"'
         content = self.body
         if self.figures:

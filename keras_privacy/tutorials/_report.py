@@ -366,7 +366,8 @@ def html_page(
         header, lines = table_cells(table_rows)
         page.add(Section(heading, table(header, lines)))
     for heading, text in sections:
-        page.add(Section(heading, markdown.markdown(text.strip(), extensions=["tables"])))
+        notes = markdown.markdown(text.strip(), extensions=["tables"])
+        page.add(Section(heading, notes, badge=False))
     return page
 
 

@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     private = kp.make_private(model, l2_norm_clip=1.0, noise_multiplier=sigma, seed=args.noise_seed)
     private.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
+        optimizer=keras.optimizers.Adam(2e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
