@@ -9,8 +9,8 @@ command line's parser does not load matplotlib.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+
+from keras_privacy._lazy import lazy_getattr
 
 _LAZY = {
     "Figure": "page",
@@ -23,13 +23,7 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -14,8 +14,8 @@ record without a deep-learning framework.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
+from keras_privacy._lazy import lazy_getattr
 from keras_privacy.training.errors import BatchMixingWarning, PrivacyError, SamplingWarning
 from keras_privacy.training.record import TrainingRecord, TrainingSegment
 
@@ -61,13 +61,7 @@ def register_serializable_classes() -> None:
         importlib.import_module(f"{__name__}.{name}")
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:
