@@ -12,7 +12,6 @@ the command line validates its arguments before it imports the accountants.
 
 from __future__ import annotations
 
-
 from keras_privacy._lazy import lazy_getattr
 
 # public name -> submodule that defines it

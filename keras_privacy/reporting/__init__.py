@@ -9,7 +9,6 @@ command line's parser does not load matplotlib.
 
 from __future__ import annotations
 
-
 from keras_privacy._lazy import lazy_getattr
 
 _LAZY = {
