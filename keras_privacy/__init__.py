@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 from typing import Any
@@ -39,6 +40,8 @@ _LAZY = {
     # accounting during training (Keras)
     "PrivacyBudget": "keras_privacy.training.callbacks",
     "privacy_spent": "keras_privacy.training.callbacks",
+    # the privacy report (framework-free)
+    "privacy_report": "keras_privacy.reporting",
     # DP logistic regression (scikit-learn, framework-free)
     "DPLogisticRegression": "keras_privacy.logistic_regression",
 }
@@ -50,7 +53,7 @@ def _register_serializable_classes() -> None:
     """Register the DP models, optimizers and losses with Keras's serialization (importing
     ``keras_privacy.training`` does it), so that ``keras.models.load_model`` finds a saved
     DP model's classes after a plain ``import keras_privacy``."""
-    importlib.import_module("keras_privacy.training")
+    importlib.import_module("keras_privacy.training").register_serializable_classes()
 
 
 class _AfterKerasImport(importlib.abc.MetaPathFinder):
@@ -60,14 +63,20 @@ class _AfterKerasImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name != "keras":
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        # Asked by PathFinder (not importlib.util.find_spec, which would ask us again).
+        # The finder stays installed until Keras is actually executed: TensorFlow asks
+        # importlib.util.find_spec("keras") without importing it, and a spec found then
+        # is not the one the later import executes.
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
         loader = getattr(spec, "loader", None)
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
         keras_exec_module = loader.exec_module
+        finder = self
 
         def exec_module(module: Any) -> None:
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)
             keras_exec_module(module)
             _register_serializable_classes()
 

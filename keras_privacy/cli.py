@@ -8,6 +8,10 @@ Examples::
     keras-privacy noise --n 60000 --batch-size 256 --epochs 60 --target-epsilon 3 --delta 1e-5
     keras-privacy epochs --n 60000 --batch-size 256 --noise-multiplier 1.1 \\
         --target-epsilon 3 --delta 1e-5
+    keras-privacy report model.keras --out report/
+
+``report`` (in :mod:`keras_privacy.reporting.command`) reads a saved DP model's record
+without Keras; it imports Keras only to run the model on ``--members`` data.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(
-        dest="command", title="commands", metavar="{epsilon,noise,epochs}"
+        dest="command", title="commands", metavar="{epsilon,noise,epochs,report}"
     )
 
     epsilon = commands.add_parser(
@@ -162,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_noise_multiplier(epochs)
     _add_target(epochs)
     _add_run_arguments(epochs, needs_length=False)
+
+    from keras_privacy.reporting.command import add_report_command  # argparse only
+
+    add_report_command(commands)
     return parser
 
 
@@ -357,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "report":
+        return _report(args)
     try:
         _validate(args)
         # dp_accounting logs numerical warnings through absl; they are not actionable here.
@@ -370,6 +380,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
         message = message.replace("allow_large_delta=True", "--allow-large-delta")
         print(f"keras-privacy {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    print(json.dumps(data, indent=2) if args.json else text)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from keras_privacy.reporting.command import run_report
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        text, data = run_report(args)
+    except ValueError as error:
+        print(f"keras-privacy report: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(data, indent=2) if args.json else text)
     return 0

@@ -50,6 +50,21 @@ def test_keras_load_model_finds_the_dp_classes_after_a_plain_import(first, tmp_p
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=os.environ)
 
 
+def test_classes_register_when_keras_was_looked_up_before_it_was_imported():
+    """TensorFlow calls ``importlib.util.find_spec("keras")`` while it loads, before Keras
+    is imported: the hook must still fire on the real import (it did not, so a program
+    that imported TensorFlow first could not load a saved DP model)."""
+    code = (
+        "import sys, importlib.util, keras_privacy;"
+        "importlib.util.find_spec('keras');"
+        "assert 'keras' not in sys.modules;"
+        "import keras;"
+        "assert 'keras_privacy.training.private' in sys.modules, 'not registered';"
+        "assert keras.saving.get_registered_object('keras_privacy>PrivateModel') is not None"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=os.environ)
+
+
 def _write_idx(path, array):
     codes = {np.dtype("uint8"): 0x08}
     header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(

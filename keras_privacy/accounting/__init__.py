@@ -12,8 +12,7 @@ the command line validates its arguments before it imports the accountants.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from keras_privacy._lazy import lazy_getattr
 
 # public name -> submodule that defines it
 _LAZY = {
@@ -47,15 +46,7 @@ __all__ = sorted(_LAZY)
 _SUBMODULES = frozenset(_LAZY.values()) | {"_checks"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:  # ``accounting.events`` works as it did with eager imports
-        return importlib.import_module(f"{__name__}.{name}")
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals(), _SUBMODULES)
 
 
 def __dir__() -> list[str]:

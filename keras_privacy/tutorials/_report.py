@@ -1,6 +1,8 @@
-"""The tutorials' written report: one row per trained model, a Markdown table, PNG plots.
+"""The tutorials' written report: one row per trained model, as one HTML page (the page
+machinery of :func:`keras_privacy.privacy_report`), with a Markdown companion, PNG plots
+and the rows as JSON.
 
-Framework-free (numpy, matplotlib with the Agg backend). A tutorial trains each model at
+Framework-free (numpy, matplotlib's Agg canvas). A tutorial trains each model at
 several target epsilons (and once without DP), possibly with several seeds, collects a
 :class:`Row` per run, and calls :func:`write_report`. Rows of the same model and target are
 aggregated as mean and sample standard deviation over their seeds:
@@ -27,9 +29,12 @@ __all__ = [
     "Row",
     "Summary",
     "chance_auc_halfwidth",
+    "html_page",
     "markdown_table",
     "plot_vs_epsilon",
+    "png_vs_epsilon",
     "summarize",
+    "table_cells",
     "write_report",
 ]
 
@@ -128,8 +133,10 @@ def _number(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-def markdown_table(rows: Sequence[Row], metrics: Sequence[str] | None = None) -> str:
-    """A Markdown table, one line per (model, target): the settings, then the measurements.
+def table_cells(
+    rows: Sequence[Row], metrics: Sequence[str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """``(header, lines)`` of the comparison table, one line per (model, target).
 
     Columns: model, target ε, measured ε, σ, C, batch, epochs, learning rate, accountant,
     each metric of the rows (or those named in ``metrics``), membership-inference AUC,
@@ -137,7 +144,7 @@ def markdown_table(rows: Sequence[Row], metrics: Sequence[str] | None = None) ->
     """
     summaries = summarize(rows)
     if not summaries:
-        return ""
+        return [], []
     metric_names = list(summaries[0].metrics) if metrics is None else list(metrics)
     header = [
         "model",
@@ -154,40 +161,58 @@ def markdown_table(rows: Sequence[Row], metrics: Sequence[str] | None = None) ->
         "runs",
         "s/run",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = []
     for s in summaries:
         row = s.first
-        cells = [
-            row.model,
-            "non-private" if row.target_epsilon is None else _number(row.target_epsilon),
-            _number(s.epsilon),
-            _number(row.noise_multiplier, 4),
-            _number(row.l2_norm_clip),
-            str(row.batch_size),
-            _number(row.epochs),
-            _number(row.learning_rate),
-            row.accountant,
-            *(_value(s.metrics[name], s.runs) for name in metric_names),
-            _value(s.mia_auc, s.runs),
-            str(s.runs),
-            f"{s.seconds:.1f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(
+            [
+                row.model,
+                "non-private" if row.target_epsilon is None else _number(row.target_epsilon),
+                _number(s.epsilon),
+                _number(row.noise_multiplier, 4),
+                _number(row.l2_norm_clip),
+                str(row.batch_size),
+                _number(row.epochs),
+                _number(row.learning_rate),
+                row.accountant,
+                *(_value(s.metrics[name], s.runs) for name in metric_names),
+                _value(s.mia_auc, s.runs),
+                str(s.runs),
+                f"{s.seconds:.1f}",
+            ]
+        )
+    return header, lines
+
+
+def markdown_table(rows: Sequence[Row], metrics: Sequence[str] | None = None) -> str:
+    """The comparison table (:func:`table_cells`) in Markdown."""
+    header, lines = table_cells(rows, metrics)
+    if not header:
+        return ""
+    text = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    text += ["| " + " | ".join(cells) + " |" for cells in lines]
+    return "\n".join(text) + "\n"
 
 
 def plot_vs_epsilon(rows: Sequence[Row], metric: str, path: str | os.PathLike, title: str) -> None:
-    """Save a PNG of ``metric`` ("mia_auc" or a name in ``Row.metrics``) against epsilon.
+    """Save a PNG of ``metric`` ("mia_auc" or a name in ``Row.metrics``) against epsilon
+    (the same figure as :func:`png_vs_epsilon`).
 
     One line with error bars (sd over seeds) per model; its non-private value as a dashed
     line of the same colour. For "mia_auc" a dotted line marks 0.5 (chance).
     """
-    import matplotlib
+    Path(path).write_bytes(png_vs_epsilon(rows, metric, title))
 
-    matplotlib.use("Agg")
+
+def png_vs_epsilon(rows: Sequence[Row], metric: str, title: str) -> bytes:
+    """The PNG of :func:`plot_vs_epsilon`, as bytes."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6.0, 4.0), dpi=110)
+    FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     summaries = summarize(rows)
     models = list(dict.fromkeys(s.first.model for s in summaries))
@@ -225,7 +250,9 @@ def plot_vs_epsilon(rows: Sequence[Row], metric: str, path: str | os.PathLike, t
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(os.fspath(path), format="png")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def write_report(
@@ -237,20 +264,24 @@ def write_report(
     extra_tables: Sequence[tuple[str, Sequence[Row]]] = (),
     columns: Sequence[str] | None = None,
 ) -> Path:
-    """Write ``report.md``, the plots and ``results.json`` (every row) into ``directory``.
+    """Write the report into ``directory``: ``report.html`` (one self-contained page, the
+    page machinery of :func:`keras_privacy.privacy_report`), its Markdown companion
+    ``report.md``, the plots as PNG files and ``results.json`` (every row).
 
     ``metric`` is the utility metric to plot (a key of ``Row.metrics``). ``sections`` are
     (heading, Markdown text) pairs written after the main table; ``extra_tables`` are
     (heading, rows) pairs written as further tables (ablations). ``columns``: the metrics
     the main table shows (default: all; ``results.json`` always has all). Returns the
-    report's path.
+    Markdown report's path (``report.html`` is beside it).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "_" for c in metric.lower()).strip("_")
     utility_png = f"{slug}_vs_epsilon.png"
-    plot_vs_epsilon(rows, metric, directory / utility_png, f"{metric} vs ε")
-    plot_vs_epsilon(rows, "mia_auc", directory / "mia_auc_vs_epsilon.png", "membership inference")
+    utility = png_vs_epsilon(rows, metric, f"{metric} vs ε")
+    attacks = png_vs_epsilon(rows, "mia_auc", "membership inference")
+    (directory / utility_png).write_bytes(utility)
+    (directory / "mia_auc_vs_epsilon.png").write_bytes(attacks)
     parts = [f"# {title}\n\n", markdown_table(rows, columns)]
     parts.append(f"\n![{metric} vs ε]({utility_png})\n")
     parts.append("\n![membership-inference AUC vs ε](mia_auc_vs_epsilon.png)\n")
@@ -260,12 +291,84 @@ def write_report(
         parts.append(f"\n## {heading}\n\n{text.strip()}\n")
     path = directory / "report.md"
     path.write_text("".join(parts), encoding="utf-8")
+    figures = [
+        (utility_png, utility, f"{metric} against ε"),
+        ("mia_auc_vs_epsilon.png", attacks, "membership-inference AUC against ε"),
+    ]
+    html_page(title, rows, metric, figures, sections, extra_tables, columns).write(directory)
     every_row = [*rows, *(row for _, table_rows in extra_tables for row in table_rows)]
     records = [
         {**dataclasses.asdict(row), "epsilon": _json_number(row.epsilon)} for row in every_row
     ]
     (directory / "results.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     return path
+
+
+def _headline(rows: Sequence[Row], metric: str) -> str:
+    """Per model: its most private run beside its non-private one, in words."""
+    import html
+
+    lines = []
+    summaries = summarize(rows)
+    for model in dict.fromkeys(s.first.model for s in summaries):
+        mine = [s for s in summaries if s.first.model == model]
+        private = [s for s in mine if s.first.private]
+        plain = [s for s in mine if not s.first.private]
+        if not private:
+            continue
+        best = min(private, key=lambda s: s.epsilon)
+        value = best.metrics.get(metric, (math.nan, 0.0))[0]
+        text = (
+            f"<b>{html.escape(model)}</b> at ε = {_number(best.epsilon)}: "
+            f"{html.escape(metric)} {_number(value)}"
+        )
+        if plain:
+            text += f" (without DP: {_number(plain[0].metrics.get(metric, (math.nan,))[0])})"
+        text += f"; strongest membership attack AUC {_number(best.mia_auc[0])} (chance 0.5)."
+        lines.append(f"<p>{text}</p>")
+    return "".join(lines)
+
+
+def html_page(
+    title: str,
+    rows: Sequence[Row],
+    metric: str,
+    figures: Sequence[tuple[str, bytes, str]],
+    sections: Sequence[tuple[str, str]] = (),
+    extra_tables: Sequence[tuple[str, Sequence[Row]]] = (),
+    columns: Sequence[str] | None = None,
+):
+    """The tutorial's report as a :class:`keras_privacy.reporting.page.Page`: a headline
+    per model, the comparison table beside its plots, the extra tables, the notes (Markdown,
+    rendered with the ``markdown`` package of the tutorials extra)."""
+    from keras_privacy.reporting.page import Figure, Page, Section, table
+
+    try:
+        import markdown
+    except ImportError as error:  # pragma: no cover - the tutorials extra installs it
+        raise ImportError(
+            "the tutorials' HTML report renders its notes with 'markdown': "
+            "pip install 'keras-privacy[tutorials]'"
+        ) from error
+    page = Page(title, subtitle="Each row: one model trained at one target ε (or without DP).")
+    page.headline = _headline(rows, metric)
+    header, lines = table_cells(rows, columns)
+    page.add(
+        Section(
+            "Results",
+            table(header, lines),
+            [Figure(name, png, caption, caption) for name, png, caption in figures],
+            layout="below",
+            anchor="results",
+        )
+    )
+    for heading, table_rows in extra_tables:
+        header, lines = table_cells(table_rows)
+        page.add(Section(heading, table(header, lines)))
+    for heading, text in sections:
+        notes = markdown.markdown(text.strip(), extensions=["tables"])
+        page.add(Section(heading, notes, badge=False))
+    return page
 
 
 def _json_number(value: float) -> float | str:

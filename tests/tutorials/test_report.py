@@ -93,6 +93,24 @@ def test_write_report_writes_markdown_and_two_pngs(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
+def test_write_report_writes_the_same_report_as_one_html_page(tmp_path):
+    pytest.importorskip("markdown", reason="pip install 'keras-privacy[tutorials]'")
+    rows = [_row(target=None, auroc=0.97), _row(target=1.0, auroc=0.81, mia=0.52)]
+    _report.write_report(
+        tmp_path,
+        "Title",
+        rows,
+        "test AUROC",
+        sections=[("Notes", "Some *text*.\n\n| a |\n|---|\n| 1 |")],
+    )
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "<title>Title</title>" in page
+    assert "<b>LR</b> at ε = 1: test AUROC 0.81 (without DP: 0.97)" in page
+    assert "<th>MIA AUC</th>" in page and "<td>non-private</td>" in page
+    assert page.count('src="data:image/png;base64,') == 2  # both plots, embedded
+    assert "<em>text</em>" in page and "<td>1</td>" in page  # the notes' Markdown rendered
+
+
 def test_write_report_columns_choose_the_main_table_metrics_and_json_keeps_all(tmp_path):
     rows = [
         dataclasses.replace(_row(target=t), metrics={"ppl": 5.0 + i, "extra": 7.25})
