@@ -197,6 +197,9 @@ def _poisson_plan(model, config: DPConfig, kwargs, sampler_rng) -> FitPlan:
         # A stream of its own for this fit, derived from the model's: however far the
         # input pipeline draws ahead, the next fit's batches are the same for a seed.
         rng=sampler_rng.spawn(1)[0],
+        # Split across R replicas in equal contiguous shards (training/distribution.py):
+        # each shard keeps its sampled rows first, and the step adds the shards' sums.
+        capacity_multiple=model._dp_distribution.replicas,
     )
     # A backend may gather the sampled rows itself (TensorFlow: in a tf.data pipeline).
     stream = getattr(model, "_dp_poisson_stream", iter)(sampler)

@@ -51,6 +51,8 @@ class PoissonBatches:
       expected_batch_size: B; each example is in each batch with probability B / N.
       rng: the random stream to draw from (a DP model keeps one for its lifetime), or
         ``None`` for a fresh one from OS entropy.
+      capacity_multiple: round the padded capacity up to a multiple of this (the number of
+        replicas a batch is split across: equal shards, each with its sampled rows first).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class PoissonBatches:
         *,
         expected_batch_size: int,
         rng: np.random.Generator | None = None,
+        capacity_multiple: int = 1,
     ) -> None:
         self.x = keras.tree.map_structure(np.asarray, x)
         self.y = None if y is None else keras.tree.map_structure(np.asarray, y)
@@ -85,7 +88,8 @@ class PoissonBatches:
             )
         self.expected_batch_size = expected_batch_size
         self.sampling_probability = expected_batch_size / self.dataset_size
-        self.capacity = poisson_capacity(self.dataset_size, expected_batch_size)
+        capacity = poisson_capacity(self.dataset_size, expected_batch_size)
+        self.capacity = -(-capacity // capacity_multiple) * capacity_multiple
         self._rng = rng if rng is not None else np.random.default_rng()
         self.failure: PrivacyError | None = None
 

@@ -110,11 +110,6 @@ class JAXDPTrainer(shared.DPTrainerBase):
         with the DP step state threaded through it (the state's arrays are donated)."""
         if self.train_function is not None and not force:
             return self.train_function
-        if keras.distribution.distribution() is not None:
-            raise PrivacyError(
-                "keras-privacy's JAX DP step does not support keras.distribution (sharded "
-                "training) yet. Train without a distribution, or on TensorFlow."
-            )
         dp_state = self._dp_state()
         step = self.train_step
         if not self.run_eagerly and self.jit_compile:
