@@ -115,7 +115,13 @@ def check_clipped(scope) -> dict:
     x = (rng.normal(size=(8, 5)) * rng.uniform(0.1, 3.0, size=(8, 1))).astype("float32")
     y = rng.normal(size=(8, 3)).astype("float32")
     model = dense_model(
-        scope, 5, 3, clip=0.5, sigma=0.0, seed=1, regularizer=keras.regularizers.L2(0.1),
+        scope,
+        5,
+        3,
+        clip=0.5,
+        sigma=0.0,
+        seed=1,
+        regularizer=keras.regularizers.L2(0.1),
         zeros=False,
     )
     model.build((None, 5))
@@ -173,8 +179,14 @@ def check_noise(scope) -> dict:
     snapshots[0] = flat_weights(model)
     for _ in range(2):  # two fits: the second continues the noise stream
         model.fit(
-            x, y, sample_weight=weights, batch_size=batch, epochs=1, steps_per_epoch=steps,
-            verbose=0, callbacks=[Snapshot()],
+            x,
+            y,
+            sample_weight=weights,
+            batch_size=batch,
+            epochs=1,
+            steps_per_epoch=steps,
+            verbose=0,
+            callbacks=[Snapshot()],
         )
     updates = np.diff(np.stack(snapshots), axis=0)
     corr = np.corrcoef(updates)

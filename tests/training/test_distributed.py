@@ -66,11 +66,10 @@ def test_jax_model_parallel_is_refused():
     layout_map[".*dense.*kernel"] = (None, "model")
     distribution = keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
     x, y = data()
-    with pytest.raises(PrivacyError, match="ModelParallel.*DataParallel"):
-        with distribution.scope():
-            model = small_model()
-            model.compile(optimizer="sgd", loss="mse")
-            model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    with pytest.raises(PrivacyError, match="ModelParallel.*DataParallel"), distribution.scope():
+        model = small_model()
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed")
