@@ -17,8 +17,10 @@ shard of the logical batch, one update must be::
 
 What is supported, per backend (:func:`check_distribution`):
 
-* **TensorFlow**: the default (no) strategy and ``tf.distribute.MirroredStrategy``
-  (several devices of one host). The step (``backend/tensorflow/trainer.py``) all-reduces
+* **TensorFlow**: the default (no) strategy, ``tf.distribute.MirroredStrategy``
+  (several devices of one host) and ``tf.distribute.MultiWorkerMirroredStrategy`` with
+  one device per worker process, for Poisson-sampled arrays: every worker is given all N
+  rows and samples only its shard (rows ``w, w + W, ...``) with the global ``q``. The step (``backend/tensorflow/trainer.py``) all-reduces
   the clipped sums, draws the noise once from a key identical on every replica (a mirrored
   variable), and divides the identical result by ``R`` before the optimizer's own
   summing all-reduce, so the applied update is ``g`` exactly once.
@@ -28,8 +30,9 @@ What is supported, per backend (:func:`check_distribution`):
 * **PyTorch**: Keras's torch backend has no distribution API; a ``keras.distribution``
   or an initialised ``torch.distributed`` process group is refused.
 
-Everything else -- other ``tf.distribute`` strategies (multi-worker, parameter servers,
-TPUs, central storage, one-device), ``ModelParallel`` / layout maps, multi-process JAX --
+Everything else -- other ``tf.distribute`` strategies (parameter servers, TPUs, central
+storage, one-device), several devices per worker, multi-worker training of pipelines,
+shuffled batches or ``train_on_batch``, ``ModelParallel`` / layout maps, multi-process JAX --
 raises :class:`~keras_privacy.training.errors.PrivacyError` naming what is supported:
 never silent training under rules that were not checked. The check is an allow-list of
 exact types (a subclass may change how values are reduced) plus the replica count.
@@ -46,8 +49,9 @@ from keras_privacy.training.errors import PrivacyError
 
 SUPPORTED = (
     "keras-privacy trains with DP on: one device (any backend); tf.distribute."
-    "MirroredStrategy (TensorFlow, the devices of one host); keras.distribution."
-    "DataParallel (JAX, one process). See docs/distributed.md."
+    "MirroredStrategy (TensorFlow, the devices of one host); tf.distribute."
+    "MultiWorkerMirroredStrategy (TensorFlow, one device per worker, Poisson-sampled "
+    "arrays); keras.distribution.DataParallel (JAX, one process). See docs/distributed.md."
 )
 
 
@@ -56,12 +60,17 @@ class DistributionPlan:
     """The data-parallel setting a DP step runs under.
 
     Attributes:
-      kind: ``"single"``, ``"mirrored"`` (TensorFlow) or ``"data_parallel"`` (JAX).
+      kind: ``"single"``, ``"mirrored"``, ``"multi_worker"`` (TensorFlow) or
+        ``"data_parallel"`` (JAX).
       replicas: R, the devices a logical batch is split across (1 for ``"single"``).
+      workers: the processes that each sample their own shard of the data (1 but for
+        ``"multi_worker"``), and ``worker_index`` this one's place among them.
     """
 
     kind: str = "single"
     replicas: int = 1
+    workers: int = 1
+    worker_index: int = 0
 
 
 def check_distribution(model: Any) -> DistributionPlan:
@@ -94,16 +103,40 @@ def _tensorflow_plan(model: Any) -> DistributionPlan:
         return DistributionPlan()
     if type(strategy) is tf.distribute.MirroredStrategy:
         return DistributionPlan("mirrored", int(strategy.num_replicas_in_sync))
+    if type(strategy) is tf.distribute.MultiWorkerMirroredStrategy:
+        return _multi_worker_plan(strategy)
     name = f"{type(strategy).__module__}.{type(strategy).__qualname__}"
-    if "MultiWorker" in name or "CollectiveAllReduce" in name:
-        why = "multi-worker training is not supported yet"
-    elif "ParameterServer" in name:
+    if "ParameterServer" in name:
         why = "parameter servers apply each worker's update asynchronously"
     elif "TPU" in name:
         why = "TPU strategies are untested"
     else:
         why = "only MirroredStrategy is supported among tf.distribute strategies"
     raise _refuse(f"the tf.distribute strategy {type(strategy).__name__}", why)
+
+
+def _multi_worker_plan(strategy: Any) -> DistributionPlan:
+    """``MultiWorkerMirroredStrategy`` with one device per worker: each worker samples its
+    own shard of the rows (see :class:`~keras_privacy.training.sampling.PoissonBatches`)."""
+    from tensorflow.python.distribute import multi_worker_util
+
+    local = len(strategy.extended.worker_devices)
+    if local != 1:
+        raise _refuse(
+            f"MultiWorkerMirroredStrategy with {local} devices per worker",
+            "a worker's Poisson shard is drawn for one device; use one device per worker "
+            "(one process per device)",
+        )
+    resolver = strategy.cluster_resolver
+    spec = multi_worker_util.normalize_cluster_spec(resolver.cluster_spec())
+    if not spec.jobs:  # no TF_CONFIG: one worker, one device
+        return DistributionPlan()
+    workers = multi_worker_util.worker_count(spec, resolver.task_type)
+    index = multi_worker_util.id_in_cluster(spec, resolver.task_type, resolver.task_id)
+    replicas = int(strategy.num_replicas_in_sync)
+    if workers != replicas:  # pragma: no cover - one device each was checked above
+        raise _refuse(f"{workers} workers with {replicas} replicas in all")
+    return DistributionPlan("multi_worker", replicas, workers, int(index))
 
 
 def _jax_plan() -> DistributionPlan:

@@ -361,6 +361,12 @@ class DPTrainingMixin:
         so it is recorded as a fixed batch (not Poisson-sampled), without a dataset size."""
         config = self._dp_require_config()
         self._dp_check_trainable()
+        if self._dp_distribution.workers > 1:
+            raise PrivacyError(
+                "train_on_batch is not supported in multi-worker DP training: each worker "
+                "would bring its own batch. Use fit with in-memory arrays (Poisson sampling, "
+                "each worker its own shard)."
+            )
         live = self._dp_live[0] if self._dp_live else None
         if (
             live is None

@@ -2,14 +2,15 @@
 ``test_distributed.py`` (the device count must be set before the framework starts).
 
 ``python tests/training/distributed_checks.py MODE`` with MODE ``tf-mirrored`` (two logical
-CPU devices, ``tf.distribute.MirroredStrategy``) or ``jax-data-parallel`` (run with
-``XLA_FLAGS=--xla_force_host_platform_device_count=2``; ``keras.distribution.DataParallel``)
-prints one JSON object:
+CPU devices, ``tf.distribute.MirroredStrategy``), ``tf-multi-worker`` (one process per
+worker, ``TF_CONFIG`` set; ``tf.distribute.MultiWorkerMirroredStrategy``) or
+``jax-data-parallel`` (run with ``XLA_FLAGS=--xla_force_host_platform_device_count=2``;
+``keras.distribution.DataParallel``) prints one JSON object:
 
 * ``replicas``: the replicas the step ran on;
-* ``clipped``: the update of one ``train_on_batch`` (noise 0, SGD with learning rate 1,
-  an L2 kernel regularizer) against the per-example reference computed here in NumPy:
-  ``-(sum_i clip_C(grad_i) / B + grad R(w))``;
+* ``clipped``: the update of one ``train_on_batch`` (multi-worker: a Poisson ``fit`` step
+  with q = 1) (noise 0, SGD with learning rate 1, an L2 kernel regularizer) against the
+  per-example reference computed here in NumPy: ``-(sum_i clip_C(grad_i) / B + grad R(w))``;
 * ``poisson``: one Poisson update where every example's clipped gradient is the same
   vector ``v``: the update must be ``-n v / B`` with ``n`` the examples the step counted
   (all replicas' rows, each once) and ``B`` the global expected batch;
@@ -29,9 +30,9 @@ MODE = sys.argv[1]
 os.environ["KERAS_BACKEND"] = "tensorflow" if MODE.startswith("tf") else "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-if MODE == "tf-mirrored":
+if MODE.startswith("tf"):
     import tensorflow as tf
-
+if MODE == "tf-mirrored":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
@@ -43,12 +44,16 @@ import numpy as np  # noqa: E402
 import keras_privacy as kp  # noqa: E402
 
 warnings.simplefilter("ignore")
+keras.config.disable_traceback_filtering()
 
 
 def distributed_scope():
     """(scope to build models in, number of replicas)."""
     if MODE == "tf-mirrored":
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        return strategy.scope, strategy.num_replicas_in_sync
+    if MODE == "tf-multi-worker":  # TF_CONFIG names this worker
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
         return strategy.scope, strategy.num_replicas_in_sync
     distribution = keras.distribution.DataParallel(devices=keras.distribution.list_devices())
     keras.distribution.set_distribution(distribution)
@@ -86,6 +91,8 @@ def sharded_devices(model) -> int:
     """The devices the model's kernel (and so the step) lives on: evidence that the step
     really ran distributed (a mirrored variable; a replicated JAX array)."""
     value = model.trainable_variables[0].value
+    if MODE == "tf-multi-worker":  # one device per worker: the replicas in sync
+        return int(model.distribute_strategy.num_replicas_in_sync)
     if MODE == "tf-mirrored":
         return len(value.values) if isinstance(value, tf.distribute.DistributedValues) else 1
     return len(value.sharding.device_set)
@@ -127,7 +134,12 @@ def check_clipped(scope) -> dict:
     model.build((None, 5))
     w, b = (np.asarray(v, "float64") for v in model.get_weights())
     before = flat_weights(model)
-    model.train_on_batch(x, y)
+    if MODE == "tf-multi-worker":
+        # train_on_batch is refused with several workers: a Poisson fit with q = 1 (every
+        # row of every worker's shard) is the same deterministic update.
+        model.fit(x, y, batch_size=len(x), epochs=1, steps_per_epoch=1, verbose=0)
+    else:
+        model.train_on_batch(x, y)
     update = flat_weights(model) - before
     reference = clipped_reference(w, b, x.astype("float64"), y.astype("float64"), 0.5, 0.1)
     return {
@@ -193,6 +205,7 @@ def check_noise(scope) -> dict:
     off_diagonal = np.abs(corr[~np.eye(len(updates), dtype=bool)])
     record = model.privacy_record
     return {
+        "final_weights_sum": float(np.sum(np.abs(snapshots[-1]))),
         "update_std": float(np.std(updates)),
         "expected_std": sigma * clip / batch,
         "coordinates": int(updates.size),

@@ -1,7 +1,8 @@
 """DP training on several devices (``keras_privacy/training/distribution.py``).
 
-The supported settings (TensorFlow's ``MirroredStrategy``, JAX's ``DataParallel``) are
-measured in a subprocess with two CPU devices (``distributed_checks.py``): the update equals
+The supported settings (TensorFlow's ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``
+-- two worker processes on localhost --, JAX's ``DataParallel``) are measured in
+subprocesses with two CPU devices (``distributed_checks.py``): the update equals
 the per-example reference (clipped sums all-reduced, the regularizer's gradient once), a
 Poisson update counts every sampled row of every replica once over the global B, and the
 noise of an update has standard deviation ``sigma C / B`` -- once, not ``sqrt(R)`` times --
@@ -12,6 +13,7 @@ setting is refused; one fast refusal test per backend runs in the default suite.
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -134,6 +136,73 @@ def assert_dp_rules(result: dict) -> None:
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="run once, in the TensorFlow suite")
 def test_tensorflow_mirrored_strategy_follows_the_dp_rules():
     assert_dp_rules(run_checks("tf-mirrored", {}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="run once, in the TensorFlow suite")
+def test_tensorflow_multi_worker_strategy_follows_the_dp_rules():
+    """Two worker processes on localhost (TensorFlow's collective runtime over gRPC), one
+    CPU device each; every worker gets all 512 rows and samples its own shard."""
+    workers = [f"localhost:{free_port()}" for _ in range(2)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(CHECKS), "tf-multi-worker"],
+            env={
+                **env,
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+                ),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    results = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=900)
+            assert process.returncode == 0, err[-4000:]
+            line = next(s for s in out.splitlines() if s.startswith("RESULT "))
+            results.append(json.loads(line[len("RESULT ") :]))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    assert_dp_rules(results[0])
+    # The workers hold the same weights and figures (same noise, the same global update).
+    assert results[0] == results[1]
+
+
+def test_worker_shards_are_disjoint_poisson_samples_at_the_global_rate():
+    """Multi-worker sampling: worker w draws only rows w, w + W, ... with q = B / N."""
+    from keras_privacy.training.sampling import PoissonBatches
+
+    n, batch, workers = 1000, 100, 2
+    x, y = np.arange(n, dtype="float32")[:, None], np.zeros(n, "float32")
+    samplers = [
+        PoissonBatches(
+            x, y, None, expected_batch_size=batch, rng=np.random.default_rng(w), shard=(w, workers)
+        )
+        for w in range(workers)
+    ]
+    assert samplers[0].capacity == samplers[1].capacity
+    draws = [[s.sample_indices() for _ in range(400)] for s in samplers]
+    for w, worker_draws in enumerate(draws):
+        rows = np.concatenate(worker_draws)
+        assert np.all(rows % workers == w)
+        # Each of the worker's 500 rows joins with q = 0.1: 400 draws x 50 expected.
+        assert abs(len(rows) / 400 - 50) < 6 * np.sqrt(50 * 0.9 / 400)
+        counts = np.bincount(rows, minlength=n)[w::workers]
+        assert abs(counts.mean() / 400 - 0.1) < 0.01
 
 
 @pytest.mark.slow

@@ -119,7 +119,8 @@ def _tensors(x: Any, y: Any, sample_weight: Any) -> tuple:
 
 
 def _replica_context() -> Any:
-    """The replica context of a step run by a ``MirroredStrategy`` on several replicas,
+    """The replica context of a step run by a ``MirroredStrategy`` or a
+    ``MultiWorkerMirroredStrategy`` on several replicas,
     else ``None`` (one device: nothing to all-reduce)."""
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
@@ -157,6 +158,20 @@ class TensorFlowDPTrainer(DPTrainerBase):
         self._dp_state()
         return super().make_train_function(force=force)
 
+    def _symbolic_build(self, *args, **kwargs):
+        # The DP fit builds the model, optimizer and metrics from two real rows before the
+        # step is traced (fit_input.py): under a strategy its variables must be its own.
+        with self.distribute_strategy.scope():
+            return super()._symbolic_build(*args, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self._dp_distribution.workers > 1 and self.built:
+            # Multi-worker fits take arrays only, so the model is built already; Keras
+            # would all-reduce the first per-worker batch (which fails for one device
+            # per worker) only to build it again.
+            return
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def _dp_poisson_stream(self, sampler: PoissonBatches) -> tf.data.Dataset:
         """The sampler's Poisson batches as a ``tf.data`` pipeline: the same draws as
         ``iter(sampler)`` (``(x, y, sample_weight, mask)`` padded to the capacity), but
@@ -168,9 +183,6 @@ class TensorFlowDPTrainer(DPTrainerBase):
         # tuples, as Keras's own array adapter makes them.
         data = _tensors(sampler.x, sampler.y, sampler.sample_weight)
         spec = tf.TensorSpec([block, capacity], tf.int32), tf.TensorSpec([block], tf.int32)
-        draws = tf.data.Dataset.from_generator(
-            lambda: sampler.index_blocks(block), output_signature=spec
-        )
 
         def gather(indices, count):
             mask = tf.cast(tf.range(capacity) < count, "float32")
@@ -179,7 +191,44 @@ class TensorFlowDPTrainer(DPTrainerBase):
             )
             return x, y, sample_weight * mask, mask
 
-        return draws.unbatch().map(gather).prefetch(2)
+        def stream(context=None):
+            draws = tf.data.Dataset.from_generator(
+                lambda: sampler.index_blocks(block), output_signature=spec
+            )
+            return draws.unbatch().map(gather).prefetch(2)
+
+        if self._dp_distribution.workers > 1:
+            # Each worker's batches are its own shard's draws, one per update, for its one
+            # device: handed to the strategy as they are (no re-sharding, no re-batching).
+            self._dp_check_workers_agree(sampler)
+            return self.distribute_strategy.distribute_datasets_from_function(stream)
+        return stream()
+
+    def _dp_check_workers_agree(self, sampler: PoissonBatches) -> None:
+        """Multi-worker: refuse unless every worker has the same N, expected batch and
+        capacity (one all-reduce): the sampling rate and the record are global figures."""
+        figures = tf.constant(
+            [sampler.dataset_size, sampler.expected_batch_size, sampler.capacity], "float64"
+        )
+        strategy = self.distribute_strategy
+
+        def sums():
+            context = tf.distribute.get_replica_context()
+            return context.all_reduce("sum", figures), context.all_reduce("sum", figures**2)
+
+        total, squares = (
+            strategy.experimental_local_results(v)[0]
+            for v in strategy.run(tf.function(sums))
+        )
+        workers = float(self._dp_distribution.workers)
+        # All equal exactly when the variance across workers is 0: W * sum(v^2) = sum(v)^2.
+        if not bool(tf.reduce_all(tf.abs(workers * squares - total**2) < 0.5)):
+            raise PrivacyError(
+                "The workers of a multi-worker DP fit disagree on the number of examples N or "
+                f"the batch size (this worker: N={sampler.dataset_size}, batch_size="
+                f"{sampler.expected_batch_size}). Give every worker all N rows and the same "
+                "global batch_size: each samples its own shard with q = batch_size / N."
+            )
 
     def _dp_shuffle_stream(self, passes: ShuffledPasses) -> tf.data.Dataset:
         """``sampling="shuffle"``: the passes' logical batches as one ``tf.data``
@@ -229,9 +278,14 @@ class TensorFlowDPTrainer(DPTrainerBase):
         state.examples.assign_add(global_rows)
         unit = tf.cast(unit_size(num_units, chunk, rows), "int64")
         state.largest_unit.assign(tf.maximum(state.largest_unit, unit))
-        return dp_metrics(
+        logs = dp_metrics(
             self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
         )
+        if self._dp_distribution.workers > 1:
+            # Keras reduces multi-worker logs with reduce("MEAN", v, axis=0), which fails
+            # for scalars: as [1] tensors they reduce to the scalar mean over replicas.
+            logs = keras.tree.map_structure(lambda t: tf.reshape(t, [1]), logs)
+        return logs
 
     def _dp_clipped_logical_batch(self, data, rows, num_units, accumulation_steps):
         """The clipped sum of one logical batch, in chunks when accumulating.
