@@ -217,6 +217,21 @@ def check_noise(scope) -> dict:
     }
 
 
+def check_workers_agree(scope) -> bool:
+    """Multi-worker: workers given different N are refused before any update."""
+    from keras_privacy.training.errors import PrivacyError
+
+    worker = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    n = 256 + 8 * worker  # each worker a different N: the accountant's N would be wrong
+    model = dense_model(scope, 4, 2, clip=1.0, sigma=1.0, seed=4)
+    x, y = np.ones((n, 4), "float32"), np.ones((n, 2), "float32")
+    try:
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    except PrivacyError as error:
+        return "disagree" in str(error) and model.privacy_record.total_updates == 0
+    return False
+
+
 def main() -> None:
     scope, replicas = distributed_scope()
     result = {
@@ -225,6 +240,8 @@ def main() -> None:
         "poisson": check_poisson(scope),
         "noise": check_noise(scope),
     }
+    if MODE == "tf-multi-worker":
+        result["disagreement_refused"] = check_workers_agree(scope)
     print("RESULT " + json.dumps(result))
 
 

@@ -177,6 +177,7 @@ def test_tensorflow_multi_worker_strategy_follows_the_dp_rules():
         for process in processes:
             if process.poll() is None:
                 process.kill()
+    assert results[0]["disagreement_refused"]
     assert_dp_rules(results[0])
     # The workers hold the same weights and figures (same noise, the same global update).
     assert results[0] == results[1]

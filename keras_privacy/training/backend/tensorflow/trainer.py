@@ -217,8 +217,7 @@ class TensorFlowDPTrainer(DPTrainerBase):
             return context.all_reduce("sum", figures), context.all_reduce("sum", figures**2)
 
         total, squares = (
-            strategy.experimental_local_results(v)[0]
-            for v in strategy.run(tf.function(sums))
+            strategy.experimental_local_results(v)[0] for v in strategy.run(tf.function(sums))
         )
         workers = float(self._dp_distribution.workers)
         # All equal exactly when the variance across workers is 0: W * sum(v^2) = sum(v)^2.
