@@ -20,10 +20,11 @@ What is supported, per backend (:func:`check_distribution`):
 * **TensorFlow**: the default (no) strategy, ``tf.distribute.MirroredStrategy``
   (several devices of one host) and ``tf.distribute.MultiWorkerMirroredStrategy`` with
   one device per worker process, for Poisson-sampled arrays: every worker is given all N
-  rows and samples only its shard (rows ``w, w + W, ...``) with the global ``q``. The step (``backend/tensorflow/trainer.py``) all-reduces
-  the clipped sums, draws the noise once from a key identical on every replica (a mirrored
-  variable), and divides the identical result by ``R`` before the optimizer's own
-  summing all-reduce, so the applied update is ``g`` exactly once.
+  rows and samples only its shard (rows ``w, w + W, ...``) with the global ``q``. The
+  step (``backend/tensorflow/trainer.py``) all-reduces the clipped sums, draws the noise
+  once from a key identical on every replica (a mirrored variable), and divides the
+  identical result by ``R`` before the optimizer's own summing all-reduce, so the applied
+  update is ``g`` exactly once.
 * **JAX**: no distribution, or ``keras.distribution.DataParallel`` in one process. The
   jitted step sees the global batch (sharded along the batch axis; XLA inserts the
   all-reduce) and draws one global noise array from a replicated key.
