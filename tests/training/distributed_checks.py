@@ -68,7 +68,9 @@ class _Nothing:
         return False
 
 
-def dense_model(scope, inputs, units, *, clip, sigma, seed, regularizer=None, zeros=True):
+def dense_model(
+    scope, inputs, units, *, clip, sigma, seed, regularizer=None, zeros=True, accumulation=1
+):
     with scope():
         model = kp.DPSequential(
             [
@@ -82,6 +84,7 @@ def dense_model(scope, inputs, units, *, clip, sigma, seed, regularizer=None, ze
             l2_norm_clip=clip,
             noise_multiplier=sigma,
             seed=seed,
+            gradient_accumulation_steps=accumulation,
         )
         model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
     return model
@@ -150,9 +153,11 @@ def check_clipped(scope) -> dict:
     }
 
 
-def check_poisson(scope) -> dict:
+def check_poisson(scope, accumulation: int = 1) -> dict:
+    """With ``accumulation`` > 1 the logical batch of 64 is ``batch_size`` 64 / n, done in
+    chunks of that many rows (on each replica) before the one noise draw."""
     n, batch, clip = 512, 64, 0.25
-    model = dense_model(scope, 4, 2, clip=clip, sigma=0.0, seed=2)
+    model = dense_model(scope, 4, 2, clip=clip, sigma=0.0, seed=2, accumulation=accumulation)
     x = np.tile(np.array([[3.0, -1.0, 2.0, 0.5]], "float32"), (n, 1))
     y = np.tile(np.array([[1.0, -2.0]], "float32"), (n, 1))
     model.build((None, 4))
@@ -160,7 +165,7 @@ def check_poisson(scope) -> dict:
     # Every example's gradient is the same; clipped to norm C it is v (per example).
     v = -clipped_reference(w, b, x[:1].astype("float64"), y[:1].astype("float64"), clip, 0.0)
     before = flat_weights(model)
-    model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=1, verbose=0)
+    model.fit(x, y, batch_size=batch // accumulation, epochs=1, steps_per_epoch=1, verbose=0)
     update = flat_weights(model) - before
     counted = model._dp_counters()["examples"]
     segment = model.privacy_record.segments[-1]
@@ -238,6 +243,7 @@ def main() -> None:
         "replicas": replicas,
         "clipped": check_clipped(scope),
         "poisson": check_poisson(scope),
+        "poisson_accumulated": check_poisson(scope, accumulation=2),
         "noise": check_noise(scope),
     }
     if MODE == "tf-multi-worker":

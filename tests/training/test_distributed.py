@@ -4,7 +4,8 @@ The supported settings (TensorFlow's ``MirroredStrategy`` and ``MultiWorkerMirro
 -- two worker processes on localhost --, JAX's ``DataParallel``) are measured in
 subprocesses with two CPU devices (``distributed_checks.py``): the update equals
 the per-example reference (clipped sums all-reduced, the regularizer's gradient once), a
-Poisson update counts every sampled row of every replica once over the global B, and the
+Poisson update (also under gradient accumulation) counts every sampled row of every replica
+once over the global B, and the
 noise of an update has standard deviation ``sigma C / B`` -- once, not ``sqrt(R)`` times --
 and differs between updates and fits; the record holds the global N and B. Every other
 setting is refused; one fast refusal test per backend runs in the default suite.
@@ -112,11 +113,11 @@ def assert_dp_rules(result: dict) -> None:
     assert clipped["updates"] == 1
     assert clipped["max_abs_error"] < 1e-6 * max(1.0, clipped["reference_norm"])
 
-    poisson = result["poisson"]
-    assert 20 <= poisson["counted_examples"] <= 120
-    assert abs(poisson["implied_examples"] - poisson["counted_examples"]) < 1e-3
-    assert poisson["residual"] < 1e-6
-    assert (poisson["dataset_size"], poisson["expected_batch_size"]) == (512, 64)
+    for poisson in (result["poisson"], result["poisson_accumulated"]):
+        assert 20 <= poisson["counted_examples"] <= 120
+        assert abs(poisson["implied_examples"] - poisson["counted_examples"]) < 1e-3
+        assert poisson["residual"] < 1e-6
+        assert (poisson["dataset_size"], poisson["expected_batch_size"]) == (512, 64)
 
     noise = result["noise"]
     # 32,640 noise coordinates: the std's relative standard error is ~0.4%; noise added on
