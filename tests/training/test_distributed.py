@@ -212,3 +212,56 @@ def test_worker_shards_are_disjoint_poisson_samples_at_the_global_rate():
 def test_jax_data_parallel_follows_the_dp_rules():
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     assert_dp_rules(run_checks("jax-data-parallel", {"XLA_FLAGS": flags.strip()}))
+
+
+MULTI_PROCESS_JAX = """
+import sys
+
+import jax
+
+jax.distributed.initialize(
+    coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2])
+)
+import keras
+import numpy as np
+
+import keras_privacy as kp
+from keras_privacy.training.errors import PrivacyError
+
+model = kp.DPSequential(
+    [keras.layers.Input((3,)), keras.layers.Dense(1)], l2_norm_clip=1.0, noise_multiplier=1.0
+)
+try:
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.ones((32, 3), "float32"), np.ones((32, 1), "float32"), batch_size=8, verbose=0)
+    print("TRAINED")
+except PrivacyError as error:
+    print("REFUSED" if "multi-process JAX (2 processes)" in str(error) else repr(error))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.distributed")
+def test_multi_process_jax_is_refused():
+    """Two JAX processes on localhost (jax.distributed.initialize): each would sample and
+    account only its own share, so both refuse."""
+    address = f"localhost:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "jax"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", MULTI_PROCESS_JAX, address, str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [process.communicate(timeout=600) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for out, err in outputs:
+        assert out.strip().splitlines()[-1:] == ["REFUSED"], err[-3000:]
