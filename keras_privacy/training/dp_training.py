@@ -17,6 +17,7 @@ from keras_privacy.training import user_checks
 from keras_privacy.training.backend import DPTrainer
 from keras_privacy.training.checks import check_layers_supported
 from keras_privacy.training.config import DPConfig, validate_dp_arguments
+from keras_privacy.training.distribution import DistributionPlan, check_distribution
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fit_input import new_segment, plan_fit_input
 from keras_privacy.training.losses import check_per_example_losses
@@ -83,6 +84,8 @@ class DPTrainingMixin:
         self._dp_user_sample_weight = False
         self._dp_trace_key: tuple | None = None
         self._dp_warned_sampling = False
+        # The data-parallel setting of the last check (training/distribution.py).
+        self._dp_distribution = DistributionPlan()
 
     @property
     def privacy_record(self) -> TrainingRecord:
@@ -132,6 +135,16 @@ class DPTrainingMixin:
                 f"{self.name!r} was released with release(): its weights may since have been "
                 "trained without DP, so it no longer trains. Wrap the model again with "
                 "make_private() for a new DP run."
+            )
+        # Refuses every multi-device setting whose DP step is not proven (a PrivacyError).
+        self._dp_distribution = check_distribution(self)
+        config = self._dp_config
+        if self._dp_distribution.replicas > 1 and config and config.num_microbatches:
+            raise PrivacyError(
+                f"num_microbatches={config.num_microbatches} is not supported across "
+                f"{self._dp_distribution.replicas} replicas (each replica would cut its own "
+                "share of the batch into microbatches). Use per-example clipping "
+                "(num_microbatches=None) when training on several devices."
             )
 
     @property
@@ -348,6 +361,12 @@ class DPTrainingMixin:
         so it is recorded as a fixed batch (not Poisson-sampled), without a dataset size."""
         config = self._dp_require_config()
         self._dp_check_trainable()
+        if self._dp_distribution.workers > 1:
+            raise PrivacyError(
+                "train_on_batch is not supported in multi-worker DP training: each worker "
+                "would bring its own batch. Use fit with in-memory arrays (Poisson sampling, "
+                "each worker its own shard)."
+            )
         live = self._dp_live[0] if self._dp_live else None
         if (
             live is None

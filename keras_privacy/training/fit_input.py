@@ -95,7 +95,9 @@ def plan_fit_input(
         "shuffle": shuffle,
         "steps_per_epoch": steps_per_epoch,
     }
+    workers = model._dp_distribution.workers
     if not is_array_data(x):
+        refuse_unsharded_input(workers, "a tf.data pipeline or generator")
         _build_from_first_batch(model, x)
         return _pipeline_plan(config, kwargs, dataset_size, warn_sampling)
     kwargs = _arrays_with_weights_and_split(kwargs)
@@ -111,7 +113,21 @@ def plan_fit_input(
     )
     if array_sampling(config, kwargs["batch_size"]) == POISSON:
         return _poisson_plan(model, config, kwargs, sampler_rng)
+    refuse_unsharded_input(workers, "sampling='shuffle'")
     return _shuffle_plan(model, config, kwargs, sampler_rng)
+
+
+def refuse_unsharded_input(workers: int, what: str) -> None:
+    """Under multi-worker training only Poisson-sampled arrays are sharded by the workers
+    (each its own rows, global q); any other input would be batched by each worker alone,
+    so rows could repeat across workers within an update."""
+    if workers > 1:
+        raise PrivacyError(
+            f"Multi-worker DP training ({workers} workers) takes in-memory arrays, "
+            f"Poisson-sampled, not {what}: give every worker all N rows (x, y) and the "
+            "global batch_size; each worker samples its own shard of the rows with the "
+            "global rate q = batch_size / N."
+        )
 
 
 def array_sampling(config: DPConfig, batch_size: int) -> str:
@@ -187,6 +203,7 @@ def _poisson_plan(model, config: DPConfig, kwargs, sampler_rng) -> FitPlan:
             "sampling='shuffle' or a tf.data dataset."
         )
     logical = batch_size * config.gradient_accumulation_steps
+    plan = model._dp_distribution
     # The stream is a generator: lists are not a valid tf.data structure, and a model
     # takes a tuple of inputs the same way.
     sampler = PoissonBatches(
@@ -196,7 +213,12 @@ def _poisson_plan(model, config: DPConfig, kwargs, sampler_rng) -> FitPlan:
         expected_batch_size=logical,
         # A stream of its own for this fit, derived from the model's: however far the
         # input pipeline draws ahead, the next fit's batches are the same for a seed.
-        rng=sampler_rng.spawn(1)[0],
+        # Several workers: each its own stream (independent draws), and its own shard.
+        rng=sampler_rng.spawn(plan.workers)[plan.worker_index],
+        shard=(plan.worker_index, plan.workers),
+        # Split across R replicas in equal contiguous shards (training/distribution.py):
+        # each shard keeps its sampled rows first, and the step adds the shards' sums.
+        capacity_multiple=plan.replicas // plan.workers,
     )
     # A backend may gather the sampled rows itself (TensorFlow: in a tf.data pipeline).
     stream = getattr(model, "_dp_poisson_stream", iter)(sampler)

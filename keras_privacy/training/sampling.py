@@ -51,6 +51,14 @@ class PoissonBatches:
       expected_batch_size: B; each example is in each batch with probability B / N.
       rng: the random stream to draw from (a DP model keeps one for its lifetime), or
         ``None`` for a fresh one from OS entropy.
+      capacity_multiple: round the padded capacity up to a multiple of this (the number of
+        replicas a batch is split across: equal shards, each with its sampled rows first).
+      shard: ``(index, count)``: draw only from the rows ``index, index + count, ...`` (one
+        worker of ``count``), each still with the global probability ``q = B / N``. The
+        workers' draws are independent (each has its own ``rng``), so their union is a
+        Poisson sample of all N rows with rate q -- the sample the accountant assumes --
+        and every row is in exactly one worker's shard. The capacity then covers the
+        largest shard's Binomial(ceil(N / count), q) draw (the same on every worker).
     """
 
     def __init__(
@@ -61,6 +69,8 @@ class PoissonBatches:
         *,
         expected_batch_size: int,
         rng: np.random.Generator | None = None,
+        capacity_multiple: int = 1,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.x = keras.tree.map_structure(np.asarray, x)
         self.y = None if y is None else keras.tree.map_structure(np.asarray, y)
@@ -85,7 +95,20 @@ class PoissonBatches:
             )
         self.expected_batch_size = expected_batch_size
         self.sampling_probability = expected_batch_size / self.dataset_size
-        self.capacity = poisson_capacity(self.dataset_size, expected_batch_size)
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count: {shard}")
+        self.shard = shard
+        # The rows this sampler draws from (all of them unless sharded).
+        self._rows = None if count == 1 else np.arange(index, self.dataset_size, count)
+        if count == 1:
+            capacity = poisson_capacity(self.dataset_size, expected_batch_size)
+        else:
+            largest = -(-self.dataset_size // count)
+            capacity = poisson_capacity(
+                largest, max(1, math.ceil(largest * self.sampling_probability))
+            )
+        self.capacity = -(-capacity // capacity_multiple) * capacity_multiple
         self._rng = rng if rng is not None else np.random.default_rng()
         self.failure: PrivacyError | None = None
 
@@ -96,7 +119,8 @@ class PoissonBatches:
 
     def sample_indices(self) -> np.ndarray:
         """One Poisson draw: a Binomial(N, q) count, then that many distinct examples."""
-        count = self._rng.binomial(self.dataset_size, self.sampling_probability)
+        rows = self.dataset_size if self._rows is None else len(self._rows)
+        count = self._rng.binomial(rows, self.sampling_probability)
         if count > self.capacity:
             # Kept for fit: raised inside an input pipeline (TensorFlow's tf.data) the
             # error reaches the caller as the pipeline's own; fit re-raises this one.
@@ -106,7 +130,8 @@ class PoissonBatches:
                 "would invalidate the privacy accounting, so training stops here."
             )
             raise self.failure
-        return np.sort(self._rng.choice(self.dataset_size, size=count, replace=False))
+        drawn = np.sort(self._rng.choice(rows, size=count, replace=False))
+        return drawn if self._rows is None else self._rows[drawn]
 
     def _pad(self, array: np.ndarray, indices: np.ndarray) -> np.ndarray:
         out = np.zeros((self.capacity, *array.shape[1:]), dtype=array.dtype)

@@ -124,6 +124,7 @@ def apply_private_update(
     grads: list,
     values: list,
     value_and_grad: Callable[[Callable, list], tuple[Any, list]],
+    replicas: int = 1,
 ) -> Any:
     """Apply ``g + grad R(w)`` with the model's optimizer, where ``grads`` are the noised,
     divided gradients ``g`` (float32) and ``R`` the weight regularizers' loss at the
@@ -133,9 +134,15 @@ def apply_private_update(
     ``LossScaleOptimizer`` would unscale gradients that were never scaled (the DP gradient
     is computed, clipped and noised in float32 without loss scaling): its inner optimizer
     applies them. Returns ``R(w)`` before the update.
+
+    ``replicas`` = R > 1: this is one of R replicas that all hold the same ``g + grad R(w)``
+    and whose optimizer sums the replicas' gradients (TensorFlow's ``MirroredStrategy``):
+    each passes ``(g + grad R(w)) / R``, so the update is applied once.
     """
     variables = model.trainable_variables
     grads, regularization_loss = add_regularization_gradient(model, grads, values, value_and_grad)
+    if replicas > 1:
+        grads = [g / float(replicas) for g in grads]
     grads = [ops.cast(g, v.dtype) for g, v in zip(grads, variables, strict=True)]
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     with private_update():

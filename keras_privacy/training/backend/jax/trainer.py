@@ -13,6 +13,11 @@ the state's key (never reused: the key lives as long as the model, across
 steps, fits and recompiles). Poisson batches arrive padded to a fixed capacity with a 0/1
 mask; the step computes over the whole capacity and gives padding rows clip factor 0, so
 shapes are static and XLA compiles the step once.
+
+Under ``keras.distribution.DataParallel`` (one process; see
+:mod:`keras_privacy.training.distribution`) Keras replicates the variables and shards each
+batch along its first axis; this step is unchanged: it is written on the global batch, so
+XLA all-reduces the clipped sums, and the replicated key draws one global noise array.
 """
 
 from __future__ import annotations
@@ -111,11 +116,6 @@ class JAXDPTrainer(shared.DPTrainerBase):
         with the DP step state threaded through it (the state's arrays are donated)."""
         if self.train_function is not None and not force:
             return self.train_function
-        if keras.distribution.distribution() is not None:
-            raise PrivacyError(
-                "keras-privacy's JAX DP step does not support keras.distribution (sharded "
-                "training) yet. Train without a distribution, or on TensorFlow."
-            )
         dp_state = self._dp_state()
         step = self.train_step
         if not self.run_eagerly and self.jit_compile:

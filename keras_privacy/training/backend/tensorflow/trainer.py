@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
+from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.noise import gaussians_from_uniforms, pairs_needed, split_noise
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses
@@ -63,18 +64,33 @@ class _StepState:
     recompiling or retracing never repeats a draw (repeated noise could be cancelled by
     differencing two updates). ``seed`` is the DP ``seed`` + 1 when one is given (tests),
     else 62 bits from the operating system's entropy.
+
+    Under a ``MirroredStrategy`` (``strategy``) the variables are mirrored: the key and
+    the counters are the same on every replica (initialised from the first replica's
+    values), and only the first replica's writes count (``ONLY_FIRST_REPLICA``), so every
+    replica draws the same noise and an update is counted once.
     """
 
-    def __init__(self, seed: int | None) -> None:
+    def __init__(self, seed: int | None, strategy: Any = None) -> None:
+        self.strategy = strategy
         # Lifted out of any trace in progress: the variables outlive the traced step.
-        with tf.init_scope():
+        with tf.init_scope(), (strategy or tf.distribute.get_strategy()).scope():
+
+            def variable(value):
+                return tf.Variable(
+                    value,
+                    dtype="int64",
+                    trainable=False,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+
             base = secrets.randbits(62) if seed is None else seed + 1
-            self.noise_key = tf.Variable([base, 0], dtype="int64", trainable=False)
+            self.noise_key = variable([base, 0])
             self.uniforms = _uniform_sampler()
-            self.updates = tf.Variable(0, dtype="int64", trainable=False)
-            self.largest_batch = tf.Variable(0, dtype="int64", trainable=False)
-            self.largest_unit = tf.Variable(0, dtype="int64", trainable=False)
-            self.examples = tf.Variable(0, dtype="int64", trainable=False)
+            self.updates = variable(0)
+            self.largest_batch = variable(0)
+            self.largest_unit = variable(0)
+            self.examples = variable(0)
 
     def reset_segment(self) -> None:
         self.largest_batch.assign(0)
@@ -102,6 +118,16 @@ def _tensors(x: Any, y: Any, sample_weight: Any) -> tuple:
     )
 
 
+def _replica_context() -> Any:
+    """The replica context of a step run by a ``MirroredStrategy`` or a
+    ``MultiWorkerMirroredStrategy`` on several replicas,
+    else ``None`` (one device: nothing to all-reduce)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
 class TensorFlowDPTrainer(DPTrainerBase):
     """Mixin for ``keras.Model`` subclasses on the TensorFlow backend (placed first in
     the bases): replaces ``train_step`` with the DP step."""
@@ -112,9 +138,39 @@ class TensorFlowDPTrainer(DPTrainerBase):
 
     # -- state shared with the backend-neutral model ----------------------------------
 
+    def _dp_state(self) -> _StepState:
+        """The step state, its variables created under the model's strategy (mirrored
+        across replicas under a ``MirroredStrategy``); a model cannot move to another."""
+        strategy = self.distribute_strategy
+        state = self._dp_step_state
+        if state is None:
+            state = _StepState(self._dp_require_config().seed, strategy)
+            self._dp_step_state = state
+        elif state.strategy is not strategy:
+            raise PrivacyError(
+                "This DP model's noise key and counters were created under another "
+                "tf.distribute strategy; build, compile and train a model under one "
+                "strategy (create it inside strategy.scope())."
+            )
+        return state
+
     def make_train_function(self, force: bool = False):
         self._dp_state()
         return super().make_train_function(force=force)
+
+    def _symbolic_build(self, *args, **kwargs):
+        # The DP fit builds the model, optimizer and metrics from two real rows before the
+        # step is traced (fit_input.py): under a strategy its variables must be its own.
+        with self.distribute_strategy.scope():
+            return super()._symbolic_build(*args, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self._dp_distribution.workers > 1 and self.built:
+            # Multi-worker fits take arrays only, so the model is built already; Keras
+            # would all-reduce the first per-worker batch (which fails for one device
+            # per worker) only to build it again.
+            return
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _dp_poisson_stream(self, sampler: PoissonBatches) -> tf.data.Dataset:
         """The sampler's Poisson batches as a ``tf.data`` pipeline: the same draws as
@@ -127,9 +183,6 @@ class TensorFlowDPTrainer(DPTrainerBase):
         # tuples, as Keras's own array adapter makes them.
         data = _tensors(sampler.x, sampler.y, sampler.sample_weight)
         spec = tf.TensorSpec([block, capacity], tf.int32), tf.TensorSpec([block], tf.int32)
-        draws = tf.data.Dataset.from_generator(
-            lambda: sampler.index_blocks(block), output_signature=spec
-        )
 
         def gather(indices, count):
             mask = tf.cast(tf.range(capacity) < count, "float32")
@@ -138,7 +191,43 @@ class TensorFlowDPTrainer(DPTrainerBase):
             )
             return x, y, sample_weight * mask, mask
 
-        return draws.unbatch().map(gather).prefetch(2)
+        def stream(context=None):
+            draws = tf.data.Dataset.from_generator(
+                lambda: sampler.index_blocks(block), output_signature=spec
+            )
+            return draws.unbatch().map(gather).prefetch(2)
+
+        if self._dp_distribution.workers > 1:
+            # Each worker's batches are its own shard's draws, one per update, for its one
+            # device: handed to the strategy as they are (no re-sharding, no re-batching).
+            self._dp_check_workers_agree(sampler)
+            return self.distribute_strategy.distribute_datasets_from_function(stream)
+        return stream()
+
+    def _dp_check_workers_agree(self, sampler: PoissonBatches) -> None:
+        """Multi-worker: refuse unless every worker has the same N, expected batch and
+        capacity (one all-reduce): the sampling rate and the record are global figures."""
+        figures = tf.constant(
+            [sampler.dataset_size, sampler.expected_batch_size, sampler.capacity], "float64"
+        )
+        strategy = self.distribute_strategy
+
+        def sums():
+            context = tf.distribute.get_replica_context()
+            return context.all_reduce("sum", figures), context.all_reduce("sum", figures**2)
+
+        total, squares = (
+            strategy.experimental_local_results(v)[0] for v in strategy.run(tf.function(sums))
+        )
+        workers = float(self._dp_distribution.workers)
+        # All equal exactly when the variance across workers is 0: W * sum(v^2) = sum(v)^2.
+        if not bool(tf.reduce_all(tf.abs(workers * squares - total**2) < 0.5)):
+            raise PrivacyError(
+                "The workers of a multi-worker DP fit disagree on the number of examples N or "
+                f"the batch size (this worker: N={sampler.dataset_size}, batch_size="
+                f"{sampler.expected_batch_size}). Give every worker all N rows and the same "
+                "global batch_size: each samples its own shard with q = batch_size / N."
+            )
 
     def _dp_shuffle_stream(self, passes: ShuffledPasses) -> tf.data.Dataset:
         """``sampling="shuffle"``: the passes' logical batches as one ``tf.data``
@@ -161,27 +250,41 @@ class TensorFlowDPTrainer(DPTrainerBase):
     # -- the step ---------------------------------------------------------------------
 
     def train_step(self, data):
+        """One DP update from one logical batch, or -- under a ``MirroredStrategy``, which
+        runs this on each of R replicas with an equal shard of the batch -- from this
+        replica's shard: the shards' clipped sums (and row counts) are all-reduced before
+        the noise, so each replica holds the same global clipped sum ``S``."""
         config = self._dp_require_config()
         data, mask, num_units = split_batch(data, config)
-        if mask is not None:  # a Poisson batch: sampled rows first
+        if mask is not None:  # a Poisson batch (or a replica's shard): sampled rows first
             rows = tf.cast(tf.reduce_sum(mask), "int32")
             data = rows_of(data, 0, rows)
         else:
             rows = tf.shape(keras.tree.flatten(data[0])[0])[0]
         poisson = mask is not None
-        divisor = public_divisor(config, self._dp_expected_units, rows, poisson=poisson)
+        replica = _replica_context()
+        global_rows = rows if replica is None else replica.all_reduce("sum", rows)
+        divisor = public_divisor(config, self._dp_expected_units, global_rows, poisson=poisson)
         grad_sum, unit_losses, y_pred, chunk = self._dp_clipped_logical_batch(
             data, rows, num_units, config.gradient_accumulation_steps
         )
-        regularization_loss = self._dp_apply(grad_sum, divisor)
+        if replica is not None:  # every example was clipped once, on its own replica
+            grad_sum = replica.all_reduce("sum", grad_sum)
+        regularization_loss = self._dp_apply(grad_sum, divisor, replica)
         state = self._dp_step_state
-        state.largest_batch.assign(tf.maximum(state.largest_batch, tf.cast(rows, "int64")))
-        state.examples.assign_add(tf.cast(rows, "int64"))
+        global_rows = tf.cast(global_rows, "int64")
+        state.largest_batch.assign(tf.maximum(state.largest_batch, global_rows))
+        state.examples.assign_add(global_rows)
         unit = tf.cast(unit_size(num_units, chunk, rows), "int64")
         state.largest_unit.assign(tf.maximum(state.largest_unit, unit))
-        return dp_metrics(
+        logs = dp_metrics(
             self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
         )
+        if self._dp_distribution.workers > 1:
+            # Keras reduces multi-worker logs with reduce("MEAN", v, axis=0), which fails
+            # for scalars: as [1] tensors they reduce to the scalar mean over replicas.
+            logs = keras.tree.map_structure(lambda t: tf.reshape(t, [1]), logs)
+        return logs
 
     def _dp_clipped_logical_batch(self, data, rows, num_units, accumulation_steps):
         """The clipped sum of one logical batch, in chunks when accumulating.
@@ -225,10 +328,15 @@ class TensorFlowDPTrainer(DPTrainerBase):
         y_pred = keras.tree.map_structure(lambda ta: ta.concat(), preds)
         return grad_sum, losses.concat(), y_pred, chunk
 
-    def _dp_apply(self, grad_sum: list, denominator: Any) -> Any:
+    def _dp_apply(self, grad_sum: list, denominator: Any, replica: Any = None) -> Any:
         """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, add the weight
         regularizers' gradient (data-independent: after noising, at full strength), update,
-        count. Returns the regularization loss ``R(w)`` before the update."""
+        count. Returns the regularization loss ``R(w)`` before the update.
+
+        Under a ``MirroredStrategy`` (``replica``) every replica holds the same ``S``
+        and draws the same noise (the mirrored key), so each computes the same ``g``; the
+        optimizer's all-reduce then sums the R replicas' gradients, so each passes
+        ``g / R``: the update is ``g``, its noise ``N(0, (sigma C / B)^2)`` exactly once."""
         config = self._dp_config
         variables = self.trainable_variables
         if config.noise_multiplier > 0:
@@ -236,13 +344,19 @@ class TensorFlowDPTrainer(DPTrainerBase):
             # (keras_privacy.training.noise: 2-3x faster than Generator.normal on CPU).
             state = self._dp_step_state
             shapes = [tuple(v.shape) for v in variables]
-            key = state.noise_key.assign_add(tf.constant([0, 1], "int64"))
+            # Read, then advance (mirrored: every replica reads the same key).
+            key = state.noise_key.read_value() + tf.constant([0, 1], "int64")
+            state.noise_key.assign(key)
             uniforms = state.uniforms(key, pairs_needed([math.prod(s) for s in shapes]))
             flat = gaussians_from_uniforms(uniforms, config.noise_stddev)
             grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
         grads = [g / tf.cast(denominator, "float32") for g in grad_sum]
         regularization_loss = apply_private_update(
-            self, grads, [v.value for v in variables], _value_and_grad
+            self,
+            grads,
+            [v.value for v in variables],
+            _value_and_grad,
+            replicas=1 if replica is None else replica.num_replicas_in_sync,
         )
         # Counted here, where the noise is added: the accountant's events are these.
         self._dp_step_state.updates.assign_add(1)

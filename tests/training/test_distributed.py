@@ -1,0 +1,267 @@
+"""DP training on several devices (``keras_privacy/training/distribution.py``).
+
+The supported settings (TensorFlow's ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``
+-- two worker processes on localhost --, JAX's ``DataParallel``) are measured in
+subprocesses with two CPU devices (``distributed_checks.py``): the update equals
+the per-example reference (clipped sums all-reduced, the regularizer's gradient once), a
+Poisson update (also under gradient accumulation) counts every sampled row of every replica
+once over the global B, and the
+noise of an update has standard deviation ``sigma C / B`` -- once, not ``sqrt(R)`` times --
+and differs between updates and fits; the record holds the global N and B. Every other
+setting is refused; one fast refusal test per backend runs in the default suite.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_privacy as kp
+from keras_privacy.training.errors import PrivacyError
+
+BACKEND = keras.backend.backend()
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHECKS = pathlib.Path(__file__).with_name("distributed_checks.py")
+
+
+def small_model():
+    return kp.DPSequential(
+        [keras.layers.Input((3,)), keras.layers.Dense(1)],
+        l2_norm_clip=1.0,
+        noise_multiplier=1.0,
+        seed=0,
+    )
+
+
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(32, 3)).astype("float32"), rng.normal(size=(32, 1)).astype("float32")
+
+
+# -- refusals (fast, one per backend) ---------------------------------------------------
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute")
+def test_tensorflow_strategy_other_than_mirrored_is_refused():
+    import tensorflow as tf
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    x, y = data()
+    with pytest.raises(PrivacyError, match="OneDeviceStrategy.*MirroredStrategy"):
+        with strategy.scope():
+            model = small_model()
+            model.compile(optimizer="sgd", loss="mse")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution on JAX")
+def test_jax_model_parallel_is_refused():
+    import jax
+
+    mesh = keras.distribution.DeviceMesh((1, 1), ["batch", "model"], jax.devices()[:1])
+    layout_map = keras.distribution.LayoutMap(mesh)
+    layout_map[".*dense.*kernel"] = (None, "model")
+    distribution = keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+    x, y = data()
+    with pytest.raises(PrivacyError, match="ModelParallel.*DataParallel"), distribution.scope():
+        model = small_model()
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed")
+def test_torch_distributed_process_group_is_refused(tmp_path):
+    import torch.distributed as dist
+
+    x, y = data()
+    model = small_model()
+    model.compile(optimizer="sgd", loss="mse")
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        with pytest.raises(PrivacyError, match="torch.distributed.*no distribution API"):
+            model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    finally:
+        dist.destroy_process_group()
+    assert model.privacy_record.total_updates == 0
+
+
+# -- the supported settings, measured (slow: a subprocess each) -------------------------
+
+
+def run_checks(mode: str, extra_env: dict) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra_env}
+    done = subprocess.run(
+        [sys.executable, str(CHECKS), mode], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(s for s in done.stdout.splitlines() if s.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def assert_dp_rules(result: dict) -> None:
+    assert result["replicas"] == 2
+    clipped = result["clipped"]
+    assert clipped["sharded_devices"] == 2  # the step really ran on both devices
+    assert clipped["updates"] == 1
+    assert clipped["max_abs_error"] < 1e-6 * max(1.0, clipped["reference_norm"])
+
+    for poisson in (result["poisson"], result["poisson_accumulated"]):
+        assert 20 <= poisson["counted_examples"] <= 120
+        assert abs(poisson["implied_examples"] - poisson["counted_examples"]) < 1e-3
+        assert poisson["residual"] < 1e-6
+        assert (poisson["dataset_size"], poisson["expected_batch_size"]) == (512, 64)
+
+    noise = result["noise"]
+    # 32,640 noise coordinates: the std's relative standard error is ~0.4%; noise added on
+    # each of the 2 replicas would be sqrt(2) = 1.41 times too large.
+    assert noise["coordinates"] == 30 * 1088
+    assert abs(noise["update_std"] / noise["expected_std"] - 1.0) < 0.03
+    # 1088 coordinates per update: independent draws correlate by ~0.03 (one repeated
+    # draw, in this fit or the next, would correlate by 1).
+    assert noise["max_correlation"] < 0.3
+    assert noise["updates"] == 30
+    assert (noise["dataset_size"], noise["expected_batch_size"]) == (512, 64)
+    # All replicas' rows counted: 30 updates of Binomial(512, 1/8), mean 1920, sd 40.
+    assert abs(noise["examples"] - 1920) < 6 * 41
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="run once, in the TensorFlow suite")
+def test_tensorflow_mirrored_strategy_follows_the_dp_rules():
+    assert_dp_rules(run_checks("tf-mirrored", {}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="run once, in the TensorFlow suite")
+def test_tensorflow_multi_worker_strategy_follows_the_dp_rules():
+    """Two worker processes on localhost (TensorFlow's collective runtime over gRPC), one
+    CPU device each; every worker gets all 512 rows and samples its own shard."""
+    workers = [f"localhost:{free_port()}" for _ in range(2)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(CHECKS), "tf-multi-worker"],
+            env={
+                **env,
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+                ),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    results = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=900)
+            assert process.returncode == 0, err[-4000:]
+            line = next(s for s in out.splitlines() if s.startswith("RESULT "))
+            results.append(json.loads(line[len("RESULT ") :]))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    assert results[0]["disagreement_refused"]
+    assert_dp_rules(results[0])
+    # The workers hold the same weights and figures (same noise, the same global update).
+    assert results[0] == results[1]
+
+
+def test_worker_shards_are_disjoint_poisson_samples_at_the_global_rate():
+    """Multi-worker sampling: worker w draws only rows w, w + W, ... with q = B / N."""
+    from keras_privacy.training.sampling import PoissonBatches
+
+    n, batch, workers = 1000, 100, 2
+    x, y = np.arange(n, dtype="float32")[:, None], np.zeros(n, "float32")
+    samplers = [
+        PoissonBatches(
+            x, y, None, expected_batch_size=batch, rng=np.random.default_rng(w), shard=(w, workers)
+        )
+        for w in range(workers)
+    ]
+    assert samplers[0].capacity == samplers[1].capacity
+    draws = [[s.sample_indices() for _ in range(400)] for s in samplers]
+    for w, worker_draws in enumerate(draws):
+        rows = np.concatenate(worker_draws)
+        assert np.all(rows % workers == w)
+        # Each of the worker's 500 rows joins with q = 0.1: 400 draws x 50 expected.
+        assert abs(len(rows) / 400 - 50) < 6 * np.sqrt(50 * 0.9 / 400)
+        counts = np.bincount(rows, minlength=n)[w::workers]
+        assert abs(counts.mean() / 400 - 0.1) < 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="run once, in the JAX suite")
+def test_jax_data_parallel_follows_the_dp_rules():
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    assert_dp_rules(run_checks("jax-data-parallel", {"XLA_FLAGS": flags.strip()}))
+
+
+MULTI_PROCESS_JAX = """
+import sys
+
+import jax
+
+jax.distributed.initialize(
+    coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2])
+)
+import keras
+import numpy as np
+
+import keras_privacy as kp
+from keras_privacy.training.errors import PrivacyError
+
+model = kp.DPSequential(
+    [keras.layers.Input((3,)), keras.layers.Dense(1)], l2_norm_clip=1.0, noise_multiplier=1.0
+)
+try:
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.ones((32, 3), "float32"), np.ones((32, 1), "float32"), batch_size=8, verbose=0)
+    print("TRAINED")
+except PrivacyError as error:
+    print("REFUSED" if "multi-process JAX (2 processes)" in str(error) else repr(error))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.distributed")
+def test_multi_process_jax_is_refused():
+    """Two JAX processes on localhost (jax.distributed.initialize): each would sample and
+    account only its own share, so both refuse."""
+    address = f"localhost:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "jax"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", MULTI_PROCESS_JAX, address, str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [process.communicate(timeout=600) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for out, err in outputs:
+        assert out.strip().splitlines()[-1:] == ["REFUSED"], err[-3000:]
