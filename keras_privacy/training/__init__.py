@@ -6,6 +6,7 @@ optimizers ``DPKerasSGDOptimizer`` / ``DPKerasAdamOptimizer`` / ``DPKerasAdagrad
 :class:`SamplingWarning`, :class:`TrainingRecord`, :func:`clone_model`.
 """
 
+from keras_privacy.training.adaptive_clip import AdaptiveClip
 from keras_privacy.training.config import DPConfig
 from keras_privacy.training.errors import BatchMixingWarning, PrivacyError, SamplingWarning
 from keras_privacy.training.model import DPModel, DPSequential
@@ -19,6 +20,7 @@ from keras_privacy.training.private import PrivateModel, clone_model, make_priva
 from keras_privacy.training.record import TrainingRecord, TrainingSegment
 
 __all__ = [
+    "AdaptiveClip",
     "DPConfig",
     "DPKerasAdagradOptimizer",
     "DPKerasAdamOptimizer",

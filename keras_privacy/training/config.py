@@ -6,6 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
+from keras_privacy.training.adaptive_clip import AdaptiveClip
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.record import POISSON, SHUFFLE
 
@@ -33,7 +34,9 @@ class DPConfig:
     per update (a public constant, never the realised Poisson batch size).
 
     Attributes:
-      l2_norm_clip: C > 0.
+      l2_norm_clip: C > 0, or an :class:`~keras_privacy.training.adaptive_clip.AdaptiveClip`
+        (then ``C`` is its ``initial`` clip, :attr:`adaptive_clip` holds it, and each
+        update clips at the step's current estimate ``C_t`` of a quantile of the norms).
       noise_multiplier: sigma >= 0 (0 gives clipping without privacy: accounting then
         reports an infinite epsilon).
       num_microbatches: ``None`` (default) clips every example on its own. An integer k
@@ -65,8 +68,14 @@ class DPConfig:
     sampling: str | None = None
     seed: int | None = None
     engine: str = "auto"
+    adaptive_clip: AdaptiveClip | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.l2_norm_clip, AdaptiveClip):
+            object.__setattr__(self, "adaptive_clip", self.l2_norm_clip)
+            object.__setattr__(self, "l2_norm_clip", float(self.l2_norm_clip.initial))
+        if self.adaptive_clip is not None:
+            check_adaptive_clip(self.adaptive_clip, self.noise_multiplier, self.num_microbatches)
         validate_dp_arguments(
             l2_norm_clip=self.l2_norm_clip,
             noise_multiplier=self.noise_multiplier,
@@ -80,7 +89,9 @@ class DPConfig:
     def to_config(self) -> dict[str, Any]:
         """The settings worth saving with a model: everything except the seed."""
         return {
-            "l2_norm_clip": self.l2_norm_clip,
+            "l2_norm_clip": (
+                self.l2_norm_clip if self.adaptive_clip is None else self.adaptive_clip.to_config()
+            ),
             "noise_multiplier": self.noise_multiplier,
             "num_microbatches": self.num_microbatches,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
@@ -90,12 +101,34 @@ class DPConfig:
 
     @property
     def noise_stddev(self) -> float:
-        """Standard deviation of the noise added to the clipped sum: sigma * C."""
-        return self.noise_multiplier * self.l2_norm_clip
+        """Standard deviation of the noise added to the clipped sum: sigma * C (with
+        adaptive clipping, at the initial clip; the step uses ``sigma_g C_t``)."""
+        return self.gradient_noise_multiplier * self.l2_norm_clip
+
+    @property
+    def gradient_noise_multiplier(self) -> float:
+        """The clipped sum's noise multiplier: ``noise_multiplier``, or with adaptive
+        clipping the part ``sigma_g`` of it left after the clipped count's noise."""
+        if self.adaptive_clip is None:
+            return self.noise_multiplier
+        return self.adaptive_clip.gradient_noise_multiplier(self.noise_multiplier)
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_adaptive_clip(
+    adaptive_clip: AdaptiveClip, noise_multiplier: Any, num_microbatches: Any
+) -> None:
+    """Refuse adaptive clipping where its accounting would not hold."""
+    if num_microbatches is not None:
+        raise PrivacyError(
+            "l2_norm_clip=AdaptiveClip(...) clips each example on its own; it cannot be "
+            f"combined with num_microbatches={num_microbatches!r}."
+        )
+    if _is_number(noise_multiplier) and math.isfinite(noise_multiplier) and noise_multiplier > 0:
+        adaptive_clip.gradient_noise_multiplier(noise_multiplier)  # raises if 2 s <= sigma
 
 
 def validate_dp_arguments(
@@ -109,10 +142,14 @@ def validate_dp_arguments(
     engine: Any = "auto",
 ) -> None:
     """Raise :class:`PrivacyError` (a ``ValueError``) naming any bad DP argument."""
+    if isinstance(l2_norm_clip, AdaptiveClip):
+        check_adaptive_clip(l2_norm_clip, noise_multiplier, num_microbatches)
+        l2_norm_clip = l2_norm_clip.initial
     if not _is_number(l2_norm_clip) or not math.isfinite(l2_norm_clip) or l2_norm_clip <= 0:
         raise PrivacyError(
-            f"l2_norm_clip must be a finite number > 0, received {l2_norm_clip!r}. "
-            "It bounds the L2 norm of each example's gradient; 1.0 is a common start."
+            f"l2_norm_clip must be a finite number > 0 or a keras_privacy.AdaptiveClip, "
+            f"received {l2_norm_clip!r}. It bounds the L2 norm of each example's gradient; "
+            "1.0 is a common start."
         )
     if (
         not _is_number(noise_multiplier)

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from keras_privacy.training import user_checks
+from keras_privacy.training.adaptive_clip import AdaptiveClip, ClipHistory, clip_history_callback
 from keras_privacy.training.backend import DPTrainer
 from keras_privacy.training.checks import check_layers_supported
 from keras_privacy.training.config import DPConfig, validate_dp_arguments
@@ -316,6 +317,9 @@ class DPTrainingMixin:
         self._dp_user_sample_weight = plan.user_sample_weight
         self._dp_open_segment(plan.segment)
         callbacks = [*plan.callbacks, *(callbacks or [])]
+        if config.adaptive_clip is not None:
+            check_adaptive_steps_per_execution(self)
+            callbacks.insert(0, clip_history_callback(plan.segment))
         try:
             history = super().fit(
                 epochs=epochs,
@@ -365,9 +369,17 @@ class DPTrainingMixin:
         self._dp_user_sample_weight = sample_weight is not None or class_weight is not None
         self._dp_chunk_size = None
         self._dp_expected_units = None
-        return super().train_on_batch(
-            x, y, sample_weight=sample_weight, class_weight=class_weight, **kwargs
+        if config.adaptive_clip is None:
+            return super().train_on_batch(
+                x, y, sample_weight=sample_weight, class_weight=class_weight, **kwargs
+            )
+        check_adaptive_steps_per_execution(self)
+        return_dict = kwargs.pop("return_dict", False)
+        logs = super().train_on_batch(
+            x, y, sample_weight=sample_weight, class_weight=class_weight, return_dict=True, **kwargs
         )
+        ClipHistory(self._dp_record.current).add(logs)
+        return logs if return_dict else self._flatten_metrics_in_order(logs)
 
     def make_train_function(self, force: bool = False):
         self._dp_check_trainable()
@@ -383,6 +395,8 @@ class DPTrainingMixin:
         config = super().get_config()
         settings = dict(self._dp_settings)
         settings.pop("seed")  # never saved: a known seed makes the noise predictable
+        if isinstance(settings["l2_norm_clip"], AdaptiveClip):
+            settings["l2_norm_clip"] = settings["l2_norm_clip"].to_config()
         config["dp_config"] = settings
         config["privacy_record"] = self.privacy_record.to_dict()
         return config
@@ -390,7 +404,9 @@ class DPTrainingMixin:
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None):
         config = dict(config)
-        settings = config.pop("dp_config", {})
+        settings = dict(config.pop("dp_config", {}))
+        if "l2_norm_clip" in settings:
+            settings["l2_norm_clip"] = AdaptiveClip.from_config(settings["l2_norm_clip"])
         record = config.pop("privacy_record", None)
         model = super().from_config(config, custom_objects=custom_objects)
         model._dp_setup(**{"seed": None, **settings})
@@ -409,6 +425,16 @@ class DPTrainingMixin:
         from keras_privacy.training.callbacks import privacy_spent
 
         return privacy_spent(self, delta, accountant, allow_large_delta=allow_large_delta)
+
+
+def check_adaptive_steps_per_execution(model: Any) -> None:
+    """Adaptive clipping records every update's clip from the step's logs, which Keras
+    hands over once per ``steps_per_execution`` steps: only 1 is supported."""
+    if (getattr(model, "steps_per_execution", 1) or 1) > 1:
+        raise PrivacyError(
+            "l2_norm_clip=AdaptiveClip(...) records the clip of every update, which needs "
+            f"steps_per_execution=1 (the model was compiled with {model.steps_per_execution})."
+        )
 
 
 _MARKER_KEY = "keras_privacy_dp_model"

@@ -17,12 +17,14 @@ import keras
 import tensorflow as tf
 
 from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
+from keras_privacy.training.clipping import unclipped_count
 from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.noise import gaussians_from_uniforms, pairs_needed, split_noise
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses
 from keras_privacy.training.step import (
     COUNTERS,
     DPTrainerBase,
+    adapted_clip,
     apply_private_update,
     chunk_rows,
     dp_metrics,
@@ -75,6 +77,13 @@ class _StepState:
             self.largest_batch = tf.Variable(0, dtype="int64", trainable=False)
             self.largest_unit = tf.Variable(0, dtype="int64", trainable=False)
             self.examples = tf.Variable(0, dtype="int64", trainable=False)
+
+    def start_adaptive_clip(self, initial: float) -> None:
+        with tf.init_scope():
+            self.clip = tf.Variable(float(initial), dtype="float32", trainable=False)
+
+    def clip_value(self) -> Any:
+        return self.clip
 
     def reset_segment(self) -> None:
         self.largest_batch.assign(0)
@@ -170,29 +179,34 @@ class TensorFlowDPTrainer(DPTrainerBase):
             rows = tf.shape(keras.tree.flatten(data[0])[0])[0]
         poisson = mask is not None
         divisor = public_divisor(config, self._dp_expected_units, rows, poisson=poisson)
-        grad_sum, unit_losses, y_pred, chunk = self._dp_clipped_logical_batch(
-            data, rows, num_units, config.gradient_accumulation_steps
+        clip = tf.convert_to_tensor(self._dp_clip(), "float32")  # read before the update
+        grad_sum, unit_losses, y_pred, chunk, unclipped = self._dp_clipped_logical_batch(
+            data, rows, num_units, config.gradient_accumulation_steps, clip
         )
-        regularization_loss = self._dp_apply(grad_sum, divisor)
+        regularization_loss = self._dp_apply(grad_sum, divisor, clip, unclipped, rows)
         state = self._dp_step_state
         state.largest_batch.assign(tf.maximum(state.largest_batch, tf.cast(rows, "int64")))
         state.examples.assign_add(tf.cast(rows, "int64"))
         unit = tf.cast(unit_size(num_units, chunk, rows), "int64")
         state.largest_unit.assign(tf.maximum(state.largest_unit, unit))
-        return dp_metrics(
+        logs = dp_metrics(
             self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
         )
+        if config.adaptive_clip is not None:
+            logs = {**logs, "l2_norm_clip": clip}
+        return logs
 
-    def _dp_clipped_logical_batch(self, data, rows, num_units, accumulation_steps):
-        """The clipped sum of one logical batch, in chunks when accumulating.
+    def _dp_clipped_logical_batch(self, data, rows, num_units, accumulation_steps, clip):
+        """The clipped sum of one logical batch (clip ``clip``), in chunks when accumulating.
 
-        Returns the summed clipped gradients, each unit's loss, the outputs, and the chunk
-        size (rows per vectorized pass).
+        Returns the summed clipped gradients, each unit's loss, the outputs, the chunk
+        size (rows per vectorized pass) and the number of units the clip left whole.
         """
         chunk = self._dp_chunk_size  # rows per chunk for arrays, or None
         if accumulation_steps == 1:
             batch = self._dp_clipped(*data, num_units=num_units)
-            return batch.grad_sum, batch.unit_losses, batch.y_pred, rows
+            unclipped = unclipped_count(batch.norms, clip)
+            return batch.grad_sum, batch.unit_losses, batch.y_pred, rows, unclipped
         # Arrays: batch_size rows; a pipeline / train_on_batch batch: n nearly equal chunks.
         chunk = tf.cast(chunk_rows(chunk, rows, accumulation_steps), "int32")
         # The first chunk runs before the loop to fix the output structure.
@@ -201,45 +215,64 @@ class TensorFlowDPTrainer(DPTrainerBase):
         def new_array():
             return tf.TensorArray("float32", size=0, dynamic_size=True, infer_shape=False)
 
-        def body(i, sums, losses, preds):
+        def body(i, sums, losses, preds, unclipped):
             start = i * chunk
             part = rows_of(data, start, tf.minimum(start + chunk, rows))
             units_before = start if num_units is None else i * num_units
             batch = self._dp_clipped(*part, num_units=num_units, unit_offset=units_before)
             sums = [s + g for s, g in zip(sums, batch.grad_sum, strict=True)]
+            unclipped = unclipped + unclipped_count(batch.norms, clip)
             losses = losses.write(i, batch.unit_losses)
             preds = keras.tree.map_structure(
                 lambda ta, p: ta.write(i, tf.cast(p, "float32")), preds, batch.y_pred
             )
-            return i + 1, sums, losses, preds
+            return i + 1, sums, losses, preds, unclipped
 
         losses = new_array().write(0, first.unit_losses)
         preds = keras.tree.map_structure(
             lambda p: new_array().write(0, tf.cast(p, "float32")), first.y_pred
         )
-        _, grad_sum, losses, preds = tf.while_loop(
+        _, grad_sum, losses, preds, unclipped = tf.while_loop(
             lambda i, *_: i * chunk < rows,
             body,
-            (tf.constant(1), first.grad_sum, losses, preds),
+            (tf.constant(1), first.grad_sum, losses, preds, unclipped_count(first.norms, clip)),
         )
         y_pred = keras.tree.map_structure(lambda ta: ta.concat(), preds)
-        return grad_sum, losses.concat(), y_pred, chunk
+        return grad_sum, losses.concat(), y_pred, chunk, unclipped
 
-    def _dp_apply(self, grad_sum: list, denominator: Any) -> Any:
+    def _dp_apply(
+        self, grad_sum: list, denominator: Any, clip: Any, unclipped: Any, units: Any
+    ) -> Any:
         """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, add the weight
         regularizers' gradient (data-independent: after noising, at full strength), update,
-        count. Returns the regularization loss ``R(w)`` before the update."""
+        count; with adaptive clipping (``sigma_g C_t`` noise) also noise the unclipped
+        count and advance the clip. Returns the regularization loss ``R(w)`` before the
+        update."""
         config = self._dp_config
         variables = self.trainable_variables
-        if config.noise_multiplier > 0:
+        adaptive = config.adaptive_clip is not None
+        if config.noise_multiplier > 0 or adaptive:
             # One draw of uniforms for the whole update, made Gaussian by Box-Muller
-            # (keras_privacy.training.noise: 2-3x faster than Generator.normal on CPU).
+            # (keras_privacy.training.noise: 2-3x faster than Generator.normal on CPU);
+            # adaptive clipping's count takes one more pair.
             state = self._dp_step_state
             shapes = [tuple(v.shape) for v in variables]
+            pairs = pairs_needed([math.prod(s) for s in shapes])
+            if config.gradient_noise_multiplier == 0:
+                pairs = 0
             key = state.noise_key.assign_add(tf.constant([0, 1], "int64"))
-            uniforms = state.uniforms(key, pairs_needed([math.prod(s) for s in shapes]))
-            flat = gaussians_from_uniforms(uniforms, config.noise_stddev)
-            grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
+            uniforms = state.uniforms(key, pairs + (1 if adaptive else 0))
+            if pairs:
+                stddev = config.gradient_noise_multiplier * clip
+                gradient_uniforms = uniforms[:, :pairs] if adaptive else uniforms
+                flat = gaussians_from_uniforms(gradient_uniforms, stddev)
+                grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
+            if adaptive:
+                count_stddev = float(config.adaptive_clip.clipped_count_stddev)
+                count_noise = gaussians_from_uniforms(uniforms[:, pairs:], count_stddev)[0]
+                state.clip.assign(
+                    adapted_clip(config, clip, unclipped, units, count_noise, denominator)
+                )
         grads = [g / tf.cast(denominator, "float32") for g in grad_sum]
         regularization_loss = apply_private_update(
             self, grads, [v.value for v in variables], _value_and_grad
