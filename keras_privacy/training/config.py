@@ -59,6 +59,10 @@ class DPConfig:
         design); without ``seed`` they draw from non-deterministic state.
       engine: how the clipped sum is computed (one of :data:`ENGINES`); every engine
         computes the same exact sum, they differ in speed and in the models they cover.
+      adaptive_clip: set from ``l2_norm_clip=AdaptiveClip(...)`` (see ``l2_norm_clip``).
+      secure_noise: draw the noise from the OS's cryptographically secure generator at
+        every update (:func:`keras_privacy.training.noise.secure_standard_normals`);
+        cannot be combined with ``seed``.
     """
 
     l2_norm_clip: float
@@ -69,6 +73,7 @@ class DPConfig:
     seed: int | None = None
     engine: str = "auto"
     adaptive_clip: AdaptiveClip | None = None
+    secure_noise: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.l2_norm_clip, AdaptiveClip):
@@ -84,6 +89,7 @@ class DPConfig:
             sampling=self.sampling,
             seed=self.seed,
             engine=self.engine,
+            secure_noise=self.secure_noise,
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -97,6 +103,7 @@ class DPConfig:
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "sampling": self.sampling,
             "engine": self.engine,
+            "secure_noise": self.secure_noise,
         }
 
     @property
@@ -140,6 +147,7 @@ def validate_dp_arguments(
     sampling: Any = None,
     seed: Any = None,
     engine: Any = "auto",
+    secure_noise: Any = False,
 ) -> None:
     """Raise :class:`PrivacyError` (a ``ValueError``) naming any bad DP argument."""
     if isinstance(l2_norm_clip, AdaptiveClip):
@@ -191,4 +199,11 @@ def validate_dp_arguments(
             f"engine must be one of {ENGINES}, received {engine!r}: 'auto' uses the fast "
             "norm-only engine where it is exact for the model and the vectorized one "
             "otherwise."
+        )
+    if not isinstance(secure_noise, bool):
+        raise PrivacyError(f"secure_noise must be True or False, received {secure_noise!r}.")
+    if secure_noise and seed is not None:
+        raise PrivacyError(
+            "secure_noise=True draws the noise from the operating system's secure generator; "
+            f"it cannot be combined with seed={seed!r}, which makes the noise predictable."
         )

@@ -45,6 +45,7 @@ class DPTrainingMixin:
         sampling: str | None,
         seed: int | None,
         engine: str = "auto",
+        secure_noise: bool = False,
     ) -> None:
         # Validate what was given now; clip and noise may come from a DP optimizer later.
         validate_dp_arguments(
@@ -55,6 +56,7 @@ class DPTrainingMixin:
             sampling=sampling,
             seed=seed,
             engine=engine,
+            secure_noise=secure_noise,
         )
         self._dp_settings = {
             "l2_norm_clip": l2_norm_clip,
@@ -64,6 +66,7 @@ class DPTrainingMixin:
             "sampling": sampling,
             "seed": seed,
             "engine": engine,
+            "secure_noise": secure_noise,
         }
         self._dp_config: DPConfig | None = None
         if l2_norm_clip is not None and noise_multiplier is not None:

@@ -17,6 +17,7 @@ shapes are static and XLA compiles the step once.
 
 from __future__ import annotations
 
+import math
 import secrets
 
 import jax
@@ -29,6 +30,7 @@ from keras_privacy.training.backend.jax.fast_engine import FastEngine
 from keras_privacy.training.clipping import unclipped_count
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.engine import engine_table
+from keras_privacy.training.noise import secure_standard_normals, split_noise
 from keras_privacy.training.optimizers import stateless_private_apply
 from keras_privacy.training.regularization import add_regularization_gradient
 
@@ -77,6 +79,18 @@ class _StepState:
     def reset_segment(self) -> None:
         self.values["largest_batch"] = jnp.zeros((), "int32")
         self.values["largest_unit"] = jnp.zeros((), "int32")
+
+
+def _secure_normals(count: int):
+    """``count`` N(0, 1) float32 numbers fresh from the OS's CSPRNG, inside the compiled
+    step (a host callback: ``secure_noise``, see :mod:`keras_privacy.training.noise`)."""
+    from jax.experimental import io_callback
+
+    return io_callback(
+        lambda: secure_standard_normals(count),
+        jax.ShapeDtypeStruct((count,), jnp.float32),
+        ordered=True,
+    )
 
 
 #: Rows per piece of a padded Poisson batch (see ``_dp_clipped_poisson_pieces``).
@@ -163,9 +177,11 @@ class JAXDPTrainer(shared.DPTrainerBase):
         )
         if adaptive:
             key, noise_key, count_key = jax.random.split(dp["key"], 3)
-            count_noise = config.adaptive_clip.clipped_count_stddev * jax.random.normal(
-                count_key, (), "float32"
-            )
+            if config.secure_noise:
+                count_normal = _secure_normals(1)[0]
+            else:
+                count_normal = jax.random.normal(count_key, (), "float32")
+            count_noise = config.adaptive_clip.clipped_count_stddev * count_normal
             new_clip = shared.adapted_clip(config, clip, unclipped, rows, count_noise, divisor)
         else:
             key, noise_key = jax.random.split(dp["key"])
@@ -321,14 +337,22 @@ class JAXDPTrainer(shared.DPTrainerBase):
         new trainable and optimizer values and ``R(w)``."""
         config = self._dp_config
         keys = jax.random.split(noise_key, len(grad_sum))
+        secure = None
+        if config.secure_noise and config.gradient_noise_multiplier > 0:
+            shapes = [g.shape for g in grad_sum]
+            secure = split_noise(_secure_normals(sum(math.prod(s) for s in shapes)), shapes)
         grads = []
-        for g, k in zip(grad_sum, keys, strict=True):
+        for i, (g, k) in enumerate(zip(grad_sum, keys, strict=True)):
             if config.gradient_noise_multiplier > 0:
-                # The partitionable threefry derivation draws the same distribution ~2x
-                # faster on CPU (one core: 5.6 against 9-11 ms for 670k normals); set for
-                # this draw only, the user's own random streams are left as they are.
-                with jax.threefry_partitionable(True):
-                    noise = jax.random.normal(k, g.shape, "float32")
+                if secure is not None:
+                    noise = secure[i]
+                else:
+                    # The partitionable threefry derivation draws the same distribution
+                    # ~2x faster on CPU (one core: 5.6 against 9-11 ms for 670k normals);
+                    # set for this draw only, the user's own random streams are left as
+                    # they are.
+                    with jax.threefry_partitionable(True):
+                        noise = jax.random.normal(k, g.shape, "float32")
                 g = g + (config.gradient_noise_multiplier * clip) * noise
             grads.append(g / jnp.asarray(divisor, "float32"))
         grads, regularization_loss = add_regularization_gradient(

@@ -19,7 +19,12 @@ import tensorflow as tf
 from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
 from keras_privacy.training.clipping import unclipped_count
 from keras_privacy.training.fast.engine import engine_table
-from keras_privacy.training.noise import gaussians_from_uniforms, pairs_needed, split_noise
+from keras_privacy.training.noise import (
+    gaussians_from_uniforms,
+    pairs_needed,
+    secure_standard_normals,
+    split_noise,
+)
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses
 from keras_privacy.training.step import (
     COUNTERS,
@@ -240,6 +245,33 @@ class TensorFlowDPTrainer(DPTrainerBase):
         y_pred = keras.tree.map_structure(lambda ta: ta.concat(), preds)
         return grad_sum, losses.concat(), y_pred, chunk, unclipped
 
+    def _dp_gaussians(self, pairs: int, stddev: Any, count_stddev: float | None) -> tuple:
+        """``2 pairs`` N(0, stddev^2) numbers (``None`` for no pairs) and, with a
+        ``count_stddev``, one N(0, count_stddev^2) for adaptive clipping's count.
+
+        Default: ThreeFry uniforms at the model's key ``(seed, n)``, made Gaussian by
+        Box-Muller (keras_privacy.training.noise: 2-3x faster than Generator.normal on
+        CPU). ``secure_noise``: fresh OS-CSPRNG normals
+        (:func:`~keras_privacy.training.noise.secure_standard_normals`), on the host."""
+        extra = 0 if count_stddev is None else 1
+        if self._dp_config.secure_noise:
+            total = 2 * pairs + extra
+            normals = tf.numpy_function(
+                secure_standard_normals, [tf.constant(total, "int64")], tf.float32, stateful=True
+            )
+            normals = tf.reshape(normals, [total])
+            flat = normals[: 2 * pairs] * stddev if pairs else None
+            return flat, (normals[2 * pairs] * count_stddev if extra else None)
+        state = self._dp_step_state
+        key = state.noise_key.assign_add(tf.constant([0, 1], "int64"))
+        uniforms = state.uniforms(key, pairs + extra)
+        flat = None
+        if pairs:
+            flat = gaussians_from_uniforms(uniforms[:, :pairs] if extra else uniforms, stddev)
+        if not extra:
+            return flat, None
+        return flat, gaussians_from_uniforms(uniforms[:, pairs:], count_stddev)[0]
+
     def _dp_apply(
         self, grad_sum: list, denominator: Any, clip: Any, unclipped: Any, units: Any
     ) -> Any:
@@ -252,25 +284,18 @@ class TensorFlowDPTrainer(DPTrainerBase):
         variables = self.trainable_variables
         adaptive = config.adaptive_clip is not None
         if config.noise_multiplier > 0 or adaptive:
-            # One draw of uniforms for the whole update, made Gaussian by Box-Muller
-            # (keras_privacy.training.noise: 2-3x faster than Generator.normal on CPU);
-            # adaptive clipping's count takes one more pair.
-            state = self._dp_step_state
+            # One draw for the whole update (adaptive clipping's count takes one more pair).
             shapes = [tuple(v.shape) for v in variables]
             pairs = pairs_needed([math.prod(s) for s in shapes])
             if config.gradient_noise_multiplier == 0:
                 pairs = 0
-            key = state.noise_key.assign_add(tf.constant([0, 1], "int64"))
-            uniforms = state.uniforms(key, pairs + (1 if adaptive else 0))
+            count_stddev = float(config.adaptive_clip.clipped_count_stddev) if adaptive else None
+            stddev = config.gradient_noise_multiplier * clip
+            flat, count_noise = self._dp_gaussians(pairs, stddev, count_stddev)
             if pairs:
-                stddev = config.gradient_noise_multiplier * clip
-                gradient_uniforms = uniforms[:, :pairs] if adaptive else uniforms
-                flat = gaussians_from_uniforms(gradient_uniforms, stddev)
                 grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
             if adaptive:
-                count_stddev = float(config.adaptive_clip.clipped_count_stddev)
-                count_noise = gaussians_from_uniforms(uniforms[:, pairs:], count_stddev)[0]
-                state.clip.assign(
+                self._dp_step_state.clip.assign(
                     adapted_clip(config, clip, unclipped, units, count_noise, denominator)
                 )
         grads = [g / tf.cast(denominator, "float32") for g in grad_sum]

@@ -24,7 +24,7 @@ from keras_privacy.training import step as shared
 from keras_privacy.training.backend.torch.fast_engine import FastEngine
 from keras_privacy.training.clipping import unclipped_count
 from keras_privacy.training.fast.engine import engine_table
-from keras_privacy.training.noise import split_noise
+from keras_privacy.training.noise import secure_standard_normals, split_noise
 
 # torch's CPU generator state (``get_state``): the initial seed (uint64), ``left`` and
 # ``seeded`` (int32 each), ``next`` (uint64), then the 624 Mersenne Twister words, each in
@@ -174,6 +174,15 @@ class TorchDPTrainer(shared.DPTrainerBase):
         y_pred = keras.tree.map_structure(lambda *parts: torch.cat(parts), *preds)
         return grad_sum, torch.cat(losses), y_pred, unclipped
 
+    def _dp_standard_normals(self, count: int) -> torch.Tensor:
+        """``count`` N(0, 1) float32 numbers where the gradients are: from the model's
+        generator, or with ``secure_noise`` fresh from the OS's CSPRNG
+        (:func:`~keras_privacy.training.noise.secure_standard_normals`)."""
+        generator = self._dp_step_state.generator
+        if self._dp_config.secure_noise:
+            return torch.from_numpy(secure_standard_normals(count)).to(generator.device)
+        return torch.randn(count, generator=generator, dtype=torch.float32, device=generator.device)
+
     def _dp_apply(self, grad_sum: list, divisor: Any, clip: Any, unclipped: Any, units: int) -> Any:
         """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, add the weight
         regularizers' gradient (data-independent: after noising, at full strength), update,
@@ -190,21 +199,15 @@ class TorchDPTrainer(shared.DPTrainerBase):
             if config.gradient_noise_multiplier > 0:
                 # One draw for the whole update from the model's generator.
                 shapes = [tuple(v.shape) for v in variables]
-                flat = torch.randn(
-                    sum(math.prod(s) for s in shapes),
-                    generator=self._dp_step_state.generator,
-                    dtype=torch.float32,
-                    device=self._dp_step_state.generator.device,
-                )
+                flat = self._dp_standard_normals(sum(math.prod(s) for s in shapes))
                 for g, z in zip(grads, split_noise(flat, shapes), strict=True):
                     if isinstance(stddev, torch.Tensor):
                         g.add_(z * stddev)
                     else:
                         g.add_(z, alpha=stddev)
             if config.adaptive_clip is not None:
-                generator = state.generator
-                count_noise = config.adaptive_clip.clipped_count_stddev * torch.randn(
-                    (), generator=generator, dtype=torch.float32, device=generator.device
+                count_noise = (
+                    config.adaptive_clip.clipped_count_stddev * self._dp_standard_normals(1)[0]
                 )
                 state.clip = shared.adapted_clip(
                     config, clip, unclipped, units, count_noise, divisor
