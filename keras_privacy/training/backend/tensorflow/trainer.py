@@ -184,7 +184,9 @@ class TensorFlowDPTrainer(DPTrainerBase):
             rows = tf.shape(keras.tree.flatten(data[0])[0])[0]
         poisson = mask is not None
         divisor = public_divisor(config, self._dp_expected_units, rows, poisson=poisson)
-        clip = tf.convert_to_tensor(self._dp_clip(), "float32")  # read before the update
+        clip = self._dp_clip()  # the fixed clip, or C_t read before the update
+        if config.adaptive_clip is not None:
+            clip = tf.convert_to_tensor(clip, "float32")
         grad_sum, unit_losses, y_pred, chunk, unclipped = self._dp_clipped_logical_batch(
             data, rows, num_units, config.gradient_accumulation_steps, clip
         )
