@@ -1,7 +1,7 @@
 """Examples/s and peak memory: non-private ``fit`` vs DP ``fit``, measured in one run.
 
     python benchmarks/training_speed.py [--models cnn mlp embedding transformer]
-        [--modes plain vectorized fast] [--steps 40]
+        [--modes plain vectorized fast secure adaptive] [--steps 40]
 
     # one pinned core, one thread (the figures in docs/performance.md):
     TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 taskset -c 0 \
@@ -40,6 +40,8 @@ from keras_privacy import programs
 BATCH = 250
 MODELS = ("cnn", "mlp", "embedding", "transformer")
 MODES = ("plain", "vectorized", "fast")
+#: Not run by default: the fast engine with secure_noise=True, or with an AdaptiveClip.
+EXTRA_MODES = ("secure", "adaptive")
 
 
 def embedding_model():
@@ -109,9 +111,17 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
     }
     model = builders[model_name]()
     if mode != "plain":
-        # "fast" runs engine="auto": the fast engine where it is exact, which is reported.
-        engine = "auto" if mode == "fast" else mode
-        model = kp.make_private(model, l2_norm_clip=1.0, noise_multiplier=1.1, engine=engine)
+        # "fast" runs engine="auto": the fast engine where it is exact, which is reported;
+        # "secure" and "adaptive" are "fast" with secure_noise=True / an AdaptiveClip.
+        engine = "vectorized" if mode == "vectorized" else "auto"
+        clip = kp.AdaptiveClip(clipped_count_stddev=BATCH / 20) if mode == "adaptive" else 1.0
+        model = kp.make_private(
+            model,
+            l2_norm_clip=clip,
+            noise_multiplier=1.1,
+            engine=engine,
+            secure_noise=mode == "secure",
+        )
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -143,7 +153,7 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
     used = getattr(model, "dp_engine_used", None)
     return {
         "model": model_name,
-        "mode": mode if used in (None, mode) else f"auto:{used}",
+        "mode": mode if used in (None, mode) or mode in EXTRA_MODES else f"auto:{used}",
         "examples_per_s": ran * BATCH / seconds,
         # Per CPU second of this process (all its threads): what one dedicated core would
         # give, when another process shares the pinned core.
@@ -156,7 +166,7 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES + EXTRA_MODES)
     parser.add_argument("--steps", type=int, default=40, help="timed updates per run")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -20,6 +20,7 @@ __version__ = "0.1.0.dev0"
 _LAZY = {
     # training
     "make_private": "keras_privacy.training",
+    "AdaptiveClip": "keras_privacy.training.adaptive_clip",
     "clone_model": "keras_privacy.training",
     "DPModel": "keras_privacy.training",
     "DPSequential": "keras_privacy.training",

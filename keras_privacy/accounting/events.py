@@ -262,12 +262,28 @@ def segment_event(segment: Any) -> dp_accounting.DpEvent:
             "segment); otherwise no epsilon can be stated"
         )
     noise_multiplier = float(segment.noise_multiplier)
+    adaptive = getattr(segment, "adaptive_clip", None)
+    if adaptive:
+        noise_multiplier = adaptive_noise_multiplier(adaptive)
     used_microbatching = int(segment.examples_per_clipping_unit) > 1
     if sampling == POISSON:
         q = min(1.0, batch_size / dataset_size)
         return poisson_dp_sgd_event(q, noise_multiplier, updates, used_microbatching)
     passes = shuffle_passes_for_updates(updates, dataset_size, min(batch_size, dataset_size))
     return shuffle_dp_sgd_event(passes, noise_multiplier, used_microbatching)
+
+
+def adaptive_noise_multiplier(adaptive: dict) -> float:
+    """One adaptive-clipping update's releases -- the clipped sum (sensitivity C_t, noise
+    multiplier ``sigma_g``) and the shifted clipped count (sensitivity 1/2, noise
+    multiplier ``2 s``), both of the same sample -- as the one Gaussian they compose to
+    exactly: noise multiplier ``(sigma_g^-2 + (2 s)^-2)^(-1/2)`` (Andrew et al. 2021; the
+    2-D Gaussian's privacy loss is a 1-D Gaussian's, so RDP and PLD both stay exact)."""
+    gradient = float(adaptive["gradient_noise_multiplier"])
+    count = float(adaptive["count_noise_multiplier"])
+    if gradient == 0:
+        return 0.0
+    return (gradient**-2 + count**-2) ** -0.5
 
 
 def training_record_event(record: Any) -> dp_accounting.DpEvent:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 
 from keras_privacy._lazy import lazy_getattr
+from keras_privacy.training.adaptive_clip import AdaptiveClip
 from keras_privacy.training.errors import BatchMixingWarning, PrivacyError, SamplingWarning
 from keras_privacy.training.record import TrainingRecord, TrainingSegment
 
@@ -37,6 +38,7 @@ _LAZY = {
 SERIALIZABLE_MODULES = ("model", "private", "optimizers", "losses", "dp_training")
 
 __all__ = [
+    "AdaptiveClip",
     "BatchMixingWarning",
     "DPConfig",
     "DPKerasAdagradOptimizer",

@@ -92,3 +92,33 @@ def clipped_sum(grads: Sequence, l2_norm_clip: float, unit_mask: object | None =
     norms = global_norms(grads)
     factors = clip_factors(norms, l2_norm_clip, unit_mask)
     return weighted_sum(grads, factors, norms), norms
+
+
+def unclipped_count(norms: object, l2_norm_clip: object, unit_mask: object | None = None) -> object:
+    """``sum_u 1[||g_u|| <= C]`` over the real units (float32): the units the clip left
+    whole, from the same norms that gave the clip factors. A non-finite norm (factor 0)
+    and a masked (padding) unit count 0. Adaptive clipping's count query
+    (:mod:`keras_privacy.training.adaptive_clip`)."""
+    below = ops.cast(ops.logical_and(ops.isfinite(norms), norms <= l2_norm_clip), "float32")
+    if unit_mask is not None:
+        below = below * ops.cast(unit_mask, "float32")
+    return ops.sum(below)
+
+
+def next_adaptive_clip(
+    l2_norm_clip: object,
+    unclipped: object,
+    units: object,
+    count_noise: object,
+    divisor: object,
+    target_quantile: float,
+    learning_rate: float,
+) -> object:
+    """``C exp(-eta (b - gamma))`` with the noisy unclipped fraction
+    ``b = clamp(1/2 + (unclipped - units / 2 + count_noise) / B, 0, 1)``: each of the
+    ``units`` examples enters as ``1[||g|| <= C] - 1/2`` (sensitivity 1/2), ``count_noise``
+    is ``N(0, s^2)`` and ``B`` the public divisor (Andrew et al. 2021, geometric update)."""
+    shifted = ops.cast(unclipped, "float32") - 0.5 * ops.cast(units, "float32")
+    fraction = 0.5 + (shifted + count_noise) / ops.cast(divisor, "float32")
+    fraction = ops.clip(fraction, 0.0, 1.0)
+    return l2_norm_clip * ops.exp(-learning_rate * (fraction - target_quantile))

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
+from keras_privacy.training.adaptive_clip import AdaptiveClip
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.record import POISSON, SHUFFLE
 
@@ -33,7 +34,9 @@ class DPConfig:
     per update (a public constant, never the realised Poisson batch size).
 
     Attributes:
-      l2_norm_clip: C > 0.
+      l2_norm_clip: C > 0, or an :class:`~keras_privacy.training.adaptive_clip.AdaptiveClip`
+        (then ``C`` is its ``initial`` clip, :attr:`adaptive_clip` holds it, and each
+        update clips at the step's current estimate ``C_t`` of a quantile of the norms).
       noise_multiplier: sigma >= 0 (0 gives clipping without privacy: accounting then
         reports an infinite epsilon).
       num_microbatches: ``None`` (default) clips every example on its own. An integer k
@@ -56,6 +59,10 @@ class DPConfig:
         design); without ``seed`` they draw from non-deterministic state.
       engine: how the clipped sum is computed (one of :data:`ENGINES`); every engine
         computes the same exact sum, they differ in speed and in the models they cover.
+      adaptive_clip: set from ``l2_norm_clip=AdaptiveClip(...)`` (see ``l2_norm_clip``).
+      secure_noise: draw the noise from the OS's cryptographically secure generator at
+        every update (:func:`keras_privacy.training.noise.secure_standard_normals`);
+        cannot be combined with ``seed``.
     """
 
     l2_norm_clip: float
@@ -65,8 +72,15 @@ class DPConfig:
     sampling: str | None = None
     seed: int | None = None
     engine: str = "auto"
+    adaptive_clip: AdaptiveClip | None = None
+    secure_noise: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.l2_norm_clip, AdaptiveClip):
+            object.__setattr__(self, "adaptive_clip", self.l2_norm_clip)
+            object.__setattr__(self, "l2_norm_clip", float(self.l2_norm_clip.initial))
+        if self.adaptive_clip is not None:
+            check_adaptive_clip(self.adaptive_clip, self.noise_multiplier, self.num_microbatches)
         validate_dp_arguments(
             l2_norm_clip=self.l2_norm_clip,
             noise_multiplier=self.noise_multiplier,
@@ -75,27 +89,53 @@ class DPConfig:
             sampling=self.sampling,
             seed=self.seed,
             engine=self.engine,
+            secure_noise=self.secure_noise,
         )
 
     def to_config(self) -> dict[str, Any]:
         """The settings worth saving with a model: everything except the seed."""
         return {
-            "l2_norm_clip": self.l2_norm_clip,
+            "l2_norm_clip": (
+                self.l2_norm_clip if self.adaptive_clip is None else self.adaptive_clip.to_config()
+            ),
             "noise_multiplier": self.noise_multiplier,
             "num_microbatches": self.num_microbatches,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "sampling": self.sampling,
             "engine": self.engine,
+            "secure_noise": self.secure_noise,
         }
 
     @property
     def noise_stddev(self) -> float:
-        """Standard deviation of the noise added to the clipped sum: sigma * C."""
-        return self.noise_multiplier * self.l2_norm_clip
+        """Standard deviation of the noise added to the clipped sum: sigma * C (with
+        adaptive clipping, at the initial clip; the step uses ``sigma_g C_t``)."""
+        return self.gradient_noise_multiplier * self.l2_norm_clip
+
+    @property
+    def gradient_noise_multiplier(self) -> float:
+        """The clipped sum's noise multiplier: ``noise_multiplier``, or with adaptive
+        clipping the part ``sigma_g`` of it left after the clipped count's noise."""
+        if self.adaptive_clip is None:
+            return self.noise_multiplier
+        return self.adaptive_clip.gradient_noise_multiplier(self.noise_multiplier)
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_adaptive_clip(
+    adaptive_clip: AdaptiveClip, noise_multiplier: Any, num_microbatches: Any
+) -> None:
+    """Refuse adaptive clipping where its accounting would not hold."""
+    if num_microbatches is not None:
+        raise PrivacyError(
+            "l2_norm_clip=AdaptiveClip(...) clips each example on its own; it cannot be "
+            f"combined with num_microbatches={num_microbatches!r}."
+        )
+    if _is_number(noise_multiplier) and math.isfinite(noise_multiplier) and noise_multiplier > 0:
+        adaptive_clip.gradient_noise_multiplier(noise_multiplier)  # raises if 2 s <= sigma
 
 
 def validate_dp_arguments(
@@ -107,12 +147,17 @@ def validate_dp_arguments(
     sampling: Any = None,
     seed: Any = None,
     engine: Any = "auto",
+    secure_noise: Any = False,
 ) -> None:
     """Raise :class:`PrivacyError` (a ``ValueError``) naming any bad DP argument."""
+    if isinstance(l2_norm_clip, AdaptiveClip):
+        check_adaptive_clip(l2_norm_clip, noise_multiplier, num_microbatches)
+        l2_norm_clip = l2_norm_clip.initial
     if not _is_number(l2_norm_clip) or not math.isfinite(l2_norm_clip) or l2_norm_clip <= 0:
         raise PrivacyError(
-            f"l2_norm_clip must be a finite number > 0, received {l2_norm_clip!r}. "
-            "It bounds the L2 norm of each example's gradient; 1.0 is a common start."
+            f"l2_norm_clip must be a finite number > 0 or a keras_privacy.AdaptiveClip, "
+            f"received {l2_norm_clip!r}. It bounds the L2 norm of each example's gradient; "
+            "1.0 is a common start."
         )
     if (
         not _is_number(noise_multiplier)
@@ -154,4 +199,11 @@ def validate_dp_arguments(
             f"engine must be one of {ENGINES}, received {engine!r}: 'auto' uses the fast "
             "norm-only engine where it is exact for the model and the vectorized one "
             "otherwise."
+        )
+    if not isinstance(secure_noise, bool):
+        raise PrivacyError(f"secure_noise must be True or False, received {secure_noise!r}.")
+    if secure_noise and seed is not None:
+        raise PrivacyError(
+            "secure_noise=True draws the noise from the operating system's secure generator; "
+            f"it cannot be combined with seed={seed!r}, which makes the noise predictable."
         )

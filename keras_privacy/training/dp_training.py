@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from keras_privacy.training import user_checks
+from keras_privacy.training.adaptive_clip import AdaptiveClip, ClipHistory, clip_history_callback
 from keras_privacy.training.backend import DPTrainer
 from keras_privacy.training.checks import check_layers_supported
 from keras_privacy.training.config import DPConfig, validate_dp_arguments
@@ -45,6 +46,7 @@ class DPTrainingMixin:
         sampling: str | None,
         seed: int | None,
         engine: str = "auto",
+        secure_noise: bool = False,
     ) -> None:
         # Validate what was given now; clip and noise may come from a DP optimizer later.
         validate_dp_arguments(
@@ -55,6 +57,7 @@ class DPTrainingMixin:
             sampling=sampling,
             seed=seed,
             engine=engine,
+            secure_noise=secure_noise,
         )
         self._dp_settings = {
             "l2_norm_clip": l2_norm_clip,
@@ -64,6 +67,7 @@ class DPTrainingMixin:
             "sampling": sampling,
             "seed": seed,
             "engine": engine,
+            "secure_noise": secure_noise,
         }
         self._dp_config: DPConfig | None = None
         if l2_norm_clip is not None and noise_multiplier is not None:
@@ -145,6 +149,15 @@ class DPTrainingMixin:
                 f"{self._dp_distribution.replicas} replicas (each replica would cut its own "
                 "share of the batch into microbatches). Use per-example clipping "
                 "(num_microbatches=None) when training on several devices."
+            )
+        distributed = self._dp_distribution.replicas > 1 or self._dp_distribution.workers > 1
+        if distributed and config and (config.adaptive_clip is not None or config.secure_noise):
+            # Untested across devices: per-replica secure draws would differ (and average
+            # to less noise), and the adaptive clip's count would need its own all-reduce.
+            option = "adaptive clipping" if config.adaptive_clip is not None else "secure_noise"
+            raise PrivacyError(
+                f"{option} is not supported on several devices yet: train on one device, "
+                "or with a fixed l2_norm_clip and the default noise generator."
             )
 
     @property
@@ -329,6 +342,9 @@ class DPTrainingMixin:
         self._dp_user_sample_weight = plan.user_sample_weight
         self._dp_open_segment(plan.segment)
         callbacks = [*plan.callbacks, *(callbacks or [])]
+        if config.adaptive_clip is not None:
+            check_adaptive_steps_per_execution(self)
+            callbacks.insert(0, clip_history_callback(plan.segment))
         try:
             history = super().fit(
                 epochs=epochs,
@@ -384,9 +400,17 @@ class DPTrainingMixin:
         self._dp_user_sample_weight = sample_weight is not None or class_weight is not None
         self._dp_chunk_size = None
         self._dp_expected_units = None
-        return super().train_on_batch(
-            x, y, sample_weight=sample_weight, class_weight=class_weight, **kwargs
+        if config.adaptive_clip is None:
+            return super().train_on_batch(
+                x, y, sample_weight=sample_weight, class_weight=class_weight, **kwargs
+            )
+        check_adaptive_steps_per_execution(self)
+        return_dict = kwargs.pop("return_dict", False)
+        logs = super().train_on_batch(
+            x, y, sample_weight=sample_weight, class_weight=class_weight, return_dict=True, **kwargs
         )
+        ClipHistory(self._dp_record.current).add(logs)
+        return logs if return_dict else self._flatten_metrics_in_order(logs)
 
     def make_train_function(self, force: bool = False):
         self._dp_check_trainable()
@@ -402,6 +426,8 @@ class DPTrainingMixin:
         config = super().get_config()
         settings = dict(self._dp_settings)
         settings.pop("seed")  # never saved: a known seed makes the noise predictable
+        if isinstance(settings["l2_norm_clip"], AdaptiveClip):
+            settings["l2_norm_clip"] = settings["l2_norm_clip"].to_config()
         config["dp_config"] = settings
         config["privacy_record"] = self.privacy_record.to_dict()
         return config
@@ -409,7 +435,9 @@ class DPTrainingMixin:
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None):
         config = dict(config)
-        settings = config.pop("dp_config", {})
+        settings = dict(config.pop("dp_config", {}))
+        if "l2_norm_clip" in settings:
+            settings["l2_norm_clip"] = AdaptiveClip.from_config(settings["l2_norm_clip"])
         record = config.pop("privacy_record", None)
         model = super().from_config(config, custom_objects=custom_objects)
         model._dp_setup(**{"seed": None, **settings})
@@ -428,6 +456,16 @@ class DPTrainingMixin:
         from keras_privacy.training.callbacks import privacy_spent
 
         return privacy_spent(self, delta, accountant, allow_large_delta=allow_large_delta)
+
+
+def check_adaptive_steps_per_execution(model: Any) -> None:
+    """Adaptive clipping records every update's clip from the step's logs, which Keras
+    hands over once per ``steps_per_execution`` steps: only 1 is supported."""
+    if (getattr(model, "steps_per_execution", 1) or 1) > 1:
+        raise PrivacyError(
+            "l2_norm_clip=AdaptiveClip(...) records the clip of every update, which needs "
+            f"steps_per_execution=1 (the model was compiled with {model.steps_per_execution})."
+        )
 
 
 _MARKER_KEY = "keras_privacy_dp_model"

@@ -59,12 +59,15 @@ class ClippedBatch:
       y_pred: the model's training-mode outputs for the batch's rows (for metrics).
       norms: shape ``[units]``: each unit's unclipped gradient norm (NaN/inf if it was
         not finite, in which case that unit contributed zero).
+      unclipped: set by a trainer that clips adaptively: how many real units have
+        ``norm <= C`` (:func:`~keras_privacy.training.clipping.unclipped_count`).
     """
 
     grad_sum: list
     unit_losses: Any
     y_pred: Any
     norms: Any
+    unclipped: Any = None
 
 
 #: Spreads the seed states of random layers (dropout) over clipping units: unit ``i`` of a

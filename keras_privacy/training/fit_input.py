@@ -56,7 +56,7 @@ class FitPlan:
 
 
 def new_segment(config: DPConfig, sampling: str, dataset_size: int | None, batch: int | None):
-    return TrainingSegment(
+    segment = TrainingSegment(
         sampling=sampling,
         dataset_size=dataset_size,
         expected_batch_size=batch,
@@ -64,6 +64,17 @@ def new_segment(config: DPConfig, sampling: str, dataset_size: int | None, batch
         l2_norm_clip=config.l2_norm_clip,
         num_microbatches=config.num_microbatches,
     )
+    adaptive = config.adaptive_clip
+    if adaptive is not None:
+        segment.adaptive_clip = {
+            "target_quantile": float(adaptive.target_quantile),
+            "learning_rate": float(adaptive.learning_rate),
+            "clipped_count_stddev": float(adaptive.clipped_count_stddev),
+            "gradient_noise_multiplier": config.gradient_noise_multiplier,
+            "count_noise_multiplier": adaptive.count_noise_multiplier,
+        }
+        segment.clip_values = []
+    return segment
 
 
 def plan_fit_input(

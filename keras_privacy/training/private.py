@@ -126,6 +126,7 @@ def make_private(
     sampling: str | None = None,
     seed: int | None = None,
     engine: str = "auto",
+    secure_noise: bool = False,
 ) -> PrivateModel:
     """Return a model that trains ``model``'s layers with DP-SGD through compile/fit.
 

@@ -53,6 +53,14 @@ class TrainingSegment:
         number of microbatches per batch, each microbatch being the clipping unit.
       examples_per_clipping_unit: 1 for per-example clipping, else the microbatch size.
       updates: optimizer updates done in this segment so far.
+      adaptive_clip: ``None`` for a fixed clip. With adaptive clipping
+        (:mod:`keras_privacy.training.adaptive_clip`) the settings and the split of the
+        noise: ``target_quantile``, ``learning_rate``, ``clipped_count_stddev`` (s),
+        ``gradient_noise_multiplier`` (sigma_g) and ``count_noise_multiplier`` (2 s),
+        which compose to ``noise_multiplier``; ``l2_norm_clip`` is then the clip of the
+        segment's first update.
+      clip_values: with adaptive clipping, the clip ``C_t`` each update of the segment
+        used, in order (as logged under ``l2_norm_clip``).
     """
 
     sampling: str
@@ -63,6 +71,8 @@ class TrainingSegment:
     num_microbatches: int | None = None
     examples_per_clipping_unit: int = 1
     updates: int = 0
+    adaptive_clip: dict[str, float] | None = None
+    clip_values: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLING_KINDS:
@@ -160,5 +170,18 @@ class TrainingRecord:
                     if s.used_microbatching
                     else ", per-example clipping"
                 )
+                + (_describe_adaptive(s) if s.adaptive_clip else "")
             )
         return "\n".join(lines)
+
+
+def _describe_adaptive(segment: TrainingSegment) -> str:
+    a = segment.adaptive_clip
+    clips = segment.clip_values or []
+    span = f", clip {min(clips):.4g}..{max(clips):.4g} (last {clips[-1]:.4g})" if clips else ""
+    return (
+        f", adaptive clip (quantile {a['target_quantile']}, learning rate "
+        f"{a['learning_rate']}, count stddev {a['clipped_count_stddev']}: gradient noise "
+        f"multiplier {a['gradient_noise_multiplier']:.6g}, count noise multiplier "
+        f"{a['count_noise_multiplier']:.6g}){span}"
+    )

@@ -39,6 +39,7 @@ import keras
 from keras import ops
 from keras.src.trainers.data_adapters import data_adapter_utils
 
+from keras_privacy.training import clipping
 from keras_privacy.training.config import DPConfig
 from keras_privacy.training.optimizers import private_update
 from keras_privacy.training.regularization import add_regularization_gradient
@@ -61,7 +62,9 @@ class DPTrainerBase:
     A backend sets ``_dp_engines`` (``"vectorized"``, ``"fast"``, ``"auto"`` -> engine) and
     ``_dp_step_state_class``, its per-model step state (noise generator and counters):
     ``cls(seed)`` from the DP ``seed`` (or ``None``), with ``counters()`` (:data:`COUNTERS`
-    as Python ints) and ``reset_segment()`` (zero the segment's maxima).
+    as Python ints) and ``reset_segment()`` (zero the segment's maxima); for adaptive
+    clipping also ``start_adaptive_clip(initial)`` (the clip ``C_t`` becomes state that
+    only the step advances) and ``clip_value()`` (``C_t`` as the backend's scalar).
     """
 
     _dp_engines: dict
@@ -70,8 +73,31 @@ class DPTrainerBase:
     def _dp_state(self) -> Any:
         """The model's step state, created on first use."""
         if self._dp_step_state is None:
-            self._dp_step_state = self._dp_step_state_class(self._dp_require_config().seed)
+            config = self._dp_require_config()
+            state = self._dp_step_state_class(config.seed)
+            if config.adaptive_clip is not None:
+                state.start_adaptive_clip(config.adaptive_clip.initial)
+            self._dp_step_state = state
         return self._dp_step_state
+
+    def _dp_clip(self) -> Any:
+        """The clip the next update uses: the fixed ``l2_norm_clip``, or with adaptive
+        clipping the step state's current ``C_t`` (a backend scalar, read at run time)."""
+        config = self._dp_require_config()
+        if config.adaptive_clip is None:
+            return config.l2_norm_clip
+        return self._dp_state().clip_value()
+
+    @property
+    def dp_current_clip(self) -> float | None:
+        """The clip the next update will use (``None`` before training with an adaptive
+        clip; the fixed ``l2_norm_clip`` otherwise)."""
+        config = self._dp_require_config()
+        if config.adaptive_clip is None:
+            return config.l2_norm_clip
+        if self._dp_step_state is None:
+            return None
+        return float(self._dp_step_state.clip_value())
 
     def _dp_reset_segment_counters(self) -> None:
         self._dp_state().reset_segment()
@@ -109,9 +135,27 @@ class DPTrainerBase:
             y,
             sample_weight,
             num_units=num_units,
-            l2_norm_clip=self._dp_require_config().l2_norm_clip,
+            l2_norm_clip=self._dp_clip(),
             unit_offset=unit_offset,
         )
+
+
+def adapted_clip(
+    config: DPConfig, clip: Any, unclipped: Any, units: Any, count_noise: Any, divisor: Any
+) -> Any:
+    """The clip after an update that clipped at ``clip``: ``unclipped`` of its ``units``
+    examples had norm <= ``clip``, ``count_noise`` ~ N(0, s^2) was drawn by the backend
+    with the update's noise (:func:`~keras_privacy.training.clipping.next_adaptive_clip`)."""
+    adaptive = config.adaptive_clip
+    return clipping.next_adaptive_clip(
+        clip,
+        unclipped,
+        units,
+        count_noise,
+        divisor,
+        float(adaptive.target_quantile),
+        float(adaptive.learning_rate),
+    )
 
 
 def rows_of(data: Any, start: Any, stop: Any) -> Any:
@@ -295,6 +339,7 @@ def _update_compiled_metrics(
 __all__ = [
     "COUNTERS",
     "DPTrainerBase",
+    "adapted_clip",
     "apply_private_update",
     "chunk_rows",
     "dp_metrics",

@@ -22,6 +22,7 @@ XLA all-reduces the clipped sums, and the replicated key draws one global noise 
 
 from __future__ import annotations
 
+import math
 import secrets
 
 import jax
@@ -31,8 +32,10 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training import step as shared
 from keras_privacy.training.backend.jax.fast_engine import FastEngine
+from keras_privacy.training.clipping import unclipped_count
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.engine import engine_table
+from keras_privacy.training.noise import secure_standard_normals, split_noise
 from keras_privacy.training.optimizers import stateless_private_apply
 from keras_privacy.training.regularization import add_regularization_gradient
 
@@ -72,9 +75,27 @@ class _StepState:
             "examples": self.totals["examples"],
         }
 
+    def start_adaptive_clip(self, initial: float) -> None:
+        self.values["clip"] = jnp.asarray(initial, "float32")
+
+    def clip_value(self):
+        return self.values["clip"]
+
     def reset_segment(self) -> None:
         self.values["largest_batch"] = jnp.zeros((), "int32")
         self.values["largest_unit"] = jnp.zeros((), "int32")
+
+
+def _secure_normals(count: int):
+    """``count`` N(0, 1) float32 numbers fresh from the OS's CSPRNG, inside the compiled
+    step (a host callback: ``secure_noise``, see :mod:`keras_privacy.training.noise`)."""
+    from jax.experimental import io_callback
+
+    return io_callback(
+        lambda: secure_standard_normals(count),
+        jax.ShapeDtypeStruct((count,), jnp.float32),
+        ordered=True,
+    )
 
 
 #: Rows per piece of a padded Poisson batch (see ``_dp_clipped_poisson_pieces``).
@@ -104,7 +125,7 @@ class JAXDPTrainer(shared.DPTrainerBase):
             y,
             sample_weight,
             num_units=num_units,
-            l2_norm_clip=self._dp_require_config().l2_norm_clip,
+            l2_norm_clip=self._dp_clip(),
             unit_offset=unit_offset,
         )
         for variable, value in zip(non_trainable, new_values, strict=True):
@@ -149,15 +170,27 @@ class JAXDPTrainer(shared.DPTrainerBase):
         chunk = capacity
         if accumulation > 1:
             chunk = min(shared.chunk_rows(self._dp_chunk_size, capacity, accumulation), capacity)
-        grad_sum, unit_losses, y_pred, non_trainable = self._dp_clipped_logical_batch(
-            trainable, non_trainable, data, mask, num_units, chunk
+        adaptive = config.adaptive_clip is not None
+        clip = dp["clip"] if adaptive else config.l2_norm_clip
+        grad_sum, unit_losses, y_pred, non_trainable, unclipped = self._dp_clipped_logical_batch(
+            trainable, non_trainable, data, mask, num_units, chunk, clip
         )
-        key, noise_key = jax.random.split(dp["key"])
+        if adaptive:
+            key, noise_key, count_key = jax.random.split(dp["key"], 3)
+            if config.secure_noise:
+                count_normal = _secure_normals(1)[0]
+            else:
+                count_normal = jax.random.normal(count_key, (), "float32")
+            count_noise = config.adaptive_clip.clipped_count_stddev * count_normal
+            new_clip = shared.adapted_clip(config, clip, unclipped, rows, count_noise, divisor)
+        else:
+            key, noise_key = jax.random.split(dp["key"])
         trainable, optimizer_values, regularization_loss = self._dp_apply(
-            trainable, optimizer_values, grad_sum, divisor, noise_key
+            trainable, optimizer_values, grad_sum, divisor, noise_key, clip
         )
         unit = shared.unit_size(num_units, chunk, capacity)
         dp = {
+            **({"clip": new_clip} if adaptive else {}),
             "key": key,
             # Counted here, where the noise is added: the accountant's events are these.
             "updates": dp["updates"] + 1,
@@ -168,16 +201,19 @@ class JAXDPTrainer(shared.DPTrainerBase):
         logs, metrics_values = self._dp_stateless_metrics(
             metrics_values, data, y_pred, unit_losses, rows, mask, regularization_loss
         )
+        if adaptive:
+            logs = {**logs, "l2_norm_clip": clip}
         return logs, (trainable, non_trainable, optimizer_values, metrics_values, dp)
 
-    def _dp_clipped_logical_batch(self, trainable, non_trainable, data, mask, num_units, chunk):
-        """The clipped sum of one logical batch, in chunks of ``chunk`` rows (static) when
-        accumulating: a ``lax.scan`` over the full chunks, then the remainder.
+    def _dp_clipped_logical_batch(
+        self, trainable, non_trainable, data, mask, num_units, chunk, clip
+    ):
+        """The clipped sum of one logical batch (clip ``clip``), in chunks of ``chunk`` rows
+        (static) when accumulating: a ``lax.scan`` over the full chunks, then the remainder.
 
-        Returns the summed clipped gradients, each unit's loss, the outputs, and the new
-        non-trainable values.
+        Returns the summed clipped gradients, each unit's loss, the outputs, the new
+        non-trainable values and the number of (real) units the clip left whole.
         """
-        config = self._dp_config
         capacity = keras.tree.flatten(data[0])[0].shape[0]
         engine = self._dp_engine_for_step()
 
@@ -188,10 +224,11 @@ class JAXDPTrainer(shared.DPTrainerBase):
                 non_trainable,
                 *part,
                 num_units=num_units,
-                l2_norm_clip=config.l2_norm_clip,
+                l2_norm_clip=clip,
                 unit_offset=offset,
                 unit_mask=part_mask,
             )
+            batch.unclipped = unclipped_count(batch.norms, clip, part_mask)
             return batch, non_trainable
 
         full = capacity // chunk
@@ -201,7 +238,7 @@ class JAXDPTrainer(shared.DPTrainerBase):
                     clipped, trainable, non_trainable, data, mask
                 )
             batch, non_trainable = clipped(non_trainable, data, mask, 0)
-            return batch.grad_sum, batch.unit_losses, batch.y_pred, non_trainable
+            return batch.grad_sum, batch.unit_losses, batch.y_pred, non_trainable, batch.unclipped
         units_per_chunk = chunk if num_units is None else num_units
         head = shared.rows_of((data, mask), 0, full * chunk)
         chunks = keras.tree.map_structure(
@@ -209,15 +246,17 @@ class JAXDPTrainer(shared.DPTrainerBase):
         )
 
         def body(carry, inputs):
-            sums, nt = carry
+            sums, nt, unclipped = carry
             (part, part_mask), i = inputs
             batch, nt = clipped(nt, part, part_mask, i * units_per_chunk)
             sums = [s + g for s, g in zip(sums, batch.grad_sum, strict=True)]
-            return (sums, nt), (batch.unit_losses, batch.y_pred)
+            return (sums, nt, unclipped + batch.unclipped), (batch.unit_losses, batch.y_pred)
 
         zeros = [jnp.zeros(jnp.shape(v), "float32") for v in trainable]
-        (grad_sum, non_trainable), (losses, preds) = jax.lax.scan(
-            body, (zeros, non_trainable), (chunks, jnp.arange(full, dtype="uint32"))
+        (grad_sum, non_trainable, unclipped), (losses, preds) = jax.lax.scan(
+            body,
+            (zeros, non_trainable, jnp.zeros((), "float32")),
+            (chunks, jnp.arange(full, dtype="uint32")),
         )
         losses = jnp.reshape(losses, (-1,))
         preds = keras.tree.map_structure(lambda p: jnp.reshape(p, (-1, *p.shape[2:])), preds)
@@ -225,11 +264,12 @@ class JAXDPTrainer(shared.DPTrainerBase):
             part, part_mask = shared.rows_of((data, mask), full * chunk, capacity)
             batch, non_trainable = clipped(non_trainable, part, part_mask, full * units_per_chunk)
             grad_sum = [s + g for s, g in zip(grad_sum, batch.grad_sum, strict=True)]
+            unclipped = unclipped + batch.unclipped
             losses = jnp.concatenate([losses, batch.unit_losses])
             preds = keras.tree.map_structure(
                 lambda a, b: jnp.concatenate([a, b.astype(a.dtype)]), preds, batch.y_pred
             )
-        return grad_sum, losses, preds, non_trainable
+        return grad_sum, losses, preds, non_trainable, unclipped
 
     def _dp_clipped_poisson_pieces(self, clipped, trainable, non_trainable, data, mask):
         """A padded Poisson batch in pieces of ``POISSON_PIECE`` rows, skipping the pieces
@@ -262,47 +302,58 @@ class JAXDPTrainer(shared.DPTrainerBase):
 
         def compute(nt, part, part_mask, i):
             batch, nt = clipped(nt, part, part_mask, i * POISSON_PIECE)
-            return batch.grad_sum, batch.unit_losses, batch.y_pred, nt
+            return batch.grad_sum, batch.unit_losses, batch.y_pred, batch.unclipped, nt
 
         def body(carry, inputs):
-            sums, nt = carry
+            sums, nt, unclipped = carry
             (part, part_mask), i = inputs
             shapes = jax.eval_shape(compute, nt, part, part_mask, i)
 
             def skip(nt, part, part_mask, i):
                 out = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-                return (*out[:3], nt)
+                return (*out[:4], nt)
 
-            grad, losses, preds, nt = jax.lax.cond(
+            grad, losses, preds, piece_unclipped, nt = jax.lax.cond(
                 i * POISSON_PIECE < rows, compute, skip, nt, part, part_mask, i
             )
             sums = [s + g for s, g in zip(sums, grad, strict=True)]
-            return (sums, nt), (losses, preds)
+            return (sums, nt, unclipped + piece_unclipped), (losses, preds)
 
-        (grad_sum, non_trainable), (losses, preds) = jax.lax.scan(
-            body, (zeros, non_trainable), (stacked, jnp.arange(pieces, dtype="uint32"))
+        (grad_sum, non_trainable, unclipped), (losses, preds) = jax.lax.scan(
+            body,
+            (zeros, non_trainable, jnp.zeros((), "float32")),
+            (stacked, jnp.arange(pieces, dtype="uint32")),
         )
         losses = jnp.reshape(losses, (-1,))[:capacity]
         preds = keras.tree.map_structure(
             lambda p: jnp.reshape(p, (-1, *p.shape[2:]))[:capacity], preds
         )
-        return grad_sum, losses, preds, non_trainable
+        return grad_sum, losses, preds, non_trainable, unclipped
 
-    def _dp_apply(self, trainable, optimizer_values, grad_sum, divisor, noise_key):
-        """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, add the weight
-        regularizers' gradient (data-independent: after noising, at full strength), apply
-        the update. Returns the new trainable and optimizer values and ``R(w)``."""
+    def _dp_apply(self, trainable, optimizer_values, grad_sum, divisor, noise_key, clip):
+        """Add N(0, (sigma C)^2) to the clipped sum once (adaptive clipping: ``sigma_g C_t``
+        at the update's clip ``clip``), divide by B, add the weight regularizers' gradient
+        (data-independent: after noising, at full strength), apply the update. Returns the
+        new trainable and optimizer values and ``R(w)``."""
         config = self._dp_config
         keys = jax.random.split(noise_key, len(grad_sum))
+        secure = None
+        if config.secure_noise and config.gradient_noise_multiplier > 0:
+            shapes = [g.shape for g in grad_sum]
+            secure = split_noise(_secure_normals(sum(math.prod(s) for s in shapes)), shapes)
         grads = []
-        for g, k in zip(grad_sum, keys, strict=True):
-            if config.noise_multiplier > 0:
-                # The partitionable threefry derivation draws the same distribution ~2x
-                # faster on CPU (one core: 5.6 against 9-11 ms for 670k normals); set for
-                # this draw only, the user's own random streams are left as they are.
-                with jax.threefry_partitionable(True):
-                    noise = jax.random.normal(k, g.shape, "float32")
-                g = g + config.noise_stddev * noise
+        for i, (g, k) in enumerate(zip(grad_sum, keys, strict=True)):
+            if config.gradient_noise_multiplier > 0:
+                if secure is not None:
+                    noise = secure[i]
+                else:
+                    # The partitionable threefry derivation draws the same distribution
+                    # ~2x faster on CPU (one core: 5.6 against 9-11 ms for 670k normals);
+                    # set for this draw only, the user's own random streams are left as
+                    # they are.
+                    with jax.threefry_partitionable(True):
+                        noise = jax.random.normal(k, g.shape, "float32")
+                g = g + (config.gradient_noise_multiplier * clip) * noise
             grads.append(g / jnp.asarray(divisor, "float32"))
         grads, regularization_loss = add_regularization_gradient(
             self, grads, trainable, lambda fn, values: jax.value_and_grad(fn)(values)

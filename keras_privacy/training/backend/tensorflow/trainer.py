@@ -17,13 +17,20 @@ import keras
 import tensorflow as tf
 
 from keras_privacy.training.backend.tensorflow.fast_engine import FastEngine
+from keras_privacy.training.clipping import unclipped_count
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.engine import engine_table
-from keras_privacy.training.noise import gaussians_from_uniforms, pairs_needed, split_noise
+from keras_privacy.training.noise import (
+    gaussians_from_uniforms,
+    pairs_needed,
+    secure_standard_normals,
+    split_noise,
+)
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses
 from keras_privacy.training.step import (
     COUNTERS,
     DPTrainerBase,
+    adapted_clip,
     apply_private_update,
     chunk_rows,
     dp_metrics,
@@ -92,6 +99,13 @@ class _StepState:
             self.largest_unit = variable(0)
             self.examples = variable(0)
 
+    def start_adaptive_clip(self, initial: float) -> None:
+        with tf.init_scope():
+            self.clip = tf.Variable(float(initial), dtype="float32", trainable=False)
+
+    def clip_value(self) -> Any:
+        return self.clip
+
     def reset_segment(self) -> None:
         self.largest_batch.assign(0)
         self.largest_unit.assign(0)
@@ -144,7 +158,10 @@ class TensorFlowDPTrainer(DPTrainerBase):
         strategy = self.distribute_strategy
         state = self._dp_step_state
         if state is None:
-            state = _StepState(self._dp_require_config().seed, strategy)
+            config = self._dp_require_config()
+            state = _StepState(config.seed, strategy)
+            if config.adaptive_clip is not None:
+                state.start_adaptive_clip(config.adaptive_clip.initial)
             self._dp_step_state = state
         elif state.strategy is not strategy:
             raise PrivacyError(
@@ -265,12 +282,15 @@ class TensorFlowDPTrainer(DPTrainerBase):
         replica = _replica_context()
         global_rows = rows if replica is None else replica.all_reduce("sum", rows)
         divisor = public_divisor(config, self._dp_expected_units, global_rows, poisson=poisson)
-        grad_sum, unit_losses, y_pred, chunk = self._dp_clipped_logical_batch(
-            data, rows, num_units, config.gradient_accumulation_steps
+        clip = self._dp_clip()  # the fixed clip, or C_t read before the update
+        if config.adaptive_clip is not None:
+            clip = tf.convert_to_tensor(clip, "float32")
+        grad_sum, unit_losses, y_pred, chunk, unclipped = self._dp_clipped_logical_batch(
+            data, rows, num_units, config.gradient_accumulation_steps, clip
         )
         if replica is not None:  # every example was clipped once, on its own replica
             grad_sum = replica.all_reduce("sum", grad_sum)
-        regularization_loss = self._dp_apply(grad_sum, divisor, replica)
+        regularization_loss = self._dp_apply(grad_sum, divisor, clip, unclipped, rows, replica)
         state = self._dp_step_state
         global_rows = tf.cast(global_rows, "int64")
         state.largest_batch.assign(tf.maximum(state.largest_batch, global_rows))
@@ -280,22 +300,25 @@ class TensorFlowDPTrainer(DPTrainerBase):
         logs = dp_metrics(
             self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
         )
+        if config.adaptive_clip is not None:
+            logs = {**logs, "l2_norm_clip": clip}
         if self._dp_distribution.workers > 1:
             # Keras reduces multi-worker logs with reduce("MEAN", v, axis=0), which fails
             # for scalars: as [1] tensors they reduce to the scalar mean over replicas.
             logs = keras.tree.map_structure(lambda t: tf.reshape(t, [1]), logs)
         return logs
 
-    def _dp_clipped_logical_batch(self, data, rows, num_units, accumulation_steps):
-        """The clipped sum of one logical batch, in chunks when accumulating.
+    def _dp_clipped_logical_batch(self, data, rows, num_units, accumulation_steps, clip):
+        """The clipped sum of one logical batch (clip ``clip``), in chunks when accumulating.
 
-        Returns the summed clipped gradients, each unit's loss, the outputs, and the chunk
-        size (rows per vectorized pass).
+        Returns the summed clipped gradients, each unit's loss, the outputs, the chunk
+        size (rows per vectorized pass) and the number of units the clip left whole.
         """
         chunk = self._dp_chunk_size  # rows per chunk for arrays, or None
         if accumulation_steps == 1:
             batch = self._dp_clipped(*data, num_units=num_units)
-            return batch.grad_sum, batch.unit_losses, batch.y_pred, rows
+            unclipped = unclipped_count(batch.norms, clip)
+            return batch.grad_sum, batch.unit_losses, batch.y_pred, rows, unclipped
         # Arrays: batch_size rows; a pipeline / train_on_batch batch: n nearly equal chunks.
         chunk = tf.cast(chunk_rows(chunk, rows, accumulation_steps), "int32")
         # The first chunk runs before the loop to fix the output structure.
@@ -304,34 +327,74 @@ class TensorFlowDPTrainer(DPTrainerBase):
         def new_array():
             return tf.TensorArray("float32", size=0, dynamic_size=True, infer_shape=False)
 
-        def body(i, sums, losses, preds):
+        def body(i, sums, losses, preds, unclipped):
             start = i * chunk
             part = rows_of(data, start, tf.minimum(start + chunk, rows))
             units_before = start if num_units is None else i * num_units
             batch = self._dp_clipped(*part, num_units=num_units, unit_offset=units_before)
             sums = [s + g for s, g in zip(sums, batch.grad_sum, strict=True)]
+            unclipped = unclipped + unclipped_count(batch.norms, clip)
             losses = losses.write(i, batch.unit_losses)
             preds = keras.tree.map_structure(
                 lambda ta, p: ta.write(i, tf.cast(p, "float32")), preds, batch.y_pred
             )
-            return i + 1, sums, losses, preds
+            return i + 1, sums, losses, preds, unclipped
 
         losses = new_array().write(0, first.unit_losses)
         preds = keras.tree.map_structure(
             lambda p: new_array().write(0, tf.cast(p, "float32")), first.y_pred
         )
-        _, grad_sum, losses, preds = tf.while_loop(
+        _, grad_sum, losses, preds, unclipped = tf.while_loop(
             lambda i, *_: i * chunk < rows,
             body,
-            (tf.constant(1), first.grad_sum, losses, preds),
+            (tf.constant(1), first.grad_sum, losses, preds, unclipped_count(first.norms, clip)),
         )
         y_pred = keras.tree.map_structure(lambda ta: ta.concat(), preds)
-        return grad_sum, losses.concat(), y_pred, chunk
+        return grad_sum, losses.concat(), y_pred, chunk, unclipped
 
-    def _dp_apply(self, grad_sum: list, denominator: Any, replica: Any = None) -> Any:
+    def _dp_gaussians(self, pairs: int, stddev: Any, count_stddev: float | None) -> tuple:
+        """``2 pairs`` N(0, stddev^2) numbers (``None`` for no pairs) and, with a
+        ``count_stddev``, one N(0, count_stddev^2) for adaptive clipping's count.
+
+        Default: ThreeFry uniforms at the model's key ``(seed, n)``, made Gaussian by
+        Box-Muller (keras_privacy.training.noise: 2-3x faster than Generator.normal on
+        CPU). ``secure_noise``: fresh OS-CSPRNG normals
+        (:func:`~keras_privacy.training.noise.secure_standard_normals`), on the host."""
+        extra = 0 if count_stddev is None else 1
+        if self._dp_config.secure_noise:
+            total = 2 * pairs + extra
+            normals = tf.numpy_function(
+                secure_standard_normals, [tf.constant(total, "int64")], tf.float32, stateful=True
+            )
+            normals = tf.reshape(normals, [total])
+            flat = normals[: 2 * pairs] * stddev if pairs else None
+            return flat, (normals[2 * pairs] * count_stddev if extra else None)
+        state = self._dp_step_state
+        # Read, then advance (mirrored: every replica reads the same key).
+        key = state.noise_key.read_value() + tf.constant([0, 1], "int64")
+        state.noise_key.assign(key)
+        uniforms = state.uniforms(key, pairs + extra)
+        flat = None
+        if pairs:
+            flat = gaussians_from_uniforms(uniforms[:, :pairs] if extra else uniforms, stddev)
+        if not extra:
+            return flat, None
+        return flat, gaussians_from_uniforms(uniforms[:, pairs:], count_stddev)[0]
+
+    def _dp_apply(
+        self,
+        grad_sum: list,
+        denominator: Any,
+        clip: Any,
+        unclipped: Any,
+        units: Any,
+        replica: Any = None,
+    ) -> Any:
         """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, add the weight
         regularizers' gradient (data-independent: after noising, at full strength), update,
-        count. Returns the regularization loss ``R(w)`` before the update.
+        count; with adaptive clipping (``sigma_g C_t`` noise) also noise the unclipped
+        count and advance the clip. Returns the regularization loss ``R(w)`` before the
+        update.
 
         Under a ``MirroredStrategy`` (``replica``) every replica holds the same ``S``
         and draws the same noise (the mirrored key), so each computes the same ``g``; the
@@ -339,17 +402,22 @@ class TensorFlowDPTrainer(DPTrainerBase):
         ``g / R``: the update is ``g``, its noise ``N(0, (sigma C / B)^2)`` exactly once."""
         config = self._dp_config
         variables = self.trainable_variables
-        if config.noise_multiplier > 0:
-            # One draw of uniforms for the whole update, made Gaussian by Box-Muller
-            # (keras_privacy.training.noise: 2-3x faster than Generator.normal on CPU).
-            state = self._dp_step_state
+        adaptive = config.adaptive_clip is not None
+        if config.noise_multiplier > 0 or adaptive:
+            # One draw for the whole update (adaptive clipping's count takes one more pair).
             shapes = [tuple(v.shape) for v in variables]
-            # Read, then advance (mirrored: every replica reads the same key).
-            key = state.noise_key.read_value() + tf.constant([0, 1], "int64")
-            state.noise_key.assign(key)
-            uniforms = state.uniforms(key, pairs_needed([math.prod(s) for s in shapes]))
-            flat = gaussians_from_uniforms(uniforms, config.noise_stddev)
-            grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
+            pairs = pairs_needed([math.prod(s) for s in shapes])
+            if config.gradient_noise_multiplier == 0:
+                pairs = 0
+            count_stddev = float(config.adaptive_clip.clipped_count_stddev) if adaptive else None
+            stddev = config.gradient_noise_multiplier * clip
+            flat, count_noise = self._dp_gaussians(pairs, stddev, count_stddev)
+            if pairs:
+                grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
+            if adaptive:
+                self._dp_step_state.clip.assign(
+                    adapted_clip(config, clip, unclipped, units, count_noise, denominator)
+                )
         grads = [g / tf.cast(denominator, "float32") for g in grad_sum]
         regularization_loss = apply_private_update(
             self,

@@ -22,8 +22,9 @@ from keras.src.backend.torch.core import get_device
 
 from keras_privacy.training import step as shared
 from keras_privacy.training.backend.torch.fast_engine import FastEngine
+from keras_privacy.training.clipping import unclipped_count
 from keras_privacy.training.fast.engine import engine_table
-from keras_privacy.training.noise import split_noise
+from keras_privacy.training.noise import secure_standard_normals, split_noise
 
 # torch's CPU generator state (``get_state``): the initial seed (uint64), ``left`` and
 # ``seeded`` (int32 each), ``next`` (uint64), then the 624 Mersenne Twister words, each in
@@ -72,6 +73,12 @@ class _StepState:
             self.generator.manual_seed(seed + 1)
         self.counts = dict.fromkeys(shared.COUNTERS, 0)
 
+    def start_adaptive_clip(self, initial: float) -> None:
+        self.clip = torch.tensor(float(initial), dtype=torch.float32, device=get_device())
+
+    def clip_value(self) -> torch.Tensor:
+        return self.clip
+
     def counters(self) -> dict[str, int]:
         """The counters (a copy)."""
         return dict(self.counts)
@@ -118,8 +125,11 @@ class TorchDPTrainer(shared.DPTrainerBase):
         chunk = rows
         if accumulation > 1:
             chunk = shared.chunk_rows(self._dp_chunk_size, rows, accumulation)
-        grad_sum, unit_losses, y_pred = self._dp_clipped_logical_batch(data, rows, num_units, chunk)
-        regularization_loss = self._dp_apply(grad_sum, divisor)
+        clip = self._dp_clip()  # the clip of this update (adaptive: C_t)
+        grad_sum, unit_losses, y_pred, unclipped = self._dp_clipped_logical_batch(
+            data, rows, num_units, chunk, clip
+        )
+        regularization_loss = self._dp_apply(grad_sum, divisor, clip, unclipped, rows)
         counts = self._dp_step_state.counts
         counts["examples"] += rows
         counts["largest_batch"] = max(counts["largest_batch"], rows)
@@ -127,25 +137,29 @@ class TorchDPTrainer(shared.DPTrainerBase):
             counts["largest_unit"], int(shared.unit_size(num_units, chunk, rows))
         )
         with torch.no_grad():
-            return shared.dp_metrics(
+            logs = shared.dp_metrics(
                 self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
             )
+        if config.adaptive_clip is not None:
+            logs = {**logs, "l2_norm_clip": clip}
+        return logs
 
-    def _dp_clipped_logical_batch(self, data, rows, num_units, chunk):
-        """The clipped sum of one logical batch, in chunks of ``chunk`` rows when
-        accumulating; returns the summed clipped gradients, each unit's loss and the
-        outputs."""
+    def _dp_clipped_logical_batch(self, data, rows, num_units, chunk, clip):
+        """The clipped sum of one logical batch (clip ``clip``), in chunks of ``chunk`` rows
+        when accumulating; returns the summed clipped gradients, each unit's loss, the
+        outputs and the number of units the clip left whole."""
         if rows == 0:  # an empty Poisson draw: the update is noise alone
             with torch.no_grad():
                 y_pred = self(data[0], training=False)
             zeros = [
                 torch.zeros_like(v.value, dtype=torch.float32) for v in self.trainable_variables
             ]
-            return zeros, torch.zeros((0,), device=get_device()), y_pred
+            return zeros, torch.zeros((0,), device=get_device()), y_pred, 0.0
         if chunk >= rows:
             batch = self._dp_clipped(*data, num_units=num_units)
-            return batch.grad_sum, batch.unit_losses, batch.y_pred
-        grad_sum, losses, preds = None, [], []
+            unclipped = unclipped_count(batch.norms, clip)
+            return batch.grad_sum, batch.unit_losses, batch.y_pred, unclipped
+        grad_sum, losses, preds, unclipped = None, [], [], 0.0
         for i, start in enumerate(range(0, rows, chunk)):
             part = shared.rows_of(data, start, min(start + chunk, rows))
             units_before = start if num_units is None else i * num_units
@@ -156,29 +170,48 @@ class TorchDPTrainer(shared.DPTrainerBase):
                 grad_sum = [s + g for s, g in zip(grad_sum, batch.grad_sum, strict=True)]
             losses.append(batch.unit_losses)
             preds.append(batch.y_pred)
+            unclipped = unclipped + unclipped_count(batch.norms, clip)
         y_pred = keras.tree.map_structure(lambda *parts: torch.cat(parts), *preds)
-        return grad_sum, torch.cat(losses), y_pred
+        return grad_sum, torch.cat(losses), y_pred, unclipped
 
-    def _dp_apply(self, grad_sum: list, divisor: Any) -> Any:
+    def _dp_standard_normals(self, count: int) -> torch.Tensor:
+        """``count`` N(0, 1) float32 numbers where the gradients are: from the model's
+        generator, or with ``secure_noise`` fresh from the OS's CSPRNG
+        (:func:`~keras_privacy.training.noise.secure_standard_normals`)."""
+        generator = self._dp_step_state.generator
+        if self._dp_config.secure_noise:
+            return torch.from_numpy(secure_standard_normals(count)).to(generator.device)
+        return torch.randn(count, generator=generator, dtype=torch.float32, device=generator.device)
+
+    def _dp_apply(self, grad_sum: list, divisor: Any, clip: Any, unclipped: Any, units: int) -> Any:
         """Add N(0, (sigma C)^2) to the clipped sum once, divide by B, add the weight
         regularizers' gradient (data-independent: after noising, at full strength), update,
-        count. Returns the regularization loss ``R(w)`` before the update."""
+        count; with adaptive clipping (``sigma_g C_t`` noise) also noise the unclipped
+        count and advance the clip. Returns the regularization loss ``R(w)`` before the
+        update."""
         config = self._dp_config
         variables = self.trainable_variables
+        state = self._dp_step_state
         with torch.no_grad():
             # g = (sum + sigma C z) / B, z ~ N(0, I): in place on fresh float32 tensors.
             grads = [torch.as_tensor(g, dtype=torch.float32).clone() for g in grad_sum]
-            if config.noise_multiplier > 0:
+            stddev = config.gradient_noise_multiplier * clip
+            if config.gradient_noise_multiplier > 0:
                 # One draw for the whole update from the model's generator.
                 shapes = [tuple(v.shape) for v in variables]
-                flat = torch.randn(
-                    sum(math.prod(s) for s in shapes),
-                    generator=self._dp_step_state.generator,
-                    dtype=torch.float32,
-                    device=self._dp_step_state.generator.device,
-                )
+                flat = self._dp_standard_normals(sum(math.prod(s) for s in shapes))
                 for g, z in zip(grads, split_noise(flat, shapes), strict=True):
-                    g.add_(z, alpha=config.noise_stddev)
+                    if isinstance(stddev, torch.Tensor):
+                        g.add_(z * stddev)
+                    else:
+                        g.add_(z, alpha=stddev)
+            if config.adaptive_clip is not None:
+                count_noise = (
+                    config.adaptive_clip.clipped_count_stddev * self._dp_standard_normals(1)[0]
+                )
+                state.clip = shared.adapted_clip(
+                    config, clip, unclipped, units, count_noise, divisor
+                )
             scale = 1.0 / float(divisor)
             grads = [g.mul_(scale) for g in grads]
             regularization_loss = shared.apply_private_update(
