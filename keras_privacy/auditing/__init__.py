@@ -37,6 +37,7 @@ _KERAS = {
     "GradientCanaries": "keras_privacy.auditing.keras_adapters",
     "white_box_audit": "keras_privacy.auditing.keras_adapters",
     "input_space_audit": "keras_privacy.auditing.keras_adapters",
+    "white_box_multi_run_audit": "keras_privacy.auditing.keras_adapters",
 }
 
 __all__ = [
