@@ -155,7 +155,8 @@ def check_clipped(scope) -> dict:
 
 def check_uneven_split(scope) -> dict:
     """TensorFlow: a shuffled batch of 7 rows split 4 / 3 across the replicas (and its
-    first batch used by Keras to build): the update is the reference's over 7 rows."""
+    first batch used by Keras to build), then the same rows as one ``tf.data`` batch: each
+    update is the reference's over 7 rows."""
     rng = np.random.default_rng(5)
     x = (rng.normal(size=(7, 5)) * 2).astype("float32")
     y = rng.normal(size=(7, 3)).astype("float32")
@@ -172,8 +173,19 @@ def check_uneven_split(scope) -> dict:
     model.fit(x, y, batch_size=7, epochs=1, shuffle=False, verbose=0)
     update = flat_weights(model) - before
     reference = clipped_reference(w, b, x.astype("float64"), y.astype("float64"), 0.5, 0.0)
+    # The same rows as one tf.data batch, at the new weights.
+    w, b = (np.asarray(v, "float64") for v in model.get_weights())
+    before = flat_weights(model)
+    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(7), epochs=1, verbose=0)
+    pipeline_update = flat_weights(model) - before
+    pipeline_reference = clipped_reference(w, b, x.astype("float64"), y.astype("float64"), 0.5, 0.0)
     return {
-        "max_abs_error": float(np.max(np.abs(update - reference))),
+        "max_abs_error": float(
+            max(
+                np.max(np.abs(update - reference)),
+                np.max(np.abs(pipeline_update - pipeline_reference)),
+            )
+        ),
         "updates": model.privacy_record.total_updates,
     }
 

@@ -138,7 +138,7 @@ def assert_dp_rules(result: dict) -> None:
 def test_tensorflow_mirrored_strategy_follows_the_dp_rules():
     result = run_checks("tf-mirrored", {})
     assert_dp_rules(result)
-    assert result["uneven_split"]["updates"] == 1
+    assert result["uneven_split"]["updates"] == 2
     assert result["uneven_split"]["max_abs_error"] < 1e-6
 
 
