@@ -9,8 +9,9 @@ shard of the logical batch, one update must be::
 
 * each example clipped once, on the replica that holds it, and the clipped sums added
   across replicas (an all-reduce);
-* the noise added exactly once per global update -- not once per replica, which would
-  give ``sqrt(R)`` times the noise, nor the same draw twice across updates;
+* the noise added exactly once per global update -- not once per replica (summed:
+  ``sqrt(R)`` times the noise; averaged: ``1 / sqrt(R)`` of it, which breaks the
+  guarantee), nor the same draw twice across updates;
 * the divisor ``B_global`` the global (expected) batch, and the Poisson sample global:
   each example of the whole data set joins each update with probability ``q = B / N``;
 * the accountant told the global ``N`` and ``B``.
@@ -82,7 +83,8 @@ def check_distribution(model: Any) -> DistributionPlan:
         return _tensorflow_plan(model)
     if backend == "jax":
         return _jax_plan()
-    return _refuse_keras_distribution(backend) or _torch_plan()
+    _refuse_keras_distribution(backend)
+    return _torch_plan()
 
 
 def _refuse(setting: str, why: str = "") -> PrivacyError:

@@ -153,6 +153,43 @@ def check_clipped(scope) -> dict:
     }
 
 
+def check_uneven_split(scope) -> dict:
+    """TensorFlow: a shuffled batch of 7 rows split 4 / 3 across the replicas (and its
+    first batch used by Keras to build), then the same rows as one ``tf.data`` batch: each
+    update is the reference's over 7 rows."""
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(7, 5)) * 2).astype("float32")
+    y = rng.normal(size=(7, 3)).astype("float32")
+    with scope():
+        model = kp.DPSequential(
+            [keras.layers.Input((5,)), keras.layers.Dense(3)],
+            l2_norm_clip=0.5,
+            noise_multiplier=0.0,
+            sampling="shuffle",
+        )
+        model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    w, b = (np.asarray(v, "float64") for v in model.get_weights())
+    before = flat_weights(model)
+    model.fit(x, y, batch_size=7, epochs=1, shuffle=False, verbose=0)
+    update = flat_weights(model) - before
+    reference = clipped_reference(w, b, x.astype("float64"), y.astype("float64"), 0.5, 0.0)
+    # The same rows as one tf.data batch, at the new weights.
+    w, b = (np.asarray(v, "float64") for v in model.get_weights())
+    before = flat_weights(model)
+    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(7), epochs=1, verbose=0)
+    pipeline_update = flat_weights(model) - before
+    pipeline_reference = clipped_reference(w, b, x.astype("float64"), y.astype("float64"), 0.5, 0.0)
+    return {
+        "max_abs_error": float(
+            max(
+                np.max(np.abs(update - reference)),
+                np.max(np.abs(pipeline_update - pipeline_reference)),
+            )
+        ),
+        "updates": model.privacy_record.total_updates,
+    }
+
+
 def check_poisson(scope, accumulation: int = 1) -> dict:
     """With ``accumulation`` > 1 the logical batch of 64 is ``batch_size`` 64 / n, done in
     chunks of that many rows (on each replica) before the one noise draw."""
@@ -246,6 +283,8 @@ def main() -> None:
         "poisson_accumulated": check_poisson(scope, accumulation=2),
         "noise": check_noise(scope),
     }
+    if MODE == "tf-mirrored":
+        result["uneven_split"] = check_uneven_split(scope)
     if MODE == "tf-multi-worker":
         result["disagreement_refused"] = check_workers_agree(scope)
     print("RESULT " + json.dumps(result))

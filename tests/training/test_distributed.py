@@ -136,13 +136,22 @@ def assert_dp_rules(result: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="run once, in the TensorFlow suite")
 def test_tensorflow_mirrored_strategy_follows_the_dp_rules():
-    assert_dp_rules(run_checks("tf-mirrored", {}))
+    result = run_checks("tf-mirrored", {})
+    assert_dp_rules(result)
+    assert result["uneven_split"]["updates"] == 2
+    assert result["uneven_split"]["max_abs_error"] < 1e-6
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all held open until every one is chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @pytest.mark.slow
@@ -150,7 +159,7 @@ def free_port() -> int:
 def test_tensorflow_multi_worker_strategy_follows_the_dp_rules():
     """Two worker processes on localhost (TensorFlow's collective runtime over gRPC), one
     CPU device each; every worker gets all 512 rows and samples its own shard."""
-    workers = [f"localhost:{free_port()}" for _ in range(2)]
+    workers = [f"localhost:{port}" for port in free_ports(2)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     processes = [
         subprocess.Popen(
@@ -245,7 +254,7 @@ except PrivacyError as error:
 def test_multi_process_jax_is_refused():
     """Two JAX processes on localhost (jax.distributed.initialize): each would sample and
     account only its own share, so both refuse."""
-    address = f"localhost:{free_port()}"
+    address = f"localhost:{free_ports(1)[0]}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "jax"}
     processes = [
         subprocess.Popen(

@@ -182,12 +182,29 @@ class TensorFlowDPTrainer(DPTrainerBase):
             return super()._symbolic_build(*args, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if self._dp_distribution.workers > 1 and self.built:
-            # Multi-worker fits take arrays only, so the model is built already; Keras
-            # would all-reduce the first per-worker batch (which fails for one device
-            # per worker) only to build it again.
-            return
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if self._dp_distribution.replicas == 1 or iterator is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        # Keras would average the replicas' first batches to get shapes to build from,
+        # which fails when the shapes differ (a batch split unevenly across replicas) or
+        # there is one device per worker; the first local replica's batch serves as well.
+        strategy = self.distribute_strategy
+        for _, _, batches in iterator:
+            batch = next(batches)
+            break
+        else:  # pragma: no cover - an empty input
+            return None
+        local = keras.tree.map_structure(
+            lambda v: (
+                strategy.experimental_local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues)
+                else v
+            ),
+            batch,
+        )
+        _, mask, _ = split_batch(local, self._dp_config)
+        if mask is not None:  # a Poisson batch: the model was built from rows by fit
+            local = local[:3]
+        return self._symbolic_build(data_batch=local)
 
     def _dp_poisson_stream(self, sampler: PoissonBatches) -> tf.data.Dataset:
         """The sampler's Poisson batches as a ``tf.data`` pipeline: the same draws as
