@@ -17,7 +17,10 @@ DOCS = ROOT / "docs"
 OWN_TEST = {"coming_from_tf_privacy.md"}
 # Snippets that take more than ~30 s on TensorFlow, by page and a text they contain (not by
 # position, which moves when a block is added): run with ``-m slow``.
-SLOW = {"privacy_testing.md": ["train_shadow_models(build_model"]}  # LiRA: 16 models, 24–37 s
+SLOW = {
+    "privacy_testing.md": ["train_shadow_models(build_model"],  # LiRA: 16 models, 24–37 s
+    "auditing.md": ["result = white_box_audit("],  # a DP fit: 28-30 s on a loaded machine
+}
 NEEDS_DATA = not Path("/usr/share/datasets/fashion-mnist").exists()
 
 
