@@ -20,6 +20,7 @@ OWN_TEST = {"coming_from_tf_privacy.md"}
 SLOW = {
     "privacy_testing.md": ["train_shadow_models(build_model"],  # LiRA: 16 models, 24–37 s
     "privacy_report.md": ["kp.make_private("],  # trains and attacks a model
+    "auditing.md": ["result = white_box_audit("],  # a DP fit: 28-30 s on a loaded machine
 }
 NEEDS_DATA = not Path("/usr/share/datasets/fashion-mnist").exists()
 

@@ -117,17 +117,15 @@ def multi_run_audit(
         np.count_nonzero(without_canary < bound.threshold)
     )
     trials = with_canary.size + without_canary.size
-    return AuditResult(
-        epsilon_lower_bound=float(bound.epsilon),
-        confidence=float(confidence),
-        delta=float(delta),
-        epsilon_claimed=None if epsilon_claimed is None else float(epsilon_claimed),
-        method="multi-run",
-        canary_kind=canary_kind,
-        num_canaries=1,
-        num_guesses=trials,
-        num_correct=correct,
-        num_trials=trials,
+    return _multi_run_result(
+        bound.epsilon,
+        delta,
+        confidence,
+        epsilon_claimed,
+        canary_kind,
+        guesses=trials,
+        correct=correct,
+        trials=trials,
         details={
             "threshold": bound.threshold,
             "privacy_profile": "any",
@@ -137,6 +135,34 @@ def multi_run_audit(
             "runs_with_canary": int(with_canary.size),
             "runs_without_canary": int(without_canary.size),
         },
+    )
+
+
+def _multi_run_result(
+    epsilon: float,
+    delta: float,
+    confidence: float,
+    epsilon_claimed: float | None,
+    canary_kind: str,
+    *,
+    guesses: int,
+    correct: int,
+    trials: int,
+    details: dict,
+) -> AuditResult:
+    """A multi-run :class:`AuditResult` (one canary)."""
+    return AuditResult(
+        epsilon_lower_bound=float(epsilon),
+        confidence=float(confidence),
+        delta=float(delta),
+        epsilon_claimed=None if epsilon_claimed is None else float(epsilon_claimed),
+        method="multi-run",
+        canary_kind=canary_kind,
+        num_canaries=1,
+        num_guesses=int(guesses),
+        num_correct=int(correct),
+        num_trials=int(trials),
+        details=details,
     )
 
 
@@ -224,17 +250,15 @@ def _gaussian_profile_audit(
     mu = float(_gdp_mu(fpr_u, fnr_u)[0])
     epsilon = claimed_epsilon(1.0 / mu, 1, delta) if mu > 0 else 0.0
     trials = evaluate_with.size + evaluate_without.size
-    return AuditResult(
-        epsilon_lower_bound=float(epsilon),
-        confidence=float(confidence),
-        delta=float(delta),
-        epsilon_claimed=None if epsilon_claimed is None else float(epsilon_claimed),
-        method="multi-run",
-        canary_kind=canary_kind,
-        num_canaries=1,
-        num_guesses=trials,
-        num_correct=int(trials - fp[0] - fn[0]),
-        num_trials=with_canary.size + without_canary.size,
+    return _multi_run_result(
+        epsilon,
+        delta,
+        confidence,
+        epsilon_claimed,
+        canary_kind,
+        guesses=trials,
+        correct=int(trials - fp[0] - fn[0]),
+        trials=with_canary.size + without_canary.size,
         details={
             "privacy_profile": "gaussian",
             "mu_lower_bound": mu,

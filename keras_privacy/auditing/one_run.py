@@ -44,6 +44,7 @@ import numpy as np
 from scipy import special, stats
 
 from keras_privacy.auditing.results import AuditResult
+from keras_privacy.privacy_tests.metrics import _check_delta_confidence
 
 __all__ = [
     "guesses_from_scores",
@@ -70,13 +71,6 @@ def _check_counts(num_canaries: int, num_guesses: int, num_correct: int) -> None
             "need 0 <= num_correct <= num_guesses <= num_canaries, received "
             f"{num_correct}, {num_guesses}, {num_canaries}"
         )
-
-
-def _check_delta_confidence(delta: float, confidence: float) -> None:
-    if not 0.0 <= delta < 1.0:
-        raise ValueError(f"delta must be in [0, 1), received {delta}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), received {confidence}")
 
 
 def one_run_p_value(

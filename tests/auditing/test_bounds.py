@@ -6,6 +6,9 @@ mechanism, above it on a broken one."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +216,15 @@ def test_audit_result_contract():
         assert key in data
     assert result.method == "one-run" and result.canary_kind == "white-box gradient"
     assert not result.violates_claim and "consistent" in result.summary()
+
+
+def test_the_core_imports_no_framework():
+    code = (
+        "import sys, keras_privacy.auditing as a;"
+        "a.one_run_audit([1.0, 0.0], [True, False], guess_counts=(1, 1));"
+        "a.claimed_epsilon(1.0, 1, 1e-5);"
+        "bad = [m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
