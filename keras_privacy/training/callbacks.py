@@ -29,7 +29,13 @@ import keras
 from keras_privacy import accounting
 from keras_privacy.accounting._checks import check_format_header
 from keras_privacy.accounting.ledger import event_from_data
-from keras_privacy.training.record import SAMPLING_KINDS, TrainingRecord, TrainingSegment
+from keras_privacy.training.record import (
+    ADAPTIVE_CLIP_KEYS,
+    ADAPTIVE_FIELDS,
+    SAMPLING_KINDS,
+    TrainingRecord,
+    TrainingSegment,
+)
 from keras_privacy.training.user_checks import user_stacklevel
 
 STATE_FORMAT = "keras-privacy/privacy-state"
@@ -86,13 +92,39 @@ _SEGMENT_FIELDS = {
 _OPTIONAL_SEGMENT_FIELDS = ("dataset_size", "expected_batch_size", "num_microbatches")
 
 
-def _segment_from_data(data: Any) -> TrainingSegment:
-    if not isinstance(data, dict) or set(data) != set(_SEGMENT_FIELDS):
-        raise ValueError(
-            f"privacy state: a segment must have exactly the fields {sorted(_SEGMENT_FIELDS)}, "
-            f"received {data!r}"
+def _adaptive_from_data(data: dict) -> dict[str, Any]:
+    """A segment's adaptive-clipping fields (``adaptive_clip``, ``clip_values``), checked:
+    both present or both absent (a fixed clip)."""
+    adaptive, clips = data.get("adaptive_clip"), data.get("clip_values")
+    if adaptive is None and clips is None:
+        return {}
+
+    def finite(value: Any) -> bool:
+        return (
+            isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
         )
-    values = {}
+
+    if (
+        not isinstance(adaptive, dict)
+        or set(adaptive) != set(ADAPTIVE_CLIP_KEYS)
+        or not all(finite(v) and v >= 0 for v in adaptive.values())
+    ):
+        raise ValueError(f"privacy state: a segment has a bad adaptive_clip {adaptive!r}")
+    if not isinstance(clips, list) or not all(finite(c) and c > 0 for c in clips):
+        raise ValueError("privacy state: a segment's clip_values must be a list of clips > 0")
+    return {
+        "adaptive_clip": {k: float(v) for k, v in adaptive.items()},
+        "clip_values": [float(c) for c in clips],
+    }
+
+
+def _segment_from_data(data: Any) -> TrainingSegment:
+    if not isinstance(data, dict) or set(data) - set(ADAPTIVE_FIELDS) != set(_SEGMENT_FIELDS):
+        raise ValueError(
+            f"privacy state: a segment must have exactly the fields {sorted(_SEGMENT_FIELDS)} "
+            f"(and with adaptive clipping {list(ADAPTIVE_FIELDS)}), received {data!r}"
+        )
+    values = _adaptive_from_data(data)
     for name, kind in _SEGMENT_FIELDS.items():
         value = data[name]
         if value is None and name in _OPTIONAL_SEGMENT_FIELDS:

@@ -37,6 +37,17 @@ FIXED_BATCHES = "fixed_batches"
 
 SAMPLING_KINDS = (POISSON, SHUFFLE, FIXED_BATCHES)
 
+#: A segment's fields that only adaptive clipping sets (``None`` otherwise).
+ADAPTIVE_FIELDS = ("adaptive_clip", "clip_values")
+#: The keys of a segment's ``adaptive_clip``.
+ADAPTIVE_CLIP_KEYS = (
+    "target_quantile",
+    "learning_rate",
+    "clipped_count_stddev",
+    "gradient_noise_multiplier",
+    "count_noise_multiplier",
+)
+
 
 @dataclasses.dataclass
 class TrainingSegment:
@@ -98,7 +109,13 @@ class TrainingSegment:
         return min(1.0, self.expected_batch_size / self.dataset_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as plain data; the adaptive-clipping fields only when set, so a
+        fixed-clip segment has the same fields as before adaptive clipping existed."""
+        data = dataclasses.asdict(self)
+        for name in ADAPTIVE_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return data
 
 
 @dataclasses.dataclass

@@ -172,3 +172,29 @@ def test_adaptive_clip_refusals():
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=2)
     with pytest.raises(kp.PrivacyError, match="steps_per_execution"):
         model.fit(np.zeros((8, 5)), np.zeros((8, 1)), batch_size=4, verbose=0)
+
+
+def test_privacy_state_keeps_the_adaptive_fields():
+    """PrivacyBudget's saved state: an adaptive segment round-trips; a broken one is refused."""
+    from keras_privacy.training.callbacks import privacy_state, record_from_state
+
+    record = kp.TrainingRecord(
+        [
+            kp.training.TrainingSegment(
+                "poisson", 1000, 10, 1.1, 0.5, updates=3, clip_values=[0.5, 0.6, 0.7]
+            )
+        ]
+    )
+    record.segments[0].adaptive_clip = {
+        "target_quantile": 0.5,
+        "learning_rate": 0.2,
+        "clipped_count_stddev": 2.0,
+        "gradient_noise_multiplier": split_noise_multiplier(1.1, 2.0),
+        "count_noise_multiplier": 4.0,
+    }
+    again = record_from_state(privacy_state(record))
+    assert again.segments[0] == record.segments[0]
+    state = privacy_state(record)
+    state["training_record"]["segments"][0]["clip_values"] = [0.5, -1.0, 0.7]
+    with pytest.raises(ValueError, match="clip_values"):
+        record_from_state(state)
