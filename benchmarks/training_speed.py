@@ -39,7 +39,18 @@ from keras_privacy import programs
 
 BATCH = 250
 MODELS = ("cnn", "mlp", "embedding", "transformer")
+# keras-hub models (issue 22): built from configs with random weights (nothing downloaded)
+HUB_MODELS = ("gpt2", "gpt2-lora", "bert", "bert-lora", "gpt2-small")
 MODES = ("plain", "vectorized", "fast")
+# (layers, width, heads, vocabulary, sequence, batch) of the keras-hub models
+HUB_SHAPES = {
+    "gpt2": (4, 512, 8, 32_000, 128, 32),  # 29.1 M trainable parameters (tied embedding)
+    "bert": (4, 512, 8, 32_000, 128, 32),
+    "gpt2-small": (12, 768, 12, 50_257, 256, 8),  # GPT-2 small's shape: 124 M parameters
+}
+LORA_RANK = 8
+# most timed steps per (model, mode) run: the keras-hub models take seconds a step
+MAX_STEPS = {"transformer": (8, 16), "gpt2": (3, 3), "bert": (3, 3), "gpt2-small": (2, 2)}
 
 
 def embedding_model():
@@ -72,10 +83,64 @@ def transformer_model(vocab=20000, length=128, width=128, heads=4, blocks=2):
     return keras.Model(inputs, keras.layers.Dense(2)(h), name="transformer")
 
 
+def _shape(model_name: str) -> tuple[int, ...]:
+    return HUB_SHAPES[model_name.removesuffix("-lora")]
+
+
+def batch_size(model_name: str) -> int:
+    return _shape(model_name)[-1] if model_name in HUB_MODELS else BATCH
+
+
+def hub_model(model_name: str):
+    """A keras-hub GPT-2 language model (tied output embedding, next-token logits) or a
+    BERT classifier (pooled output -> Dense 2) of ``HUB_SHAPES``; ``-lora``: keras-hub's
+    ``enable_lora(8)`` (query and value projections; the rest frozen, the head trained)."""
+    import keras
+    import keras_hub
+
+    layers, width, heads, vocabulary, length, _ = _shape(model_name)
+    config = dict(
+        vocabulary_size=vocabulary,
+        num_layers=layers,
+        num_heads=heads,
+        hidden_dim=width,
+        intermediate_dim=4 * width,
+        dropout=0.0,
+        max_sequence_length=length,
+    )
+    token_ids = keras.Input((length,), dtype="int32")
+    ones = keras.ops.ones_like(token_ids)
+    if model_name.startswith("gpt2"):
+        backbone = keras_hub.models.GPT2Backbone(**config)
+        hidden = backbone({"token_ids": token_ids, "padding_mask": ones})
+        outputs = backbone.token_embedding(hidden, reverse=True)
+    else:
+        backbone = keras_hub.models.BertBackbone(**config)
+        inputs = {"token_ids": token_ids, "segment_ids": 0 * ones, "padding_mask": ones}
+        outputs = keras.layers.Dense(2)(backbone(inputs)["pooled_output"])
+    if model_name.endswith("-lora"):
+        backbone.enable_lora(LORA_RANK)
+    return keras.Model(token_ids, outputs, name=model_name.replace("-", "_"))
+
+
+def sequence_loss(y_true, y_pred):
+    """Each sequence's mean next-token cross-entropy: one value per example."""
+    import keras
+
+    losses = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+    return keras.ops.mean(losses, axis=-1)
+
+
 def _data(model_name: str):
     import numpy as np
 
     rng = np.random.default_rng(0)
+    if model_name in HUB_MODELS:
+        _, _, _, vocabulary, length, batch = _shape(model_name)
+        x = rng.integers(0, vocabulary, (16 * batch, length)).astype("int32")
+        if model_name.startswith("gpt2"):  # next-token targets
+            return x, np.roll(x, -1, axis=1)
+        return x, rng.integers(0, 2, len(x))
     if model_name == "embedding":
         return rng.integers(0, 10000, (60000, 64)).astype("int32"), rng.integers(0, 2, 60000)
     if model_name == "transformer":
@@ -96,6 +161,7 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
     import resource
 
     import keras
+    import numpy as np
 
     import keras_privacy as kp
     from keras_privacy.models import mlp, tutorial_cnn
@@ -107,14 +173,19 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
         "embedding": embedding_model,
         "transformer": transformer_model,
     }
-    model = builders[model_name]()
+    model = hub_model(model_name) if model_name in HUB_MODELS else builders[model_name]()
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    batch = batch_size(model_name)
     if mode != "plain":
         # "fast" runs engine="auto": the fast engine where it is exact, which is reported.
         engine = "auto" if mode == "fast" else mode
         model = kp.make_private(model, l2_norm_clip=1.0, noise_multiplier=1.1, engine=engine)
+    language_model = model_name.startswith("gpt2")
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=sequence_loss
+        if language_model
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     epochs = []  # (seconds, steps) per epoch; the steps actually run are counted
 
@@ -131,12 +202,12 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
 
     if mode == "plain":
         # Full passes over the arrays (Keras's array iterator ends after one pass).
-        x, y = x[: steps * BATCH], y[: steps * BATCH]
-        model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[Timer()])
+        x, y = x[: steps * batch], y[: steps * batch]
+        model.fit(x, y, batch_size=batch, epochs=2, verbose=0, callbacks=[Timer()])
     else:
         # The Poisson stream is endless: an "epoch" is `steps` updates.
         model.fit(
-            x, y, batch_size=BATCH, epochs=2, steps_per_epoch=steps, verbose=0, callbacks=[Timer()]
+            x, y, batch_size=batch, epochs=2, steps_per_epoch=steps, verbose=0, callbacks=[Timer()]
         )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     seconds, cpu_seconds, ran = epochs[1]
@@ -144,10 +215,12 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
     return {
         "model": model_name,
         "mode": mode if used in (None, mode) else f"auto:{used}",
-        "examples_per_s": ran * BATCH / seconds,
+        "trainable": trainable,
+        "batch": batch,
+        "examples_per_s": ran * batch / seconds,
         # Per CPU second of this process (all its threads): what one dedicated core would
         # give, when another process shares the pinned core.
-        "examples_per_cpu_s": ran * BATCH / cpu_seconds,
+        "examples_per_cpu_s": ran * batch / cpu_seconds,
         "step_ms": 1000 * seconds / ran,
         "peak_rss_mb": peak_mb,
     }
@@ -155,7 +228,7 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + HUB_MODELS)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--steps", type=int, default=40, help="timed updates per run")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
@@ -172,8 +245,9 @@ def main() -> None:
             bar.update(task, description=f"{model_name} {mode}")
             # plain: all 60,000 examples (transformer: 20,000); DP: --steps updates
             steps = args.steps if mode != "plain" else (80 if model_name == "transformer" else 240)
-            if model_name == "transformer":
-                steps = min(steps, 8 if mode != "plain" else 16)
+            if model_name.removesuffix("-lora") in MAX_STEPS:
+                most_dp, most_plain = MAX_STEPS[model_name.removesuffix("-lora")]
+                steps = min(steps, most_dp if mode != "plain" else most_plain)
             done = subprocess.run(
                 [sys.executable, __file__, "--worker", model_name, mode, "--steps", str(steps)],
                 capture_output=True,
