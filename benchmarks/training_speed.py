@@ -2,6 +2,9 @@
 
     python benchmarks/training_speed.py [--models cnn mlp embedding transformer]
         [--modes plain vectorized fast] [--steps 40]
+    # the keras-hub models (pip install keras-hub; random weights, nothing downloaded):
+    python benchmarks/training_speed.py --models gpt2 gpt2-lora bert bert-lora gpt2-small \
+        --modes plain fast --steps 2
 
     # one pinned core, one thread (the figures in docs/performance.md):
     TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 taskset -c 0 \
@@ -16,7 +19,15 @@ Models (batch 250): the TF Privacy tutorial CNN and an MLP 784-512-512-10 on
 Fashion-MNIST (random data if the Debian package is missing); Embedding(10000, 64) x 64
 tokens -> GlobalAveragePooling1D -> Dense 64 -> Dense 2 and a small transformer text
 classifier (Embedding 20000 x 128, sequence 128, two encoder blocks of MultiHeadAttention
-+ Dense + LayerNormalization) on random tokens. Modes: non-private ``fit`` and DP ``fit``
++ Dense + LayerNormalization) on random tokens. keras-hub models (issue 22's targets, random
+tokens, random initial weights, SGD): ``gpt2`` is a GPT2Backbone of 4 layers x 512 (8 heads,
+feed-forward 2048), vocabulary 32,000, sequence 128, with the token embedding reused as the
+output layer (29.1 M trainable parameters), trained on next-token targets at batch 32;
+``bert`` is a BertBackbone of the same shape with a Dense(2) head on its pooled output, at
+batch 32; ``-lora`` enables keras-hub's LoRA (rank 8, query and value projections; the
+backbone frozen); ``gpt2-small`` is GPT-2 small's shape (12 x 768, vocabulary 50,257,
+sequence 256, 124 M parameters) at batch 8. They run at most 3 timed steps (gpt2-small 2)
+after as many warm-up steps: seconds per step on one core. Modes: non-private ``fit`` and DP ``fit``
 with the vectorized and the fast clipping engine. Each (model, mode) runs in its own
 process so that its peak resident memory is its own. Speed is timed over a second epoch
 (all 60,000 examples for non-private ``fit``; ``--steps`` Poisson updates for DP ``fit``),
@@ -263,13 +274,14 @@ def main() -> None:
 
     print(f"Keras backend: {keras.backend.backend()}")
     print(
-        f"{'model':<12}{'mode':<12}{'examples/s':>12}{'per CPU s':>11}{'ms/step':>10}"
-        f"{'peak RSS MB':>13}"
+        f"{'model':<12}{'mode':<16}{'trainable':>12}{'batch':>6}{'examples/s':>12}"
+        f"{'per CPU s':>11}{'ms/step':>10}{'peak RSS MB':>13}"
     )
     for r in rows:
         print(
-            f"{r['model']:<12}{r['mode']:<12}{r['examples_per_s']:>12,.0f}"
-            f"{r['examples_per_cpu_s']:>11,.0f}{r['step_ms']:>10.1f}{r['peak_rss_mb']:>13,.0f}"
+            f"{r['model']:<12}{r['mode']:<16}{r['trainable']:>12,}{r['batch']:>6}"
+            f"{r['examples_per_s']:>12,.3g}{r['examples_per_cpu_s']:>11,.3g}"
+            f"{r['step_ms']:>10.1f}{r['peak_rss_mb']:>13,.0f}"
         )
     for model_name in args.models:
         plain = next((r for r in rows if r["model"] == model_name and r["mode"] == "plain"), None)
