@@ -99,6 +99,8 @@ def _shape(model_name: str) -> tuple[int, ...]:
 
 
 def batch_size(model_name: str) -> int:
+    if os.environ.get("KP_BENCHMARK_BATCH"):  # --batch: one batch size for every model
+        return int(os.environ["KP_BENCHMARK_BATCH"])
     return _shape(model_name)[-1] if model_name in HUB_MODELS else BATCH
 
 
@@ -148,7 +150,8 @@ def _data(model_name: str):
     rng = np.random.default_rng(0)
     if model_name in HUB_MODELS:
         _, _, _, vocabulary, length, batch = _shape(model_name)
-        x = rng.integers(0, vocabulary, (16 * batch, length)).astype("int32")
+        x = rng.integers(0, vocabulary, (16 * max(batch, batch_size(model_name)), length))
+        x = x.astype("int32")
         if model_name.startswith("gpt2"):  # next-token targets
             return x, np.roll(x, -1, axis=1)
         return x, rng.integers(0, 2, len(x))
@@ -242,9 +245,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + HUB_MODELS)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--steps", type=int, default=40, help="timed updates per run")
+    parser.add_argument("--batch", type=int, help="batch size of every model (default: its own)")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
+    if args.batch:
+        os.environ["KP_BENCHMARK_BATCH"] = str(args.batch)  # read by the workers
     if args.worker:
         print(json.dumps(_measure(*args.worker, args.steps)))
         return
