@@ -273,9 +273,10 @@ def main() -> None:
             bar.advance(task)
             if done.returncode != 0:
                 error = (done.stderr.strip().splitlines() or ["?"])[-1][:80]
-                print(f"{model_name} {mode}: failed ({error})", file=sys.stderr)
+                print(f"{model_name} {mode}: failed ({error})", file=sys.stderr, flush=True)
                 continue
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)  # each run as it ends (kept if cut short)
     import keras
 
     print(f"Keras backend: {keras.backend.backend()}")
