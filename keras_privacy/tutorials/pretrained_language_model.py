@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Public pretraining (dict-gcide), then DP fine-tuning on fortunes.",
     )
     parser.add_argument("--report-dir", default="pretrained_lm_report", help="report folder")
-    parser.add_argument("--quick", action="store_true", help="a tiny run (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (about 2 min of CPU)")
     parser.add_argument("--targets", type=float, nargs="+", default=None, help="ε (1 4 8)")
     parser.add_argument("--epochs", type=int, default=None, help="private epochs (3)")
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="public epochs (3)")
