@@ -142,6 +142,32 @@ def loss_threshold_auc(model, members, non_members) -> float:
     return float(results.get_result_with_max_auc().get_auc())
 
 
+def language_model_metrics(model, scorer, corpus, test) -> dict[str, float]:
+    """Held-out perplexity and accuracy of ``model`` on ``test`` (inputs, targets), and the
+    canaries' mean exposure per repetition count (interpolated, and extrapolated) scored
+    by ``scorer`` (the same weights, taking the canaries' length)."""
+    from keras_privacy import privacy_tests as pt
+    from keras_privacy.tutorials import _fortunes
+
+    logits = np.concatenate([out for _, out in _logits(model, test[0])])
+    metrics = _fortunes.heldout_metrics(logits, test[1])
+
+    def log_perplexities(ids: np.ndarray, score_from: int) -> np.ndarray:
+        # in slices: the adapter holds a slice's log-probabilities in float64
+        parts = [
+            pt.sequence_log_perplexities(
+                scorer, ids[i : i + 20_000], score_from, batch_size=2048, output="logits"
+            )
+            for i in range(0, len(ids), 20_000)
+        ]
+        return np.concatenate(parts)
+
+    found = _fortunes.canary_exposures(log_perplexities, corpus)
+    for name, suffix in (("interpolation", ""), ("extrapolation", " (extrapolated)")):
+        metrics.update({f"exposure ×{r}{suffix}": v for r, v in found[name].items()})
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from keras_privacy.programs import quiet_tensorflow_startup, torch_program_threads
@@ -154,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # predict's retracing notices
 
-    from keras_privacy import privacy_tests as pt
     from keras_privacy.tutorials import _fortunes
     from keras_privacy.tutorials._report import write_report
     from keras_privacy.tutorials._training import Recipe, train_at_target
@@ -187,26 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     fortune_pieces = (train[0][keep], train[1][keep])
 
     def evaluate(model) -> dict[str, float]:
-        logits = np.concatenate([out for _, out in _logits(model, test[0])])
-        metrics = _fortunes.heldout_metrics(logits, test[1])
         # the same weights on the canaries' length (BOS + prefix + digits, minus one)
         scorer = gru_language_model(len(corpus.canary_format.candidate(0)))
         scorer.set_weights(getattr(model, "wrapped_model", model).get_weights())
-
-        def log_perplexities(ids: np.ndarray, score_from: int) -> np.ndarray:
-            # in slices: the adapter holds a slice's log-probabilities in float64
-            parts = [
-                pt.sequence_log_perplexities(
-                    scorer, ids[i : i + 20_000], score_from, batch_size=2048, output="logits"
-                )
-                for i in range(0, len(ids), 20_000)
-            ]
-            return np.concatenate(parts)
-
-        found = _fortunes.canary_exposures(log_perplexities, corpus)
-        for name, suffix in (("interpolation", ""), ("extrapolation", " (extrapolated)")):
-            metrics.update({f"exposure ×{r}{suffix}": v for r, v in found[name].items()})
-        return metrics
+        return language_model_metrics(model, scorer, corpus, test)
 
     private_recipe = Recipe(args.batch_size, epochs, args.learning_rate, 1.0, optimizer="adam")
     plain_recipe = dataclasses.replace(
