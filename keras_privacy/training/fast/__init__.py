@@ -17,6 +17,7 @@ from keras_privacy.training.fast.rules import (
     LayerRule,
     NotExact,
     RuleCall,
+    register_optional_rules,
     register_rule,
     rule_for,
 )
@@ -24,6 +25,7 @@ from keras_privacy.training.fast.table_norm_rules import (
     EmbeddingRule,
     GroupNormalizationRule,
     LayerNormalizationRule,
+    ReversibleEmbeddingRule,
     RMSNormalizationRule,
 )
 from keras_privacy.training.fast.units import probe
@@ -38,6 +40,11 @@ register_rule(keras.layers.LayerNormalization, LayerNormalizationRule())
 register_rule(keras.layers.GroupNormalization, GroupNormalizationRule())
 if hasattr(keras.layers, "RMSNormalization"):
     register_rule(keras.layers.RMSNormalization, RMSNormalizationRule())
+if hasattr(keras.layers, "ReversibleEmbedding"):
+    register_rule(keras.layers.ReversibleEmbedding, ReversibleEmbeddingRule())
+# keras-hub's layers (an optional dependency: keras-privacy[hub]) get their rules and
+# guard entries the first time a rule is looked up after the user imported keras_hub.
+register_optional_rules("keras_hub", "keras_privacy.training.fast.hub_rules")
 
 # Imported after the rules: the guard allows every layer that has a rule.
 from keras_privacy.training.fast.guard import (  # noqa: E402
