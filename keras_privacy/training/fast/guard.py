@@ -44,7 +44,7 @@ import keras
 from keras.src.models.functional import Functional
 from keras.src.ops import numpy as knp
 
-from keras_privacy.training.fast.rules import rule_for
+from keras_privacy.training.fast.rules import load_optional_rules, rule_for
 
 _PER_EXAMPLE: dict[type, Callable[[Any], str | None] | None] = {}
 # Functional-API ops that compute each output entry from the same entries of their
@@ -221,6 +221,7 @@ def _override_reason(layer: Any, registered: type) -> str | None:
 
 
 def _is_allowed_class(layer: Any) -> tuple[bool, str | None]:
+    load_optional_rules()  # an optional library's entries, once the user imported it
     if "call" in vars(layer):
         return False, "its call is replaced on the instance"
     for cls in type(layer).__mro__:
