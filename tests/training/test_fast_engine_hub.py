@@ -76,7 +76,9 @@ def _private(model, clip, engine="fast"):
 @pytest.mark.parametrize(
     "name, clip",
     [
-        pytest.param(n, c, marks=() if (n, c) == ("gpt2", 1e-3) else pytest.mark.slow)
+        pytest.param(
+            n, c, marks=pytest.mark.extended if (n, c) == ("gpt2", 1e-3) else pytest.mark.slow
+        )
         for n in MODELS
         for c in (1e-3, 1e6)
     ],
@@ -148,7 +150,7 @@ def _norms():
 @pytest.mark.parametrize(
     "norm",
     [
-        pytest.param(n, marks=() if n == "llama" else pytest.mark.slow)
+        pytest.param(n, marks=pytest.mark.extended if n == "llama" else pytest.mark.slow)
         for n in ("llama", "gemma", "hub_rms")
     ],
 )

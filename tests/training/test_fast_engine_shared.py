@@ -119,9 +119,9 @@ BUILDERS = {
     "lora": _lora_net,
 }
 LM = ("tied", "untied", "tied_soft_cap_mask")
-# In every backend's default suite: the tied model and LoRA at C = 1e-3; the rest of the
-# matrix in TensorFlow's default suite and with -m slow elsewhere.
-CORE = {("tied", 1e-3), ("lora", 1e-3)}
+# In every backend's default suite: the tied model at C = 1e-3; the rest of the matrix in
+# TensorFlow's default suite and with -m slow elsewhere (JAX's suite has little room).
+CORE = {("tied", 1e-3)}
 
 
 def _labels(name, rng, n=8):
@@ -155,7 +155,8 @@ def test_dropping_the_cross_term_is_caught(rng, monkeypatch):
         _assert_matches_reference(model, x, y, 1e-3)
 
 
-@pytest.mark.parametrize("name", ["tied", pytest.param("lora", marks=pytest.mark.extended)])
+@pytest.mark.extended
+@pytest.mark.parametrize("name", ["tied", "lora"])
 def test_each_example_moves_the_sum_by_at_most_clip(name, rng):
     keras.utils.set_random_seed(0)
     model, x = BUILDERS[name](), _inputs(name, rng)
