@@ -56,10 +56,16 @@ def _tied_lm(tie=True, soft_cap=None, mask_zero=False):
 
 
 def _siamese(sequence):
-    """One Dense tower applied to two inputs (shared weights), then a head."""
+    """One Dense + LayerNormalization tower applied to two inputs (shared weights), then a
+    head."""
     shape = (STEPS, 6) if sequence else (6,)
     left, right = keras.Input(shape), keras.Input(shape)
-    tower = keras.layers.Dense(WIDTH, activation="tanh")
+    dense = keras.layers.Dense(WIDTH, activation="tanh")
+    norm = keras.layers.LayerNormalization()
+
+    def tower(x):
+        return norm(dense(x))
+
     h = keras.layers.Concatenate()([tower(left), tower(right)])
     if sequence:
         h = keras.layers.GlobalAveragePooling1D()(h)

@@ -25,7 +25,7 @@ from keras_privacy.training.fast.rules import (
     _trainable,
     _trainable_only,
 )
-from keras_privacy.training.fast.shared import OuterTerm, RowsTerm
+from keras_privacy.training.fast.shared import FullTerm, OuterTerm, RowsTerm
 
 
 class EmbeddingRule(LayerRule):
@@ -261,6 +261,9 @@ class _ScaleOffsetRule(LayerRule):
             ops.reshape(ops.sum(_scale_units(g, factors, safe), axis=0), v.shape)
             for g, v in zip(self._unit_grads(call, units), self.variables(call.layer), strict=True)
         ]
+
+    def terms(self, call, units):
+        return [FullTerm(g, "full") for g in self._unit_grads(call, units)]
 
 
 def _check_axes(layer: Any, inputs: Any) -> None:
