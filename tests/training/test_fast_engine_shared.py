@@ -162,7 +162,7 @@ def test_dropping_the_cross_term_is_caught(rng, monkeypatch):
 
 
 @pytest.mark.extended
-@pytest.mark.parametrize("name", ["tied", "lora"])
+@pytest.mark.parametrize("name", ["tied", pytest.param("lora", marks=pytest.mark.slow)])
 def test_each_example_moves_the_sum_by_at_most_clip(name, rng):
     keras.utils.set_random_seed(0)
     model, x = BUILDERS[name](), _inputs(name, rng)
@@ -234,7 +234,7 @@ def test_mixed_precision_sums_in_float32_and_bounds_each_example(policy, name, r
     np.testing.assert_allclose(to_numpy(batch.norms), to_numpy(ref.norms), rtol=3e-2)
     want = flat([to_numpy(g) for g in ref.grad_sum])
     assert np.linalg.norm(full - want) <= 3e-2 * np.linalg.norm(want)
-    for i in range(len(y)):
+    for i in (0, len(y) // 2, len(y) - 1):
         rest = keras.tree.map_structure(lambda a, i=i: np.delete(a, i, axis=0), x)
         part, _ = _fast_sum(private, rest, np.delete(y, i, axis=0), clip)
         assert np.linalg.norm(full - part) <= clip * (1 + 1e-5)
