@@ -1,8 +1,11 @@
 """The fast (norm-only, "book-keeping") clipping engine's backend-neutral parts.
 
 * :mod:`.rules`: the rule interface and its public registry (:func:`register_rule`);
-  :mod:`.matmul_rules` (Dense, EinsumDense, Conv1D/Conv2D) and :mod:`.table_norm_rules`
-  (Embedding, LayerNormalization, RMSNormalization, GroupNormalization) hold the built-in rules;
+  :mod:`.matmul_rules` (Dense, EinsumDense, Conv1D/Conv2D/Conv3D; LoRA) and
+  :mod:`.table_norm_rules` (Embedding, ReversibleEmbedding, LayerNormalization,
+  RMSNormalization, GroupNormalization) hold the built-in rules, :mod:`.hub_rules`
+  keras-hub's (loaded once the user imported keras_hub);
+* :mod:`.shared`: the cross terms of variables reached by several calls (tied weights);
 * :mod:`.guard`: the batch-independence guard (:func:`register_per_example_layer`);
 * :mod:`.clip`: per-unit norms and the clipped sum from the captured calls.
 
