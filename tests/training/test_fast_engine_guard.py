@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from helpers import flat, reference_clipped_sum
 from keras import ops
-from test_fast_engine import LOSS, _assert_same, _both, _private
+from test_fast_engine import LOSS, Scale, ScaleRule, _assert_same, _both, _private
 
 import keras_privacy as kp
 from keras_privacy.training.config import DPConfig
 from keras_privacy.training.errors import PrivacyError
-from keras_privacy.training.fast import batch_mixing_reason
+from keras_privacy.training.fast import batch_mixing_reason, register_rule
 
 
 class MixBatch(keras.layers.Layer):
@@ -61,10 +61,17 @@ def test_functional_op_mixing_is_caught():
     assert "not known to treat the examples" in batch_mixing_reason(model)
 
 
+class TermlessScale(Scale):
+    """A layer whose rule gives no cross terms (``LayerRule.terms`` not overridden)."""
+
+
 def _shared(rng):
-    dense = keras.layers.Dense(6, activation="tanh")
+    """Shared weights are exact on the fast engine (tests/training/test_fast_engine_shared.py)
+    where the rules give cross terms; a rule without them is refused."""
+    register_rule(TermlessScale, ScaleRule())
+    scale = TermlessScale()
     inputs = keras.Input((6,))
-    model = keras.Model(inputs, keras.layers.Dense(3)(dense(dense(inputs))))
+    model = keras.Model(inputs, keras.layers.Dense(3)(scale(scale(inputs))))
     return model, rng.normal(size=(8, 6)).astype("float32")
 
 
@@ -105,7 +112,7 @@ def _patched(rng):
     "builder, reason",
     [
         (_patched, "replaced on the instance"),
-        (_shared, "called 2 times"),
+        (_shared, "shares weights between 2 calls"),
         (_activity_regularized, "losses computed from the data"),
         (_conv, "no exact fast rule"),
     ],

@@ -1,8 +1,11 @@
 """The fast (norm-only, "book-keeping") clipping engine's backend-neutral parts.
 
 * :mod:`.rules`: the rule interface and its public registry (:func:`register_rule`);
-  :mod:`.matmul_rules` (Dense, EinsumDense, Conv1D/Conv2D) and :mod:`.table_norm_rules`
-  (Embedding, LayerNormalization, RMSNormalization, GroupNormalization) hold the built-in rules;
+  :mod:`.matmul_rules` (Dense, EinsumDense, Conv1D/Conv2D/Conv3D; LoRA) and
+  :mod:`.table_norm_rules` (Embedding, ReversibleEmbedding, LayerNormalization,
+  RMSNormalization, GroupNormalization) hold the built-in rules, :mod:`.hub_rules`
+  keras-hub's (loaded once the user imported keras_hub);
+* :mod:`.shared`: the cross terms of variables reached by several calls (tied weights);
 * :mod:`.guard`: the batch-independence guard (:func:`register_per_example_layer`);
 * :mod:`.clip`: per-unit norms and the clipped sum from the captured calls.
 
@@ -17,6 +20,7 @@ from keras_privacy.training.fast.rules import (
     LayerRule,
     NotExact,
     RuleCall,
+    register_optional_rules,
     register_rule,
     rule_for,
 )
@@ -24,6 +28,7 @@ from keras_privacy.training.fast.table_norm_rules import (
     EmbeddingRule,
     GroupNormalizationRule,
     LayerNormalizationRule,
+    ReversibleEmbeddingRule,
     RMSNormalizationRule,
 )
 from keras_privacy.training.fast.units import probe
@@ -38,6 +43,11 @@ register_rule(keras.layers.LayerNormalization, LayerNormalizationRule())
 register_rule(keras.layers.GroupNormalization, GroupNormalizationRule())
 if hasattr(keras.layers, "RMSNormalization"):
     register_rule(keras.layers.RMSNormalization, RMSNormalizationRule())
+if hasattr(keras.layers, "ReversibleEmbedding"):
+    register_rule(keras.layers.ReversibleEmbedding, ReversibleEmbeddingRule())
+# keras-hub's layers (an optional dependency: keras-privacy[hub]) get their rules and
+# guard entries the first time a rule is looked up after the user imported keras_hub.
+register_optional_rules("keras_hub", "keras_privacy.training.fast.hub_rules")
 
 # Imported after the rules: the guard allows every layer that has a rule.
 from keras_privacy.training.fast.guard import (  # noqa: E402

@@ -2,8 +2,8 @@
 
 :class:`_Capture` makes every layer with a rule run the rule's forward for the duration of
 one trace and records the calls; :func:`_check_exact` checks that each trainable variable
-has exactly one rule call (no uncovered variables, no shared weights, whose per-example
-norms would have cross terms); :func:`_static_reason` says why a model cannot use the fast
+is reached by a rule call (and that shared weights have rules that give their cross
+terms); :func:`_static_reason` says why a model cannot use the fast
 engine at all (its own ``compute_loss``, no compiled loss, a layer that may mix rows).
 The engine choice itself is :mod:`keras_privacy.training.fast.choice`.
 """
@@ -78,19 +78,25 @@ class _Capture:
 
 
 def _check_exact(model: Any, capture: _Capture) -> None:
-    """Raise :class:`NotExact` unless each trainable variable has exactly one rule call."""
-    seen: dict[int, int] = {}
+    """Raise :class:`NotExact` unless each trainable variable is reached by a rule call,
+    and every variable reached by several calls (shared or tied weights) has rules that
+    give the cross terms of its per-example norm
+    (:mod:`keras_privacy.training.fast.shared`)."""
+    reached: dict[int, list[RuleCall]] = {}
     for call in capture.calls:
-        seen[id(call.layer)] = seen.get(id(call.layer), 0) + 1
-    for call in capture.calls:
-        if seen[id(call.layer)] > 1:
-            raise NotExact(
-                f"layer {call.layer.name!r} is called {seen[id(call.layer)]} times per "
-                "forward pass (shared weights: its per-example gradient norm has cross terms)"
-            )
-    covered = {id(v) for call in capture.calls for v in call.rule.variables(call.layer)}
+        for v in call.rule.call_variables(call):
+            reached.setdefault(id(v), []).append(call)
+    for uses in reached.values():
+        if len(uses) > 1:
+            for call in uses:
+                if not call.rule.shares_weights():
+                    raise NotExact(
+                        f"layer {call.layer.name!r} shares weights between {len(uses)} calls "
+                        f"per forward pass and its rule ({type(call.rule).__name__}) gives "
+                        "no cross terms for them"
+                    )
     for v in model.trainable_variables:
-        if id(v) not in covered:
+        if id(v) not in reached:
             why = capture.uncovered.get(id(v), "no fast rule for its layer")
             raise NotExact(f"trainable variable {v.path!r} has no exact fast rule ({why})")
 

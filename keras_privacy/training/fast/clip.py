@@ -1,9 +1,11 @@
 """Per-unit norms and the clipped sum from the captured rule calls (``keras.ops``).
 
 Each unit's gradient norm over *all* trainable variables is
-``||g_u|| = sqrt(sum_layers ||g_{u,layer}||^2)``; every trainable variable belongs to
-exactly one captured call (the engine checks this), so the sum has no cross terms. The
-clip factor is ``min(1, C / ||g_u||)`` (0 for a non-finite norm, as in
+``||g_u|| = sqrt(sum_calls ||g_{u,call}||^2 + cross terms)``: a variable reached by one
+call contributes that call's part alone, a variable reached by several calls (shared or
+tied weights) also the inner products of its calls' parts
+(:mod:`keras_privacy.training.fast.shared`), computed in float64. The clip factor is
+``min(1, C / ||g_u||)`` (0 for a non-finite norm, as in
 :mod:`keras_privacy.training.clipping`), and each layer builds its share of
 ``sum_u c_u g_u`` from the same activations and output gradients.
 
@@ -23,7 +25,29 @@ from keras import ops
 
 from keras_privacy.training import clipping
 from keras_privacy.training.fast.rules import RuleCall
+from keras_privacy.training.fast.shared import cross_terms
 from keras_privacy.training.fast.units import Units, combine_norms
+
+
+def shared_variables(calls: Sequence[RuleCall]) -> dict[int, list[tuple[RuleCall, int]]]:
+    """The variables reached by more than one call: ``id -> [(call, index in the call's
+    variables)]``."""
+    reached: dict[int, list[tuple[RuleCall, int]]] = {}
+    for call in calls:
+        for index, v in enumerate(call.rule.call_variables(call)):
+            reached.setdefault(id(v), []).append((call, index))
+    return {k: v for k, v in reached.items() if len(v) > 1}
+
+
+def _cross(calls: Sequence[RuleCall], units: Units) -> Any:
+    shared = shared_variables(calls)
+    if not shared:
+        return None
+    for call in {id(c): c for uses in shared.values() for c, _ in uses}.values():
+        if "terms" not in call.cache:
+            call.cache["terms"] = call.rule.terms(call, units)
+    by_variable = [[call.cache["terms"][i] for call, i in uses] for uses in shared.values()]
+    return cross_terms(by_variable)
 
 
 def unit_norms(calls: Sequence[RuleCall], units: Units) -> Any:
@@ -32,6 +56,21 @@ def unit_norms(calls: Sequence[RuleCall], units: Units) -> Any:
     for call in calls:
         sq = call.rule.squared_norms(call, units)
         squared = sq if squared is None else squared + sq
+    cross = _cross(calls, units)
+    if cross is not None:
+        # Cross terms may be negative (parts pointing apart): sum in float64, and rebuild
+        # from the overflow-safe per-call norms where a float32 square overflowed.
+        def with_cross(parts):
+            total = ops.maximum(parts + cross, 0.0)
+            return ops.cast(ops.sqrt(total), "float32")
+
+        return ops.cond(
+            ops.all(ops.isfinite(squared)),
+            lambda: with_cross(ops.cast(squared, "float64")),
+            lambda: with_cross(
+                sum(ops.square(ops.cast(call.rule.norms(call, units), "float64")) for call in calls)
+            ),
+        )
     return ops.cond(
         ops.all(ops.isfinite(squared)),
         lambda: ops.sqrt(squared),
@@ -48,8 +87,9 @@ def clipped_gradient_sum(
 ) -> tuple[list, Any]:
     """``([sum_u c_u grad_u for each of variables], norms)`` with the norms of
     :func:`unit_norms` and ``c_u = min(1, C / ||g_u||)`` (0 for a non-finite norm and for
-    units outside ``unit_mask``: padding rows); every variable of every call is summed,
-    returned in the order of ``variables``."""
+    units outside ``unit_mask``: padding rows); every variable of every call is summed
+    (a variable reached by several calls gets the sum of their parts), returned in the
+    order of ``variables``."""
     norms = unit_norms(calls, units)
     factors = clipping.clip_factors(norms, l2_norm_clip, unit_mask)
 
@@ -63,6 +103,8 @@ def clipped_gradient_sum(
         return run
 
     flat = ops.cond(ops.all(ops.isfinite(norms)), sums(False), sums(True))
-    covered = [v for call in calls for v in call.rule.variables(call.layer)]
-    by_id = {id(v): g for v, g in zip(covered, flat, strict=True)}
+    covered = [v for call in calls for v in call.rule.call_variables(call)]
+    by_id: dict[int, Any] = {}
+    for v, g in zip(covered, flat, strict=True):
+        by_id[id(v)] = g if id(v) not in by_id else by_id[id(v)] + g
     return [by_id[id(v)] for v in variables], norms

@@ -30,8 +30,9 @@ vectorized engine (``engine="auto"``) or refuses (``engine="fast"``):
 
 * every operation on the forward path is known to treat rows independently
   (:func:`keras_privacy.training.fast.guard.batch_mixing_reason`);
-* every trainable variable belongs to exactly one layer with a rule, and that layer is
-  called exactly once per forward pass (shared or tied weights would need cross terms);
+* every trainable variable is reached by calls of layers with rules; a variable reached
+  by several calls (shared or tied weights) needs rules that give the cross terms of its
+  per-unit norm (:mod:`keras_privacy.training.fast.shared`);
 * the loss is the compiled per-example loss, with no losses computed from the data
   (activity regularizers, ``add_loss``: their per-unit gradient terms are not covered by
   the rules). Weight regularizers are allowed: they are left out of every unit's loss

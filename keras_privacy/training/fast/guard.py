@@ -21,7 +21,8 @@ operation on the model's forward path must be *known* to treat rows independentl
   of ``keras.activations`` or ``keras.ops`` *by identity* (a function that reduces over an
   axis -- softmax -- only where the tensor has a feature axis), and every sub-layer
   (``MultiHeadAttention``'s projections, an RNN's cell) must pass this guard itself;
-* the element-wise arithmetic ops of the functional API (``x + y``) pass;
+* the element-wise arithmetic ops of the functional API (``x + y``) pass, and so does
+  indexing that keeps the batch axis whole (``x[:, 0, :]``);
 * a subclassed ``keras.Model``'s own ``call`` is glue code between layers: every layer
   it holds must pass, and what the call computes with them is left to the numerical check
   below (which is always run before the fast engine);
@@ -43,7 +44,7 @@ import keras
 from keras.src.models.functional import Functional
 from keras.src.ops import numpy as knp
 
-from keras_privacy.training.fast.rules import rule_for
+from keras_privacy.training.fast.rules import load_optional_rules, rule_for
 
 _PER_EXAMPLE: dict[type, Callable[[Any], str | None] | None] = {}
 # Functional-API ops that compute each output entry from the same entries of their
@@ -134,6 +135,31 @@ def register_per_example_layer(
     _PER_EXAMPLE[layer_class] = check
 
 
+def register_per_example_function(function: Callable[[Any], Any]) -> None:
+    """Declare that ``function`` (an activation a layer may hold) computes each entry of
+    its output from the same entry of its input only (recognised by identity)."""
+    if not callable(function):
+        raise TypeError(f"expected a function, got {function!r}")
+    _ELEMENTWISE_FUNCTIONS.add(id(function))
+    _KEEP_ALIVE.append(function)
+
+
+# Registered functions are kept alive, so that their ids stay theirs.
+_KEEP_ALIVE: list = []
+
+
+def _batch_preserving_index(op: Any) -> str | None:
+    """Why a functional-API ``x[key]`` may mix or drop examples: its key must keep the
+    batch axis whole (``x[:, 0]``, ``x[..., :4]`` with more than one axis)."""
+    for node in getattr(op, "_inbound_nodes", []):
+        args = node.arguments.args
+        key = args[1] if len(args) > 1 else node.arguments.kwargs.get("key")
+        first = key[0] if isinstance(key, tuple) and key else key
+        if not (isinstance(first, slice) and first == slice(None)):
+            return f"operation {op.name!r} (GetItem) indexes the batch axis with {first!r}"
+    return None
+
+
 def _input_rank(layer: Any) -> int | None:
     try:
         inputs = layer.input
@@ -141,7 +167,14 @@ def _input_rank(layer: Any) -> int | None:
             inputs = inputs[0]
         return len(inputs.shape)
     except (AttributeError, ValueError, TypeError, IndexError):
-        return None
+        pass
+    # A layer called inside another layer's call has no graph node: the input shape it
+    # was built with (recorded by Keras's ``__call__``) gives the rank.
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    first = next(iter(shapes.values()), None)
+    if isinstance(first, (list, tuple)) and all(d is None or isinstance(d, int) for d in first):
+        return len(first)
+    return None
 
 
 def _axis_check(attribute: str) -> Callable[[Any], str | None]:
@@ -188,6 +221,7 @@ def _override_reason(layer: Any, registered: type) -> str | None:
 
 
 def _is_allowed_class(layer: Any) -> tuple[bool, str | None]:
+    load_optional_rules()  # an optional library's entries, once the user imported it
     if "call" in vars(layer):
         return False, "its call is replaced on the instance"
     for cls in type(layer).__mro__:
@@ -274,6 +308,8 @@ def batch_mixing_reason(layer: Any) -> str | None:
                 reason = batch_mixing_reason(op)
             elif isinstance(op, _ELEMENTWISE_OPS):
                 reason = None
+            elif isinstance(op, knp.GetItem):
+                reason = _batch_preserving_index(op)
             else:
                 reason = (
                     f"operation {op.name!r} ({type(op).__name__}) is not known to treat the "

@@ -3,7 +3,9 @@ EinsumDense, Conv1D/Conv2D. See :mod:`keras_privacy.training.fast.rules` for the
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from keras import ops
@@ -11,12 +13,16 @@ from keras import ops
 from keras_privacy.training.fast import units as U
 from keras_privacy.training.fast.rules import (
     LayerRule,
+    NotExact,
     RuleCall,
+    _not_quantized,
     _plain_layer,
     _scale_units,
     _static_positions,
+    _trainable,
     _trainable_only,
 )
+from keras_privacy.training.fast.shared import FullTerm, OuterTerm
 from keras_privacy.training.fast.units import Units
 
 #: Kernel entries below which a unit's gradient is materialised when the positions per
@@ -24,8 +30,126 @@ from keras_privacy.training.fast.units import Units
 _MATERIALISE_UNKNOWN = 1 << 16
 
 
+@dataclasses.dataclass
+class _Piece:
+    """One variable's per-unit gradient ``G_u = sum_s a_s d_s^T`` (``a`` ``[U, S, p]``,
+    ``d`` ``[U, S, q]``, float32); ``to_variable`` maps the ``[p, q]`` sum to the
+    variable's shape, ``layout`` names that 2-D view (for cross terms)."""
+
+    variable: Any
+    a: Any
+    d: Any
+    positions: int | None
+    to_variable: Callable[[Any], Any]
+    layout: Any
+    keep: dict = dataclasses.field(default_factory=dict)
+
+
+def outer_sq(a, d, positions, keep=None):
+    """Per-unit ``||a_u^T d_u||^2``: a product of norms for one position, else the
+    cheaper of the position double sum and materialising ``G_u`` (kept in ``keep``, so
+    that the clipped sum adds exactly the ``G_u`` whose norm was taken)."""
+    if positions == 1:
+        return U.sum_squares(a) * U.sum_squares(d)
+    d_in, d_out = a.shape[-1], d.shape[-1]
+    # Per unit, the double sum costs positions^2 (d_in + d_out) multiply-adds in
+    # float64, materialising positions d_in d_out in float32; a float64 matmul ran at
+    # about half the float32 rate here (tutorial CNN's second convolution, 25
+    # positions, 256 x 32: 6.1 ms double sum against 2.0 ms materialised).
+    if positions is None:
+        # Rows per unit unknown until run time (microbatches of a batch of unknown
+        # size): materialise small kernels (at most 256 KB per unit), whose cost is
+        # bounded, rather than risk a double sum over many positions.
+        ghost = d_in * d_out > _MATERIALISE_UNKNOWN
+    else:
+        ghost = 2 * positions * (d_in + d_out) <= d_in * d_out
+    if ghost:
+        # The double sum has terms of both signs. In float64 the products of float32
+        # values are exact and the sums keep 29 more bits, so cancellation between
+        # positions loses ~5e8 times less than in float32.
+        a64, d64 = ops.cast(a, "float64"), ops.cast(d, "float64")
+        aa = ops.matmul(a64, ops.transpose(a64, (0, 2, 1)))
+        dd = ops.matmul(d64, ops.transpose(d64, (0, 2, 1)))
+        sq = ops.sum(ops.reshape(aa * dd, (ops.shape(aa)[0], -1)), axis=1)
+        return ops.cast(ops.maximum(sq, 0.0), "float32")
+    grads = ops.matmul(ops.transpose(a, (0, 2, 1)), d)
+    if keep is not None:
+        keep["G"] = grads
+    return U.sum_squares(grads)
+
+
+def outer_norm(a, d, positions):
+    """Per-unit ``||a_u^T d_u||`` without overflow in the squares."""
+    ma, md = U.unit_max_abs(a), U.unit_max_abs(d)
+    a_hat, d_hat = U.safe_divide(a, ma), U.safe_divide(d, md)
+    return ma * md * ops.sqrt(outer_sq(a_hat, d_hat, positions))
+
+
+def outer_clipped_sum(a, d, factors, safe, keep=None):
+    """``sum_u factors_u a_u^T d_u`` as ``[p, q]`` (from ``keep["G"]`` if materialised)."""
+    if keep is not None and "G" in keep:
+        return ops.sum(_scale_units(keep["G"], factors, safe), axis=0)
+    if safe:
+        a = U.keep_rows(a, factors)
+    d_scaled = _scale_units(d, factors, safe)
+    a_flat = ops.reshape(a, (-1, a.shape[-1]))
+    d_flat = ops.reshape(d_scaled, (-1, d.shape[-1]))
+    return ops.matmul(ops.transpose(a_flat), d_flat)
+
+
+def _lora_pieces(layer, a2, dz3, lora_a3, to_a, layout, units):
+    """LoRA's low-rank path: the effective kernel ``W + s A B`` (``s = alpha / rank``)
+    seen as ``[n_in, n_mid, n_last]`` with ``A`` ``[n_in, n_mid, r]`` and ``B``
+    ``[r, n_last]`` (a Dense kernel has ``n_mid = 1``). For a unit with layer inputs
+    ``a_s`` ``[n_in]`` and output gradients ``dz_s`` ``[n_mid, n_last]``::
+
+        dL/dA = s sum_s a_s (dz_s B^T)^T       (an outer product over positions s)
+        dL/dB = s sum_{s, m} (a_s A_m)^T dz_{s, m}   (positions s and middle index m)
+
+    so both are Dense-like pieces with rank-sized sides: cheap to materialise per unit.
+    ``a2`` ``[B, S, n_in]``, ``dz3`` ``[B, S, n_mid, n_last]``, ``lora_a3`` = ``A`` as
+    ``[n_in, n_mid, r]``; ``to_a`` maps ``[n_in, n_mid r]`` to ``A``'s shape."""
+    scale = layer.lora_alpha / layer.lora_rank
+    b = ops.cast(layer.lora_kernel_b, "float32")
+    n_mid, n_last = dz3.shape[2], dz3.shape[3]
+    rank = b.shape[0]
+    dz3 = U.float32(dz3)
+    a2 = U.float32(a2)
+    pieces = []
+    if layer.lora_kernel_a.trainable:
+        dzb = scale * ops.einsum("bsml,rl->bsmr", dz3, b)
+        dzb = ops.reshape(dzb, (ops.shape(dzb)[0], -1, n_mid * rank))
+        pieces.append(
+            _Piece(
+                layer.lora_kernel_a,
+                units.group(a2),
+                units.group(dzb),
+                _static_positions(a2, units),
+                to_a,
+                (layout, "lora_a"),
+            )
+        )
+    if layer.lora_kernel_b.trainable:
+        aa = scale * ops.einsum("bsi,imr->bsmr", a2, ops.cast(lora_a3, "float32"))
+        aa = ops.reshape(aa, (ops.shape(aa)[0], -1, rank))
+        dz = ops.reshape(dz3, (ops.shape(dz3)[0], -1, n_last))
+        pieces.append(
+            _Piece(
+                layer.lora_kernel_b,
+                units.group(aa),
+                units.group(dz),
+                _static_positions(aa, units),
+                lambda g: g,
+                (layout, "lora_b"),
+            )
+        )
+    return pieces
+
+
 class _MatmulRule(LayerRule):
-    """Shared math of Dense and EinsumDense: ``z = a W (+ b)`` on ``[B, S, d_in]``."""
+    """Shared math of Dense and EinsumDense: ``z = a W (+ b)`` on ``[B, S, d_in]``; with
+    LoRA enabled (``W = W0 + s A B``) the trainable ones of ``W0``, ``A``, ``B`` and the
+    bias, each a piece of the same Dense-like math."""
 
     def _kernel_2d(self, call: RuleCall, units: Units) -> tuple[Any, Any]:
         """``a`` as ``[U, S, d_in]`` and ``dz`` as ``[U, S, d_out]``, float32."""
@@ -38,8 +162,19 @@ class _MatmulRule(LayerRule):
         """``[U, n_bias]``: each unit's bias gradient."""
         raise NotImplementedError
 
+    def _lora(self, call: RuleCall, units: Units) -> list:
+        """The LoRA pieces (see :func:`_lora_pieces`)."""
+        return []
+
+    def _kernel_variable(self, layer: Any) -> Any:
+        return layer._kernel
+
+    def _layout(self, layer: Any) -> Any:
+        return "2d"
+
     def variables(self, layer):
-        return [layer._kernel] + ([layer.bias] if layer.bias is not None else [])
+        lora = [layer.lora_kernel_a, layer.lora_kernel_b] if _lora_on(layer) else []
+        return _trainable([self._kernel_variable(layer), *lora, layer.bias])
 
     def _project(self, layer: Any, inputs: Any) -> Any:
         """``a W``: the layer's output before the bias."""
@@ -59,80 +194,82 @@ class _MatmulRule(LayerRule):
         return call.cache["a"], call.cache["d"]
 
     def _kernel_sq(self, a, d, positions, keep=None):
-        """Per-unit ``||a_u^T d_u||^2``: a product of norms for one position, else the
-        cheaper of the position double sum and materialising ``G_u`` (kept in ``keep``,
-        so that the clipped sum adds exactly the ``G_u`` whose norm was taken)."""
-        if positions == 1:
-            return U.sum_squares(a) * U.sum_squares(d)
-        d_in, d_out = a.shape[-1], d.shape[-1]
-        # Per unit, the double sum costs positions^2 (d_in + d_out) multiply-adds in
-        # float64, materialising positions d_in d_out in float32; a float64 matmul ran at
-        # about half the float32 rate here (tutorial CNN's second convolution, 25
-        # positions, 256 x 32: 6.1 ms double sum against 2.0 ms materialised).
-        if positions is None:
-            # Rows per unit unknown until run time (microbatches of a batch of unknown
-            # size): materialise small kernels (at most 256 KB per unit), whose cost is
-            # bounded, rather than risk a double sum over many positions.
-            ghost = d_in * d_out > _MATERIALISE_UNKNOWN
-        else:
-            ghost = 2 * positions * (d_in + d_out) <= d_in * d_out
-        if ghost:
-            # The double sum has terms of both signs. In float64 the products of float32
-            # values are exact and the sums keep 29 more bits, so cancellation between
-            # positions loses ~5e8 times less than in float32.
-            a64, d64 = ops.cast(a, "float64"), ops.cast(d, "float64")
-            aa = ops.matmul(a64, ops.transpose(a64, (0, 2, 1)))
-            dd = ops.matmul(d64, ops.transpose(d64, (0, 2, 1)))
-            sq = ops.sum(ops.reshape(aa * dd, (ops.shape(aa)[0], -1)), axis=1)
-            return ops.cast(ops.maximum(sq, 0.0), "float32")
-        grads = ops.matmul(ops.transpose(a, (0, 2, 1)), d)
-        if keep is not None:
-            keep["G"] = grads
-        return U.sum_squares(grads)
+        return outer_sq(a, d, positions, keep)
 
     def _positions(self, call, units):
         return call.cache.get("positions")
 
+    def _pieces(self, call, units) -> list[_Piece]:
+        if "pieces" not in call.cache:
+            layer = call.layer
+            pieces = []
+            kernel = self._kernel_variable(layer)
+            if kernel.trainable:
+                a, d = self._grouped(call, units)
+                pieces.append(
+                    _Piece(
+                        kernel,
+                        a,
+                        d,
+                        self._positions(call, units),
+                        lambda g: self._kernel_from_2d(layer, g),
+                        self._layout(layer),
+                    )
+                )
+            if _lora_on(layer):
+                pieces += self._lora(call, units)
+            call.cache["pieces"] = pieces
+        return call.cache["pieces"]
+
+    def _has_bias(self, layer) -> bool:
+        return layer.bias is not None and layer.bias.trainable
+
     def squared_norms(self, call, units):
-        a, d = self._grouped(call, units)
-        sq = self._kernel_sq(a, d, self._positions(call, units), keep=call.cache)
-        if call.layer.bias is not None:
-            sq = sq + U.sum_squares(self._bias_units(call, units))
+        sq = None
+        for p in self._pieces(call, units):
+            part = outer_sq(p.a, p.d, p.positions, keep=p.keep)
+            sq = part if sq is None else sq + part
+        if self._has_bias(call.layer):
+            part = U.sum_squares(self._bias_units(call, units))
+            sq = part if sq is None else sq + part
         return sq
 
     def norms(self, call, units):
-        a, d = self._grouped(call, units)
-        ma, md = U.unit_max_abs(a), U.unit_max_abs(d)
-        a_hat, d_hat = U.safe_divide(a, ma), U.safe_divide(d, md)
-        kernel = ma * md * ops.sqrt(self._kernel_sq(a_hat, d_hat, self._positions(call, units)))
-        parts = [kernel]
-        if call.layer.bias is not None:
+        parts = [outer_norm(p.a, p.d, p.positions) for p in self._pieces(call, units)]
+        if self._has_bias(call.layer):
             parts.append(U.safe_norm(self._bias_units(call, units)))
         return U.combine_norms(parts)
 
     def clipped_sums(self, call, units, factors, safe):
-        if "G" in call.cache:
-            kernel = ops.sum(_scale_units(call.cache["G"], factors, safe), axis=0)
-        else:
-            a, d = self._grouped(call, units)
-            if safe:
-                a = U.keep_rows(a, factors)
-            d_scaled = _scale_units(d, factors, safe)
-            a_flat = ops.reshape(a, (-1, a.shape[-1]))
-            d_flat = ops.reshape(d_scaled, (-1, d.shape[-1]))
-            kernel = ops.matmul(ops.transpose(a_flat), d_flat)
-        out = [self._kernel_from_2d(call.layer, kernel)]
-        if call.layer.bias is not None:
+        by_id = {}
+        for p in self._pieces(call, units):
+            by_id[id(p.variable)] = p.to_variable(
+                outer_clipped_sum(p.a, p.d, factors, safe, p.keep)
+            )
+        layer = call.layer
+        if self._has_bias(layer):
             bias = _scale_units(self._bias_units(call, units), factors, safe)
-            out.append(ops.reshape(ops.sum(bias, axis=0), call.layer.bias.shape))
-        return out
+            by_id[id(layer.bias)] = ops.reshape(ops.sum(bias, axis=0), layer.bias.shape)
+        return [by_id[id(v)] for v in self.variables(layer)]
+
+    def terms(self, call, units):
+        by_id = {id(p.variable): OuterTerm(p.a, p.d, p.layout) for p in self._pieces(call, units)}
+        layer = call.layer
+        if self._has_bias(layer):
+            by_id[id(layer.bias)] = FullTerm(self._bias_units(call, units), "bias")
+        return [by_id[id(v)] for v in self.variables(layer)]
+
+
+def _lora_on(layer: Any) -> bool:
+    return bool(getattr(layer, "lora_enabled", False))
 
 
 class DenseRule(_MatmulRule):
-    """``keras.layers.Dense`` on inputs of any rank (``[B, d]``, ``[B, T, d]``, ...)."""
+    """``keras.layers.Dense`` on inputs of any rank (``[B, d]``, ``[B, T, d]``, ...), with
+    or without LoRA."""
 
     def unsupported(self, layer):
-        return _plain_layer(layer) or _trainable_only(layer, self.variables(layer))
+        return _not_quantized(layer)
 
     def _project(self, layer, inputs):
         return ops.matmul(inputs, layer.kernel)
@@ -143,9 +280,18 @@ class DenseRule(_MatmulRule):
         call.cache["positions"] = _static_positions(a, units)
         return U.float32(units.group(a)), U.float32(units.group(d))
 
+    def _lora(self, call, units):
+        a = call.saved["a"]
+        d = call.grads["z"]
+        n_in, n_out = a.shape[-1], d.shape[-1]
+        a2 = ops.reshape(a, (ops.shape(a)[0], -1, n_in))
+        dz3 = ops.reshape(d, (ops.shape(d)[0], -1, 1, n_out))
+        a3 = ops.reshape(call.layer.lora_kernel_a, (n_in, 1, -1))
+        return _lora_pieces(call.layer, a2, dz3, a3, lambda g: g, "dense", units)
+
     def _bias_units(self, call, units):
         if "bias" not in call.cache:
-            _, d = self._grouped(call, units)
+            d = U.float32(units.group(call.grads["z"]))
             call.cache["bias"] = ops.sum(d, axis=1)
         return call.cache["bias"]
 
@@ -188,9 +334,41 @@ class EinsumDenseRule(_MatmulRule):
         return inp, ker, out, batch, "".join(pos), "".join(d_in), "".join(d_out)
 
     def unsupported(self, layer):
-        if self._letters(layer) is None:
+        letters = self._letters(layer)
+        if letters is None:
             return f"its equation {layer.equation!r} is not a batched matmul"
-        return _plain_layer(layer) or _trainable_only(layer, self.variables(layer))
+        if _lora_on(layer) and letters[1][-1] not in letters[6]:
+            return "LoRA is enabled and the kernel's last axis is not an output axis"
+        return _not_quantized(layer)
+
+    def _layout(self, layer):
+        return ("einsum", layer.equation)
+
+    def _lora(self, call, units):
+        layer = call.layer
+        inp, ker, out, b, pos, d_in, d_out = self._letters(layer)
+        last = ker[-1]
+        mid = "".join(c for c in ker[:-1] if c in d_out)
+        rank_letter = next(c for c in "zyxwvutsrqponmlkjihgfedcba" if c not in inp + ker + out)
+        dims = dict(zip(ker, layer._kernel.shape, strict=True))
+        n_in = math.prod(dims[c] for c in d_in)
+        n_mid = math.prod(dims[c] for c in mid)
+        a2 = ops.einsum(f"{inp}->{b}{pos}{d_in}", call.saved["a"])
+        a2 = ops.reshape(a2, (ops.shape(a2)[0], -1, n_in))
+        dz3 = ops.einsum(f"{out}->{b}{pos}{mid}{last}", call.grads["z"])
+        dz3 = ops.reshape(dz3, (ops.shape(dz3)[0], -1, n_mid, dims[last]))
+        r = rank_letter
+        a3 = ops.einsum(f"{ker[:-1]}{r}->{d_in}{mid}{r}", layer.lora_kernel_a)
+        a3 = ops.reshape(a3, (n_in, n_mid, -1))
+        rank = layer.lora_kernel_a.shape[-1]
+
+        def to_a(grad):
+            grad = ops.reshape(grad, tuple(dims[c] for c in d_in + mid) + (rank,))
+            if d_in + mid == ker[:-1]:
+                return grad
+            return ops.einsum(f"{d_in}{mid}{r}->{ker[:-1]}{r}", grad)
+
+        return _lora_pieces(layer, a2, dz3, a3, to_a, self._layout(layer), units)
 
     def _project(self, layer, inputs):
         return ops.einsum(layer.equation, inputs, layer.kernel)
@@ -248,9 +426,19 @@ class ConvRule(_MatmulRule):
         return _plain_layer(layer) or _trainable_only(layer, self.variables(layer))
 
     def variables(self, layer):
+        return [self._kernel_variable(layer)] + ([layer.bias] if layer.bias is not None else [])
+
+    def _kernel_variable(self, layer):
         kernel = getattr(layer, "_kernel", None)
-        kernel = layer.kernel if kernel is None else kernel
-        return [kernel] + ([layer.bias] if layer.bias is not None else [])
+        return layer.kernel if kernel is None else kernel
+
+    def terms(self, call, units):
+        if self._groups(call.layer) != 1:
+            raise NotExact(
+                f"layer {call.layer.name!r}: no cross terms for a grouped convolution's "
+                "shared weights"
+            )
+        return super().terms(call, units)
 
     def forward(self, layer, inputs, *args, **kwargs):
         padding = layer.padding

@@ -34,7 +34,9 @@ written for its parent.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
+import sys
 from typing import Any
 
 import keras
@@ -77,8 +79,27 @@ class LayerRule:
         return None
 
     def variables(self, layer: Any) -> list:
-        """The layer's variables whose gradients the rule computes, in a fixed order."""
+        """The layer's trainable variables whose gradients the rule computes, in a fixed
+        order."""
         raise NotImplementedError
+
+    def call_variables(self, call: RuleCall) -> list:
+        """The variables this call's gradient reaches (a subset of :meth:`variables`, in
+        its order: e.g. a tied embedding's lookup and its reverse projection reach the
+        same table, an untied one's reach different tables)."""
+        return self.variables(call.layer)
+
+    def terms(self, call: RuleCall, units: Units) -> list:
+        """Each of :meth:`call_variables`' per-unit gradient parts as a
+        :class:`~keras_privacy.training.fast.shared.Term`, for the cross terms of a
+        variable reached by several calls (:mod:`keras_privacy.training.fast.shared`).
+        A rule that does not override this cannot share weights between calls."""
+        raise NotImplementedError
+
+    @classmethod
+    def shares_weights(cls) -> bool:
+        """Whether the rule describes its gradients as terms (:meth:`terms`)."""
+        return cls.terms is not LayerRule.terms
 
     def forward(self, layer: Any, inputs: Any, *args: Any, **kwargs: Any) -> tuple[Any, dict, dict]:
         """Compute the layer's outputs exactly as its ``call``; return
@@ -123,6 +144,16 @@ def _scale_units(grouped: Any, factors: Any, safe: bool) -> Any:
     return U.scale_rows(grouped, factors)
 
 
+def _trainable(variables: list) -> list:
+    return [v for v in variables if v is not None and v.trainable]
+
+
+def _not_quantized(layer: Any) -> str | None:
+    if getattr(layer, "quantization_mode", None):
+        return "it is quantized"
+    return None
+
+
 def _plain_layer(layer: Any) -> str | None:
     if getattr(layer, "lora_enabled", False):
         return "LoRA is enabled on it"
@@ -145,9 +176,27 @@ def register_rule(layer_class: type, rule: LayerRule) -> None:
     _RULES[layer_class] = rule
 
 
+#: Modules with rules for an optional library's layers, loaded the first time a rule is
+#: looked up after the library was imported by the user (never imported by us before).
+_OPTIONAL: dict[str, str] = {}
+
+
+def register_optional_rules(library: str, module: str) -> None:
+    """Import ``module`` (which registers rules) once ``library`` has been imported."""
+    _OPTIONAL[library] = module
+
+
+def load_optional_rules() -> None:
+    """Import the rule modules of the optional libraries the process has imported."""
+    for library in [name for name in _OPTIONAL if name in sys.modules]:
+        importlib.import_module(_OPTIONAL.pop(library))
+
+
 def rule_for(layer: Any) -> LayerRule | None:
     """The rule for ``layer``: of the nearest registered class in its MRO, and only if
     the layer's class runs that class's ``call``."""
+    if _OPTIONAL:
+        load_optional_rules()
     for cls in type(layer).__mro__:
         if cls in _RULES:
             return _RULES[cls] if type(layer).call is cls.call else None

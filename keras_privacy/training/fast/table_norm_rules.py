@@ -7,25 +7,43 @@ import math
 from typing import Any
 
 from keras import ops
+from keras.src.backend import set_keras_mask
 
 from keras_privacy.training.fast import units as U
+from keras_privacy.training.fast.matmul_rules import (
+    _lora_on,
+    outer_clipped_sum,
+    outer_norm,
+    outer_sq,
+)
 from keras_privacy.training.fast.rules import (
     LayerRule,
     NotExact,
-    _plain_layer,
+    _not_quantized,
     _scale_units,
+    _static_positions,
+    _trainable,
     _trainable_only,
 )
+from keras_privacy.training.fast.shared import FullTerm, OuterTerm, RowsTerm
 
 
 class EmbeddingRule(LayerRule):
-    """``keras.layers.Embedding`` (any id shape; repeated ids; ``mask_zero``)."""
+    """``keras.layers.Embedding`` (any id shape; repeated ids; ``mask_zero``), with or
+    without LoRA.
+
+    The table's per-unit gradient is ``G_u[v] = sum_{s: id_s = v} dz_s`` (rows by token
+    id). With LoRA (``E = E0 + s A B``): ``dL/dA`` has the same form with ``s dz B^T``
+    in place of ``dz`` (rank-wide rows), and ``dL/dB = s sum_s A[id_s]^T dz_s``, a
+    Dense-like outer product over positions (:func:`outer_sq`).
+    """
 
     def unsupported(self, layer):
-        return _plain_layer(layer) or _trainable_only(layer, self.variables(layer))
+        return _not_quantized(layer)
 
     def variables(self, layer):
-        return [layer._embeddings]
+        lora = [layer.lora_embeddings_a, layer.lora_embeddings_b] if _lora_on(layer) else []
+        return _trainable([layer._embeddings, *lora])
 
     def forward(self, layer, inputs, *args, **kwargs):
         ids = inputs
@@ -34,14 +52,17 @@ class EmbeddingRule(LayerRule):
         z = U.probe(ops.take(layer.embeddings, ids, axis=0))
         return ops.cast(z, layer.compute_dtype), {"ids": ids}, {"z": z}
 
+    # The lookup's tensors: ids and their output gradients (overridden by a rule whose
+    # call is not always a lookup).
+    def _lookup(self, call):
+        return call.saved["ids"], call.grads["z"]
+
     def _segments(self, call, units):
-        """Each unit's distinct tokens: sort ``id * U + unit`` and sum the output
-        gradients of equal keys (a sorted segment sum). Cached per call."""
+        """Each unit's distinct tokens: sort ``id * U + unit`` (cached per call). The
+        per-token sums of any rows (:meth:`_row_sums`) are then sorted segment sums."""
         if "segments" in call.cache:
             return call.cache["segments"]
-        ids = call.saved["ids"]
-        d = U.float32(call.grads["z"])
-        dim = d.shape[-1]
+        ids, _ = self._lookup(call)
         count = units.count(ids)
         ids_u = ops.reshape(ops.cast(ids, "int64"), (count, -1))
         positions = ops.shape(ids_u)[1]
@@ -54,20 +75,18 @@ class EmbeddingRule(LayerRule):
         first = ops.concatenate(
             [ops.ones((1,), "bool"), ops.not_equal(sorted_keys[1:], sorted_keys[:-1])]
         )
-        segment = ops.cumsum(ops.cast(first, "int32")) - 1
-        rows = ops.take(ops.reshape(d, (-1, dim)), order, axis=0)
         # Backends that need static shapes (JAX) get one segment per position; the unused
         # ones are empty (zero sums, negative keys that the segment sums below drop).
         slots = None
         if U.backend_ops["static_segments"]:
             slots = keys.shape[0]
-        segment_keys = ops.segment_max(sorted_keys, segment, num_segments=slots, sorted=True)
+        segment_keys = ops.segment_max(
+            sorted_keys, ops.cumsum(ops.cast(first, "int32")) - 1, num_segments=slots, sorted=True
+        )
         seg = {
-            "d_units": ops.reshape(d, (count, -1, dim)),
-            "rows": rows,
+            "order": order,
             "row_units": ops.take(owner, order),
-            "segment": segment,
-            "sums": U.segment_sum(rows, segment, num_segments=slots, sorted=True),
+            "segment": ops.cumsum(ops.cast(first, "int32")) - 1,
             "slots": slots,
             "unit": segment_keys % ops.cast(count, "int64"),
             "id": segment_keys // ops.cast(count, "int64"),
@@ -76,39 +95,109 @@ class EmbeddingRule(LayerRule):
         call.cache["segments"] = seg
         return seg
 
+    def _row_sums(self, seg, rows):
+        """``[segments, q]``: the rows ``[B, ..., q]`` summed per (unit, token)."""
+        flat = ops.take(ops.reshape(U.float32(rows), (-1, rows.shape[-1])), seg["order"], axis=0)
+        return U.segment_sum(flat, seg["segment"], num_segments=seg["slots"], sorted=True)
+
     def _unit_sq(self, seg, sums):
         return U.segment_sum(
             ops.sum(ops.square(sums), axis=1), seg["unit"], num_segments=seg["count"]
         )
 
+    def _rows_pieces(self, call, units):
+        """``[(variable, rows [B, ..., q])]``: the row-by-token parts, and the LoRA ``B``
+        part as ``(variable, a [U, S, r], d [U, S, D])``, cached."""
+        if "pieces" in call.cache:
+            return call.cache["pieces"]
+        layer = call.layer
+        ids, dz = self._lookup(call)
+        rows, outer = [], []
+        if layer._embeddings.trainable:
+            rows.append((layer._embeddings, dz))
+        if _lora_on(layer):
+            scale = layer.lora_alpha / layer.lora_rank
+            b = ops.cast(layer.lora_embeddings_b, "float32")
+            if layer.lora_embeddings_a.trainable:
+                dzb = scale * ops.matmul(U.float32(dz), ops.transpose(b))
+                rows.append((layer.lora_embeddings_a, dzb))
+            if layer.lora_embeddings_b.trainable:
+                a = scale * ops.take(ops.cast(layer.lora_embeddings_a, "float32"), ids, axis=0)
+                a = ops.reshape(a, (ops.shape(a)[0], -1, a.shape[-1]))
+                d = ops.reshape(U.float32(dz), (ops.shape(dz)[0], -1, dz.shape[-1]))
+                positions = _static_positions(a, units)
+                outer.append((layer.lora_embeddings_b, units.group(a), units.group(d), positions))
+        call.cache["pieces"] = (rows, outer)
+        return rows, outer
+
     def squared_norms(self, call, units):
+        rows, outer = self._rows_pieces(call, units)
         seg = self._segments(call, units)
-        return self._unit_sq(seg, seg["sums"])
+        parts = [self._unit_sq(seg, self._row_sums(seg, r)) for _, r in rows]
+        keep = call.cache.setdefault("keep", {})
+        for v, a, d, positions in outer:
+            parts.append(outer_sq(a, d, positions, keep.setdefault(id(v), {})))
+        return sum(parts[1:], parts[0])
 
     def norms(self, call, units):
+        rows, outer = self._rows_pieces(call, units)
         seg = self._segments(call, units)
-        scale = U.unit_max_abs(seg["d_units"])
-        row_scale = ops.maximum(ops.take(scale, seg["row_units"]), 1e-30)
-        sums = U.segment_sum(
-            seg["rows"] / row_scale[:, None], seg["segment"], num_segments=seg["slots"], sorted=True
-        )
-        return scale * ops.sqrt(self._unit_sq(seg, sums))
+        parts = []
+        for _, r in rows:
+            scale = U.unit_max_abs(ops.reshape(U.float32(r), (seg["count"], -1, r.shape[-1])))
+            row_scale = ops.maximum(ops.take(scale, seg["row_units"]), 1e-30)
+            flat = ops.take(ops.reshape(U.float32(r), (-1, r.shape[-1])), seg["order"], axis=0)
+            sums = U.segment_sum(
+                flat / row_scale[:, None], seg["segment"], num_segments=seg["slots"], sorted=True
+            )
+            parts.append(scale * ops.sqrt(self._unit_sq(seg, sums)))
+        parts += [outer_norm(a, d, positions) for _, a, d, positions in outer]
+        return U.combine_norms(parts)
 
-    def clipped_sums(self, call, units, factors, safe):
-        seg = self._segments(call, units)
+    def _table_sum(self, seg, sums, factors, safe, vocab):
         weights = ops.take(factors, seg["unit"])
-        sums = seg["sums"]
         if safe:
             sums = U.keep_rows(sums, weights)
         # Segments are sorted by token id, so the table is a sorted segment sum over ids
         # (rows up to the largest id present), completed with zero rows.
-        vocab = int(call.layer.input_dim)
         if seg["slots"] is not None:
             keep = ops.cast(seg["id"] >= 0, sums.dtype)[:, None]
-            return [U.segment_sum(U.scale_rows(sums, weights) * keep, seg["id"], vocab)]
+            return U.segment_sum(U.scale_rows(sums, weights) * keep, seg["id"], vocab)
         part = U.segment_sum(U.scale_rows(sums, weights), seg["id"], sorted=True)
         missing = ops.zeros((vocab - ops.shape(part)[0], part.shape[-1]), part.dtype)
-        return [ops.concatenate([part, missing], axis=0)]
+        return ops.concatenate([part, missing], axis=0)
+
+    def _lookup_clipped_sums(self, call, units, factors, safe):
+        rows, outer = self._rows_pieces(call, units)
+        seg = self._segments(call, units)
+        vocab = int(call.layer.input_dim)
+        by_id = {}
+        for v, r in rows:
+            by_id[id(v)] = self._table_sum(seg, self._row_sums(seg, r), factors, safe, vocab)
+        keep = call.cache.get("keep", {})
+        for v, a, d, _ in outer:
+            by_id[id(v)] = outer_clipped_sum(a, d, factors, safe, keep.get(id(v)))
+        return by_id
+
+    def clipped_sums(self, call, units, factors, safe):
+        by_id = self._lookup_clipped_sums(call, units, factors, safe)
+        return [by_id[id(v)] for v in self.call_variables(call)]
+
+    def _lookup_terms(self, call, units):
+        rows, outer = self._rows_pieces(call, units)
+        ids, _ = self._lookup(call)
+        ids_u = ops.reshape(ids, (units.count(ids), -1))
+        by_id = {}
+        for v, r in rows:
+            g = units.group(ops.reshape(U.float32(r), (ops.shape(r)[0], -1, r.shape[-1])))
+            by_id[id(v)] = RowsTerm(ids_u, g, "2d")
+        for v, a, d, _ in outer:
+            by_id[id(v)] = OuterTerm(a, d, "2d")
+        return by_id
+
+    def terms(self, call, units):
+        by_id = self._lookup_terms(call, units)
+        return [by_id[id(v)] for v in self.call_variables(call)]
 
 
 def _trailing_axes(axis: Any, rank: int) -> list[int] | None:
@@ -173,6 +262,9 @@ class _ScaleOffsetRule(LayerRule):
             for g, v in zip(self._unit_grads(call, units), self.variables(call.layer), strict=True)
         ]
 
+    def terms(self, call, units):
+        return [FullTerm(g, "full") for g in self._unit_grads(call, units)]
+
 
 def _check_axes(layer: Any, inputs: Any) -> None:
     if _trailing_axes(layer.axis, len(inputs.shape)) is None:
@@ -230,3 +322,93 @@ class GroupNormalizationRule(_ScaleOffsetRule):
         mean, variance = ops.moments(grouped, axes=(1, 3), keepdims=True)
         xhat = (grouped - mean) * ops.rsqrt(variance + layer.epsilon)
         return ops.reshape(xhat, ops.shape(inputs))
+
+
+class ReversibleEmbeddingRule(EmbeddingRule):
+    """``keras.layers.ReversibleEmbedding`` (and keras-hub's subclass): a lookup, and with
+    ``reverse=True`` the output projection ``z = h T`` with ``T = E^T`` (tied) or the
+    separate ``reverse_embeddings`` (untied), before the optional logit soft cap.
+
+    The projection's per-unit gradient is Dense-like: ``dL/dE = sum_t dz_t h_t^T``
+    (tied; ``[V, D]``) or ``dL/dT = sum_t h_t dz_t^T`` (untied), with the double sum or
+    materialising chosen from static shapes (:func:`outer_sq`). A tied table is reached
+    by the lookup and the projection: its norm gets their cross term
+    (:mod:`keras_privacy.training.fast.shared`).
+    """
+
+    def unsupported(self, layer):
+        if _lora_on(layer):
+            return "LoRA is enabled on a ReversibleEmbedding"
+        return _not_quantized(layer)
+
+    def variables(self, layer):
+        return _trainable([layer._embeddings, getattr(layer, "reverse_embeddings", None)])
+
+    def _table(self, call):
+        layer = call.layer
+        if call.saved["reverse"] and not layer.tie_weights:
+            return layer.reverse_embeddings
+        return layer._embeddings
+
+    def call_variables(self, call):
+        return _trainable([self._table(call)])
+
+    def forward(self, layer, inputs, *args, reverse=False, **kwargs):
+        if not reverse:
+            out, saved, probes = super().forward(layer, inputs)
+            if layer.mask_zero:
+                set_keras_mask(out, ops.not_equal(saved["ids"], 0))
+            return out, {**saved, "reverse": False}, probes
+        kernel = ops.transpose(layer.embeddings) if layer.tie_weights else layer.reverse_embeddings
+        if layer.reverse_dtype is not None:
+            inputs = ops.cast(inputs, layer.reverse_dtype)
+            kernel = ops.cast(kernel, layer.reverse_dtype)
+        z = U.probe(ops.matmul(inputs, kernel))
+        logits = z
+        if layer.logit_soft_cap is not None:
+            cap = layer.logit_soft_cap
+            logits = ops.multiply(ops.tanh(ops.divide(z, cap)), cap)
+        return logits, {"h": inputs, "reverse": True}, {"z": z}
+
+    def _projection(self, call, units):
+        """``(a, d, positions)`` of the projection's outer product, float32, grouped."""
+        if "projection" not in call.cache:
+            h, dz = call.saved["h"], call.grads["z"]
+            h = ops.reshape(h, (ops.shape(h)[0], -1, h.shape[-1]))
+            dz = ops.reshape(dz, (ops.shape(dz)[0], -1, dz.shape[-1]))
+            positions = _static_positions(h, units)
+            h, dz = U.float32(units.group(h)), U.float32(units.group(dz))
+            pair = (dz, h) if call.layer.tie_weights else (h, dz)
+            call.cache["projection"] = (*pair, positions)
+        return call.cache["projection"]
+
+    def _zeros(self, call, units):
+        rows = call.saved["h"] if call.saved["reverse"] else call.saved["ids"]
+        return ops.zeros((units.count(rows),), "float32")
+
+    def squared_norms(self, call, units):
+        if not self.call_variables(call):
+            return self._zeros(call, units)
+        if not call.saved["reverse"]:
+            return super().squared_norms(call, units)
+        a, d, positions = self._projection(call, units)
+        return outer_sq(a, d, positions, call.cache.setdefault("keep", {}))
+
+    def norms(self, call, units):
+        if not self.call_variables(call):
+            return self._zeros(call, units)
+        if not call.saved["reverse"]:
+            return super().norms(call, units)
+        return outer_norm(*self._projection(call, units))
+
+    def clipped_sums(self, call, units, factors, safe):
+        if not self.call_variables(call) or not call.saved["reverse"]:
+            return super().clipped_sums(call, units, factors, safe)
+        a, d, _ = self._projection(call, units)
+        return [outer_clipped_sum(a, d, factors, safe, call.cache.get("keep"))]
+
+    def terms(self, call, units):
+        if not call.saved["reverse"]:
+            return super().terms(call, units)
+        a, d, _ = self._projection(call, units)
+        return [OuterTerm(a, d, "2d")] if self.call_variables(call) else []

@@ -165,7 +165,9 @@ class FastEngine(fast_engine.FastEngine):
             for call in capture.calls:
                 saved.append({k: v for k, v in call.saved.items() if _is_array(v)})
                 static[id(call)] = {k: v for k, v in call.saved.items() if not _is_array(v)}
-            static["calls"] = [(call.layer, call.rule, id(call)) for call in capture.calls]
+            static["calls"] = [
+                (call.layer, call.rule, id(call), list(call.probes)) for call in capture.calls
+            ]
             static["shapes"] = tap.shapes
             return total, (unit_losses, y_pred, saved, new_non_trainable)
 
@@ -176,8 +178,9 @@ class FastEngine(fast_engine.FastEngine):
         )(zeros)
         calls = []
         grads = iter(probe_grads)
-        for (layer, rule, key), arrays in zip(static["calls"], saved, strict=True):
-            calls.append(RuleCall(layer, rule, {**arrays, **static[key]}, {}, {"z": next(grads)}))
+        for (layer, rule, key, names), arrays in zip(static["calls"], saved, strict=True):
+            probes = {name: next(grads) for name in names}
+            calls.append(RuleCall(layer, rule, {**arrays, **static[key]}, {}, probes))
         # The rules compute some sums in 64 bits (the Dense rule's position double sum in
         # float64, Embedding token keys in int64): JAX allows them within this scope.
         with jax.enable_x64(True):
