@@ -261,7 +261,11 @@ def segment_event(segment: Any) -> dp_accounting.DpEvent:
             "model.privacy_record.current.dataset_size = N (or .segments[i] for an earlier "
             "segment); otherwise no epsilon can be stated"
         )
-    noise_multiplier = float(segment.noise_multiplier)
+    # Sparsity-preserving DP-SGD: the selection's Gaussian and the gradient's, on the same
+    # sampled batch, are one Gaussian (keras_privacy.training.sparsity).
+    noise_multiplier = float(
+        getattr(segment, "accounted_noise_multiplier", segment.noise_multiplier)
+    )
     used_microbatching = int(segment.examples_per_clipping_unit) > 1
     if sampling == POISSON:
         q = min(1.0, batch_size / dataset_size)

@@ -56,6 +56,9 @@ class DPConfig:
         design); without ``seed`` they draw from non-deterministic state.
       engine: how the clipped sum is computed (one of :data:`ENGINES`); every engine
         computes the same exact sum, they differ in speed and in the models they cover.
+      sparsity_preserving: ``None`` or a
+        :class:`~keras_privacy.training.sparsity.SparsityPreserving` (or its config
+        dict): sparsity-preserving DP-SGD for embedding tables.
     """
 
     l2_norm_clip: float
@@ -65,8 +68,19 @@ class DPConfig:
     sampling: str | None = None
     seed: int | None = None
     engine: str = "auto"
+    sparsity_preserving: Any = None
 
     def __post_init__(self) -> None:
+        from keras_privacy.training.sparsity import SparsityPreserving
+
+        object.__setattr__(
+            self, "sparsity_preserving", SparsityPreserving.from_config(self.sparsity_preserving)
+        )
+        if self.sparsity_preserving is not None and self.gradient_accumulation_steps > 1:
+            raise PrivacyError(
+                "sparsity_preserving does not support gradient_accumulation_steps > 1 yet: "
+                "use a larger batch_size instead."
+            )
         validate_dp_arguments(
             l2_norm_clip=self.l2_norm_clip,
             noise_multiplier=self.noise_multiplier,
@@ -86,6 +100,9 @@ class DPConfig:
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "sampling": self.sampling,
             "engine": self.engine,
+            "sparsity_preserving": (
+                None if self.sparsity_preserving is None else self.sparsity_preserving.to_config()
+            ),
         }
 
     @property

@@ -29,6 +29,13 @@ from keras_privacy.training.record import (
 )
 
 
+def _sparsity_config(value: Any) -> dict | None:
+    from keras_privacy.training.sparsity import SparsityPreserving
+
+    parsed = SparsityPreserving.from_config(value)
+    return None if parsed is None else parsed.to_config()
+
+
 class DPTrainingMixin:
     """Backend-neutral part of a DP model: settings, ``compile``, ``fit``, saving."""
 
@@ -44,6 +51,7 @@ class DPTrainingMixin:
         sampling: str | None,
         seed: int | None,
         engine: str = "auto",
+        sparsity_preserving: Any = None,
     ) -> None:
         # Validate what was given now; clip and noise may come from a DP optimizer later.
         validate_dp_arguments(
@@ -63,6 +71,8 @@ class DPTrainingMixin:
             "sampling": sampling,
             "seed": seed,
             "engine": engine,
+            # Kept as its config dict (or None): saved with the model as is.
+            "sparsity_preserving": _sparsity_config(sparsity_preserving),
         }
         self._dp_config: DPConfig | None = None
         if l2_norm_clip is not None and noise_multiplier is not None:

@@ -71,6 +71,10 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
       engine: ``"auto"`` (default: the fast norm-only engine where it is exact for the
         model, else the vectorized one; says which once), ``"fast"`` (raise
         ``PrivacyError`` if it cannot be exact) or ``"vectorized"``.
+      sparsity_preserving: ``None`` (default: plain DP-SGD) or a
+        :class:`keras_privacy.SparsityPreserving`: embedding tables are updated only on
+        rows chosen by a DP partition selection and noised only there
+        (:mod:`keras_privacy.training.sparsity`; needs the fast engine's Embedding rule).
       use_xla: TF Privacy's argument, see
         :mod:`keras_privacy.training.tf_privacy_arguments`.
       layer_registry: TF Privacy's argument, likewise.
@@ -86,6 +90,7 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
         sampling: str | None = None,
         seed: int | None = None,
         engine: str = "auto",
+        sparsity_preserving: Any = None,
         use_xla: bool = True,
         layer_registry: Any = None,
         **kwargs: Any,
@@ -126,6 +131,7 @@ class DPFunctional(DPModel, Functional):
         sampling: str | None = None,
         seed: int | None = None,
         engine: str = "auto",
+        sparsity_preserving: Any = None,
         use_xla: bool = True,
         layer_registry: Any = None,
         **kwargs: Any,
@@ -158,6 +164,7 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
         sampling: str | None = None,
         seed: int | None = None,
         engine: str = "auto",
+        sparsity_preserving: Any = None,
         layers: list | None = None,
         trainable: bool = True,
         name: str | None = None,

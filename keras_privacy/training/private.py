@@ -126,6 +126,7 @@ def make_private(
     sampling: str | None = None,
     seed: int | None = None,
     engine: str = "auto",
+    sparsity_preserving: Any = None,
 ) -> PrivateModel:
     """Return a model that trains ``model``'s layers with DP-SGD through compile/fit.
 

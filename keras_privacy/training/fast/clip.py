@@ -45,12 +45,19 @@ def clipped_gradient_sum(
     variables: Sequence,
     l2_norm_clip: float,
     unit_mask: Any = None,
+    sparsity: Any = None,
 ) -> tuple[list, Any]:
     """``([sum_u c_u grad_u for each of variables], norms)`` with the norms of
     :func:`unit_norms` and ``c_u = min(1, C / ||g_u||)`` (0 for a non-finite norm and for
     units outside ``unit_mask``: padding rows); every variable of every call is summed,
-    returned in the order of ``variables``."""
+    returned in the order of ``variables``. With ``sparsity`` (a
+    :class:`~keras_privacy.training.sparsity.SparsityPreserving`) the tables of rules
+    that support it come back by row (:class:`~keras_privacy.training.sparsity.SparseRows`)."""
     norms = unit_norms(calls, units)
+    for call in calls:
+        if sparsity is not None and getattr(call.rule, "supports_sparse_rows", False):
+            call.cache["sparsity"] = sparsity
+            call.cache["real_units"] = None if unit_mask is None else ops.cast(unit_mask, "float32")
     factors = clipping.clip_factors(norms, l2_norm_clip, unit_mask)
 
     def sums(safe: bool):

@@ -16,10 +16,18 @@ from keras_privacy.training.fast.rules import (
     _scale_units,
     _trainable_only,
 )
+from keras_privacy.training.sparsity import SparseRows, contribution_weights
 
 
 class EmbeddingRule(LayerRule):
-    """``keras.layers.Embedding`` (any id shape; repeated ids; ``mask_zero``)."""
+    """``keras.layers.Embedding`` (any id shape; repeated ids; ``mask_zero``).
+
+    Under sparsity-preserving DP-SGD (:mod:`keras_privacy.training.sparsity`) the clipped
+    sum is returned by row (:class:`~keras_privacy.training.sparsity.SparseRows`: one
+    slot per (row, unit) pair, with the unit's contribution weight), never as a
+    table-sized tensor."""
+
+    supports_sparse_rows = True
 
     def unsupported(self, layer):
         return _plain_layer(layer) or _trainable_only(layer, self.variables(layer))
@@ -103,12 +111,32 @@ class EmbeddingRule(LayerRule):
         # Segments are sorted by token id, so the table is a sorted segment sum over ids
         # (rows up to the largest id present), completed with zero rows.
         vocab = int(call.layer.input_dim)
+        sparsity = call.cache.get("sparsity")
+        if sparsity is not None:
+            return [self._sparse_rows(call, seg, sums, weights, sparsity)]
         if seg["slots"] is not None:
             keep = ops.cast(seg["id"] >= 0, sums.dtype)[:, None]
             return [U.segment_sum(U.scale_rows(sums, weights) * keep, seg["id"], vocab)]
         part = U.segment_sum(U.scale_rows(sums, weights), seg["id"], sorted=True)
         missing = ops.zeros((vocab - ops.shape(part)[0], part.shape[-1]), part.dtype)
         return [ops.concatenate([part, missing], axis=0)]
+
+    def _sparse_rows(self, call, seg, sums, weights, sparsity):
+        """One slot per (row, unit) pair: the row id, the unit's clipped share
+        ``c_u sum_{s: id_s = v} dz_s`` and the unit's contribution ``w_u`` (0 for padding
+        units), so the row counts are ``n_v = sum_u w_u 1[v in T_u]``."""
+        valid = seg["id"] >= 0
+        valid_f = ops.cast(valid, "float32")
+        unit = ops.where(valid, seg["unit"], 0)
+        distinct = U.segment_sum(valid_f, unit, num_segments=seg["count"])
+        real = call.cache.get("real_units")
+        if real is None:
+            real = ops.ones((seg["count"],), "float32")
+        contribution = contribution_weights(distinct, real, sparsity.contribution_bound)
+        counts = ops.take(contribution, unit) * valid_f
+        values = U.scale_rows(sums, weights) * valid_f[:, None]
+        ids = ops.where(valid, ops.cast(seg["id"], "int32"), -1)
+        return SparseRows(ids, values, counts)
 
 
 def _trailing_axes(axis: Any, rank: int) -> list[int] | None:

@@ -18,6 +18,7 @@ shapes are static and XLA compiles the step once.
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,53 @@ from keras_privacy.training.backend.jax.fast_engine import FastEngine
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.regularization import add_regularization_gradient
+from keras_privacy.training.sparsity import (
+    SparseRows,
+    coalesce,
+    false_positive_capacity,
+    false_positive_mask,
+    sparse_tables,
+    touched_selection,
+)
+
+
+def _private_rows(rows: SparseRows, variable: Any, config: Any, key: Any) -> Any:
+    """Sparsity-preserving DP-SGD on one table (:mod:`keras_privacy.training.sparsity`):
+    the table's noised gradient, nonzero only on the selected rows (the clipped sums of
+    the selected touched rows plus N(0, (sigma C)^2), and N(0, (sigma C)^2) alone on the
+    false positives). Dense, as JAX's own gradient of a lookup is: the noise is drawn
+    for the touched slots and at most ``capacity`` false positives, never for the
+    table, except in the data-independent event that more than ``capacity`` untouched
+    rows were drawn (probability below 1e-20), where the exact dense draw is used.
+    """
+    spec = config.sparsity_preserving
+    vocabulary, dim = (int(d) for d in jnp.shape(variable))
+    rows = coalesce(rows, lambda d, s, n: jax.ops.segment_sum(d, s, num_segments=n))
+    k_count, k_extra, k_noise, k_more = jax.random.split(key, 4)
+    normals = jax.random.normal(k_count, rows.counts.shape, "float32")
+    selected = touched_selection(rows, spec, normals)
+    uniforms = jax.random.uniform(k_extra, (vocabulary,), "float32")
+    extra = false_positive_mask(rows, spec, uniforms, vocabulary)
+    stddev = config.noise_stddev
+    values = rows.values
+    if stddev > 0:
+        values = values + stddev * jax.random.normal(k_noise, values.shape, "float32")
+    target = jnp.where(selected, rows.ids, vocabulary)
+    grad = jnp.zeros((vocabulary, dim), "float32").at[target].add(values, mode="drop")
+    if stddev == 0:
+        return grad
+    capacity = false_positive_capacity(vocabulary, spec.false_positive_probability)
+
+    def sparse(grad):
+        where = jnp.nonzero(extra, size=capacity, fill_value=vocabulary)[0]
+        noise = stddev * jax.random.normal(k_more, (capacity, dim), "float32")
+        return grad.at[where].add(noise, mode="drop")
+
+    def dense(grad):
+        noise = stddev * jax.random.normal(k_more, (vocabulary, dim), "float32")
+        return grad + jnp.where(extra[:, None], noise, 0.0)
+
+    return jax.lax.cond(jnp.sum(extra) <= capacity, sparse, dense, grad)
 
 
 class _StepState:
@@ -257,11 +305,20 @@ class JAXDPTrainer(shared.DPTrainerBase):
             padded,
         )
         rows = jnp.sum(mask)
-        zeros = [jnp.zeros(jnp.shape(v), "float32") for v in trainable]
 
         def compute(nt, part, part_mask, i):
             batch, nt = clipped(nt, part, part_mask, i * POISSON_PIECE)
             return batch.grad_sum, batch.unit_losses, batch.y_pred, nt
+
+        # Tables that come by row (sparsity-preserving DP-SGD) are not summed over the
+        # pieces: their rows are stacked (ids may repeat; coalesced before selection).
+        first = keras.tree.map_structure(lambda t: None if t is None else t[0], stacked)
+        structure = jax.eval_shape(compute, non_trainable, *first, jnp.uint32(0))[0]
+        by_row = [i for i, g in enumerate(structure) if isinstance(g, SparseRows)]
+        zeros = [
+            jnp.zeros((), "float32") if i in by_row else jnp.zeros(jnp.shape(v), "float32")
+            for i, v in enumerate(trainable)
+        ]
 
         def body(carry, inputs):
             sums, nt = carry
@@ -270,17 +327,22 @@ class JAXDPTrainer(shared.DPTrainerBase):
 
             def skip(nt, part, part_mask, i):
                 out = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-                return (*out[:3], nt)
+                grad = [
+                    g._replace(ids=g.ids - 1) if isinstance(g, SparseRows) else g for g in out[0]
+                ]
+                return (grad, *out[1:3], nt)
 
             grad, losses, preds, nt = jax.lax.cond(
                 i * POISSON_PIECE < rows, compute, skip, nt, part, part_mask, i
             )
-            sums = [s + g for s, g in zip(sums, grad, strict=True)]
-            return (sums, nt), (losses, preds)
+            sums = [s if j in by_row else s + g for j, (s, g) in enumerate(zip(sums, grad))]
+            return (sums, nt), (losses, preds, [grad[j] for j in by_row])
 
-        (grad_sum, non_trainable), (losses, preds) = jax.lax.scan(
+        (grad_sum, non_trainable), (losses, preds, stacked_rows) = jax.lax.scan(
             body, (zeros, non_trainable), (stacked, jnp.arange(pieces, dtype="uint32"))
         )
+        for j, table in zip(by_row, stacked_rows, strict=True):
+            grad_sum[j] = SparseRows(*(jnp.reshape(t, (-1, *t.shape[2:])) for t in table))
         losses = jnp.reshape(losses, (-1,))[:capacity]
         preds = keras.tree.map_structure(
             lambda p: jnp.reshape(p, (-1, *p.shape[2:]))[:capacity], preds
@@ -293,8 +355,13 @@ class JAXDPTrainer(shared.DPTrainerBase):
         the update. Returns the new trainable and optimizer values and ``R(w)``."""
         config = self._dp_config
         keys = jax.random.split(noise_key, len(grad_sum))
+        tables = sparse_tables(config, grad_sum)
         grads = []
-        for g, k in zip(grad_sum, keys, strict=True):
+        for i, (g, k) in enumerate(zip(grad_sum, keys, strict=True)):
+            if i in tables:
+                table = _private_rows(g, trainable[i], config, k)
+                grads.append(table / jnp.asarray(divisor, "float32"))
+                continue
             if config.noise_multiplier > 0:
                 # The partitionable threefry derivation draws the same distribution ~2x
                 # faster on CPU (one core: 5.6 against 9-11 ms for 670k normals); set for
