@@ -335,7 +335,8 @@ class JAXDPTrainer(shared.DPTrainerBase):
             grad, losses, preds, nt = jax.lax.cond(
                 i * POISSON_PIECE < rows, compute, skip, nt, part, part_mask, i
             )
-            sums = [s if j in by_row else s + g for j, (s, g) in enumerate(zip(sums, grad))]
+            pairs = enumerate(zip(sums, grad, strict=True))
+            sums = [s if j in by_row else s + g for j, (s, g) in pairs]
             return (sums, nt), (losses, preds, [grad[j] for j in by_row])
 
         (grad_sum, non_trainable), (losses, preds, stacked_rows) = jax.lax.scan(
