@@ -41,6 +41,20 @@ amplifies it as one subsampled Gaussian: the accountant's event per update is
 analysis composes them the same way). Everything the update outputs -- which rows are
 selected, and their noised gradients -- is a function of those two noisy vectors and of
 data-independent randomness, so ``sigma_eff`` accounts for all of it.
+
+**Floating point and static shapes.** The Gaussians are the backends' floating-point
+samplers, as for plain DP-SGD. On JAX (static shapes) at most
+:func:`false_positive_capacity` false positives are noised per update; more happen with
+probability below 1e-40, independently of the data, which changes ``delta`` by less
+than float64 can show (see that function). TensorFlow and PyTorch have no such cap.
+
+**Optimizers.** TensorFlow: the table's gradient reaches the optimizer as
+``tf.IndexedSlices`` of the selected rows; Keras's SGD (with or without momentum),
+Adam, Adagrad and RMSprop apply it to those rows only (checked: ``update_step`` receives
+the slices). JAX and PyTorch: Keras's optimizers take dense gradients, so the table's
+gradient is a dense tensor that is zero outside the selected rows (no noise is drawn
+there); with SGD those rows do not move. Any optimizer's own data-independent changes
+(weight decay, AdamW) still move every row.
 """
 
 from __future__ import annotations
@@ -244,14 +258,38 @@ def sparse_tables(config: Any, grad_sum: list) -> list[int]:
     return tables
 
 
-def false_positive_capacity(vocabulary: int, probability: float) -> int:
-    """A static bound on the false positives of one update for backends with static
-    shapes (JAX): the number drawn is Binomial(V, p), data-independent; the bound leaves
-    it a probability below 1e-20 of being exceeded (then the exact dense draw is used,
-    so the bound costs speed, never exactness)."""
-    from scipy import stats
+def false_positive_capacity(vocabulary: int, probability: float, log_tail: float = -92.1) -> int:
+    """A static bound ``k`` on the false positives of one update, for backends with
+    static shapes (JAX): their number is Binomial(V, p) and data-independent, and
+    ``P(Binomial(V, p) >= k) <= exp(log_tail)`` (default ``1e-40``) by the Chernoff
+    bound ``exp(-V KL(k/V || p))``.
 
+    What the cap costs: beyond ``k`` false positives the JAX step noises only the first
+    ``k`` (in id order) and leaves the others unselected. That step equals the exact
+    mechanism except on an event of probability ``eta <= 1e-40`` that does not depend on
+    the data, so ``T`` updates that are ``(eps, delta)``-DP exactly are
+    ``(eps, delta + (1 + e^eps) T eta)``-DP as run: for ``T = 1e9`` and ``eps = 10``,
+    ``2e-27``, below the float64 resolution of any ``delta >= 1e-10`` the accountant
+    reports. TensorFlow and PyTorch have no cap (dynamic shapes)."""
     if probability <= 0:
         return 1
-    bound = int(stats.binom.isf(1e-20, vocabulary, probability)) + 1
-    return max(1, min(vocabulary, bound))
+    if probability >= 1:
+        return vocabulary
+
+    def log_bound(k: int) -> float:
+        a = k / vocabulary
+        if a >= 1:
+            return vocabulary * math.log(probability)
+        kl = a * math.log(a / probability) + (1 - a) * math.log((1 - a) / (1 - probability))
+        return -vocabulary * kl
+
+    low, high = max(1, math.ceil(vocabulary * probability)), vocabulary
+    if log_bound(high) > log_tail:
+        return vocabulary
+    while low < high:
+        mid = (low + high) // 2
+        if log_bound(mid) <= log_tail:
+            high = mid
+        else:
+            low = mid + 1
+    return max(1, min(vocabulary, low))

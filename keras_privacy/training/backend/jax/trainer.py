@@ -44,10 +44,13 @@ def _private_rows(rows: SparseRows, variable: Any, config: Any, key: Any) -> Any
     """Sparsity-preserving DP-SGD on one table (:mod:`keras_privacy.training.sparsity`):
     the table's noised gradient, nonzero only on the selected rows (the clipped sums of
     the selected touched rows plus N(0, (sigma C)^2), and N(0, (sigma C)^2) alone on the
-    false positives). Dense, as JAX's own gradient of a lookup is: the noise is drawn
-    for the touched slots and at most ``capacity`` false positives, never for the
-    table, except in the data-independent event that more than ``capacity`` untouched
-    rows were drawn (probability below 1e-20), where the exact dense draw is used.
+    false positives). Dense, as JAX's own gradient of a lookup is, but the noise is
+    drawn only for the touched slots and for at most ``capacity`` false positives
+    (static shapes; see :func:`~keras_privacy.training.sparsity.false_positive_capacity`
+    for the probability, below 1e-40 per update, that there are more, and what it
+    costs). A ``lax.cond`` to an exact dense branch for that case was measured instead:
+    it cost ~0.9 s a step on one core for a 1M x 64 table (XLA copies the table through
+    the conditional), which is the whole gain of sparse noise.
     """
     spec = config.sparsity_preserving
     vocabulary, dim = (int(d) for d in jnp.shape(variable))
@@ -58,25 +61,18 @@ def _private_rows(rows: SparseRows, variable: Any, config: Any, key: Any) -> Any
     uniforms = jax.random.uniform(k_extra, (vocabulary,), "float32")
     extra = false_positive_mask(rows, spec, uniforms, vocabulary)
     stddev = config.noise_stddev
+    target = jnp.where(selected, rows.ids, vocabulary)
     values = rows.values
     if stddev > 0:
-        values = values + stddev * jax.random.normal(k_noise, values.shape, "float32")
-    target = jnp.where(selected, rows.ids, vocabulary)
-    grad = jnp.zeros((vocabulary, dim), "float32").at[target].add(values, mode="drop")
-    if stddev == 0:
-        return grad
-    capacity = false_positive_capacity(vocabulary, spec.false_positive_probability)
-
-    def sparse(grad):
+        with jax.threefry_partitionable(True):  # ~2x faster on CPU, as for dense noise
+            values = values + stddev * jax.random.normal(k_noise, values.shape, "float32")
+        capacity = false_positive_capacity(vocabulary, spec.false_positive_probability)
         where = jnp.nonzero(extra, size=capacity, fill_value=vocabulary)[0]
         noise = stddev * jax.random.normal(k_more, (capacity, dim), "float32")
-        return grad.at[where].add(noise, mode="drop")
-
-    def dense(grad):
-        noise = stddev * jax.random.normal(k_more, (vocabulary, dim), "float32")
-        return grad + jnp.where(extra[:, None], noise, 0.0)
-
-    return jax.lax.cond(jnp.sum(extra) <= capacity, sparse, dense, grad)
+        target = jnp.concatenate([target, where.astype(target.dtype)])
+        values = jnp.concatenate([values, noise])
+    table = jnp.zeros((vocabulary, dim), "float32")
+    return table.at[target].add(values, mode="drop")
 
 
 class _StepState:
