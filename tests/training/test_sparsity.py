@@ -292,3 +292,38 @@ def test_tf_privacy_split_keeps_the_total_noise():
         np.testing.assert_allclose(combined_noise_multiplier(gradient, selection), 1.2)
     with pytest.raises(PrivacyError):
         split_noise_multiplier_tf_privacy(1.0, 1.0)
+
+
+def test_tf_privacy_config_through_the_compatibility_layer():
+    from keras_privacy.compat.tensorflow_privacy.privacy.keras_models import dp_keras_model
+
+    config = dp_keras_model.SparsityPreservingDPSGDConfig(
+        sparse_selection_privacy_budget_fraction=0.5, sparse_selection_threshold=3
+    )
+    model = dp_keras_model.DPSequential(
+        1.0,
+        1.2,
+        layers=[
+            keras.Input((TOKENS,), dtype="int32"),
+            keras.layers.Embedding(VOCAB, DIM),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1),
+        ],
+        sparsity_preserving_dpsgd_config=config,
+    )
+    dp = model._dp_require_config()
+    selection, gradient = split_noise_multiplier_tf_privacy(1.2, 0.5)
+    assert dp.noise_multiplier == gradient
+    assert dp.sparsity_preserving == SparsityPreserving(selection, 3.0, 1.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    x, y = _batch(rows=16)
+    model.fit(x, y, batch_size=8, verbose=0)
+    np.testing.assert_allclose(model.privacy_record.current.accounted_noise_multiplier, 1.2)
+    plain = dp_keras_model.DPSequential(
+        1.0,
+        1.2,
+        layers=[keras.layers.Dense(1)],
+        sparsity_preserving_dpsgd_config=dp_keras_model.SparsityPreservingDPSGDConfig(),
+    )
+    assert plain._dp_require_config().sparsity_preserving is None
+    assert plain._dp_require_config().noise_multiplier == 1.2
