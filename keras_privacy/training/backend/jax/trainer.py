@@ -63,6 +63,14 @@ def _private_rows(rows: SparseRows, variable: Any, config: Any, key: Any) -> Any
     stddev = config.noise_stddev
     target = jnp.where(selected, rows.ids, vocabulary)
     values = rows.values
+    if stddev > 0 and rows.ids.shape[0] >= vocabulary:
+        # A small table (no more rows than touched slots): one masked draw over the
+        # table is cheaper than noise per slot, and needs no false-positive cap.
+        chosen = jnp.zeros((vocabulary + 1,), "bool").at[target].set(True)[:vocabulary]
+        with jax.threefry_partitionable(True):
+            noise = stddev * jax.random.normal(k_noise, (vocabulary, dim), "float32")
+        table = jnp.where((chosen | extra)[:, None], noise, 0.0)
+        return table.at[target].add(values, mode="drop")
     if stddev > 0:
         with jax.threefry_partitionable(True):  # ~2x faster on CPU, as for dense noise
             values = values + stddev * jax.random.normal(k_noise, values.shape, "float32")
