@@ -81,6 +81,7 @@ def test_update_is_the_dense_clipped_sum_on_the_selected_rows():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.extended  # default suite on TensorFlow; -m slow on JAX and PyTorch
 def test_row_counts_bound_each_examples_influence():
     """Remove-one: the counts' inputs move by at most c0 in L2 (the analysis's
     sensitivity), with equality for an example touching several rows."""
