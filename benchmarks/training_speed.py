@@ -49,10 +49,10 @@ import time
 from keras_privacy import programs
 
 BATCH = 250
-MODELS = ("cnn", "mlp", "embedding", "transformer")
+MODELS = ("cnn", "mlp", "embedding", "transformer", "embedding_1m")
 # keras-hub models (issue 22): built from configs with random weights (nothing downloaded)
 HUB_MODELS = ("gpt2", "gpt2-lora", "bert", "bert-lora", "gpt2-small")
-MODES = ("plain", "vectorized", "fast")
+MODES = ("plain", "vectorized", "fast", "sparse")
 #: Not run by default: the fast engine with secure_noise=True, or with an AdaptiveClip.
 EXTRA_MODES = ("secure", "adaptive")
 # (layers, width, heads, vocabulary, sequence, batch) of the keras-hub models
@@ -64,6 +64,27 @@ HUB_SHAPES = {
 LORA_RANK = 8
 # most timed steps per (model, mode) run: the keras-hub models take seconds a step
 MAX_STEPS = {"transformer": (8, 16), "gpt2": (3, 3), "bert": (3, 3), "gpt2-small": (2, 2)}
+#: Batch size per model where it is not BATCH.
+BATCHES = {"embedding_1m": 1024}
+#: Sparsity-preserving DP-SGD for mode "sparse" (selection sigma_s 2, threshold 10
+#: examples: an untouched row is selected with probability 2.9e-7 per update).
+SPARSITY = {"selection_noise_multiplier": 2.0, "threshold": 10.0}
+
+
+def embedding_1m_model():
+    """The recommender-sized table: Embedding(1,000,000, 64) x 64 tokens."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((64,), dtype="int32"),
+            keras.layers.Embedding(1_000_000, 64),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(2),
+        ],
+        name="embedding_1m",
+    )
 
 
 def embedding_model():
@@ -103,7 +124,7 @@ def _shape(model_name: str) -> tuple[int, ...]:
 def batch_size(model_name: str) -> int:
     if os.environ.get("KP_BENCHMARK_BATCH"):  # --batch: one batch size for every model
         return int(os.environ["KP_BENCHMARK_BATCH"])
-    return _shape(model_name)[-1] if model_name in HUB_MODELS else BATCH
+    return _shape(model_name)[-1] if model_name in HUB_MODELS else BATCHES.get(model_name, BATCH)
 
 
 def hub_model(model_name: str):
@@ -159,6 +180,11 @@ def _data(model_name: str):
         return x, rng.integers(0, 2, len(x))
     if model_name == "embedding":
         return rng.integers(0, 10000, (60000, 64)).astype("int32"), rng.integers(0, 2, 60000)
+    if model_name == "embedding_1m":
+        # Item ids with a Zipf(1.1) popularity, as in recommender logs: a few hot rows,
+        # a long tail touched once or never.
+        ids = np.minimum(rng.zipf(1.1, (100_000, 64)) - 1, 999_999).astype("int32")
+        return ids, rng.integers(0, 2, 100_000)
     if model_name == "transformer":
         return rng.integers(0, 20000, (20000, 128)).astype("int32"), rng.integers(0, 2, 20000)
     try:
@@ -188,21 +214,27 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
         "mlp": mlp,
         "embedding": embedding_model,
         "transformer": transformer_model,
+        "embedding_1m": embedding_1m_model,
     }
     model = hub_model(model_name) if model_name in HUB_MODELS else builders[model_name]()
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     batch = batch_size(model_name)
     if mode != "plain":
         # "fast" runs engine="auto": the fast engine where it is exact, which is reported;
-        # "secure" and "adaptive" are "fast" with secure_noise=True / an AdaptiveClip.
-        engine = "vectorized" if mode == "vectorized" else "auto"
+        # "secure" and "adaptive" are "fast" with secure_noise=True / an AdaptiveClip;
+        # "sparse" the fast engine with sparsity-preserving DP-SGD on the tables.
+        engine = {"fast": "auto", "sparse": "fast"}.get(mode, "auto")
+        if mode == "vectorized":
+            engine = "vectorized"
         clip = kp.AdaptiveClip(clipped_count_stddev=batch / 20) if mode == "adaptive" else 1.0
+        sparsity = kp.SparsityPreserving(**SPARSITY) if mode == "sparse" else None
         model = kp.make_private(
             model,
             l2_norm_clip=clip,
             noise_multiplier=1.1,
             engine=engine,
             secure_noise=mode == "secure",
+            sparsity_preserving=sparsity,
         )
     language_model = model_name.startswith("gpt2")
     model.compile(
@@ -238,7 +270,9 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
     used = getattr(model, "dp_engine_used", None)
     return {
         "model": model_name,
-        "mode": mode if used in (None, mode) or mode in EXTRA_MODES else f"auto:{used}",
+        "mode": mode
+        if used in (None, mode) or mode in EXTRA_MODES or mode == "sparse"
+        else f"auto:{used}",
         "trainable": trainable,
         "batch": batch,
         "examples_per_s": ran * batch / seconds,
@@ -275,6 +309,8 @@ def main() -> None:
             if model_name.removesuffix("-lora") in MAX_STEPS:
                 most_dp, most_plain = MAX_STEPS[model_name.removesuffix("-lora")]
                 steps = min(steps, most_dp if mode != "plain" else most_plain)
+            if model_name == "embedding_1m":  # 100,000 examples, batch 1,024
+                steps = min(steps, 20 if mode != "plain" else 40)
             done = subprocess.run(
                 [sys.executable, __file__, "--worker", model_name, mode, "--steps", str(steps)],
                 capture_output=True,

@@ -31,6 +31,7 @@ _LAZY = {
     "PrivacyError": "keras_privacy.training",
     "SamplingWarning": "keras_privacy.training",
     "TrainingRecord": "keras_privacy.training.record",
+    "SparsityPreserving": "keras_privacy.training.sparsity",
     # accounting (framework-free)
     "compute_dp_sgd_privacy_statement": "keras_privacy.accounting",
     "compute_epsilon": "keras_privacy.accounting",

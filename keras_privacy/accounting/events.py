@@ -261,7 +261,12 @@ def segment_event(segment: Any) -> dp_accounting.DpEvent:
             "model.privacy_record.current.dataset_size = N (or .segments[i] for an earlier "
             "segment); otherwise no epsilon can be stated"
         )
-    noise_multiplier = float(segment.noise_multiplier)
+    # Sparsity-preserving DP-SGD: the selection's Gaussian and the gradient's, on the same
+    # sampled batch, are one Gaussian (keras_privacy.training.sparsity); adaptive clipping's
+    # count and gradient queries likewise (keras_privacy.training.adaptive_clip).
+    noise_multiplier = float(
+        getattr(segment, "accounted_noise_multiplier", segment.noise_multiplier)
+    )
     adaptive = getattr(segment, "adaptive_clip", None)
     if adaptive:
         noise_multiplier = adaptive_noise_multiplier(adaptive)

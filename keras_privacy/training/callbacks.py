@@ -88,8 +88,16 @@ _SEGMENT_FIELDS = {
     "num_microbatches": int,
     "examples_per_clipping_unit": int,
     "updates": int,
+    "selection_noise_multiplier": float,
 }
-_OPTIONAL_SEGMENT_FIELDS = ("dataset_size", "expected_batch_size", "num_microbatches")
+_OPTIONAL_SEGMENT_FIELDS = (
+    "dataset_size",
+    "expected_batch_size",
+    "num_microbatches",
+    "selection_noise_multiplier",
+)
+#: Fields a state saved before they existed may lack (then None: plain DP-SGD).
+_NEWER_SEGMENT_FIELDS = {"selection_noise_multiplier"}
 
 
 def _adaptive_from_data(data: dict) -> dict[str, Any]:
@@ -119,6 +127,8 @@ def _adaptive_from_data(data: dict) -> dict[str, Any]:
 
 
 def _segment_from_data(data: Any) -> TrainingSegment:
+    if isinstance(data, dict):
+        data = {**dict.fromkeys(_NEWER_SEGMENT_FIELDS - set(data)), **data}
     if not isinstance(data, dict) or set(data) - set(ADAPTIVE_FIELDS) != set(_SEGMENT_FIELDS):
         raise ValueError(
             f"privacy state: a segment must have exactly the fields {sorted(_SEGMENT_FIELDS)} "

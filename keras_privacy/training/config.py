@@ -63,6 +63,9 @@ class DPConfig:
       secure_noise: draw the noise from the OS's cryptographically secure generator at
         every update (:func:`keras_privacy.training.noise.secure_standard_normals`);
         cannot be combined with ``seed``.
+      sparsity_preserving: ``None`` or a
+        :class:`~keras_privacy.training.sparsity.SparsityPreserving` (or its config
+        dict): sparsity-preserving DP-SGD for embedding tables.
     """
 
     l2_norm_clip: float
@@ -74,13 +77,32 @@ class DPConfig:
     engine: str = "auto"
     adaptive_clip: AdaptiveClip | None = None
     secure_noise: bool = False
+    sparsity_preserving: Any = None
 
     def __post_init__(self) -> None:
+        from keras_privacy.training.sparsity import SparsityPreserving
+
+        object.__setattr__(
+            self, "sparsity_preserving", SparsityPreserving.from_config(self.sparsity_preserving)
+        )
+        if self.sparsity_preserving is not None and self.gradient_accumulation_steps > 1:
+            raise PrivacyError(
+                "sparsity_preserving does not support gradient_accumulation_steps > 1 yet: "
+                "use a larger batch_size instead."
+            )
         if isinstance(self.l2_norm_clip, AdaptiveClip):
             object.__setattr__(self, "adaptive_clip", self.l2_norm_clip)
             object.__setattr__(self, "l2_norm_clip", float(self.l2_norm_clip.initial))
         if self.adaptive_clip is not None:
             check_adaptive_clip(self.adaptive_clip, self.noise_multiplier, self.num_microbatches)
+        if self.sparsity_preserving is not None and (
+            self.adaptive_clip is not None or self.secure_noise
+        ):
+            # The selected rows' noise is sigma C at a fixed C from the model's generator.
+            raise PrivacyError(
+                "sparsity_preserving cannot be combined with adaptive clipping or "
+                "secure_noise yet: use a fixed l2_norm_clip and the default noise generator."
+            )
         validate_dp_arguments(
             l2_norm_clip=self.l2_norm_clip,
             noise_multiplier=self.noise_multiplier,
@@ -104,6 +126,9 @@ class DPConfig:
             "sampling": self.sampling,
             "engine": self.engine,
             "secure_noise": self.secure_noise,
+            "sparsity_preserving": (
+                None if self.sparsity_preserving is None else self.sparsity_preserving.to_config()
+            ),
         }
 
     @property

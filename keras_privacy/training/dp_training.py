@@ -31,6 +31,13 @@ from keras_privacy.training.record import (
 )
 
 
+def _sparsity_config(value: Any) -> dict | None:
+    from keras_privacy.training.sparsity import SparsityPreserving
+
+    parsed = SparsityPreserving.from_config(value)
+    return None if parsed is None else parsed.to_config()
+
+
 class DPTrainingMixin:
     """Backend-neutral part of a DP model: settings, ``compile``, ``fit``, saving."""
 
@@ -47,6 +54,7 @@ class DPTrainingMixin:
         seed: int | None,
         engine: str = "auto",
         secure_noise: bool = False,
+        sparsity_preserving: Any = None,
     ) -> None:
         # Validate what was given now; clip and noise may come from a DP optimizer later.
         validate_dp_arguments(
@@ -68,6 +76,8 @@ class DPTrainingMixin:
             "seed": seed,
             "engine": engine,
             "secure_noise": secure_noise,
+            # Kept as its config dict (or None): saved with the model as is.
+            "sparsity_preserving": _sparsity_config(sparsity_preserving),
         }
         self._dp_config: DPConfig | None = None
         if l2_norm_clip is not None and noise_multiplier is not None:
@@ -151,13 +161,19 @@ class DPTrainingMixin:
                 "(num_microbatches=None) when training on several devices."
             )
         distributed = self._dp_distribution.replicas > 1 or self._dp_distribution.workers > 1
-        if distributed and config and (config.adaptive_clip is not None or config.secure_noise):
+        options = {
+            "adaptive clipping": config is not None and config.adaptive_clip is not None,
+            "secure_noise": config is not None and config.secure_noise,
+            "sparsity_preserving": config is not None and config.sparsity_preserving is not None,
+        }
+        if distributed and any(options.values()):
             # Untested across devices: per-replica secure draws would differ (and average
-            # to less noise), and the adaptive clip's count would need its own all-reduce.
-            option = "adaptive clipping" if config.adaptive_clip is not None else "secure_noise"
+            # to less noise), the adaptive clip's count would need its own all-reduce, and
+            # the selected rows of a table would be selected per replica.
+            option = next(name for name, used in options.items() if used)
             raise PrivacyError(
                 f"{option} is not supported on several devices yet: train on one device, "
-                "or with a fixed l2_norm_clip and the default noise generator."
+                "or with a fixed l2_norm_clip, plain DP-SGD and the default noise generator."
             )
 
     @property

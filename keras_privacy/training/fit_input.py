@@ -63,6 +63,11 @@ def new_segment(config: DPConfig, sampling: str, dataset_size: int | None, batch
         noise_multiplier=config.noise_multiplier,
         l2_norm_clip=config.l2_norm_clip,
         num_microbatches=config.num_microbatches,
+        selection_noise_multiplier=(
+            None
+            if config.sparsity_preserving is None
+            else config.sparsity_preserving.selection_noise_multiplier
+        ),
     )
     adaptive = config.adaptive_clip
     if adaptive is not None:

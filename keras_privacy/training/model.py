@@ -35,7 +35,10 @@ from keras.src.models.model import functional_init_arguments
 from keras_privacy.training import user_checks
 from keras_privacy.training.backend import DPTrainer
 from keras_privacy.training.dp_training import DPTrainingMixin
-from keras_privacy.training.tf_privacy_arguments import check_tf_privacy_arguments
+from keras_privacy.training.tf_privacy_arguments import (
+    check_tf_privacy_arguments,
+    sparsity_from_tf_privacy,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_privacy")
@@ -75,9 +78,15 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
         secure generator (``os.urandom``) at every update, summed as Opacus's
         ``secure_mode`` does against floating-point attacks on the Gaussian sampler; slower.
         See :mod:`keras_privacy.training.noise` for what it does and does not protect.
+      sparsity_preserving: ``None`` (default: plain DP-SGD) or a
+        :class:`keras_privacy.SparsityPreserving`: embedding tables are updated only on
+        rows chosen by a DP partition selection and noised only there
+        (:mod:`keras_privacy.training.sparsity`; needs the fast engine's Embedding rule).
       use_xla: TF Privacy's argument, see
         :mod:`keras_privacy.training.tf_privacy_arguments`.
       layer_registry: TF Privacy's argument, likewise.
+      sparsity_preserving_dpsgd_config: TF Privacy's ``SparsityPreservingDPSGDConfig``,
+        see :func:`keras_privacy.training.tf_privacy_arguments.sparsity_from_tf_privacy`.
     """
 
     def __init__(
@@ -91,11 +100,16 @@ class DPModel(DPTrainingMixin, DPTrainer, keras.Model):
         seed: int | None = None,
         engine: str = "auto",
         secure_noise: bool = False,
+        sparsity_preserving: Any = None,
         use_xla: bool = True,
         layer_registry: Any = None,
+        sparsity_preserving_dpsgd_config: Any = None,
         **kwargs: Any,
     ) -> None:
         check_tf_privacy_arguments(use_xla, layer_registry)
+        noise_multiplier, sparsity_preserving = sparsity_from_tf_privacy(
+            sparsity_preserving_dpsgd_config, noise_multiplier, sparsity_preserving
+        )
         if functional_init_arguments(args, kwargs):
             # Keras would rewrite this class's bases in place (Model -> Functional),
             # which breaks every later subclassed DPModel; DPModel(inputs, outputs)
@@ -132,11 +146,16 @@ class DPFunctional(DPModel, Functional):
         seed: int | None = None,
         engine: str = "auto",
         secure_noise: bool = False,
+        sparsity_preserving: Any = None,
         use_xla: bool = True,
         layer_registry: Any = None,
+        sparsity_preserving_dpsgd_config: Any = None,
         **kwargs: Any,
     ) -> None:
         check_tf_privacy_arguments(use_xla, layer_registry)
+        noise_multiplier, sparsity_preserving = sparsity_from_tf_privacy(
+            sparsity_preserving_dpsgd_config, noise_multiplier, sparsity_preserving
+        )
         # What keras.Model.__init__ does for functional arguments, minus rewriting the
         # class hierarchy.
         BackendTrainer.__init__(self)
@@ -165,14 +184,19 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
         seed: int | None = None,
         engine: str = "auto",
         secure_noise: bool = False,
+        sparsity_preserving: Any = None,
         layers: list | None = None,
         trainable: bool = True,
         name: str | None = None,
         use_xla: bool = True,
         layer_registry: Any = None,
+        sparsity_preserving_dpsgd_config: Any = None,
     ) -> None:
         check_tf_privacy_arguments(use_xla, layer_registry)
         given = user_checks.sequential_arguments(args, dict(locals()))
+        given["noise_multiplier"], given["sparsity_preserving"] = sparsity_from_tf_privacy(
+            sparsity_preserving_dpsgd_config, given["noise_multiplier"], sparsity_preserving
+        )
         layers, trainable, name = given["layers"], given["trainable"], given["name"]
         super().__init__(layers=layers, trainable=trainable, name=name)
         self._dp_setup(**user_checks.dp_settings(given))

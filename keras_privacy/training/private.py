@@ -127,6 +127,7 @@ def make_private(
     seed: int | None = None,
     engine: str = "auto",
     secure_noise: bool = False,
+    sparsity_preserving: Any = None,
 ) -> PrivateModel:
     """Return a model that trains ``model``'s layers with DP-SGD through compile/fit.
 

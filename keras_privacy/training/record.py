@@ -72,6 +72,10 @@ class TrainingSegment:
         segment's first update.
       clip_values: with adaptive clipping, the clip ``C_t`` each update of the segment
         used, in order (as logged under ``l2_norm_clip``).
+      selection_noise_multiplier: ``sigma_s`` of sparsity-preserving DP-SGD's partition
+        selection (``None``: plain DP-SGD). Each update is then one Gaussian mechanism
+        with noise multiplier ``(sigma^-2 + sigma_s^-2)^(-1/2)``
+        (:meth:`accounted_noise_multiplier`; :mod:`keras_privacy.training.sparsity`).
     """
 
     sampling: str
@@ -84,6 +88,21 @@ class TrainingSegment:
     updates: int = 0
     adaptive_clip: dict[str, float] | None = None
     clip_values: list[float] | None = None
+    selection_noise_multiplier: float | None = None
+
+    @property
+    def accounted_noise_multiplier(self) -> float:
+        """The noise multiplier of each update's Gaussian mechanism: ``sigma``, or with a
+        partition selection ``(sigma^-2 + sigma_s^-2)^(-1/2)`` (the two Gaussians on the
+        same sampled batch, scaled to unit noise, are one Gaussian whose sensitivity is
+        the norm of the two sensitivities; the worst case attains it)."""
+        sigma = float(self.noise_multiplier)
+        if self.selection_noise_multiplier is None:
+            return sigma
+        selection = float(self.selection_noise_multiplier)
+        if sigma <= 0 or selection <= 0:
+            return 0.0
+        return (sigma**-2 + selection**-2) ** -0.5
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLING_KINDS:
@@ -182,6 +201,13 @@ class TrainingRecord:
                 f"N={s.dataset_size}, expected batch={s.expected_batch_size}"
                 + (f", q={q:.6g}" if q is not None else "")
                 + f", noise_multiplier={s.noise_multiplier}, l2_norm_clip={s.l2_norm_clip}"
+                + (
+                    f", sparsity-preserving selection noise_multiplier="
+                    f"{s.selection_noise_multiplier} (accounted sigma "
+                    f"{s.accounted_noise_multiplier:.6g})"
+                    if s.selection_noise_multiplier is not None
+                    else ""
+                )
                 + (
                     f", microbatches of {s.examples_per_clipping_unit} examples"
                     if s.used_microbatching

@@ -70,7 +70,7 @@ _SEQUENTIAL_DEFAULTS = {
 }
 
 #: The DP settings every DP model keeps (``DPTrainingMixin._dp_setup``'s arguments).
-DP_SETTINGS = (*SEQUENTIAL_ARGUMENTS[:7], "secure_noise")
+DP_SETTINGS = (*SEQUENTIAL_ARGUMENTS[:7], "secure_noise", "sparsity_preserving")
 
 
 def dp_settings(arguments: dict[str, Any]) -> dict[str, Any]:

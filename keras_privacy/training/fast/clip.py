@@ -24,9 +24,11 @@ from typing import Any
 from keras import ops
 
 from keras_privacy.training import clipping
+from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.rules import RuleCall
 from keras_privacy.training.fast.shared import cross_terms
 from keras_privacy.training.fast.units import Units, combine_norms
+from keras_privacy.training.sparsity import SparseRows
 
 
 def shared_variables(calls: Sequence[RuleCall]) -> dict[int, list[tuple[RuleCall, int]]]:
@@ -84,13 +86,20 @@ def clipped_gradient_sum(
     variables: Sequence,
     l2_norm_clip: float,
     unit_mask: Any = None,
+    sparsity: Any = None,
 ) -> tuple[list, Any]:
     """``([sum_u c_u grad_u for each of variables], norms)`` with the norms of
     :func:`unit_norms` and ``c_u = min(1, C / ||g_u||)`` (0 for a non-finite norm and for
     units outside ``unit_mask``: padding rows); every variable of every call is summed
     (a variable reached by several calls gets the sum of their parts), returned in the
-    order of ``variables``."""
+    order of ``variables``. With ``sparsity`` (a
+    :class:`~keras_privacy.training.sparsity.SparsityPreserving`) the tables of rules
+    that support it come back by row (:class:`~keras_privacy.training.sparsity.SparseRows`)."""
     norms = unit_norms(calls, units)
+    for call in calls:
+        if sparsity is not None and getattr(call.rule, "supports_sparse_rows", False):
+            call.cache["sparsity"] = sparsity
+            call.cache["real_units"] = None if unit_mask is None else ops.cast(unit_mask, "float32")
     factors = clipping.clip_factors(norms, l2_norm_clip, unit_mask)
 
     def sums(safe: bool):
@@ -106,5 +115,11 @@ def clipped_gradient_sum(
     covered = [v for call in calls for v in call.rule.call_variables(call)]
     by_id: dict[int, Any] = {}
     for v, g in zip(covered, flat, strict=True):
+        if id(v) in by_id and isinstance(g, SparseRows):
+            raise PrivacyError(
+                f"sparsity_preserving: the table {v.path!r} is reached by several calls (a "
+                "shared or tied embedding); its rows cannot be selected per call. Train it "
+                "without sparsity_preserving."
+            )
         by_id[id(v)] = g if id(v) not in by_id else by_id[id(v)] + g
     return [by_id[id(v)] for v in variables], norms

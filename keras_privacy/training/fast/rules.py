@@ -201,3 +201,17 @@ def rule_for(layer: Any) -> LayerRule | None:
         if cls in _RULES:
             return _RULES[cls] if type(layer).call is cls.call else None
     return None
+
+
+def row_tables(model: Any) -> set[int]:
+    """The ids of the variables that come by row under sparsity-preserving DP-SGD
+    (:mod:`keras_privacy.training.sparsity`): the tables of layers whose rule supports it."""
+    found = set()
+    for layer in model._flatten_layers(include_self=False):
+        rule = rule_for(layer)
+        if rule is None or not getattr(rule, "supports_sparse_rows", False):
+            continue
+        table = getattr(layer, "_embeddings", None)
+        if table is not None and table.trainable and not getattr(layer, "lora_enabled", False):
+            found.add(id(table))
+    return found

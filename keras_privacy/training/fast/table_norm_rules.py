@@ -26,6 +26,7 @@ from keras_privacy.training.fast.rules import (
     _trainable_only,
 )
 from keras_privacy.training.fast.shared import FullTerm, OuterTerm, RowsTerm
+from keras_privacy.training.sparsity import SparseRows, contribution_weights
 
 
 class EmbeddingRule(LayerRule):
@@ -36,7 +37,14 @@ class EmbeddingRule(LayerRule):
     id). With LoRA (``E = E0 + s A B``): ``dL/dA`` has the same form with ``s dz B^T``
     in place of ``dz`` (rank-wide rows), and ``dL/dB = s sum_s A[id_s]^T dz_s``, a
     Dense-like outer product over positions (:func:`outer_sq`).
+
+    Under sparsity-preserving DP-SGD (:mod:`keras_privacy.training.sparsity`) the table's
+    clipped sum (a layer without LoRA) is returned by row
+    (:class:`~keras_privacy.training.sparsity.SparseRows`: one slot per (row, unit) pair,
+    with the unit's contribution weight), never as a table-sized tensor.
     """
+
+    supports_sparse_rows = True
 
     def unsupported(self, layer):
         return _not_quantized(layer)
@@ -172,8 +180,16 @@ class EmbeddingRule(LayerRule):
         seg = self._segments(call, units)
         vocab = int(call.layer.input_dim)
         by_id = {}
+        sparsity = call.cache.get("sparsity")
         for v, r in rows:
-            by_id[id(v)] = self._table_sum(seg, self._row_sums(seg, r), factors, safe, vocab)
+            sums = self._row_sums(seg, r)
+            if sparsity is not None and v is call.layer._embeddings:
+                weights = ops.take(factors, seg["unit"])
+                if safe:
+                    sums = U.keep_rows(sums, weights)
+                by_id[id(v)] = self._sparse_rows(call, seg, sums, weights, sparsity)
+            else:
+                by_id[id(v)] = self._table_sum(seg, sums, factors, safe, vocab)
         keep = call.cache.get("keep", {})
         for v, a, d, _ in outer:
             by_id[id(v)] = outer_clipped_sum(a, d, factors, safe, keep.get(id(v)))
@@ -198,6 +214,23 @@ class EmbeddingRule(LayerRule):
     def terms(self, call, units):
         by_id = self._lookup_terms(call, units)
         return [by_id[id(v)] for v in self.call_variables(call)]
+
+    def _sparse_rows(self, call, seg, sums, weights, sparsity):
+        """One slot per (row, unit) pair: the row id, the unit's clipped share
+        ``c_u sum_{s: id_s = v} dz_s`` and the unit's contribution ``w_u`` (0 for padding
+        units), so the row counts are ``n_v = sum_u w_u 1[v in T_u]``."""
+        valid = seg["id"] >= 0
+        valid_f = ops.cast(valid, "float32")
+        unit = ops.where(valid, seg["unit"], 0)
+        distinct = U.segment_sum(valid_f, unit, num_segments=seg["count"])
+        real = call.cache.get("real_units")
+        if real is None:
+            real = ops.ones((seg["count"],), "float32")
+        contribution = contribution_weights(distinct, real, sparsity.contribution_bound)
+        counts = ops.take(contribution, unit) * valid_f
+        values = U.scale_rows(sums, weights) * valid_f[:, None]
+        ids = ops.where(valid, ops.cast(seg["id"], "int32"), -1)
+        return SparseRows(ids, values, counts)
 
 
 def _trailing_axes(axis: Any, rank: int) -> list[int] | None:
@@ -335,6 +368,9 @@ class ReversibleEmbeddingRule(EmbeddingRule):
     by the lookup and the projection: its norm gets their cross term
     (:mod:`keras_privacy.training.fast.shared`).
     """
+
+    # A reversed (output) projection's gradient touches every row: never by row.
+    supports_sparse_rows = False
 
     def unsupported(self, layer):
         if _lora_on(layer):

@@ -44,6 +44,7 @@ from keras_privacy.training.fast.matmul_rules import ConvRule
 from keras_privacy.training.fast.rules import _RULES, NotExact, RuleCall, register_rule
 from keras_privacy.training.fast.units import Units
 from keras_privacy.training.regularization import excluding_weight_regularization
+from keras_privacy.training.sparsity import SparseRows
 
 fast_units.backend_ops["static_segments"] = True
 
@@ -107,6 +108,21 @@ def _tapping(tap: _Tap) -> Iterator[None]:
 
 def _is_array(value: Any) -> bool:
     return isinstance(value, (jax.Array, jnp.ndarray)) or hasattr(value, "aval")
+
+
+def _sparsity(model):
+    config = getattr(model, "_dp_config", None)
+    return None if config is None else config.sparsity_preserving
+
+
+def _float32(g):
+    if isinstance(g, SparseRows):
+        return SparseRows(
+            jnp.asarray(g.ids, "int32"),
+            jnp.asarray(g.values, "float32"),
+            jnp.asarray(g.counts, "float32"),
+        )
+    return jnp.asarray(g, "float32")
 
 
 class FastEngine(fast_engine.FastEngine):
@@ -185,10 +201,10 @@ class FastEngine(fast_engine.FastEngine):
         # float64, Embedding token keys in int64): JAX allows them within this scope.
         with jax.enable_x64(True):
             sums, norms = fast_clip.clipped_gradient_sum(
-                calls, units, trainable, l2_norm_clip, unit_mask
+                calls, units, trainable, l2_norm_clip, unit_mask, sparsity=_sparsity(model)
             )
             batch = ClippedBatch(
-                grad_sum=[jnp.asarray(g, "float32") for g in sums],
+                grad_sum=[_float32(g) for g in sums],
                 unit_losses=unit_losses,
                 y_pred=y_pred,
                 norms=jnp.asarray(norms, "float32"),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,57 @@ from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.noise import secure_standard_normals, split_noise
 from keras_privacy.training.optimizers import stateless_private_apply
 from keras_privacy.training.regularization import add_regularization_gradient
+from keras_privacy.training.sparsity import (
+    SparseRows,
+    coalesce,
+    false_positive_capacity,
+    false_positive_mask,
+    sparse_tables,
+    touched_selection,
+)
+
+
+def _private_rows(rows: SparseRows, variable: Any, config: Any, key: Any) -> Any:
+    """Sparsity-preserving DP-SGD on one table (:mod:`keras_privacy.training.sparsity`):
+    the table's noised gradient, nonzero only on the selected rows (the clipped sums of
+    the selected touched rows plus N(0, (sigma C)^2), and N(0, (sigma C)^2) alone on the
+    false positives). Dense, as JAX's own gradient of a lookup is, but the noise is
+    drawn only for the touched slots and for at most ``capacity`` false positives
+    (static shapes; see :func:`~keras_privacy.training.sparsity.false_positive_capacity`
+    for the probability, below 1e-40 per update, that there are more, and what it
+    costs). A ``lax.cond`` to an exact dense branch for that case was measured instead:
+    it cost ~0.9 s a step on one core for a 1M x 64 table (XLA copies the table through
+    the conditional), which is the whole gain of sparse noise.
+    """
+    spec = config.sparsity_preserving
+    vocabulary, dim = (int(d) for d in jnp.shape(variable))
+    rows = coalesce(rows, lambda d, s, n: jax.ops.segment_sum(d, s, num_segments=n))
+    k_count, k_extra, k_noise, k_more = jax.random.split(key, 4)
+    normals = jax.random.normal(k_count, rows.counts.shape, "float32")
+    selected = touched_selection(rows, spec, normals)
+    uniforms = jax.random.uniform(k_extra, (vocabulary,), "float32")
+    extra = false_positive_mask(rows, spec, uniforms, vocabulary)
+    stddev = config.noise_stddev
+    target = jnp.where(selected, rows.ids, vocabulary)
+    values = rows.values
+    if stddev > 0 and rows.ids.shape[0] >= vocabulary:
+        # A small table (no more rows than touched slots): one masked draw over the
+        # table is cheaper than noise per slot, and needs no false-positive cap.
+        chosen = jnp.zeros((vocabulary + 1,), "bool").at[target].set(True)[:vocabulary]
+        with jax.threefry_partitionable(True):
+            noise = stddev * jax.random.normal(k_noise, (vocabulary, dim), "float32")
+        table = jnp.where((chosen | extra)[:, None], noise, 0.0)
+        return table.at[target].add(values, mode="drop")
+    if stddev > 0:
+        with jax.threefry_partitionable(True):  # ~2x faster on CPU, as for dense noise
+            values = values + stddev * jax.random.normal(k_noise, values.shape, "float32")
+        capacity = false_positive_capacity(vocabulary, spec.false_positive_probability)
+        where = jnp.nonzero(extra, size=capacity, fill_value=vocabulary)[0]
+        noise = stddev * jax.random.normal(k_more, (capacity, dim), "float32")
+        target = jnp.concatenate([target, where.astype(target.dtype)])
+        values = jnp.concatenate([values, noise])
+    table = jnp.zeros((vocabulary, dim), "float32")
+    return table.at[target].add(values, mode="drop")
 
 
 class _StepState:
@@ -298,11 +350,20 @@ class JAXDPTrainer(shared.DPTrainerBase):
             padded,
         )
         rows = jnp.sum(mask)
-        zeros = [jnp.zeros(jnp.shape(v), "float32") for v in trainable]
 
         def compute(nt, part, part_mask, i):
             batch, nt = clipped(nt, part, part_mask, i * POISSON_PIECE)
             return batch.grad_sum, batch.unit_losses, batch.y_pred, batch.unclipped, nt
+
+        # Tables that come by row (sparsity-preserving DP-SGD) are not summed over the
+        # pieces: their rows are stacked (ids may repeat; coalesced before selection).
+        first = keras.tree.map_structure(lambda t: None if t is None else t[0], stacked)
+        structure = jax.eval_shape(compute, non_trainable, *first, jnp.uint32(0))[0]
+        by_row = [i for i, g in enumerate(structure) if isinstance(g, SparseRows)]
+        zeros = [
+            jnp.zeros((), "float32") if i in by_row else jnp.zeros(jnp.shape(v), "float32")
+            for i, v in enumerate(trainable)
+        ]
 
         def body(carry, inputs):
             sums, nt, unclipped = carry
@@ -311,19 +372,26 @@ class JAXDPTrainer(shared.DPTrainerBase):
 
             def skip(nt, part, part_mask, i):
                 out = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-                return (*out[:4], nt)
+                grad = [
+                    g._replace(ids=g.ids - 1) if isinstance(g, SparseRows) else g for g in out[0]
+                ]
+                return (grad, *out[1:4], nt)
 
             grad, losses, preds, piece_unclipped, nt = jax.lax.cond(
                 i * POISSON_PIECE < rows, compute, skip, nt, part, part_mask, i
             )
-            sums = [s + g for s, g in zip(sums, grad, strict=True)]
-            return (sums, nt, unclipped + piece_unclipped), (losses, preds)
+            pairs = enumerate(zip(sums, grad, strict=True))
+            sums = [s if j in by_row else s + g for j, (s, g) in pairs]
+            carry = (sums, nt, unclipped + piece_unclipped)
+            return carry, (losses, preds, [grad[j] for j in by_row])
 
-        (grad_sum, non_trainable, unclipped), (losses, preds) = jax.lax.scan(
+        (grad_sum, non_trainable, unclipped), (losses, preds, stacked_rows) = jax.lax.scan(
             body,
             (zeros, non_trainable, jnp.zeros((), "float32")),
             (stacked, jnp.arange(pieces, dtype="uint32")),
         )
+        for j, table in zip(by_row, stacked_rows, strict=True):
+            grad_sum[j] = SparseRows(*(jnp.reshape(t, (-1, *t.shape[2:])) for t in table))
         losses = jnp.reshape(losses, (-1,))[:capacity]
         preds = keras.tree.map_structure(
             lambda p: jnp.reshape(p, (-1, *p.shape[2:]))[:capacity], preds
@@ -341,8 +409,15 @@ class JAXDPTrainer(shared.DPTrainerBase):
         if config.secure_noise and config.gradient_noise_multiplier > 0:
             shapes = [g.shape for g in grad_sum]
             secure = split_noise(_secure_normals(sum(math.prod(s) for s in shapes)), shapes)
+        # Sparsity-preserving tables (never with adaptive clipping or secure noise: refused
+        # at set-up) are selected and noised on their selected rows only.
+        tables = sparse_tables(config, grad_sum)
         grads = []
         for i, (g, k) in enumerate(zip(grad_sum, keys, strict=True)):
+            if i in tables:
+                table = _private_rows(g, trainable[i], config, k)
+                grads.append(table / jnp.asarray(divisor, "float32"))
+                continue
             if config.gradient_noise_multiplier > 0:
                 if secure is not None:
                     noise = secure[i]

@@ -58,6 +58,7 @@ class FastEngine(fast_engine.FastEngine):
 
     def _fast(self, model, x, y, sample_weight, *, num_units, l2_norm_clip) -> ClippedBatch:
         units = Units(num_units)
+        config = getattr(model, "_dp_config", None)
 
         @tf.function(autograph=False)
         def run():
@@ -81,7 +82,11 @@ class FastEngine(fast_engine.FastEngine):
             for call in calls:
                 call.grads = {name: next(it) for name in call.probes}
             grad_sum, norms = fast_clip.clipped_gradient_sum(
-                calls, units, model.trainable_variables, l2_norm_clip
+                calls,
+                units,
+                model.trainable_variables,
+                l2_norm_clip,
+                sparsity=None if config is None else config.sparsity_preserving,
             )
             return grad_sum, unit_losses, y_pred, norms
 

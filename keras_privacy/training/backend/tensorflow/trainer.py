@@ -27,6 +27,13 @@ from keras_privacy.training.noise import (
     split_noise,
 )
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses
+from keras_privacy.training.sparsity import (
+    SparseRows,
+    coalesce,
+    false_positive_mask,
+    sparse_tables,
+    touched_selection,
+)
 from keras_privacy.training.step import (
     COUNTERS,
     DPTrainerBase,
@@ -113,6 +120,29 @@ class _StepState:
     def counters(self) -> dict[str, int]:
         """The counters as Python ints."""
         return {name: int(getattr(self, name).numpy()) for name in COUNTERS}
+
+
+def _private_rows(rows: SparseRows, variable: Any, config: Any, key: Any) -> tf.IndexedSlices:
+    """Sparsity-preserving DP-SGD on one table (:mod:`keras_privacy.training.sparsity`):
+    the selected rows' clipped sums plus N(0, (sigma C)^2), as ``tf.IndexedSlices``
+    (rows outside the selection are not in it: the optimizer leaves them alone)."""
+    spec = config.sparsity_preserving
+    vocabulary, dim = (int(d) for d in variable.shape)
+    rows = coalesce(rows, lambda d, s, n: tf.math.unsorted_segment_sum(d, s, tf.cast(n, "int32")))
+    seeds = [key + tf.constant([0, k * 2**50], "int64") for k in range(3)]
+    normals = tf.random.stateless_normal(tf.shape(rows.counts), seeds[0], alg="philox")
+    selected = touched_selection(rows, spec, normals)
+    uniforms = tf.random.stateless_uniform([vocabulary], seeds[1], alg="philox")
+    extra = tf.cast(tf.where(false_positive_mask(rows, spec, uniforms, vocabulary))[:, 0], "int32")
+    ids = tf.concat([tf.boolean_mask(rows.ids, selected), extra], axis=0)
+    values = tf.concat(
+        [tf.boolean_mask(rows.values, selected), tf.zeros([tf.shape(extra)[0], dim])], axis=0
+    )
+    if config.noise_multiplier > 0:
+        values += tf.random.stateless_normal(
+            tf.shape(values), seeds[2], stddev=config.noise_stddev, alg="philox"
+        )
+    return tf.IndexedSlices(values, ids, tf.constant([vocabulary, dim], "int64"))
 
 
 def _value_and_grad(fn, values: list) -> tuple[Any, list]:
@@ -420,9 +450,14 @@ class TensorFlowDPTrainer(DPTrainerBase):
         config = self._dp_config
         variables = self.trainable_variables
         adaptive = config.adaptive_clip is not None
-        if config.noise_multiplier > 0 or adaptive:
+        # Sparsity-preserving tables (never with adaptive clipping, secure noise or several
+        # replicas: refused at set-up) are noised on their selected rows only, below.
+        tables = sparse_tables(config, grad_sum)
+        dense = [i for i in range(len(grad_sum)) if i not in tables]
+        grad_sum = list(grad_sum)
+        if (config.noise_multiplier > 0 and dense) or adaptive:
             # One draw for the whole update (adaptive clipping's count takes one more pair).
-            shapes = [tuple(v.shape) for v in variables]
+            shapes = [tuple(variables[i].shape) for i in dense]
             pairs = pairs_needed([math.prod(s) for s in shapes])
             if config.gradient_noise_multiplier == 0:
                 pairs = 0
@@ -430,12 +465,24 @@ class TensorFlowDPTrainer(DPTrainerBase):
             stddev = config.gradient_noise_multiplier * clip
             flat, count_noise = self._dp_gaussians(pairs, stddev, count_stddev)
             if pairs:
-                grad_sum = [g + n for g, n in zip(grad_sum, split_noise(flat, shapes), strict=True)]
+                for i, n in zip(dense, split_noise(flat, shapes), strict=True):
+                    grad_sum[i] = grad_sum[i] + n
             if adaptive:
                 self._dp_step_state.clip.assign(
                     adapted_clip(config, clip, unclipped, units, count_noise, denominator)
                 )
-        grads = [g / tf.cast(denominator, "float32") for g in grad_sum]
+        divisor = tf.cast(denominator, "float32")
+        grads = []
+        if tables:
+            key = self._dp_step_state.noise_key.assign_add(tf.constant([0, 1], "int64"))
+        for i, g in enumerate(grad_sum):
+            if i in tables:
+                # Derived keys, never equal to a dense draw's (those are (seed, n)).
+                table_key = key + tf.constant([0, 2**62 + tables.index(i) * 2**56], "int64")
+                g = _private_rows(g, variables[i], config, table_key)
+                grads.append(tf.IndexedSlices(g.values / divisor, g.indices, g.dense_shape))
+            else:
+                grads.append(g / divisor)
         regularization_loss = apply_private_update(
             self,
             grads,

@@ -34,6 +34,7 @@ from keras_privacy.training.fast.engine import (
 )
 from keras_privacy.training.fast.units import Units
 from keras_privacy.training.regularization import excluding_weight_regularization
+from keras_privacy.training.sparsity import SparseRows
 
 
 def _unfold_patches(images, size, strides, dilation_rate, padding):
@@ -154,8 +155,15 @@ class FastEngine(fast_engine.FastEngine):
         with torch.no_grad():
             for call in calls:
                 call.saved = {k: _detach(v) for k, v in call.saved.items()}
-            sums, norms = fast_clip.clipped_gradient_sum(calls, units, trainable, l2_norm_clip)
-            grad_sum = [g.to(torch.float32) for g in sums]
+            config = getattr(model, "_dp_config", None)
+            sums, norms = fast_clip.clipped_gradient_sum(
+                calls,
+                units,
+                trainable,
+                l2_norm_clip,
+                sparsity=None if config is None else config.sparsity_preserving,
+            )
+            grad_sum = [g if isinstance(g, SparseRows) else g.to(torch.float32) for g in sums]
         for var, new in zip(non_trainable, new_values, strict=True):
             if id(var) in seeds:  # random layers' seeds advance as in a plain call
                 var.assign(new)

@@ -24,7 +24,15 @@ from keras_privacy.training import step as shared
 from keras_privacy.training.backend.torch.fast_engine import FastEngine
 from keras_privacy.training.clipping import unclipped_count
 from keras_privacy.training.fast.engine import engine_table
+from keras_privacy.training.fast.rules import row_tables
 from keras_privacy.training.noise import secure_standard_normals, split_noise
+from keras_privacy.training.sparsity import (
+    SparseRows,
+    coalesce,
+    false_positive_mask,
+    sparse_tables,
+    touched_selection,
+)
 
 # torch's CPU generator state (``get_state``): the initial seed (uint64), ``left`` and
 # ``seeded`` (int32 each), ``next`` (uint64), then the 624 Mersenne Twister words, each in
@@ -54,6 +62,36 @@ def _entropy_seeded(generator: torch.Generator) -> torch.Generator:
         state[start : start + 8] = word.to_bytes(8, "little")
     generator.set_state(torch.frombuffer(state, dtype=torch.uint8).clone())
     return generator
+
+
+def _private_rows(rows: SparseRows, variable: Any, config: Any, generator: Any) -> Any:
+    """Sparsity-preserving DP-SGD on one table (:mod:`keras_privacy.training.sparsity`):
+    the table's noised gradient, nonzero only on the selected rows. The noise is drawn
+    for the selected rows only (the optimizer gets a dense tensor: Keras's PyTorch
+    optimizers take dense gradients)."""
+    spec = config.sparsity_preserving
+    vocabulary, dim = (int(d) for d in variable.shape)
+    device = generator.device
+    rows = coalesce(
+        rows,
+        lambda d, s, n: torch.zeros(
+            (int(n), *d.shape[1:]), dtype=d.dtype, device=d.device
+        ).index_add_(0, s.long(), d),
+    )
+    normals = torch.randn(rows.counts.shape, generator=generator, device=device)
+    selected = touched_selection(rows, spec, normals)
+    uniforms = torch.rand((vocabulary,), generator=generator, device=device)
+    extra = torch.nonzero(false_positive_mask(rows, spec, uniforms, vocabulary))[:, 0]
+    ids = torch.cat([rows.ids[selected].long(), extra])
+    values = torch.cat([rows.values[selected].float(), rows.values.new_zeros((len(extra), dim))])
+    if config.noise_multiplier > 0:
+        values.add_(
+            torch.randn(values.shape, generator=generator, device=device),
+            alpha=config.noise_stddev,
+        )
+    return torch.zeros((vocabulary, dim), dtype=torch.float32, device=device).index_put_(
+        (ids,), values
+    )
 
 
 class _StepState:
@@ -151,8 +189,16 @@ class TorchDPTrainer(shared.DPTrainerBase):
         if rows == 0:  # an empty Poisson draw: the update is noise alone
             with torch.no_grad():
                 y_pred = self(data[0], training=False)
+            by_row = row_tables(self) if self._dp_config.sparsity_preserving else set()
             zeros = [
-                torch.zeros_like(v.value, dtype=torch.float32) for v in self.trainable_variables
+                SparseRows(
+                    torch.full((0,), -1, dtype=torch.int32, device=get_device()),
+                    torch.zeros((0, v.shape[1]), device=get_device()),
+                    torch.zeros((0,), device=get_device()),
+                )
+                if id(v) in by_row
+                else torch.zeros_like(v.value, dtype=torch.float32)
+                for v in self.trainable_variables
             ]
             return zeros, torch.zeros((0,), device=get_device()), y_pred, 0.0
         if chunk >= rows:
@@ -192,19 +238,28 @@ class TorchDPTrainer(shared.DPTrainerBase):
         config = self._dp_config
         variables = self.trainable_variables
         state = self._dp_step_state
+        # Sparsity-preserving tables (never with adaptive clipping or secure noise: refused
+        # at set-up) are selected and noised on their selected rows only.
+        tables = sparse_tables(config, grad_sum)
         with torch.no_grad():
             # g = (sum + sigma C z) / B, z ~ N(0, I): in place on fresh float32 tensors.
-            grads = [torch.as_tensor(g, dtype=torch.float32).clone() for g in grad_sum]
+            grads = [
+                _private_rows(g, v, config, state.generator)
+                if i in tables
+                else torch.as_tensor(g, dtype=torch.float32).clone()
+                for i, (g, v) in enumerate(zip(grad_sum, variables, strict=True))
+            ]
+            dense = [i for i in range(len(grads)) if i not in tables]
             stddev = config.gradient_noise_multiplier * clip
-            if config.gradient_noise_multiplier > 0:
+            if config.gradient_noise_multiplier > 0 and dense:
                 # One draw for the whole update from the model's generator.
-                shapes = [tuple(v.shape) for v in variables]
+                shapes = [tuple(variables[i].shape) for i in dense]
                 flat = self._dp_standard_normals(sum(math.prod(s) for s in shapes))
-                for g, z in zip(grads, split_noise(flat, shapes), strict=True):
+                for i, z in zip(dense, split_noise(flat, shapes), strict=True):
                     if isinstance(stddev, torch.Tensor):
-                        g.add_(z * stddev)
+                        grads[i].add_(z * stddev)
                     else:
-                        g.add_(z, alpha=stddev)
+                        grads[i].add_(z, alpha=stddev)
             if config.adaptive_clip is not None:
                 count_noise = (
                     config.adaptive_clip.clipped_count_stddev * self._dp_standard_normals(1)[0]

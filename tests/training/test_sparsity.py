@@ -1,0 +1,330 @@
+"""Sparsity-preserving DP-SGD (keras_privacy.training.sparsity): the update equals the
+dense clipped sum restricted to the selected rows, each example's influence on the row
+counts is bounded, the selection's error rates are those of the Gaussian threshold, a
+row never selected never changes, and the accounting equals independent computations."""
+
+import math
+
+import dp_accounting
+import keras
+import numpy as np
+import pytest
+from helpers import engine_batch, reference_clipped_sum, tensorflow_only, to_numpy
+from keras import ops
+
+import keras_privacy as kp
+from keras_privacy.training.errors import PrivacyError
+from keras_privacy.training.sparsity import (
+    SparseRows,
+    SparsityPreserving,
+    coalesce,
+    combined_noise_multiplier,
+    false_positive_mask,
+    split_noise_multiplier_tf_privacy,
+    touched_selection,
+)
+
+VOCAB, DIM, TOKENS = 64, 3, 4
+LOSS = keras.losses.MeanSquaredError()
+
+
+def _model(sparsity, noise=0.0, engine="fast", seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((TOKENS,), dtype="int32")
+    z = keras.layers.Embedding(VOCAB, DIM, name="table")(inputs)
+    z = keras.layers.GlobalAveragePooling1D()(z)
+    outputs = keras.layers.Dense(1, name="head")(z)
+    return kp.DPModel(
+        inputs,
+        outputs,
+        l2_norm_clip=0.5,
+        noise_multiplier=noise,
+        seed=seed,
+        engine=engine,
+        sparsity_preserving=sparsity,
+    )
+
+
+def _batch(rows=8, seed=0):
+    """Every example touches the hot rows 0 and 1, and two rows of its own (10 + 2i,
+    11 + 2i): hot rows have count ``rows * w`` (w = 1 / 2, four distinct rows), each
+    example's own rows count 1 / 2; rows >= 10 + 2 rows are untouched."""
+    rng = np.random.default_rng(seed)
+    x = np.array([[0, 1, 10 + 2 * i, 11 + 2 * i] for i in range(rows)], "int32")
+    y = rng.normal(size=(rows, 1)).astype("float32")
+    return x, y
+
+
+#: sigma_s tiny and tau between the counts: the selection is the hot rows, surely.
+SURE = SparsityPreserving(selection_noise_multiplier=1e-3, threshold=1.0)
+
+
+def test_update_is_the_dense_clipped_sum_on_the_selected_rows():
+    model = _model(SURE)
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS)
+    x, y = _batch()
+    before = [to_numpy(v.value).astype("float64") for v in model.trainable_variables]
+    reference = reference_clipped_sum(model, LOSS, x, y, 0.5)
+    model.train_on_batch(x, y)
+    after = [to_numpy(v.value).astype("float64") for v in model.trainable_variables]
+    implied = [(b - a) * len(x) for b, a in zip(before, after, strict=True)]
+    selected = np.zeros(VOCAB, bool)
+    selected[[0, 1]] = True
+    table = model.get_layer("table").embeddings
+    for var, got, want in zip(model.trainable_variables, implied, reference, strict=True):
+        if var is table:
+            np.testing.assert_allclose(got[selected], want[selected], rtol=1e-5, atol=1e-6)
+            # Touched but not selected, and untouched rows: exactly unchanged.
+            assert np.all(got[~selected] == 0.0)
+            assert np.any(want[~selected] != 0.0)  # the dense sum would move them
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.extended  # default suite on TensorFlow; -m slow on JAX and PyTorch
+def test_row_counts_bound_each_examples_influence():
+    """Remove-one: the counts' inputs move by at most c0 in L2 (the analysis's
+    sensitivity), with equality for an example touching several rows."""
+    bound = 0.7
+    spec = SparsityPreserving(
+        selection_noise_multiplier=1.0, threshold=1.0, contribution_bound=bound
+    )
+    model = _model(spec)
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS)
+    x, y = _batch(rows=4)
+    x[0] = [3, 3, 3, 3]  # one distinct row: contributes min(1, c0) = 0.7 to it
+
+    def counts(xs, ys):
+        batch = engine_batch(model, "fast", xs, ys, None, num_units=None, l2_norm_clip=0.5)
+        (rows,) = [g for g in batch.grad_sum if isinstance(g, SparseRows)]
+        out = np.zeros(VOCAB)
+        np.add.at(
+            out,
+            to_numpy(rows.ids)[to_numpy(rows.ids) >= 0],
+            to_numpy(rows.counts)[to_numpy(rows.ids) >= 0],
+        )
+        return out
+
+    full = counts(x, y)
+    for i in (0, 1):
+        rest = counts(np.delete(x, i, 0), np.delete(y, i, 0))
+        change = np.linalg.norm(full - rest)
+        distinct = len(set(x[i].tolist()))
+        np.testing.assert_allclose(change, min(bound, math.sqrt(distinct)), rtol=1e-5)
+        assert change <= bound + 1e-6
+        assert np.max(np.abs(full - rest)) <= 1.0 + 1e-6
+
+
+def test_selection_error_rates_on_known_hot_rows():
+    """Rows with count n are selected with probability P(n + N(0, s^2) > tau), untouched
+    rows with p; hot rows (count 20, tau 2, s 1) are never missed."""
+    spec = SparsityPreserving(selection_noise_multiplier=1.0, threshold=2.0)
+    vocab, trials = 4000, 10
+    ids = np.arange(300, dtype="int32")
+    counts = np.where(ids < 100, 20.0, 1.0).astype("float32")  # 100 hot, 200 lukewarm
+    rows = SparseRows(
+        ops.convert_to_tensor(ids),
+        ops.zeros((300, 2)),
+        ops.convert_to_tensor(counts),
+    )
+    rng = np.random.default_rng(0)
+    hot = lukewarm = false_pos = 0
+    for _ in range(trials):
+        normals = ops.convert_to_tensor(rng.normal(size=300).astype("float32"))
+        chosen = to_numpy(touched_selection(rows, spec, normals))
+        hot += chosen[:100].sum()
+        lukewarm += chosen[100:].sum()
+        uniforms = ops.convert_to_tensor(rng.random(vocab).astype("float32"))
+        extra = to_numpy(false_positive_mask(rows, spec, uniforms, vocab))
+        assert not extra[:300].any()  # touched rows are decided by their own count
+        false_pos += extra.sum()
+    assert hot == 100 * trials  # false negatives: P(N < -18) ~ 1e-72
+    p_lukewarm = 0.5 * math.erfc(1.0 / math.sqrt(2))
+    n = 200 * trials
+    assert abs(lukewarm - n * p_lukewarm) < 5 * math.sqrt(n * p_lukewarm * (1 - p_lukewarm))
+    p = spec.false_positive_probability
+    np.testing.assert_allclose(p, 0.5 * math.erfc(2.0 / math.sqrt(2)))
+    n = (vocab - 300) * trials
+    assert abs(false_pos - n * p) < 5 * math.sqrt(n * p * (1 - p))
+
+
+def test_coalesce_merges_repeated_rows():
+    rows = SparseRows(
+        ops.convert_to_tensor(np.array([5, -1, 2, 5, 2, 7], "int32")),
+        ops.convert_to_tensor(np.arange(12, dtype="float32").reshape(6, 2)),
+        ops.convert_to_tensor(np.array([1, 0, 2, 3, 4, 5], "float32")),
+    )
+    from keras_privacy.training.fast import units
+
+    merged = coalesce(rows, lambda d, s, n: units.segment_sum(d, s, num_segments=n))
+    ids = to_numpy(merged.ids)
+    keep = ids >= 0
+    assert sorted(ids[keep].tolist()) == [2, 5, 7]
+    got = {
+        int(i): (to_numpy(merged.values)[k], to_numpy(merged.counts)[k])
+        for k, i in enumerate(ids)
+        if i >= 0
+    }
+    np.testing.assert_allclose(got[2][0], [4 + 8, 5 + 9])
+    np.testing.assert_allclose(got[5][1], 1 + 3)
+    np.testing.assert_allclose(got[7][1], 5)
+
+
+def test_never_selected_rows_never_change_and_accounting_is_combined():
+    spec = SparsityPreserving(selection_noise_multiplier=2.0, threshold=30.0)
+    model = _model(spec, noise=1.0)
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss=LOSS)
+    x, y = _batch(rows=16)
+    table = model.get_layer("table").embeddings
+    before = to_numpy(table.value).copy()
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    # tau = 15 sigma_s: P(any selection) over 3 x 2 updates x 64 rows < 1e-48.
+    np.testing.assert_array_equal(to_numpy(table.value), before)
+    segment = model.privacy_record.current
+    assert segment.selection_noise_multiplier == 2.0
+    sigma = combined_noise_multiplier(1.0, 2.0)
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(
+            8 / 16,
+            dp_accounting.ComposedDpEvent(
+                [dp_accounting.GaussianDpEvent(1.0), dp_accounting.GaussianDpEvent(2.0)]
+            ),
+        ),
+        segment.updates,
+    )
+    rdp = dp_accounting.rdp.RdpAccountant()
+    rdp.compose(event)
+    np.testing.assert_allclose(
+        model.privacy_spent(1e-3, accountant="rdp"), rdp.get_epsilon(1e-3), rtol=1e-9
+    )
+    pld = dp_accounting.pld.PLDAccountant()
+    pld.compose(
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(8 / 16, dp_accounting.GaussianDpEvent(sigma)),
+            segment.updates,
+        )
+    )
+    np.testing.assert_allclose(model.privacy_spent(1e-3), pld.get_epsilon(1e-3), rtol=1e-9)
+
+
+def test_vectorized_engine_refuses_sparsity():
+    model = _model(SURE, engine="vectorized")
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS)
+    x, y = _batch()
+    with pytest.raises(PrivacyError, match="sparsity_preserving"):
+        model.train_on_batch(x, y)
+
+
+def test_settings_are_checked_and_saved():
+    with pytest.raises(PrivacyError, match="threshold"):
+        SparsityPreserving(selection_noise_multiplier=1.0, threshold=-1.0)
+    with pytest.raises(PrivacyError, match="selection_noise_multiplier"):
+        SparsityPreserving(selection_noise_multiplier=0.0, threshold=1.0)
+    with pytest.raises(PrivacyError, match="gradient_accumulation_steps"):
+        kp.DPSequential(
+            [keras.layers.Dense(1)],
+            l2_norm_clip=1.0,
+            noise_multiplier=1.0,
+            gradient_accumulation_steps=2,
+            sparsity_preserving=SURE,
+        )._dp_require_config()
+    model = _model(SURE)
+    assert model.get_config()["dp_config"]["sparsity_preserving"] == SURE.to_config()
+
+
+# -- accounting, backend-free --------------------------------------------------------
+
+
+@tensorflow_only
+def test_combined_noise_multiplier_is_dp_accountings_composition():
+    """Unsampled: PLD's numerical composition of the two Gaussians is one Gaussian with
+    the combined multiplier; sampled: RDP's composition inside the Poisson event agrees."""
+    sigma, selection = 1.3, 0.9
+    combined = combined_noise_multiplier(sigma, selection)
+    composed = dp_accounting.ComposedDpEvent(
+        [dp_accounting.GaussianDpEvent(sigma), dp_accounting.GaussianDpEvent(selection)]
+    )
+    for eps in (0.5, 2.0):
+        a = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
+        a.compose(dp_accounting.SelfComposedDpEvent(composed, 3))
+        b = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
+        b.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(combined), 3))
+        np.testing.assert_allclose(a.get_delta(eps), b.get_delta(eps), rtol=1e-2)
+    a = dp_accounting.rdp.RdpAccountant()
+    a.compose(dp_accounting.PoissonSampledDpEvent(0.01, composed), 1000)
+    b = dp_accounting.rdp.RdpAccountant()
+    b.compose(
+        dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(combined)), 1000
+    )
+    np.testing.assert_allclose(a.get_epsilon(1e-6), b.get_epsilon(1e-6), rtol=1e-12)
+
+
+@tensorflow_only
+def test_subsampled_two_gaussians_are_one_gaussian_numerically():
+    """One sampled update, by direct 2-D integration of the hockey-stick divergence
+    between (1-q) N(0, I) + q N(mu, I) and N(0, I), mu = (1/sigma, 1/sigma_s) (both
+    directions), against dp_accounting's PLD for the 1-D subsampled Gaussian."""
+    sigma, selection, q, eps = 1.1, 0.8, 0.3, 0.5
+    mu = np.array([1 / sigma, 1 / selection])
+    grid = np.linspace(-9, 11, 801)
+    step = grid[1] - grid[0]
+    u, v = np.meshgrid(grid, grid, indexing="ij")
+
+    def density(cu, cv):
+        return np.exp(-0.5 * ((u - cu) ** 2 + (v - cv) ** 2)) / (2 * np.pi)
+
+    null = density(0, 0)
+    mixture = (1 - q) * null + q * density(*mu)
+    delta_add = np.sum(np.maximum(mixture - math.exp(eps) * null, 0)) * step**2
+    delta_remove = np.sum(np.maximum(null - math.exp(eps) * mixture, 0)) * step**2
+    accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    accountant.compose(
+        dp_accounting.PoissonSampledDpEvent(
+            q, dp_accounting.GaussianDpEvent(combined_noise_multiplier(sigma, selection))
+        )
+    )
+    np.testing.assert_allclose(accountant.get_delta(eps), max(delta_add, delta_remove), rtol=2e-3)
+
+
+@tensorflow_only
+def test_tf_privacy_split_keeps_the_total_noise():
+    for fraction in (0.1, 0.5, 0.8):
+        selection, gradient = split_noise_multiplier_tf_privacy(1.2, fraction)
+        np.testing.assert_allclose(combined_noise_multiplier(gradient, selection), 1.2)
+    with pytest.raises(PrivacyError):
+        split_noise_multiplier_tf_privacy(1.0, 1.0)
+
+
+def test_tf_privacy_config_through_the_compatibility_layer():
+    from keras_privacy.compat.tensorflow_privacy.privacy.keras_models import dp_keras_model
+
+    config = dp_keras_model.SparsityPreservingDPSGDConfig(
+        sparse_selection_privacy_budget_fraction=0.5, sparse_selection_threshold=3
+    )
+    model = dp_keras_model.DPSequential(
+        1.0,
+        1.2,
+        layers=[
+            keras.Input((TOKENS,), dtype="int32"),
+            keras.layers.Embedding(VOCAB, DIM),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1),
+        ],
+        sparsity_preserving_dpsgd_config=config,
+    )
+    dp = model._dp_require_config()
+    selection, gradient = split_noise_multiplier_tf_privacy(1.2, 0.5)
+    assert dp.noise_multiplier == gradient
+    assert dp.sparsity_preserving == SparsityPreserving(selection, 3.0, 1.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    x, y = _batch(rows=16)
+    model.fit(x, y, batch_size=8, verbose=0)
+    np.testing.assert_allclose(model.privacy_record.current.accounted_noise_multiplier, 1.2)
+    plain = dp_keras_model.DPSequential(
+        1.0,
+        1.2,
+        layers=[keras.layers.Dense(1)],
+        sparsity_preserving_dpsgd_config=dp_keras_model.SparsityPreservingDPSGDConfig(),
+    )
+    assert plain._dp_require_config().sparsity_preserving is None
+    assert plain._dp_require_config().noise_multiplier == 1.2
