@@ -97,7 +97,7 @@ def outer_clipped_sum(a, d, factors, safe, keep=None):
     return ops.matmul(ops.transpose(a_flat), d_flat)
 
 
-def _lora_pieces(layer, a2, dz3, lora_a3, to_a, layout, units):
+def _lora_pieces(layer, a2, dz3, lora_a3, lora_b, to_a, layout, units):
     """LoRA's low-rank path: the effective kernel ``W + s A B`` (``s = alpha / rank``)
     seen as ``[n_in, n_mid, n_last]`` with ``A`` ``[n_in, n_mid, r]`` and ``B``
     ``[r, n_last]`` (a Dense kernel has ``n_mid = 1``). For a unit with layer inputs
@@ -110,7 +110,7 @@ def _lora_pieces(layer, a2, dz3, lora_a3, to_a, layout, units):
     ``a2`` ``[B, S, n_in]``, ``dz3`` ``[B, S, n_mid, n_last]``, ``lora_a3`` = ``A`` as
     ``[n_in, n_mid, r]``; ``to_a`` maps ``[n_in, n_mid r]`` to ``A``'s shape."""
     scale = layer.lora_alpha / layer.lora_rank
-    b = ops.cast(layer.lora_kernel_b, "float32")
+    b = ops.cast(lora_b, "float32")
     n_mid, n_last = dz3.shape[2], dz3.shape[3]
     rank = b.shape[0]
     dz3 = U.float32(dz3)
@@ -186,7 +186,7 @@ class _MatmulRule(LayerRule):
             z = ops.add(z, layer.bias)
         z = U.probe(z)
         out = layer.activation(z) if layer.activation is not None else z
-        return out, {"a": inputs}, {"z": z}
+        return out, {"a": inputs, **_lora_values(layer)}, {"z": z}
 
     def _grouped(self, call, units):
         if "a" not in call.cache:
@@ -264,6 +264,17 @@ def _lora_on(layer: Any) -> bool:
     return bool(getattr(layer, "lora_enabled", False))
 
 
+def _lora_values(layer: Any, a: str = "lora_kernel_a", b: str = "lora_kernel_b") -> dict:
+    """The LoRA factors' values as the forward pass reads them (on JAX, inside the step's
+    stateless scope: the traced values, not the stored ones), for the rule's later math."""
+    if not _lora_on(layer):
+        return {}
+    return {
+        "lora_a": ops.convert_to_tensor(getattr(layer, a)),
+        "lora_b": ops.convert_to_tensor(getattr(layer, b)),
+    }
+
+
 class DenseRule(_MatmulRule):
     """``keras.layers.Dense`` on inputs of any rank (``[B, d]``, ``[B, T, d]``, ...), with
     or without LoRA."""
@@ -286,8 +297,9 @@ class DenseRule(_MatmulRule):
         n_in, n_out = a.shape[-1], d.shape[-1]
         a2 = ops.reshape(a, (ops.shape(a)[0], -1, n_in))
         dz3 = ops.reshape(d, (ops.shape(d)[0], -1, 1, n_out))
-        a3 = ops.reshape(call.layer.lora_kernel_a, (n_in, 1, -1))
-        return _lora_pieces(call.layer, a2, dz3, a3, lambda g: g, "dense", units)
+        a3 = ops.reshape(call.saved["lora_a"], (n_in, 1, -1))
+        lora_b = call.saved["lora_b"]
+        return _lora_pieces(call.layer, a2, dz3, a3, lora_b, lambda g: g, "dense", units)
 
     def _bias_units(self, call, units):
         if "bias" not in call.cache:
@@ -358,7 +370,7 @@ class EinsumDenseRule(_MatmulRule):
         dz3 = ops.einsum(f"{out}->{b}{pos}{mid}{last}", call.grads["z"])
         dz3 = ops.reshape(dz3, (ops.shape(dz3)[0], -1, n_mid, dims[last]))
         r = rank_letter
-        a3 = ops.einsum(f"{ker[:-1]}{r}->{d_in}{mid}{r}", layer.lora_kernel_a)
+        a3 = ops.einsum(f"{ker[:-1]}{r}->{d_in}{mid}{r}", call.saved["lora_a"])
         a3 = ops.reshape(a3, (n_in, n_mid, -1))
         rank = layer.lora_kernel_a.shape[-1]
 
@@ -368,7 +380,8 @@ class EinsumDenseRule(_MatmulRule):
                 return grad
             return ops.einsum(f"{d_in}{mid}{r}->{ker[:-1]}{r}", grad)
 
-        return _lora_pieces(layer, a2, dz3, a3, to_a, self._layout(layer), units)
+        lora_b = call.saved["lora_b"]
+        return _lora_pieces(layer, a2, dz3, a3, lora_b, to_a, self._layout(layer), units)
 
     def _project(self, layer, inputs):
         return ops.einsum(layer.equation, inputs, layer.kernel)

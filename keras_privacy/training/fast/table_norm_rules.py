@@ -12,6 +12,7 @@ from keras.src.backend import set_keras_mask
 from keras_privacy.training.fast import units as U
 from keras_privacy.training.fast.matmul_rules import (
     _lora_on,
+    _lora_values,
     outer_clipped_sum,
     outer_norm,
     outer_sq,
@@ -58,7 +59,8 @@ class EmbeddingRule(LayerRule):
         if ids.dtype not in ("int32", "int64"):
             ids = ops.cast(ids, "int32")
         z = U.probe(ops.take(layer.embeddings, ids, axis=0))
-        return ops.cast(z, layer.compute_dtype), {"ids": ids}, {"z": z}
+        saved = {"ids": ids, **_lora_values(layer, "lora_embeddings_a", "lora_embeddings_b")}
+        return ops.cast(z, layer.compute_dtype), saved, {"z": z}
 
     # The lookup's tensors: ids and their output gradients (overridden by a rule whose
     # call is not always a lookup).
@@ -125,12 +127,12 @@ class EmbeddingRule(LayerRule):
             rows.append((layer._embeddings, dz))
         if _lora_on(layer):
             scale = layer.lora_alpha / layer.lora_rank
-            b = ops.cast(layer.lora_embeddings_b, "float32")
+            b = ops.cast(call.saved["lora_b"], "float32")
             if layer.lora_embeddings_a.trainable:
                 dzb = scale * ops.matmul(U.float32(dz), ops.transpose(b))
                 rows.append((layer.lora_embeddings_a, dzb))
             if layer.lora_embeddings_b.trainable:
-                a = scale * ops.take(ops.cast(layer.lora_embeddings_a, "float32"), ids, axis=0)
+                a = scale * ops.take(ops.cast(call.saved["lora_a"], "float32"), ids, axis=0)
                 a = ops.reshape(a, (ops.shape(a)[0], -1, a.shape[-1]))
                 d = ops.reshape(U.float32(dz), (ops.shape(dz)[0], -1, dz.shape[-1]))
                 positions = _static_positions(a, units)
