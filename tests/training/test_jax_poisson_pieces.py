@@ -59,19 +59,22 @@ def _check(private, engine, capacity, rows, rng):
     mask = (np.arange(capacity) < rows).astype("float32")
     trainable = [v.value for v in private.trainable_variables]
     non_trainable = [v.value for v in private.non_trainable_variables]
-    grad_sum, losses, preds, _ = private._dp_clipped_logical_batch(
-        trainable, non_trainable, (x, y, None), mask, None, capacity
+    grad_sum, losses, preds, _, unclipped = private._dp_clipped_logical_batch(
+        trainable, non_trainable, (x, y, None), mask, None, capacity, 0.5
     )
     assert np.asarray(losses).shape == (capacity,)
     assert np.asarray(preds).shape == (capacity, 3)
     got = flat([np.asarray(g, "float64") for g in grad_sum])
     if rows == 0:
         np.testing.assert_array_equal(got, 0.0)
+        assert float(unclipped) == 0.0  # padding never counts as unclipped
         return
     ref = engine_batch(private, engine, x[:rows], y[:rows], None, num_units=None, l2_norm_clip=0.5)
     want = flat([np.asarray(g, "float64") for g in ref.grad_sum])
     # float32 sums in another order: equal within 1e-5 of the sum's norm
     assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
     np.testing.assert_allclose(np.asarray(losses)[:rows], np.asarray(ref.unit_losses), 1e-5)
+    # adaptive clipping's count: the sampled rows the clip left whole, never padding
+    assert float(unclipped) == np.sum(np.asarray(ref.norms) <= 0.5)
     # every sampled row clipped to 0.5: the sum's norm is at most rows * C
     assert np.linalg.norm(got) <= 0.5 * rows * (1 + 1e-5)
