@@ -232,6 +232,57 @@ def test_settings_are_checked_and_saved():
     assert model.get_config()["dp_config"]["sparsity_preserving"] == SURE.to_config()
 
 
+def test_options_whose_noise_is_not_the_selected_rows_are_refused():
+    """Sparse rows are noised with sigma C at a fixed C from the model's generator:
+    adaptive clipping (C_t) and secure noise (OS CSPRNG) would be silently bypassed on the
+    tables, so the combinations are refused."""
+    adaptive = kp.AdaptiveClip(clipped_count_stddev=1.0)
+    for settings in ({"l2_norm_clip": adaptive}, {"l2_norm_clip": 1.0, "secure_noise": True}):
+        with pytest.raises(PrivacyError, match="sparsity_preserving cannot be combined"):
+            kp.DPSequential(
+                [keras.layers.Dense(1)], noise_multiplier=1.0, sparsity_preserving=SURE, **settings
+            )._dp_require_config()
+
+
+def _lm(table_layer, sparsity):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((TOKENS,), dtype="int32")
+    if isinstance(table_layer, keras.layers.ReversibleEmbedding):
+        z = table_layer(inputs)
+        logits = keras.layers.GlobalAveragePooling1D()(table_layer(z, reverse=True))
+        outputs = keras.layers.Dense(1)(logits)
+    else:  # one table looked up twice (a shared table)
+        z = keras.layers.Add()([table_layer(inputs), table_layer(inputs)])
+        outputs = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(z))
+    model = kp.DPModel(
+        inputs,
+        outputs,
+        l2_norm_clip=0.5,
+        noise_multiplier=0.0,
+        engine="fast",
+        seed=0,
+        sparsity_preserving=sparsity,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS)
+    return model
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_tied_and_shared_tables_are_refused(tied):
+    """A tied output projection touches every row of the table, and a table reached by
+    several calls would be selected per call: neither comes by row; both are refused
+    rather than trained as if they did."""
+    layer = (
+        keras.layers.ReversibleEmbedding(VOCAB, DIM, tie_weights=True)
+        if tied
+        else keras.layers.Embedding(VOCAB, DIM)
+    )
+    model = _lm(layer, SURE)
+    x, y = _batch()
+    with pytest.raises(PrivacyError, match="sparsity_preserving"):
+        model.train_on_batch(x, y)
+
+
 # -- accounting, backend-free --------------------------------------------------------
 
 
