@@ -3,7 +3,9 @@ fresh interpreter, as the README's do (``tests/test_readme.py``). Blocks that ar
 to run (command lines, output, formulas) use another fence language than ``python``.
 
 ``docs/coming_from_tf_privacy.md`` is left to ``tests/test_coming_from_tf_privacy.py``,
-which runs its snippets and also checks them against TF Privacy's import root.
+which runs its snippets and also checks them against TF Privacy's import root;
+``docs/distributed.md`` to ``tests/training/test_distributed.py`` (slow), whose
+subprocesses run the same settings with several devices or processes.
 """
 
 import re
@@ -14,7 +16,7 @@ from snippets import run_snippet
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-OWN_TEST = {"coming_from_tf_privacy.md"}
+OWN_TEST = {"coming_from_tf_privacy.md", "distributed.md"}
 # Snippets that take more than ~30 s on TensorFlow, by page and a text they contain (not by
 # position, which moves when a block is added): run with ``-m slow``.
 SLOW = {
