@@ -15,7 +15,7 @@ _LAZY = {
     "Figure": "page",
     "Page": "page",
     "Section": "page",
-    "membership_results": "model_report",
+    "membership_results": "measured_sections",
     "privacy_report": "model_report",
 }
 
