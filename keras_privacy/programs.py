@@ -40,10 +40,12 @@ __all__ = [
     "torch_program_threads",
 ]
 
-#: TensorFlow's known start-up notices (not warnings about the user's program).
+#: TensorFlow's known start-up notices (not warnings about the user's program); the
+#: CUDA-stub line comes from the full ``tensorflow`` wheel on a machine without a GPU
+#: (keras-hub's tensorflow-text installs it beside ``tensorflow-cpu``).
 _STARTUP_NOTICES = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|^I\d{4} [\d:.]+ +\d+ (port|cpu_feature_guard)\.cc:\d+\] "
+    r"|^I\d{4} [\d:.]+ +\d+ (port|cpu_feature_guard|cudart_stub)\.cc:\d+\] "
     r"|^To enable the following instructions: .*rebuild TensorFlow with the appropriate"
 )
 

@@ -38,6 +38,11 @@ ENV.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it
             True,
         ),
         (
+            "I0000 00:00:1796660816.456774   22777 cudart_stub.cc:31] Could not find cuda "
+            "drivers on your machine, GPU will not be used.\n",
+            True,
+        ),
+        (
             "To enable the following instructions: AVX2 FMA, in other operations, rebuild "
             "TensorFlow with the appropriate compiler flags.\n",
             True,

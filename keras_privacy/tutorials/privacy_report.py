@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from keras_privacy.programs import quiet_tensorflow_startup
+    from keras_privacy.programs import quiet_tensorflow_startup, torch_program_threads
 
+    torch_program_threads()
     quiet_tensorflow_startup()
     import keras
 
