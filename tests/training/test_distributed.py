@@ -47,6 +47,42 @@ def data():
 # -- refusals (fast, one per backend) ---------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"l2_norm_clip": kp.AdaptiveClip(clipped_count_stddev=1.0)},
+        {"l2_norm_clip": 1.0, "secure_noise": True},
+        {
+            "l2_norm_clip": 1.0,
+            "sparsity_preserving": kp.SparsityPreserving(
+                selection_noise_multiplier=1.0, threshold=1.0
+            ),
+        },
+    ],
+)
+def test_options_not_proven_across_devices_are_refused_there(option, monkeypatch):
+    """Adaptive clipping, secure noise and sparsity preservation are checked on one device
+    only: under two replicas per-replica secure draws would average to less noise, and the
+    unclipped count and the row selection would be per replica. The step is never run."""
+    from keras_privacy.training import dp_training
+    from keras_privacy.training.distribution import DistributionPlan
+
+    model = kp.DPSequential(
+        [keras.layers.Input((3,), dtype="int32"), keras.layers.Embedding(8, 2)],
+        noise_multiplier=1.0,
+        **option,
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((4, 3), "int32"), np.zeros((4, 3, 2), "float32")
+    monkeypatch.setattr(
+        dp_training, "check_distribution", lambda m: DistributionPlan("mirrored", 2)
+    )
+    with pytest.raises(PrivacyError, match="not supported on several devices"):
+        model.train_on_batch(x, y)
+    monkeypatch.undo()
+    model.train_on_batch(x, y)  # one device: trains
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute")
 def test_tensorflow_strategy_other_than_mirrored_is_refused():
     import tensorflow as tf
