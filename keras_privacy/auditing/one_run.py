@@ -11,16 +11,18 @@ The theorem (their Theorem 3.1 for pure DP, and the (ε, δ) form of their main 
 If training is (ε, δ)-DP with respect to adding or removing one canary, then for every
 ``v``
 
-    P[W >= v] <= f_ε(v) + 2 m δ max_{i = 1..m} f_ε(v - i) / i,
+    P[W >= v] <= f_ε(v) + 2 m δ max_{i = 1..v} (f_ε(v - i) - f_ε(v)) / i,
     f_ε(v) = P[Binomial(r, p) >= v],  p = e^ε / (1 + e^ε),
 
-(``f_ε(v) = 1`` for ``v <= 0``). For δ = 0 this is their pure-DP statement: W is
-stochastically dominated by Binomial(r, e^ε / (1 + e^ε)), because, whatever the output,
-each guess is right with conditional probability at most p. The δ term comes from the
-canaries whose privacy loss exceeds ε: there are at most 2mδ of them in expectation, each
-can turn at most one guess right, and Markov's inequality over their number i pays
-``P[#bad = i] <= 2mδ / i`` times the chance ``f_ε(v - i)`` that the rest supply the other
-``v - i`` correct guesses.
+(``f_ε(v) = 1`` for ``v <= 0``; the maximum over ``i > v`` is never larger than at
+``i = v``). For δ = 0 this is their pure-DP statement: W is stochastically dominated by
+Binomial(r, e^ε / (1 + e^ε)), because, whatever the output, each guess is right with
+conditional probability at most p. The δ term comes from the canaries whose privacy loss
+exceeds ε: there are at most 2mδ of them in expectation, and each can turn at most one
+guess right. They matter only when the other canaries supply between ``v - i`` and
+``v - 1`` correct guesses, an event of probability ``f_ε(v - i) - f_ε(v)``, and Markov's
+inequality prices ``i`` of them at ``2mδ / i``; the largest of these products over ``i``
+is the paper's term (its Algorithm for the p-value computes the same maximum).
 
 The bound. For the observed ``v`` the right-hand side grows with ε; the audit reports
 the largest ε at which it is still at most ``β = 1 - confidence``: every smaller ε is
@@ -77,7 +79,7 @@ def one_run_p_value(
     epsilon: float, delta: float, num_canaries: int, num_guesses: int, num_correct: int
 ) -> float:
     """The theorem's bound on ``P[W >= num_correct]`` for an (ε, δ)-DP run (see the module):
-    ``f_ε(v) + 2 m δ max_i f_ε(v - i) / i``, at most 1."""
+    ``f_ε(v) + 2 m δ max_{i <= v} (f_ε(v - i) - f_ε(v)) / i``, at most 1."""
     _check_counts(num_canaries, num_guesses, num_correct)
     if epsilon < 0:
         raise ValueError(f"epsilon must be >= 0, received {epsilon}")
@@ -86,9 +88,9 @@ def one_run_p_value(
     # P[Binomial(r, p) >= v] = sf(v - 1); 1 for v <= 0.
     tail = float(stats.binom.sf(v - 1, r, p)) if v > 0 else 1.0
     if delta > 0 and v > 0:
-        shifts = np.arange(1, m + 1)
+        shifts = np.arange(1, v + 1)
         shifted = np.where(v - shifts > 0, stats.binom.sf(v - shifts - 1, r, p), 1.0)
-        tail += 2.0 * m * delta * float(np.max(shifted / shifts))
+        tail += 2.0 * m * delta * float(np.max((shifted - tail) / shifts))
     return min(tail, 1.0)
 
 

@@ -43,9 +43,12 @@ def test_all_guesses_right_pure_dp_has_closed_form():
 def test_p_value_by_hand():
     # eps = 0: p = 1/2; P[Bin(2, 1/2) >= 2] = 1/4.
     assert one_run_p_value(0.0, 0.0, 2, 2, 2) == pytest.approx(0.25)
-    # delta term, m = 2, r = 2, v = 2: f(1) = 3/4, f(0) = 1:
-    # 1/4 + 2 * 2 * 0.01 * max(3/4 / 1, 1 / 2) = 0.28.
-    assert one_run_p_value(0.0, 0.01, 2, 2, 2) == pytest.approx(0.28)
+    # delta term, m = 2, r = 2, v = 2: f(2) = 1/4, f(1) = 3/4, f(0) = 1:
+    # 1/4 + 2 * 2 * 0.01 * max((3/4 - 1/4) / 1, (1 - 1/4) / 2) = 0.27.
+    assert one_run_p_value(0.0, 0.01, 2, 2, 2) == pytest.approx(0.27)
+    # m = 10, r = 4, v = 3, eps = 0: f(3) = 5/16, f(2) = 11/16, f(1) = 15/16, f(0) = 1;
+    # max(6/16, 10/16 / 2, 11/16 / 3) = 6/16: 5/16 + 2 * 10 * 0.001 * 6/16 = 0.32.
+    assert one_run_p_value(0.0, 0.001, 10, 4, 3) == pytest.approx(5 / 16 + 0.02 * 6 / 16)
     # eps = log 3: p = 3/4; P[Bin(3, 3/4) >= 2] = 27/64 + 27/64 = 54/64.
     assert one_run_p_value(math.log(3), 0.0, 5, 3, 2) == pytest.approx(54 / 64)
 
