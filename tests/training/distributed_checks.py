@@ -337,8 +337,37 @@ def check_restart(scope, directory: str, phase: int) -> dict:
     }
 
 
+def check_quick(scope) -> dict:
+    """One Poisson update with q = 1 of a noise-only model (every example's weight 0),
+    for the default suite's two-worker test: the update is the noise / B, 1,088
+    coordinates whose standard deviation is sigma C / B once (not sqrt(2) times, nor
+    1/sqrt(2)); the rows the step counted (both workers' shards, each row once) and the
+    record's global figures."""
+    n, clip, sigma = 64, 0.5, 2.0
+    model = dense_model(scope, 16, 64, clip=clip, sigma=sigma, seed=None)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(n, 16)).astype("float32"), rng.normal(size=(n, 64)).astype("float32")
+    model.fit(
+        x, y, sample_weight=np.zeros(n, "float32"), batch_size=n, steps_per_epoch=1, verbose=0
+    )
+    record = model.privacy_record
+    return {
+        "std_ratio": float(np.std(flat_weights(model)) / (sigma * clip / n)),
+        "weights_sum": float(np.sum(flat_weights(model))),
+        "examples": model._dp_counters()["examples"],
+        "record": [
+            record.total_updates,
+            record.segments[-1].dataset_size,
+            record.segments[-1].expected_batch_size,
+        ],
+    }
+
+
 def main() -> None:
     scope, replicas = distributed_scope()
+    if sys.argv[2:] == ["quick"]:
+        print("RESULT " + json.dumps({"replicas": replicas, "quick": check_quick(scope)}))
+        return
     if len(sys.argv) > 2:  # restart DIRECTORY PHASE
         result = check_restart(scope, sys.argv[3], int(sys.argv[4]))
         print("RESULT " + json.dumps({"replicas": replicas, "restart": result}))

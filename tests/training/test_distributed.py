@@ -196,15 +196,17 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def run_workers(arguments: list[str], workers: int = 2, timeout: float = 900) -> list[dict]:
-    """``distributed_checks.py tf-multi-worker *arguments`` in ``workers`` processes on
-    localhost (``TF_CONFIG``: TensorFlow's collective runtime over gRPC, one CPU device
+def run_workers(
+    arguments: list[str], workers: int = 2, timeout: float = 900, program: pathlib.Path = CHECKS
+) -> list:
+    """``program tf-multi-worker *arguments`` (``distributed_checks.py``) in ``workers``
+    processes on localhost (``TF_CONFIG``: TensorFlow's collective runtime over gRPC, one CPU device
     each); their RESULT lines."""
     addresses = [f"localhost:{port}" for port in free_ports(workers)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     processes = [
         subprocess.Popen(
-            [sys.executable, str(CHECKS), "tf-multi-worker", *arguments],
+            [sys.executable, str(program), "tf-multi-worker", *arguments],
             env={
                 **env,
                 "TF_CONFIG": json.dumps(
@@ -229,6 +231,27 @@ def run_workers(arguments: list[str], workers: int = 2, timeout: float = 900) ->
             if process.poll() is None:
                 process.kill()
     return results
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="MultiWorkerMirroredStrategy is TensorFlow's (multi-process JAX is refused, a slow "
+    "test; Keras's torch backend has no distribution API): run once, in the TensorFlow suite",
+)
+def test_two_worker_processes_make_one_noised_update():
+    """The default suite's multi-process test: two worker processes on localhost, one
+    Poisson update with q = 1 of a noise-only model (``check_quick``)."""
+    results = run_workers(["quick"], timeout=600)
+    assert results[0] == results[1]  # the same global update on both workers
+    quick = results[0]["quick"]
+    assert results[0]["replicas"] == 2
+    # 1,088 noise coordinates (std's standard error ~2%): noise drawn on each worker and
+    # summed would be sqrt(2) = 1.41 times sigma C / B; averaged, 0.71.
+    assert 0.88 < quick["std_ratio"] < 1.12
+    # Each row is in one worker's shard and q = 1: all 64, each once (every worker
+    # sampling all rows would count 128); the record holds the global N and B.
+    assert quick["examples"] == 64
+    assert quick["record"] == [1, 64, 64]
 
 
 @pytest.mark.slow
@@ -374,3 +397,57 @@ def test_multi_process_jax_is_refused():
                 process.kill()
     for out, err in outputs:
         assert out.strip().splitlines()[-1:] == ["REFUSED"], err[-3000:]
+
+
+# -- the page's snippets (docs/distributed.md: not run by tests/test_docs_snippets.py) -------
+
+TWO_CPU_DEVICES = """
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+_mirrored = tf.distribute.MirroredStrategy
+# MirroredStrategy() takes the GPUs, or one CPU: here the two logical CPU devices.
+tf.distribute.MirroredStrategy = lambda devices=None: _mirrored(devices or ["/cpu:0", "/cpu:1"])
+"""
+REPORT = """
+import json
+print("RESULT " + json.dumps([model.privacy_record.total_updates, {devices}]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="run once, in the TensorFlow suite")
+def test_the_pages_snippets_run_on_two_devices_and_two_workers(tmp_path):
+    """Each ``python`` block of docs/distributed.md, as written, on two devices or two
+    worker processes: 2 epochs of N / B = 16 Poisson updates, on both devices."""
+    import re
+
+    page = (ROOT / "docs" / "distributed.md").read_text(encoding="utf-8")
+    mirrored, multi_worker, jax_block = re.findall(r"^```python\n(.*?)^```", page, re.S | re.M)
+    programs = {
+        "mirrored": TWO_CPU_DEVICES
+        + mirrored
+        + REPORT.format(devices="model.distribute_strategy.num_replicas_in_sync"),
+        "multi_worker": multi_worker
+        + REPORT.format(devices="model.distribute_strategy.num_replicas_in_sync"),
+        "jax": jax_block
+        + REPORT.format(devices="len(model.trainable_variables[0].value.sharding.device_set)"),
+    }
+    for name, code in programs.items():
+        (tmp_path / f"{name}.py").write_text(code, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for name, extra in [
+        ("mirrored", {"KERAS_BACKEND": "tensorflow"}),
+        ("jax", {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
+    ]:
+        done = subprocess.run(
+            [sys.executable, str(tmp_path / f"{name}.py")],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert done.stdout.splitlines()[-1] == "RESULT [32, 2]", name
+    assert run_workers([], program=tmp_path / "multi_worker.py") == [[32, 2], [32, 2]]
