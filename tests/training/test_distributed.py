@@ -406,10 +406,10 @@ import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-_mirrored = tf.distribute.MirroredStrategy
-# MirroredStrategy() takes the GPUs, or one CPU: here the two logical CPU devices.
-tf.distribute.MirroredStrategy = lambda devices=None: _mirrored(devices or ["/cpu:0", "/cpu:1"])
 """
+# MirroredStrategy() takes the host's GPUs, or its one CPU: here, the two logical CPUs.
+EVERY_DEVICE = "tf.distribute.MirroredStrategy()"
+TWO_CPUS = 'tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])'
 REPORT = """
 import json
 print("RESULT " + json.dumps([model.privacy_record.total_updates, {devices}]))
@@ -427,7 +427,7 @@ def test_the_pages_snippets_run_on_two_devices_and_two_workers(tmp_path):
     mirrored, multi_worker, jax_block = re.findall(r"^```python\n(.*?)^```", page, re.S | re.M)
     programs = {
         "mirrored": TWO_CPU_DEVICES
-        + mirrored
+        + mirrored.replace(EVERY_DEVICE, TWO_CPUS)
         + REPORT.format(devices="model.distribute_strategy.num_replicas_in_sync"),
         "multi_worker": multi_worker
         + REPORT.format(devices="model.distribute_strategy.num_replicas_in_sync"),
@@ -435,14 +435,14 @@ def test_the_pages_snippets_run_on_two_devices_and_two_workers(tmp_path):
         + REPORT.format(devices="len(model.trainable_variables[0].value.sharding.device_set)"),
     }
     for name, code in programs.items():
-        (tmp_path / f"{name}.py").write_text(code, encoding="utf-8")
+        (tmp_path / f"page_{name}.py").write_text(code, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     for name, extra in [
         ("mirrored", {"KERAS_BACKEND": "tensorflow"}),
         ("jax", {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
     ]:
         done = subprocess.run(
-            [sys.executable, str(tmp_path / f"{name}.py")],
+            [sys.executable, str(tmp_path / f"page_{name}.py")],
             env={**env, **extra},
             capture_output=True,
             text=True,
@@ -450,4 +450,4 @@ def test_the_pages_snippets_run_on_two_devices_and_two_workers(tmp_path):
         )
         assert done.returncode == 0, done.stderr[-4000:]
         assert done.stdout.splitlines()[-1] == "RESULT [32, 2]", name
-    assert run_workers([], program=tmp_path / "multi_worker.py") == [[32, 2], [32, 2]]
+    assert run_workers([], program=tmp_path / "page_multi_worker.py") == [[32, 2], [32, 2]]
