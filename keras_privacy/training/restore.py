@@ -11,7 +11,9 @@ into its own entry of every weights file (JSON bytes under :data:`RECORD_KEY`) a
 one is loaded, **adopts** it if it counts more updates than the model's own record (a
 restarted model: the updates behind the restored weights, each once). A record that
 counts no more (this process's own earlier state, restored in the same run) is already
-counted and is left alone. Updates made after the file was written and lost with the
+counted and is left alone. (The rule compares counts, not histories: weights of an
+unrelated run loaded into a model that has already trained more are not added to its
+record; load them into a fresh model.) Updates made after the file was written and lost with the
 crash are counted too when a ``PrivacyBudget(state_path=...)`` file is kept (it is
 written after every update; see :func:`adopt_saved_record`).
 
