@@ -17,7 +17,7 @@ Every op runs single-threaded (TensorFlow: one intra-op thread, one inter-op thr
 device; XLA: no multi-threaded Eigen), so a device is a core. The model is an MLP
 784-512-512-10 (SGD, cross-entropy) on random data, N = 60,000, global batch 256 (DP:
 Poisson, expected 256, noise multiplier 1.1, clip 1; the default engine). Each ``fit`` is
-timed over ``--steps`` steps after a warm-up ``fit`` of 3 steps (tracing, compiling).
+timed over ``--steps`` steps after two warm-up ``fit`` calls of 2 steps (tracing, compiling).
 Non-private ``fit`` under ``MultiWorkerMirroredStrategy`` fails inside Keras 3.15 itself,
 so that row has DP only. Figures are examples per **wall-clock** second (the devices are
 cores: CPU time would count both), with the 1-minute load average before and after each
@@ -94,7 +94,10 @@ def measure(setting: str, steps: int) -> dict:
                 optimizer=keras.optimizers.SGD(0.01),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             )
-        model.fit(x, y, batch_size=BATCH, epochs=1, steps_per_epoch=3, verbose=0)
+        # Two warm-up fits: under DataParallel JAX compiles the step again in the second
+        # (the state's shardings differ after the first), never after.
+        for _ in range(2):
+            model.fit(x, y, batch_size=BATCH, epochs=1, steps_per_epoch=2, verbose=0)
         start = time.perf_counter()
         model.fit(x, y, batch_size=BATCH, epochs=1, steps_per_epoch=steps, verbose=0)
         result[mode] = steps * BATCH / (time.perf_counter() - start)
