@@ -36,6 +36,7 @@ from keras_privacy.training.record import (
     TrainingRecord,
     TrainingSegment,
 )
+from keras_privacy.training.restore import adopt_saved_record
 from keras_privacy.training.user_checks import user_stacklevel
 
 STATE_FORMAT = "keras-privacy/privacy-state"
@@ -403,15 +404,9 @@ class PrivacyBudget(keras.callbacks.Callback):
     def _restore_earlier_training(self, record: TrainingRecord) -> None:
         if self.state_path is None or not os.path.exists(self.state_path):
             return
-        earlier = record.segments[:-1]
-        saved = load_privacy_state(self.state_path)
         # A model restored from a checkpoint carries the record up to that checkpoint;
         # the state file also counts the updates made after it (spent all the same).
-        if saved.total_updates <= sum(segment.updates for segment in earlier):
-            return
-        record.segments[:-1] = [s for s in saved.segments if s.updates]
-        if not record.other_releases:
-            record.other_releases = list(saved.other_releases)
+        adopt_saved_record(record, load_privacy_state(self.state_path), record.current)
 
 
 def _with_more_updates(record: TrainingRecord, count: int) -> TrainingRecord:

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_privacy.training import user_checks
+from keras_privacy.training import restore, user_checks
 from keras_privacy.training.adaptive_clip import AdaptiveClip, ClipHistory, clip_history_callback
 from keras_privacy.training.backend import DPTrainer
 from keras_privacy.training.checks import check_layers_supported
@@ -437,6 +437,13 @@ class DPTrainingMixin:
         return super().make_train_function(force=force)
 
     # -- saving -----------------------------------------------------------------------
+
+    def save_own_variables(self, store: Any) -> None:
+        super().save_own_variables(store)
+        restore.save_record(self, store)  # weights files carry the record (restarts)
+
+    def load_own_variables(self, store: Any) -> None:
+        super().load_own_variables(restore.load_record(self, store))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

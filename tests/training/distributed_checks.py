@@ -22,6 +22,7 @@ worker, ``TF_CONFIG`` set; ``tf.distribute.MultiWorkerMirroredStrategy``) or
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -42,6 +43,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_privacy as kp  # noqa: E402
+from keras_privacy.accounting import epsilon_of_record  # noqa: E402
+from keras_privacy.training.record import TrainingRecord  # noqa: E402
 
 warnings.simplefilter("ignore")
 keras.config.disable_traceback_filtering()
@@ -274,8 +277,101 @@ def check_workers_agree(scope) -> bool:
     return False
 
 
+def check_restart(scope, directory: str, phase: int) -> dict:
+    """A worker restarted mid-``fit`` by ``keras.callbacks.BackupAndRestore``: phase 1
+    trains a noise-only model (every example's weight 0: an update is its noise / B) for
+    epochs 0, 1 (backed up after each) and 2 updates of epoch 2, then the process dies
+    (``os._exit``: nothing runs after). Phase 2, a new process running the same code,
+    restores the backup and runs epoch 2 again (4 updates). Each phase saves every
+    update's noise (``noise-<worker>-<phase>.npy``); phase 2 returns its record. The model
+    has no DP seed: its noise key and sampler come from OS entropy (a seed is refused on
+    restore; ``test_restart.py``)."""
+    n, batch, clip, sigma, steps = 512, 64, 0.5, 2.0, 4
+    worker = json.loads(os.environ.get("TF_CONFIG", '{"task": {"index": 0}}'))["task"]["index"]
+    model = dense_model(scope, 16, 64, clip=clip, sigma=sigma, seed=None)
+    model.build((None, 16))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n, 16)).astype("float32")
+    y = rng.normal(size=(n, 64)).astype("float32")
+    noise, path = [], os.path.join(directory, f"noise-{worker}-{phase}.npy")
+
+    class RecordNoise(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch_index, logs=None):
+            self.before = flat_weights(self.model)
+
+        def on_train_batch_end(self, batch_index, logs=None):
+            noise.append(flat_weights(self.model) - self.before)
+            np.save(path, np.stack(noise))
+
+    class Die(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch_index, logs=None):
+            if self.epoch == 2 and batch_index == 1:
+                os._exit(0)  # killed: after the epoch-1 backup and 2 more updates
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(directory, f"backup-{worker}")),
+        RecordNoise(),
+    ] + ([Die()] if phase == 1 else [])
+    model.fit(
+        x,
+        y,
+        sample_weight=np.zeros(n, "float32"),
+        batch_size=batch,
+        epochs=3,
+        steps_per_epoch=steps,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    record = model.privacy_record
+    one_run = TrainingRecord(segments=[dataclasses.replace(record.segments[-1], updates=3 * steps)])
+    return {
+        "updates": [s.updates for s in record.segments],
+        "dataset_size": record.segments[-1].dataset_size,
+        "expected_batch_size": record.segments[-1].expected_batch_size,
+        "epsilon": model.privacy_spent(1e-5),
+        "one_run_epsilon": epsilon_of_record(one_run, 1e-5),
+        "expected_std": sigma * clip / batch,
+    }
+
+
+def check_quick(scope) -> dict:
+    """One Poisson update with q = 1 of a noise-only model (every example's weight 0),
+    for the default suite's two-worker test: the update is the noise / B, 1,088
+    coordinates whose standard deviation is sigma C / B once (not sqrt(2) times, nor
+    1/sqrt(2)); the rows the step counted (both workers' shards, each row once) and the
+    record's global figures."""
+    n, clip, sigma = 64, 0.5, 2.0
+    model = dense_model(scope, 16, 64, clip=clip, sigma=sigma, seed=None)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(n, 16)).astype("float32"), rng.normal(size=(n, 64)).astype("float32")
+    model.fit(
+        x, y, sample_weight=np.zeros(n, "float32"), batch_size=n, steps_per_epoch=1, verbose=0
+    )
+    record = model.privacy_record
+    return {
+        "std_ratio": float(np.std(flat_weights(model)) / (sigma * clip / n)),
+        "weights_sum": float(np.sum(flat_weights(model))),
+        "examples": model._dp_counters()["examples"],
+        "record": [
+            record.total_updates,
+            record.segments[-1].dataset_size,
+            record.segments[-1].expected_batch_size,
+        ],
+    }
+
+
 def main() -> None:
     scope, replicas = distributed_scope()
+    if sys.argv[2:] == ["quick"]:
+        print("RESULT " + json.dumps({"replicas": replicas, "quick": check_quick(scope)}))
+        return
+    if len(sys.argv) > 2:  # restart DIRECTORY PHASE
+        result = check_restart(scope, sys.argv[3], int(sys.argv[4]))
+        print("RESULT " + json.dumps({"replicas": replicas, "restart": result}))
+        return
     result = {
         "replicas": replicas,
         "clipped": check_clipped(scope),

@@ -132,13 +132,19 @@ def test_torch_distributed_process_group_is_refused(tmp_path):
 # -- the supported settings, measured (slow: a subprocess each) -------------------------
 
 
-def run_checks(mode: str, extra_env: dict) -> dict:
+def run_checks(mode: str, extra_env: dict, *arguments: str) -> dict | None:
+    """``distributed_checks.py mode *arguments`` in a subprocess: its RESULT line (None
+    when it printed none: a process killed on purpose)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **extra_env}
     done = subprocess.run(
-        [sys.executable, str(CHECKS), mode], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, str(CHECKS), mode, *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    line = next(s for s in done.stdout.splitlines() if s.startswith("RESULT "))
+    line = next((s for s in done.stdout.splitlines() if s.startswith("RESULT ")), "RESULT null")
     return json.loads(line[len("RESULT ") :])
 
 
@@ -190,43 +196,124 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="run once, in the TensorFlow suite")
-def test_tensorflow_multi_worker_strategy_follows_the_dp_rules():
-    """Two worker processes on localhost (TensorFlow's collective runtime over gRPC), one
-    CPU device each; every worker gets all 512 rows and samples its own shard."""
-    workers = [f"localhost:{port}" for port in free_ports(2)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_workers(
+    arguments: list[str], workers: int = 2, timeout: float = 900, program: pathlib.Path = CHECKS
+) -> list:
+    """``program tf-multi-worker *arguments`` (``distributed_checks.py``) in ``workers``
+    processes on localhost (``TF_CONFIG``: TensorFlow's collective runtime over gRPC, one CPU device
+    each); their RESULT lines."""
+    addresses = [f"localhost:{port}" for port in free_ports(workers)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     processes = [
         subprocess.Popen(
-            [sys.executable, str(CHECKS), "tf-multi-worker"],
+            [sys.executable, str(program), "tf-multi-worker", *arguments],
             env={
                 **env,
                 "TF_CONFIG": json.dumps(
-                    {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+                    {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}}
                 ),
             },
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for i in range(2)
+        for i in range(workers)
     ]
     results = []
     try:
         for process in processes:
-            out, err = process.communicate(timeout=900)
+            out, err = process.communicate(timeout=timeout)
             assert process.returncode == 0, err[-4000:]
-            line = next(s for s in out.splitlines() if s.startswith("RESULT "))
+            line = next((s for s in out.splitlines() if s.startswith("RESULT ")), "RESULT null")
             results.append(json.loads(line[len("RESULT ") :]))
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
+    return results
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="MultiWorkerMirroredStrategy is TensorFlow's (multi-process JAX is refused, a slow "
+    "test; Keras's torch backend has no distribution API): run once, in the TensorFlow suite",
+)
+def test_two_worker_processes_make_one_noised_update():
+    """The default suite's multi-process test: two worker processes on localhost, one
+    Poisson update with q = 1 of a noise-only model (``check_quick``)."""
+    results = run_workers(["quick"], timeout=600)
+    assert results[0] == results[1]  # the same global update on both workers
+    quick = results[0]["quick"]
+    assert results[0]["replicas"] == 2
+    # 1,088 noise coordinates (std's standard error ~2%): noise drawn on each worker and
+    # summed would be sqrt(2) = 1.41 times sigma C / B; averaged, 0.71.
+    assert 0.88 < quick["std_ratio"] < 1.12
+    # Each row is in one worker's shard and q = 1: all 64, each once (every worker
+    # sampling all rows would count 128); the record holds the global N and B.
+    assert quick["examples"] == 64
+    assert quick["record"] == [1, 64, 64]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="run once, in the TensorFlow suite")
+def test_tensorflow_multi_worker_strategy_follows_the_dp_rules():
+    """Two worker processes on localhost, one CPU device each; every worker gets all 512
+    rows and samples its own shard."""
+    results = run_workers([])
     assert results[0]["disagreement_refused"]
     assert_dp_rules(results[0])
     # The workers hold the same weights and figures (same noise, the same global update).
     assert results[0] == results[1]
+
+
+def assert_restart_neither_repeats_noise_nor_loses_updates(directory, result, workers):
+    """Phase 1 made 10 updates (8 backed up, 2 lost with the process); phase 2 restored
+    the backup and made 4 (``distributed_checks.check_restart``)."""
+    assert result["replicas"] == 2
+    restart = result["restart"]
+    # The record holds the 8 updates behind the restored weights and the 4 after, each
+    # once (without the record in the weights file it held [4]: epsilon too small) ...
+    assert restart["updates"] == [8, 4]
+    assert (restart["dataset_size"], restart["expected_batch_size"]) == (512, 64)
+    # ... and says the epsilon of one uninterrupted run of the same 12 updates.
+    assert abs(restart["epsilon"] - restart["one_run_epsilon"]) < 1e-6
+    noises = [
+        [np.load(directory / f"noise-{w}-{phase}.npy") for phase in (1, 2)] for w in range(workers)
+    ]
+    for before, after in noises:
+        assert (len(before), len(after)) == (10, 4)
+        # Every update is noise / B (std sigma C / B, once: 15,232 coordinates) ...
+        std = np.std(np.concatenate([before, after]))
+        assert abs(std / restart["expected_std"] - 1.0) < 0.05
+        # ... and no update after the restart repeats one before it, the 2 lost ones
+        # included (independent draws correlate by ~0.03 over 1,088 coordinates; a
+        # repeated key by 1).
+        cross = np.corrcoef(np.concatenate([after, before]))[: len(after), len(after) :]
+        assert np.max(np.abs(cross)) < 0.3
+    for other in noises[1:]:  # every worker drew the same noise, in both runs
+        for mine, theirs in zip(noises[0], other, strict=True):
+            np.testing.assert_allclose(mine, theirs, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="run once, in the TensorFlow suite")
+def test_tensorflow_mirrored_worker_restarted_mid_fit_keeps_its_record(tmp_path):
+    """``BackupAndRestore`` under ``MirroredStrategy``: a killed process, then a new one
+    resuming the same ``fit`` (two logical CPU devices each)."""
+    assert run_checks("tf-mirrored", {}, "restart", str(tmp_path), "1") is None
+    result = run_checks("tf-mirrored", {}, "restart", str(tmp_path), "2")
+    assert_restart_neither_repeats_noise_nor_loses_updates(tmp_path, result, workers=1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="run once, in the TensorFlow suite")
+def test_tensorflow_multi_worker_restarted_mid_fit_keeps_its_record(tmp_path):
+    """``BackupAndRestore`` under ``MultiWorkerMirroredStrategy``: both worker processes
+    killed mid-epoch (a lost worker stops the collective fit), then both restarted."""
+    assert run_workers(["restart", str(tmp_path), "1"]) == [None, None]
+    results = run_workers(["restart", str(tmp_path), "2"])
+    assert results[0] == results[1]
+    assert_restart_neither_repeats_noise_nor_loses_updates(tmp_path, results[0], workers=2)
 
 
 def test_worker_shards_are_disjoint_poisson_samples_at_the_global_rate():
@@ -310,3 +397,57 @@ def test_multi_process_jax_is_refused():
                 process.kill()
     for out, err in outputs:
         assert out.strip().splitlines()[-1:] == ["REFUSED"], err[-3000:]
+
+
+# -- the page's snippets (docs/distributed.md: not run by tests/test_docs_snippets.py) -------
+
+TWO_CPU_DEVICES = """
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+# MirroredStrategy() takes the host's GPUs, or its one CPU: here, the two logical CPUs.
+EVERY_DEVICE = "tf.distribute.MirroredStrategy()"
+TWO_CPUS = 'tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])'
+REPORT = """
+import json
+print("RESULT " + json.dumps([model.privacy_record.total_updates, {devices}]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="run once, in the TensorFlow suite")
+def test_the_pages_snippets_run_on_two_devices_and_two_workers(tmp_path):
+    """Each ``python`` block of docs/distributed.md, as written, on two devices or two
+    worker processes: 2 epochs of N / B = 16 Poisson updates, on both devices."""
+    import re
+
+    page = (ROOT / "docs" / "distributed.md").read_text(encoding="utf-8")
+    mirrored, multi_worker, jax_block = re.findall(r"^```python\n(.*?)^```", page, re.S | re.M)
+    programs = {
+        "mirrored": TWO_CPU_DEVICES
+        + mirrored.replace(EVERY_DEVICE, TWO_CPUS)
+        + REPORT.format(devices="model.distribute_strategy.num_replicas_in_sync"),
+        "multi_worker": multi_worker
+        + REPORT.format(devices="model.distribute_strategy.num_replicas_in_sync"),
+        "jax": jax_block
+        + REPORT.format(devices="len(model.trainable_variables[0].value.sharding.device_set)"),
+    }
+    for name, code in programs.items():
+        (tmp_path / f"page_{name}.py").write_text(code, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for name, extra in [
+        ("mirrored", {"KERAS_BACKEND": "tensorflow"}),
+        ("jax", {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
+    ]:
+        done = subprocess.run(
+            [sys.executable, str(tmp_path / f"page_{name}.py")],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert done.stdout.splitlines()[-1] == "RESULT [32, 2]", name
+    assert run_workers([], program=tmp_path / "page_multi_worker.py") == [[32, 2], [32, 2]]
