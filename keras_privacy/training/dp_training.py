@@ -96,6 +96,8 @@ class DPTrainingMixin:
         # The public divisor B of one train_step call (None: the caller's batch size).
         self._dp_expected_units: float | None = None
         self._dp_user_sample_weight = False
+        # k, the rows of each user's block, while a user-level fit trains (else None).
+        self._dp_user_rows: int | None = None
         self._dp_trace_key: tuple | None = None
         self._dp_warned_sampling = False
         # The data-parallel setting of the last check (training/distribution.py).
@@ -307,6 +309,8 @@ class DPTrainingMixin:
         validation_batch_size: int | None = None,
         validation_freq: int = 1,
         dataset_size: int | None = None,
+        user_ids: Any = None,
+        max_examples_per_user: int | None = None,
     ):
         """``keras.Model.fit`` with DP-SGD.
 
@@ -321,6 +325,13 @@ class DPTrainingMixin:
         With ``gradient_accumulation_steps = n`` each update's logical batch (``batch_size
         x n`` rows of arrays, or one pipeline batch) is processed in n chunks; an update
         never spans two epochs or two ``fit`` calls.
+
+        User-level DP (``user_ids``: one id per row of ``x``): the privacy unit becomes
+        the user. Each update Poisson-samples users (``batch_size`` is then the expected
+        number of users per update), takes up to ``max_examples_per_user`` rows of each
+        sampled user (default: all of them), clips each user's summed gradient as one
+        unit and adds noise once; the record counts users (see
+        :mod:`keras_privacy.training.users`).
 
         Not private: the training ``loss`` and metrics that ``fit`` logs are computed from
         the training rows without noise, so callbacks acting on them (``EarlyStopping``,
@@ -350,12 +361,15 @@ class DPTrainingMixin:
             dataset_size=dataset_size,
             sampler_rng=self._dp_sampler_rng,
             warn_sampling=not self._dp_warned_sampling,
+            user_ids=user_ids,
+            max_examples_per_user=max_examples_per_user,
         )
         if plan.segment.sampling == FIXED_BATCHES:
             self._dp_warned_sampling = True
         self._dp_chunk_size = plan.chunk_size
         self._dp_expected_units = plan.expected_units
         self._dp_user_sample_weight = plan.user_sample_weight
+        self._dp_user_rows = plan.user_rows
         self._dp_open_segment(plan.segment)
         callbacks = [*plan.callbacks, *(callbacks or [])]
         if config.adaptive_clip is not None:
@@ -416,6 +430,7 @@ class DPTrainingMixin:
         self._dp_user_sample_weight = sample_weight is not None or class_weight is not None
         self._dp_chunk_size = None
         self._dp_expected_units = None
+        self._dp_user_rows = None
         if config.adaptive_clip is None:
             return super().train_on_batch(
                 x, y, sample_weight=sample_weight, class_weight=class_weight, **kwargs
@@ -430,7 +445,12 @@ class DPTrainingMixin:
 
     def make_train_function(self, force: bool = False):
         self._dp_check_trainable()
-        key = (self._dp_chunk_size, self._dp_expected_units, self._dp_user_sample_weight)
+        key = (
+            self._dp_chunk_size,
+            self._dp_expected_units,
+            self._dp_user_sample_weight,
+            self._dp_user_rows,
+        )
         if key != self._dp_trace_key:
             force = True
             self._dp_trace_key = key
