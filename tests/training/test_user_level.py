@@ -18,6 +18,7 @@ import pytest
 from helpers import BACKEND, to_numpy
 
 import keras_privacy as kp
+from keras_privacy import accounting
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.record import TrainingRecord, TrainingSegment
 from keras_privacy.training.users import UserPoissonBatches
@@ -125,6 +126,7 @@ def test_removing_one_user_changes_the_clipped_sum_by_at_most_c(engine, rng):
     assert np.linalg.norm(per_example) > 1.5 * clip  # per-example clipping: out of bound
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="NumPy only: run once, with TensorFlow")
 def test_users_are_poisson_sampled_with_all_their_rows(rng):
     """Each user is in each batch with probability q, with all (at most k) of their rows,
     and a capped user's k rows are a uniform draw of theirs."""
@@ -175,6 +177,7 @@ def test_users_are_poisson_sampled_with_all_their_rows(rng):
     assert np.all(np.abs(row_hits[rows7] / draws - p) < 5 * math.sqrt(p / draws) + 1e-3)
 
 
+@SLOW_ON_JAX
 def test_accounting_is_over_users_and_equals_dp_accounting(rng):
     x, y, ids = _data(rng, users=6, rows=20)
     model = _model("fast", 1.0, noise=1.3)
@@ -199,10 +202,22 @@ def test_accounting_is_over_users_and_equals_dp_accounting(rng):
     data = model.privacy_record.to_dict()
     assert data["segments"][0]["privacy_unit"] == "user"
     assert TrainingRecord.from_dict(data).segments[0].privacy_unit == "user"
-    # Example-level training on top is refused by the accountant (different relations).
-    model.train_on_batch(x[:4], y[:4])
+
+
+def test_user_and_example_level_training_are_not_composed():
+    """A record with user-level and example-level updates (or other releases, which are
+    example-level) has no single guarantee: the accountant refuses it."""
+    user = TrainingSegment("poisson", 10, 2, 1.0, 1.0, updates=3, privacy_unit="user")
+    example = TrainingSegment("poisson", 40, 8, 1.0, 1.0, updates=3)
     with pytest.raises(ValueError, match="mixes user-level"):
-        model.privacy_spent(delta)
+        accounting.epsilon_of_record(TrainingRecord([user, example]), 1e-3)
+    with pytest.raises(ValueError, match="mixes user-level"):
+        TrainingRecord([user, example]).privacy_unit  # noqa: B018
+    with_release = TrainingRecord([user])
+    with_release.add_release(dp_accounting.GaussianDpEvent(5.0), "features")
+    with pytest.raises(ValueError, match="other releases"):
+        accounting.epsilon_of_record(with_release, 1e-3)
+    assert TrainingRecord([user]).privacy_unit == "user"
 
 
 def test_privacy_state_file_keeps_the_privacy_unit():
