@@ -25,7 +25,6 @@ import argparse
 import time
 
 import keras
-import numpy as np
 
 import keras_privacy as kp
 from keras_privacy.tutorials import _movielens as ml
