@@ -20,7 +20,7 @@ from keras_privacy.training.checks import check_layers_supported
 from keras_privacy.training.config import DPConfig, validate_dp_arguments
 from keras_privacy.training.distribution import DistributionPlan, check_distribution
 from keras_privacy.training.errors import PrivacyError
-from keras_privacy.training.fit_input import new_segment, plan_fit_input
+from keras_privacy.training.fit_input import new_segment, pipeline_batch_size, plan_fit_input
 from keras_privacy.training.losses import check_per_example_losses
 from keras_privacy.training.optimizers import DPOptimizerMixin
 from keras_privacy.training.record import (
@@ -29,6 +29,7 @@ from keras_privacy.training.record import (
     TrainingRecord,
     TrainingSegment,
 )
+from keras_privacy.training.sampling import is_array_data
 
 
 def _sparsity_config(value: Any) -> dict | None:
@@ -235,6 +236,17 @@ class DPTrainingMixin:
             self._dp_resolve_config(getattr(self, "optimizer", None))
         return self._dp_config
 
+    def _dp_config_for_batch(self, expected_batch_size: float | None) -> DPConfig:
+        """The DP config for training with this expected batch: as it is, except that an
+        ``AdaptiveClip(clipped_count_stddev=None)`` gets the paper's ``B / 20`` (set anew
+        for each ``fit`` / ``train_on_batch`` from the unresolved setting)."""
+        config = self._dp_require_config()
+        clip = self._dp_settings["l2_norm_clip"]
+        if isinstance(clip, AdaptiveClip) and clip.clipped_count_stddev is None:
+            settings = {**self._dp_settings, "l2_norm_clip": clip.for_batch(expected_batch_size)}
+            self._dp_config = config = DPConfig(**settings)
+        return config
+
     # -- compile ----------------------------------------------------------------------
 
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, **kwargs: Any) -> None:
@@ -344,6 +356,12 @@ class DPTrainingMixin:
         self._dp_check_trainable()
         check_layers_supported(self)
         x, y = user_checks.as_arrays(x, y)
+        if config.adaptive_clip is not None:  # its default count noise needs B
+            config = self._dp_config_for_batch(
+                (batch_size or 32) * config.gradient_accumulation_steps
+                if is_array_data(x)
+                else pipeline_batch_size(x)
+            )
         user_checks.warn_no_noise(config.noise_multiplier, stacklevel=2)
         user_checks.warn_training_monitors(callbacks, stacklevel=2)
         plan = plan_fit_input(
@@ -406,6 +424,8 @@ class DPTrainingMixin:
         given batch (in ``gradient_accumulation_steps`` chunks). The caller chose the batch,
         so it is recorded as a fixed batch (not Poisson-sampled), without a dataset size."""
         config = self._dp_require_config()
+        if config.adaptive_clip is not None:  # its default count noise needs B: the rows
+            config = self._dp_config_for_batch(len(keras.tree.flatten(x)[0]))
         self._dp_check_trainable()
         if self._dp_distribution.workers > 1:
             raise PrivacyError(
@@ -450,6 +470,8 @@ class DPTrainingMixin:
             self._dp_expected_units,
             self._dp_user_sample_weight,
             self._dp_user_rows,
+            # An AdaptiveClip's default count noise is set per fit (B / 20).
+            getattr(getattr(self._dp_config, "adaptive_clip", None), "clipped_count_stddev", None),
         )
         if key != self._dp_trace_key:
             force = True

@@ -153,13 +153,31 @@ def test_record_and_accounting_of_the_split_noise(rng):
         ({"initial": 0.0, "clipped_count_stddev": 1.0}, "initial"),
         ({"target_quantile": 1.5, "clipped_count_stddev": 1.0}, "target_quantile"),
         ({"learning_rate": -1.0, "clipped_count_stddev": 1.0}, "learning_rate"),
-        ({}, "clipped_count_stddev"),
+        ({"clipped_count_stddev": 0.0}, "clipped_count_stddev"),
         ({"clipped_count_stddev": float("nan")}, "clipped_count_stddev"),
     ],
 )
 def test_bad_adaptive_clip_arguments(kwargs, match):
     with pytest.raises(kp.PrivacyError, match=match):
         kp.AdaptiveClip(**kwargs)
+
+
+def test_default_count_noise_is_the_expected_batch_over_20(rng):
+    """``clipped_count_stddev=None`` (the default) is the paper's B / 20, set per fit from
+    the expected batch (per train_on_batch from its rows) and recorded; the saved setting
+    stays the default."""
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    model = _mlp("auto", kp.AdaptiveClip(), noise=1.2)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    split = model.privacy_record.current.adaptive_clip
+    assert split["clipped_count_stddev"] == pytest.approx(32 / 20)
+    assert split["gradient_noise_multiplier"] == pytest.approx(split_noise_multiplier(1.2, 1.6))
+    model.train_on_batch(x[:40], y[:40])
+    assert model.privacy_record.current.adaptive_clip["clipped_count_stddev"] == 2.0
+    assert model._dp_settings["l2_norm_clip"].clipped_count_stddev is None  # as saved
+    with pytest.raises(kp.PrivacyError, match="too small"):  # 2 (8 / 20) <= sigma
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
 
 
 def test_adaptive_clip_refusals():
