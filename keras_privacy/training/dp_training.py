@@ -101,6 +101,8 @@ class DPTrainingMixin:
         self._dp_user_rows: int | None = None
         self._dp_trace_key: tuple | None = None
         self._dp_warned_sampling = False
+        # A saved model's adaptive clip C_t: the step state starts from it (else initial).
+        self._dp_resume_clip: float | None = None
         # The data-parallel setting of the last check (training/distribution.py).
         self._dp_distribution = DistributionPlan()
 
@@ -393,6 +395,8 @@ class DPTrainingMixin:
         if config.adaptive_clip is not None:
             check_adaptive_steps_per_execution(self)
             callbacks.insert(0, clip_history_callback(plan.segment))
+            # The clip of this segment's first update (C_t continues across fits).
+            plan.segment.l2_norm_clip = float(self.dp_current_clip or config.l2_norm_clip)
         try:
             history = super().fit(
                 epochs=epochs,
@@ -482,25 +486,49 @@ class DPTrainingMixin:
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
+        config.update(self._dp_saved_state())
+        return config
+
+    def _dp_saved_state(self) -> dict[str, Any]:
+        """What a saved DP model keeps: the settings (not the seed: a known seed makes the
+        noise predictable), the record and, with adaptive clipping, the clip ``C_t`` the
+        next update would use (a reloaded model continues from it; ``C_t`` is computed
+        from noised releases only, so saving it costs no privacy)."""
         settings = dict(self._dp_settings)
-        settings.pop("seed")  # never saved: a known seed makes the noise predictable
+        settings.pop("seed", None)
         if isinstance(settings["l2_norm_clip"], AdaptiveClip):
             settings["l2_norm_clip"] = settings["l2_norm_clip"].to_config()
-        config["dp_config"] = settings
-        config["privacy_record"] = self.privacy_record.to_dict()
-        return config
+        state = {"dp_config": settings, "privacy_record": self.privacy_record.to_dict()}
+        clip = self.dp_current_clip if self._dp_config is not None else None
+        if self._dp_config is not None and self._dp_config.adaptive_clip is not None and clip:
+            state["dp_adaptive_clip_value"] = float(clip)
+        return state
+
+    @staticmethod
+    def _dp_pop_saved_state(config: dict[str, Any]) -> tuple[dict, Any, Any]:
+        """``(settings, record, adaptive clip value)`` popped from a saved config."""
+        settings = dict(config.pop("dp_config", {}))
+        if "l2_norm_clip" in settings:
+            settings["l2_norm_clip"] = AdaptiveClip.from_config(settings["l2_norm_clip"])
+        return (
+            settings,
+            config.pop("privacy_record", None),
+            config.pop("dp_adaptive_clip_value", None),
+        )
+
+    def _dp_restore(self, record: Any, clip_value: Any) -> None:
+        if record:
+            self._dp_record = TrainingRecord.from_dict(record)
+        if clip_value is not None:
+            self._dp_resume_clip = float(clip_value)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None):
         config = dict(config)
-        settings = dict(config.pop("dp_config", {}))
-        if "l2_norm_clip" in settings:
-            settings["l2_norm_clip"] = AdaptiveClip.from_config(settings["l2_norm_clip"])
-        record = config.pop("privacy_record", None)
+        settings, record, clip_value = cls._dp_pop_saved_state(config)
         model = super().from_config(config, custom_objects=custom_objects)
         model._dp_setup(**{"seed": None, **settings})
-        if record:
-            model._dp_record = TrainingRecord.from_dict(record)
+        model._dp_restore(record, clip_value)
         return model
 
     # -- accounting -------------------------------------------------------------------

@@ -77,9 +77,14 @@ class DPTrainerBase:
             config = self._dp_require_config()
             state = self._dp_step_state_class(config.seed)
             if config.adaptive_clip is not None:
-                state.start_adaptive_clip(config.adaptive_clip.initial)
+                state.start_adaptive_clip(self._dp_first_clip())
             self._dp_step_state = state
         return self._dp_step_state
+
+    def _dp_first_clip(self) -> float:
+        """Adaptive clipping's ``C_0``: a reloaded model's saved ``C_t``, else ``initial``."""
+        resume = getattr(self, "_dp_resume_clip", None)
+        return self._dp_require_config().adaptive_clip.initial if resume is None else resume
 
     def _dp_clip(self) -> Any:
         """The clip the next update uses: the fixed ``l2_norm_clip``, or with adaptive
@@ -99,7 +104,7 @@ class DPTrainerBase:
         if config.adaptive_clip is None:
             return config.l2_norm_clip
         if self._dp_step_state is None:
-            return None
+            return getattr(self, "_dp_resume_clip", None)
         return float(self._dp_step_state.clip_value())
 
     def _dp_reset_segment_counters(self) -> None:

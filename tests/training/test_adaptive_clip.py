@@ -216,3 +216,24 @@ def test_privacy_state_keeps_the_adaptive_fields():
     state["training_record"]["segments"][0]["clip_values"] = [0.5, -1.0, 0.7]
     with pytest.raises(ValueError, match="clip_values"):
         record_from_state(state)
+
+
+@SLOW_ON_JAX
+def test_the_clip_is_saved_with_the_model(rng, tmp_path):
+    """A saved model (``.keras``) keeps the clip C_t it reached: the reloaded model's next
+    update clips at it (not at ``initial``), and a new fit's segment starts from it."""
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    model = _mlp("auto", kp.AdaptiveClip(initial=5.0), noise=1.0)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    reached = model.dp_current_clip
+    assert reached != pytest.approx(5.0)
+    path = str(tmp_path / "adaptive.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.dp_current_clip == pytest.approx(reached)
+    logs = loaded.train_on_batch(x[:32], y[:32], return_dict=True)
+    assert float(to_numpy(logs["l2_norm_clip"])) == pytest.approx(reached, rel=1e-6)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    segment = model.privacy_record.current
+    assert segment.l2_norm_clip == pytest.approx(reached) == segment.clip_values[0]

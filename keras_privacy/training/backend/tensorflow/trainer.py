@@ -191,7 +191,7 @@ class TensorFlowDPTrainer(DPTrainerBase):
             config = self._dp_require_config()
             state = _StepState(config.seed, strategy)
             if config.adaptive_clip is not None:
-                state.start_adaptive_clip(config.adaptive_clip.initial)
+                state.start_adaptive_clip(self._dp_first_clip())
             self._dp_step_state = state
         elif state.strategy is not strategy:
             raise PrivacyError(
