@@ -23,6 +23,7 @@ from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.record import TrainingRecord, TrainingSegment
 from keras_privacy.training.users import UserPoissonBatches
 
+ENGINES = ["vectorized", "fast"]
 pytestmark = pytest.mark.filterwarnings("ignore:keras-privacy. noise_multiplier=0")
 #: The JAX default suite has no time to spare: its extra compiles run with -m slow there.
 SLOW_ON_JAX = pytest.mark.slow if BACKEND == "jax" else pytest.mark.skipif(False, reason="")
@@ -265,3 +266,43 @@ def test_bad_user_level_input_is_refused(rng):
     with pytest.raises(PrivacyError, match="adaptive clipping"):
         adaptive.fit(x, y, user_ids=ids, batch_size=2, verbose=0)
     assert model.privacy_record.total_updates == 0
+
+
+@SLOW_ON_JAX
+def test_fast_engine_sums_a_users_repeated_embedding_rows_before_the_norm(rng):
+    """Every row of a user looks up the same user-table row (and items repeat): the fast
+    engine's per-user norm must add those rows' gradients before taking the norm. Its
+    clipped sum equals the vectorized engine's (one forward pass per user) at C = 1e-3."""
+    n = 40
+    users = rng.integers(0, 6, size=n)
+    x = {
+        "user": users.reshape(-1, 1).astype("int32"),
+        "items": rng.integers(0, 9, size=(n, 3)).astype("int32"),
+    }
+    y = rng.integers(0, 3, size=n)
+
+    def build():
+        keras.utils.set_random_seed(3)
+        user = keras.Input((1,), dtype="int32", name="user")
+        items = keras.Input((3,), dtype="int32", name="items")
+        vectors = [
+            keras.layers.Flatten()(keras.layers.Embedding(6, 4)(user)),
+            keras.layers.Flatten()(keras.layers.Embedding(9, 4)(items)),
+        ]
+        logits = keras.layers.Dense(3)(keras.layers.Concatenate()(vectors))
+        return keras.Model({"user": user, "items": items}, logits)
+
+    sums = {}
+    for engine in ENGINES:
+        model = kp.make_private(build(), l2_norm_clip=1e-3, noise_multiplier=0.0, engine=engine)
+        model.compile(
+            optimizer=keras.optimizers.SGD(1.0),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        before = [to_numpy(v.value) for v in model.trainable_variables]
+        model.fit(x, y, user_ids=users, batch_size=6, steps_per_epoch=1, verbose=0)
+        assert model.dp_engine_used == engine
+        after = [to_numpy(v.value) for v in model.trainable_variables]
+        sums[engine] = np.concatenate([(a - b).ravel() for a, b in zip(before, after, strict=True)])
+    np.testing.assert_allclose(sums["fast"], sums["vectorized"], rtol=1e-4, atol=1e-9)
+    assert np.linalg.norm(sums["fast"]) * 6 <= 6e-3 * (1 + 1e-4)  # six users, each <= C
