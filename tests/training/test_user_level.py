@@ -306,3 +306,23 @@ def test_fast_engine_sums_a_users_repeated_embedding_rows_before_the_norm(rng):
         sums[engine] = np.concatenate([(a - b).ravel() for a, b in zip(before, after, strict=True)])
     np.testing.assert_allclose(sums["fast"], sums["vectorized"], rtol=1e-4, atol=1e-9)
     assert np.linalg.norm(sums["fast"]) * 6 <= 6e-3 * (1 + 1e-4)  # six users, each <= C
+
+
+def test_privacy_statement_of_a_user_level_run():
+    from keras_privacy.accounting import statement
+
+    text = statement.compute_dp_sgd_privacy_statement(
+        100, 10, 2, 1.2, 1e-3, used_microbatching=False, privacy_unit="user"
+    )
+    assert "N = 100 users" in text and "User-level" in text and "Example-level" not in text
+    assert "each user's summed gradient" in text
+    report = statement.compute_dp_sgd_privacy_report(
+        100, 10, 1.2, 1e-3, num_epochs=2, privacy_unit="user"
+    )
+    example = statement.compute_dp_sgd_privacy_report(100, 10, 1.2, 1e-3, num_epochs=2)
+    assert report.epsilon == example.epsilon  # the same mechanism, over users
+    assert report.to_dict()["privacy_unit"] == "user"
+    with pytest.raises(ValueError, match="already protects whole users"):
+        statement.compute_dp_sgd_privacy_report(
+            100, 10, 1.2, 1e-3, num_epochs=2, privacy_unit="user", max_examples_per_user=4
+        )
