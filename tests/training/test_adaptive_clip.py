@@ -162,6 +162,7 @@ def test_bad_adaptive_clip_arguments(kwargs, match):
         kp.AdaptiveClip(**kwargs)
 
 
+@SLOW_ON_JAX
 def test_default_count_noise_is_the_expected_batch_over_20(rng):
     """``clipped_count_stddev=None`` (the default) is the paper's B / 20, set per fit from
     the expected batch (per train_on_batch from its rows) and recorded; the saved setting

@@ -95,7 +95,7 @@ def _clipped_sum_by_fit(engine, clip, x, y, ids, **fit):
         pytest.param("vectorized", 1e-3, marks=SLOW_ON_JAX),
         pytest.param("vectorized", 1e6, marks=SLOW_ON_JAX),
         ("fast", 1e-3),
-        ("fast", 1e6),
+        pytest.param("fast", 1e6, marks=SLOW_ON_JAX),
     ],
 )
 def test_step_clips_each_users_summed_gradient(engine, clip, rng):
