@@ -293,7 +293,24 @@ def adaptive_noise_multiplier(adaptive: dict) -> float:
 
 def training_record_event(record: Any) -> dp_accounting.DpEvent:
     """Composition, in order, of a TrainingRecord's other releases (see
-    ``TrainingRecord.add_release``) and the events of all its segments."""
+    ``TrainingRecord.add_release``) and the events of all its segments.
+
+    The segments' events are over their privacy unit (``segment.privacy_unit``: an
+    example, or with ``fit(user_ids=...)`` a user, N counting users); a record whose
+    segments protect different units, or user-level training with other releases (which
+    are example-level), is refused: no single guarantee covers it."""
+    units = {getattr(s, "privacy_unit", "example") for s in record.segments if int(s.updates)}
+    if len(units) > 1:
+        raise ValueError(
+            "This record mixes user-level (fit(user_ids=...)) and example-level training; "
+            "their guarantees are for different neighbouring relations and are not "
+            "composed. Train a model at one level only."
+        )
+    if units == {"user"} and getattr(record, "other_releases", ()):
+        raise ValueError(
+            "This record holds user-level training and other releases, which are "
+            "accounted per example; no user-level guarantee covers them together."
+        )
     events = [event for _, event in getattr(record, "other_releases", ())]
     events += [segment_event(s) for s in record.segments if int(s.updates) > 0]
     if not events:

@@ -29,6 +29,9 @@ class DpSgdPrivacyReport:
     accountant: str
     epsilon: dict[str, float]
     user_epsilon: dict[str, dict[str, Any]] | None
+    #: ``"user"``: the run clipped each user's summed gradient and sampled users
+    #: (``fit(user_ids=...)``): N and B count users and ``epsilon`` is user-level.
+    privacy_unit: str = "example"
 
     def to_dict(self) -> dict[str, Any]:
         plan = self.plan
@@ -49,6 +52,7 @@ class DpSgdPrivacyReport:
             "accountant": self.accountant,
             "neighbouring_relation": dict(events.NEIGHBOURING_RELATIONS),
             "epsilon": {name: _json_number(v) for name, v in self.epsilon.items()},
+            "privacy_unit": self.privacy_unit,
             "max_examples_per_user": plan.max_examples_per_user,
             "user_epsilon": None
             if self.user_epsilon is None
@@ -77,23 +81,32 @@ class DpSgdPrivacyReport:
             )
         else:
             clipping = "each example's gradient clipped on its own (L2 sensitivity C)"
+        unit, level, item = "examples", "Example-level", "example"
+        if self.privacy_unit == "user":
+            unit, level, item = "users", "User-level (one user's rows together)", "user"
+            clipping = (
+                "each user's summed gradient over their rows clipped as one unit (L2 "
+                "sensitivity C for adding or removing a whole user)"
+            )
         lines = [
             "DP-SGD privacy statement",
             "",
-            f"Training set: N = {plan.number_of_examples:,} examples; batch size "
+            f"Training set: N = {plan.number_of_examples:,} {unit}; batch size "
             f"{plan.batch_size} (q = B/N = {q:.6g}); {length}.",
             f"Noise multiplier: {plan.noise_multiplier:g} (noise std / clip norm C); {clipping}.",
             f"Accounting: {_ACCOUNTANT_NAMES[self.accountant]}; delta = {self.delta:g}. The "
             "guarantee covers every intermediate model, not just the final one. Neighbouring "
-            "datasets: with Poisson sampling, one example added or removed; with fixed-size "
-            "batches, one example replaced by a null example that adds no gradient (zero-out: "
-            "adding an example would shift every later batch boundary).",
+            f"datasets: with Poisson sampling, one {item} added or removed; with fixed-size "
+            f"batches, one {item} replaced by a null {item} that adds no gradient (zero-out: "
+            f"adding an {item} would shift every later batch boundary).".replace(
+                "an user", "a user"
+            ),
             "",
-            "Example-level epsilon:",
-            f"  {_fmt(self.epsilon['shuffle'])}  with shuffled fixed-size batches, each example "
+            f"{level} epsilon:",
+            f"  {_fmt(self.epsilon['shuffle'])}  with shuffled fixed-size batches, each {item} "
             f"used once per epoch ({plan.shuffle_passes} passes; no amplification by sampling)"
             + _why_infinite({"epsilon": self.epsilon["shuffle"]}, plan),
-            f"  {_fmt(self.epsilon['poisson'])}  assuming Poisson sampling (*): each example in "
+            f"  {_fmt(self.epsilon['poisson'])}  assuming Poisson sampling (*): each {item} in "
             f"each batch independently with probability q ({plan.poisson_updates:,} updates)"
             + _why_infinite({"epsilon": self.epsilon["poisson"]}, plan),
         ]
@@ -185,16 +198,28 @@ def compute_dp_sgd_privacy_report(
     max_examples_per_user: int | None = None,
     accountant: str = "pld",
     allow_large_delta: bool = False,
+    privacy_unit: str = "example",
 ) -> DpSgdPrivacyReport:
     """Epsilon under each sampling assumption, example- and (optionally) user-level.
 
     Arguments as in :func:`~keras_privacy.accounting.compute_epsilon` (``num_epochs`` is
     ``epochs``). Both sampling assumptions are always computed so that they can be shown
     side by side, each labelled with what it assumes. ``delta >= 1/N`` is refused
-    unless ``allow_large_delta``.
+    unless ``allow_large_delta``. ``privacy_unit="user"``: a run trained with
+    ``fit(user_ids=...)`` (users Poisson-sampled, each user's summed gradient clipped as one
+    unit): ``number_of_examples`` and ``batch_size`` count users, and the statement says
+    user-level (``max_examples_per_user``, group privacy of example-level runs, is then
+    refused).
     """
     delta = _checks.check_delta(delta)
     accountant = _checks.check_accountant(accountant)
+    if privacy_unit not in ("example", "user"):
+        raise ValueError(f"privacy_unit must be 'example' or 'user', received {privacy_unit!r}")
+    if privacy_unit == "user" and (max_examples_per_user is not None or used_microbatching):
+        raise ValueError(
+            "privacy_unit='user' already protects whole users (each user's summed gradient "
+            "is one clipping unit): max_examples_per_user and used_microbatching do not apply."
+        )
     plan = planning.DpSgdPlan.create(
         number_of_examples,
         batch_size,
@@ -216,7 +241,7 @@ def compute_dp_sgd_privacy_report(
             sampling: plan.epsilon_details(delta, sampling, accountant)
             for sampling in (events.SHUFFLE, events.POISSON)
         }
-    return DpSgdPrivacyReport(plan, delta, accountant, epsilon, user_epsilon)
+    return DpSgdPrivacyReport(plan, delta, accountant, epsilon, user_epsilon, privacy_unit)
 
 
 def compute_dp_sgd_privacy_statement(
@@ -229,6 +254,8 @@ def compute_dp_sgd_privacy_statement(
     max_examples_per_user: int | None = None,
     accountant: str = "pld",
     allow_large_delta: bool = False,
+    *,
+    privacy_unit: str = "example",
 ) -> str:
     """A readable, multi-line statement of the privacy a DP-SGD run gives.
 
@@ -237,7 +264,8 @@ def compute_dp_sgd_privacy_statement(
     pass ``False`` when each example was clipped on its own, as the keras-privacy DP model
     does unless ``num_microbatches`` is set). The statement lists the assumptions, the
     example-level epsilon with shuffled batches (no amplification) and assuming Poisson
-    sampling, and, when ``max_examples_per_user`` is given, the user-level epsilon.
+    sampling, and, when ``max_examples_per_user`` is given, the user-level epsilon
+    (``privacy_unit="user"``: a user-level run, see :func:`compute_dp_sgd_privacy_report`).
     Unlike TF Privacy, ``delta >= 1/N`` is refused unless ``allow_large_delta``.
     """
     return compute_dp_sgd_privacy_report(
@@ -250,4 +278,5 @@ def compute_dp_sgd_privacy_statement(
         max_examples_per_user=max_examples_per_user,
         accountant=accountant,
         allow_large_delta=allow_large_delta,
+        privacy_unit=privacy_unit,
     ).to_text()

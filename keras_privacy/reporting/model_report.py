@@ -107,7 +107,8 @@ def _headline(context: ReportContext) -> str:
     )
     return (
         f'<div class="big">ε = {fmt_eps(epsilon)} <small>at δ = {fmt_delta(delta)}, '
-        f"{context.accountant.upper()} accountant, example-level</small></div>"
+        f"{context.accountant.upper()} accountant, {context.record.privacy_unit}-level"
+        "</small></div>"
         f"<p>{sentence}</p>"
         f'<div class="cards">{card_html}</div>'
     )
@@ -128,7 +129,9 @@ def _settings_section(context: ReportContext) -> Section:
                 q,
                 s.noise_multiplier,
                 s.l2_norm_clip,
-                "example"
+                "user (summed gradient)"
+                if s.privacy_unit == "user"
+                else "example"
                 if not s.used_microbatching
                 else f"microbatch of {s.examples_per_clipping_unit}",
                 s.updates,
@@ -313,7 +316,7 @@ def privacy_report(
     page = Page(
         f"Privacy report: {name}",
         subtitle=f"{record.total_updates:,} DP updates in {len(record.segments)} fit(s); "
-        f"example-level guarantee.",
+        f"{record.privacy_unit}-level guarantee.",
     )
     page.add(_settings_section(context))
     trained = record.total_updates > 0 and math.isfinite(epsilon)

@@ -53,9 +53,11 @@ class AdaptiveClip:
       learning_rate: ``eta >= 0`` of the geometric update ``C <- C exp(-eta (b - gamma))``
         (the paper uses 0.2).
       clipped_count_stddev: ``s > 0``, the standard deviation of the Gaussian noise on the
-        count of unclipped examples. The paper takes ``s = B / 20`` for an expected batch
-        of ``B`` examples; it must satisfy ``2 s > noise_multiplier``, or the count would
-        use the whole privacy budget.
+        count of unclipped examples; it must satisfy ``2 s > noise_multiplier``, or the
+        count would use the whole privacy budget. ``None`` (the default): the paper's
+        choice ``s = B / 20`` for the expected batch ``B`` of each ``fit`` (the logical
+        batch of ``train_on_batch``), set when training starts (:meth:`for_batch`) and
+        recorded in the segment.
     """
 
     initial: float = 1.0
@@ -79,20 +81,36 @@ class AdaptiveClip:
                 f"{self.learning_rate!r}."
             )
         s = self.clipped_count_stddev
-        if s is None:
-            raise PrivacyError(
-                "AdaptiveClip needs clipped_count_stddev, the noise on the count of unclipped "
-                "examples; the paper takes expected_batch_size / 20."
-            )
-        if not _number(s) or s <= 0:
+        if s is not None and (not _number(s) or s <= 0):
             raise PrivacyError(
                 f"AdaptiveClip: clipped_count_stddev must be a finite number > 0, received {s!r}."
             )
 
+    def for_batch(self, expected_batch_size: float | None) -> AdaptiveClip:
+        """This setting with ``clipped_count_stddev`` set: as given, or by default
+        ``expected_batch_size / 20`` (the paper's choice)."""
+        if self.clipped_count_stddev is not None:
+            return self
+        if not expected_batch_size:
+            raise PrivacyError(
+                "AdaptiveClip(clipped_count_stddev=None) takes expected_batch_size / 20, but "
+                "this input's batch size is not known before training: pass "
+                "clipped_count_stddev."
+            )
+        return dataclasses.replace(self, clipped_count_stddev=float(expected_batch_size) / 20)
+
+    def _stddev(self) -> float:
+        if self.clipped_count_stddev is None:
+            raise PrivacyError(
+                "AdaptiveClip: clipped_count_stddev is set from the expected batch when "
+                "training starts (for_batch); it is not known yet."
+            )
+        return float(self.clipped_count_stddev)
+
     @property
     def count_noise_multiplier(self) -> float:
         """``2 s``: the count's noise over its sensitivity (1/2 per example)."""
-        return 2.0 * float(self.clipped_count_stddev)
+        return 2.0 * self._stddev()
 
     def gradient_noise_multiplier(self, noise_multiplier: float) -> float:
         """``sigma_g``, the gradient sum's noise multiplier for which the pair composes to
@@ -102,7 +120,7 @@ class AdaptiveClip:
         if noise_multiplier == 0:
             return 0.0
         try:
-            return split_noise_multiplier(noise_multiplier, self.clipped_count_stddev)
+            return split_noise_multiplier(noise_multiplier, self._stddev())
         except ValueError as error:
             raise PrivacyError(f"AdaptiveClip: {error}") from None
 

@@ -32,6 +32,7 @@ from keras_privacy.accounting.ledger import event_from_data
 from keras_privacy.training.record import (
     ADAPTIVE_CLIP_KEYS,
     ADAPTIVE_FIELDS,
+    PRIVACY_UNITS,
     SAMPLING_KINDS,
     TrainingRecord,
     TrainingSegment,
@@ -90,6 +91,7 @@ _SEGMENT_FIELDS = {
     "examples_per_clipping_unit": int,
     "updates": int,
     "selection_noise_multiplier": float,
+    "privacy_unit": str,
 }
 _OPTIONAL_SEGMENT_FIELDS = (
     "dataset_size",
@@ -98,7 +100,7 @@ _OPTIONAL_SEGMENT_FIELDS = (
     "selection_noise_multiplier",
 )
 #: Fields a state saved before they existed may lack (then None: plain DP-SGD).
-_NEWER_SEGMENT_FIELDS = {"selection_noise_multiplier"}
+_NEWER_SEGMENT_FIELDS = {"selection_noise_multiplier", "privacy_unit"}
 
 
 def _adaptive_from_data(data: dict) -> dict[str, Any]:
@@ -130,6 +132,8 @@ def _adaptive_from_data(data: dict) -> dict[str, Any]:
 def _segment_from_data(data: Any) -> TrainingSegment:
     if isinstance(data, dict):
         data = {**dict.fromkeys(_NEWER_SEGMENT_FIELDS - set(data)), **data}
+        if data["privacy_unit"] is None:  # saved before user-level training existed
+            data["privacy_unit"] = "example"
     if not isinstance(data, dict) or set(data) - set(ADAPTIVE_FIELDS) != set(_SEGMENT_FIELDS):
         raise ValueError(
             f"privacy state: a segment must have exactly the fields {sorted(_SEGMENT_FIELDS)} "
@@ -141,7 +145,9 @@ def _segment_from_data(data: Any) -> TrainingSegment:
         if value is None and name in _OPTIONAL_SEGMENT_FIELDS:
             values[name] = None
             continue
-        if kind is str:
+        if name == "privacy_unit":
+            ok = value in PRIVACY_UNITS
+        elif kind is str:
             ok = isinstance(value, str) and value in SAMPLING_KINDS
         elif kind is int:
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -159,7 +159,12 @@ def check_adaptive_clip(
             "l2_norm_clip=AdaptiveClip(...) clips each example on its own; it cannot be "
             f"combined with num_microbatches={num_microbatches!r}."
         )
-    if _is_number(noise_multiplier) and math.isfinite(noise_multiplier) and noise_multiplier > 0:
+    if (
+        adaptive_clip.clipped_count_stddev is not None  # else set (and checked) by fit
+        and _is_number(noise_multiplier)
+        and math.isfinite(noise_multiplier)
+        and noise_multiplier > 0
+    ):
         adaptive_clip.gradient_noise_multiplier(noise_multiplier)  # raises if 2 s <= sigma
 
 

@@ -20,7 +20,7 @@ from keras_privacy.training.checks import check_layers_supported
 from keras_privacy.training.config import DPConfig, validate_dp_arguments
 from keras_privacy.training.distribution import DistributionPlan, check_distribution
 from keras_privacy.training.errors import PrivacyError
-from keras_privacy.training.fit_input import new_segment, plan_fit_input
+from keras_privacy.training.fit_input import new_segment, pipeline_batch_size, plan_fit_input
 from keras_privacy.training.losses import check_per_example_losses
 from keras_privacy.training.optimizers import DPOptimizerMixin
 from keras_privacy.training.record import (
@@ -29,6 +29,7 @@ from keras_privacy.training.record import (
     TrainingRecord,
     TrainingSegment,
 )
+from keras_privacy.training.sampling import is_array_data
 
 
 def _sparsity_config(value: Any) -> dict | None:
@@ -96,8 +97,12 @@ class DPTrainingMixin:
         # The public divisor B of one train_step call (None: the caller's batch size).
         self._dp_expected_units: float | None = None
         self._dp_user_sample_weight = False
+        # k, the rows of each user's block, while a user-level fit trains (else None).
+        self._dp_user_rows: int | None = None
         self._dp_trace_key: tuple | None = None
         self._dp_warned_sampling = False
+        # A saved model's adaptive clip C_t: the step state starts from it (else initial).
+        self._dp_resume_clip: float | None = None
         # The data-parallel setting of the last check (training/distribution.py).
         self._dp_distribution = DistributionPlan()
 
@@ -233,6 +238,17 @@ class DPTrainingMixin:
             self._dp_resolve_config(getattr(self, "optimizer", None))
         return self._dp_config
 
+    def _dp_config_for_batch(self, expected_batch_size: float | None) -> DPConfig:
+        """The DP config for training with this expected batch: as it is, except that an
+        ``AdaptiveClip(clipped_count_stddev=None)`` gets the paper's ``B / 20`` (set anew
+        for each ``fit`` / ``train_on_batch`` from the unresolved setting)."""
+        config = self._dp_require_config()
+        clip = self._dp_settings["l2_norm_clip"]
+        if isinstance(clip, AdaptiveClip) and clip.clipped_count_stddev is None:
+            settings = {**self._dp_settings, "l2_norm_clip": clip.for_batch(expected_batch_size)}
+            self._dp_config = config = DPConfig(**settings)
+        return config
+
     # -- compile ----------------------------------------------------------------------
 
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, **kwargs: Any) -> None:
@@ -307,6 +323,8 @@ class DPTrainingMixin:
         validation_batch_size: int | None = None,
         validation_freq: int = 1,
         dataset_size: int | None = None,
+        user_ids: Any = None,
+        max_examples_per_user: int | None = None,
     ):
         """``keras.Model.fit`` with DP-SGD.
 
@@ -322,6 +340,13 @@ class DPTrainingMixin:
         x n`` rows of arrays, or one pipeline batch) is processed in n chunks; an update
         never spans two epochs or two ``fit`` calls.
 
+        User-level DP (``user_ids``: one id per row of ``x``): the privacy unit becomes
+        the user. Each update Poisson-samples users (``batch_size`` is then the expected
+        number of users per update), takes up to ``max_examples_per_user`` rows of each
+        sampled user (default: all of them), clips each user's summed gradient as one
+        unit and adds noise once; the record counts users (see
+        :mod:`keras_privacy.training.users`).
+
         Not private: the training ``loss`` and metrics that ``fit`` logs are computed from
         the training rows without noise, so callbacks acting on them (``EarlyStopping``,
         ``ReduceLROnPlateau`` on ``loss``) leak beyond epsilon; monitor validation
@@ -333,6 +358,12 @@ class DPTrainingMixin:
         self._dp_check_trainable()
         check_layers_supported(self)
         x, y = user_checks.as_arrays(x, y)
+        if config.adaptive_clip is not None:  # its default count noise needs B
+            config = self._dp_config_for_batch(
+                (batch_size or 32) * config.gradient_accumulation_steps
+                if is_array_data(x)
+                else pipeline_batch_size(x)
+            )
         user_checks.warn_no_noise(config.noise_multiplier, stacklevel=2)
         user_checks.warn_training_monitors(callbacks, stacklevel=2)
         plan = plan_fit_input(
@@ -350,17 +381,22 @@ class DPTrainingMixin:
             dataset_size=dataset_size,
             sampler_rng=self._dp_sampler_rng,
             warn_sampling=not self._dp_warned_sampling,
+            user_ids=user_ids,
+            max_examples_per_user=max_examples_per_user,
         )
         if plan.segment.sampling == FIXED_BATCHES:
             self._dp_warned_sampling = True
         self._dp_chunk_size = plan.chunk_size
         self._dp_expected_units = plan.expected_units
         self._dp_user_sample_weight = plan.user_sample_weight
+        self._dp_user_rows = plan.user_rows
         self._dp_open_segment(plan.segment)
         callbacks = [*plan.callbacks, *(callbacks or [])]
         if config.adaptive_clip is not None:
             check_adaptive_steps_per_execution(self)
             callbacks.insert(0, clip_history_callback(plan.segment))
+            # The clip of this segment's first update (C_t continues across fits).
+            plan.segment.l2_norm_clip = float(self.dp_current_clip or config.l2_norm_clip)
         try:
             history = super().fit(
                 epochs=epochs,
@@ -392,6 +428,8 @@ class DPTrainingMixin:
         given batch (in ``gradient_accumulation_steps`` chunks). The caller chose the batch,
         so it is recorded as a fixed batch (not Poisson-sampled), without a dataset size."""
         config = self._dp_require_config()
+        if config.adaptive_clip is not None:  # its default count noise needs B: the rows
+            config = self._dp_config_for_batch(len(keras.tree.flatten(x)[0]))
         self._dp_check_trainable()
         if self._dp_distribution.workers > 1:
             raise PrivacyError(
@@ -416,6 +454,7 @@ class DPTrainingMixin:
         self._dp_user_sample_weight = sample_weight is not None or class_weight is not None
         self._dp_chunk_size = None
         self._dp_expected_units = None
+        self._dp_user_rows = None
         if config.adaptive_clip is None:
             return super().train_on_batch(
                 x, y, sample_weight=sample_weight, class_weight=class_weight, **kwargs
@@ -430,7 +469,14 @@ class DPTrainingMixin:
 
     def make_train_function(self, force: bool = False):
         self._dp_check_trainable()
-        key = (self._dp_chunk_size, self._dp_expected_units, self._dp_user_sample_weight)
+        key = (
+            self._dp_chunk_size,
+            self._dp_expected_units,
+            self._dp_user_sample_weight,
+            self._dp_user_rows,
+            # An AdaptiveClip's default count noise is set per fit (B / 20).
+            getattr(getattr(self._dp_config, "adaptive_clip", None), "clipped_count_stddev", None),
+        )
         if key != self._dp_trace_key:
             force = True
             self._dp_trace_key = key
@@ -447,25 +493,49 @@ class DPTrainingMixin:
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
+        config.update(self._dp_saved_state())
+        return config
+
+    def _dp_saved_state(self) -> dict[str, Any]:
+        """What a saved DP model keeps: the settings (not the seed: a known seed makes the
+        noise predictable), the record and, with adaptive clipping, the clip ``C_t`` the
+        next update would use (a reloaded model continues from it; ``C_t`` is computed
+        from noised releases only, so saving it costs no privacy)."""
         settings = dict(self._dp_settings)
-        settings.pop("seed")  # never saved: a known seed makes the noise predictable
+        settings.pop("seed", None)
         if isinstance(settings["l2_norm_clip"], AdaptiveClip):
             settings["l2_norm_clip"] = settings["l2_norm_clip"].to_config()
-        config["dp_config"] = settings
-        config["privacy_record"] = self.privacy_record.to_dict()
-        return config
+        state = {"dp_config": settings, "privacy_record": self.privacy_record.to_dict()}
+        clip = self.dp_current_clip if self._dp_config is not None else None
+        if self._dp_config is not None and self._dp_config.adaptive_clip is not None and clip:
+            state["dp_adaptive_clip_value"] = float(clip)
+        return state
+
+    @staticmethod
+    def _dp_pop_saved_state(config: dict[str, Any]) -> tuple[dict, Any, Any]:
+        """``(settings, record, adaptive clip value)`` popped from a saved config."""
+        settings = dict(config.pop("dp_config", {}))
+        if "l2_norm_clip" in settings:
+            settings["l2_norm_clip"] = AdaptiveClip.from_config(settings["l2_norm_clip"])
+        return (
+            settings,
+            config.pop("privacy_record", None),
+            config.pop("dp_adaptive_clip_value", None),
+        )
+
+    def _dp_restore(self, record: Any, clip_value: Any) -> None:
+        if record:
+            self._dp_record = TrainingRecord.from_dict(record)
+        if clip_value is not None:
+            self._dp_resume_clip = float(clip_value)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None):
         config = dict(config)
-        settings = dict(config.pop("dp_config", {}))
-        if "l2_norm_clip" in settings:
-            settings["l2_norm_clip"] = AdaptiveClip.from_config(settings["l2_norm_clip"])
-        record = config.pop("privacy_record", None)
+        settings, record, clip_value = cls._dp_pop_saved_state(config)
         model = super().from_config(config, custom_objects=custom_objects)
         model._dp_setup(**{"seed": None, **settings})
-        if record:
-            model._dp_record = TrainingRecord.from_dict(record)
+        model._dp_restore(record, clip_value)
         return model
 
     # -- accounting -------------------------------------------------------------------

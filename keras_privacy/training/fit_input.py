@@ -26,8 +26,19 @@ import numpy as np
 
 from keras_privacy.training.config import DPConfig
 from keras_privacy.training.errors import PrivacyError, SamplingWarning
-from keras_privacy.training.record import FIXED_BATCHES, POISSON, SHUFFLE, TrainingSegment
+from keras_privacy.training.record import (
+    FIXED_BATCHES,
+    POISSON,
+    SHUFFLE,
+    USER,
+    TrainingSegment,
+)
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses, is_array_data
+from keras_privacy.training.users import (
+    UserPoissonBatches,
+    check_user_level_fit,
+    expected_rows,
+)
 
 
 @dataclasses.dataclass
@@ -44,6 +55,8 @@ class FitPlan:
       callbacks: checks to run during ``fit`` (before the user's callbacks).
       sampler: the Poisson sampler feeding this ``fit`` (None for other sampling): a
         refusal it raises inside a backend's input pipeline is re-raised as itself.
+      user_rows: with ``user_ids`` (user-level DP), ``k``, the rows of each user's block
+        (:mod:`keras_privacy.training.users`); ``None`` otherwise.
     """
 
     segment: TrainingSegment
@@ -53,6 +66,7 @@ class FitPlan:
     user_sample_weight: bool
     callbacks: list
     sampler: Any = None
+    user_rows: int | None = None
 
 
 def new_segment(config: DPConfig, sampling: str, dataset_size: int | None, batch: int | None):
@@ -98,6 +112,8 @@ def plan_fit_input(
     dataset_size: int | None,
     sampler_rng: np.random.Generator,
     warn_sampling: bool,
+    user_ids: Any = None,
+    max_examples_per_user: int | None = None,
 ) -> FitPlan:
     """Plan one DP ``fit`` (see the module docstring)."""
     kwargs = {
@@ -112,6 +128,10 @@ def plan_fit_input(
         "steps_per_epoch": steps_per_epoch,
     }
     workers = model._dp_distribution.workers
+    if user_ids is not None:
+        check_user_level_fit(model, config, x, validation_split)
+    elif max_examples_per_user is not None:
+        raise ValueError("max_examples_per_user is for user-level training: pass user_ids too.")
     if not is_array_data(x):
         refuse_unsharded_input(workers, "a tf.data pipeline or generator")
         _build_from_first_batch(model, x)
@@ -127,6 +147,8 @@ def plan_fit_input(
             (kwargs["x"], kwargs["y"], kwargs["sample_weight"]),
         )
     )
+    if user_ids is not None:
+        return _user_plan(model, config, kwargs, sampler_rng, user_ids, max_examples_per_user)
     if array_sampling(config, kwargs["batch_size"]) == POISSON:
         return _poisson_plan(model, config, kwargs, sampler_rng)
     refuse_unsharded_input(workers, "sampling='shuffle'")
@@ -254,6 +276,46 @@ def _poisson_plan(model, config: DPConfig, kwargs, sampler_rng) -> FitPlan:
         user_sample_weight=sample_weight is not None,
         callbacks=[],
         sampler=sampler,
+    )
+
+
+def _user_plan(model, config: DPConfig, kwargs, sampler_rng, user_ids, cap) -> FitPlan:
+    """User-level Poisson sampling (:mod:`keras_privacy.training.users`): each update
+    draws every user with probability ``q = batch_size / users``; the DP step clips each
+    user's block of ``k`` rows as one unit, with clip ``C / k`` and divisor ``B / k``."""
+    if kwargs["y"] is None:
+        raise ValueError("fit(user_ids=...) needs targets y.")
+    weighted = kwargs["sample_weight"] is not None
+    sampler = UserPoissonBatches(
+        keras.tree.lists_to_tuples(kwargs["x"]),
+        kwargs["y"],
+        kwargs["sample_weight"],
+        user_ids,
+        expected_users=kwargs["batch_size"],
+        max_examples_per_user=cap,
+        rng=sampler_rng.spawn(1)[0],
+    )
+    stream = getattr(model, "_dp_user_stream", iter)(sampler)
+    segment = new_segment(config, POISSON, sampler.num_users, sampler.expected_batch_size)
+    segment.privacy_unit = USER
+    kwargs = {
+        **kwargs,
+        "x": stream,
+        "y": None,
+        "sample_weight": None,
+        "batch_size": None,
+        "shuffle": False,
+        "steps_per_epoch": kwargs["steps_per_epoch"] or sampler.updates_per_epoch,
+    }
+    return FitPlan(
+        segment=segment,
+        fit_kwargs=kwargs,
+        chunk_size=None,
+        expected_units=expected_rows(sampler.expected_batch_size, sampler.user_rows),
+        user_sample_weight=weighted,
+        callbacks=[],
+        sampler=sampler,
+        user_rows=sampler.user_rows,
     )
 
 

@@ -65,21 +65,18 @@ class PrivateModel(DPModel):
         return {
             "name": self.name,
             "model": keras.saving.serialize_keras_object(self.wrapped_model),
-            "dp_config": {k: v for k, v in self._dp_settings.items() if k != "seed"},
-            "privacy_record": self.privacy_record.to_dict(),
+            **self._dp_saved_state(),
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None):
         config = dict(config)
-        settings = config.pop("dp_config", {})
-        record = config.pop("privacy_record", None)
+        settings, record, clip_value = cls._dp_pop_saved_state(config)
         model = keras.saving.deserialize_keras_object(
             config.pop("model"), custom_objects=custom_objects
         )
         private = cls(model, **settings, **config)
-        if record:
-            private._dp_record = TrainingRecord.from_dict(record)
+        private._dp_restore(record, clip_value)
         return private
 
 

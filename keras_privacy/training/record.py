@@ -37,6 +37,11 @@ FIXED_BATCHES = "fixed_batches"
 
 SAMPLING_KINDS = (POISSON, SHUFFLE, FIXED_BATCHES)
 
+#: The neighbouring relation of a segment: one example, or all of one user's examples.
+EXAMPLE = "example"
+USER = "user"
+PRIVACY_UNITS = (EXAMPLE, USER)
+
 #: A segment's fields that only adaptive clipping sets (``None`` otherwise).
 ADAPTIVE_FIELDS = ("adaptive_clip", "clip_values")
 #: The keys of a segment's ``adaptive_clip``.
@@ -72,6 +77,11 @@ class TrainingSegment:
         segment's first update.
       clip_values: with adaptive clipping, the clip ``C_t`` each update of the segment
         used, in order (as logged under ``l2_norm_clip``).
+      privacy_unit: ``"example"`` (the neighbouring relation adds or removes one
+        example) or ``"user"`` (``fit(user_ids=...)``: it adds or removes all of one
+        user's examples; ``dataset_size`` and ``expected_batch_size`` then count users,
+        and each user's combined gradient is the clipping unit, see
+        :mod:`keras_privacy.training.users`).
       selection_noise_multiplier: ``sigma_s`` of sparsity-preserving DP-SGD's partition
         selection (``None``: plain DP-SGD). Each update is then one Gaussian mechanism
         with noise multiplier ``(sigma^-2 + sigma_s^-2)^(-1/2)``
@@ -89,6 +99,7 @@ class TrainingSegment:
     adaptive_clip: dict[str, float] | None = None
     clip_values: list[float] | None = None
     selection_noise_multiplier: float | None = None
+    privacy_unit: str = "example"
 
     @property
     def accounted_noise_multiplier(self) -> float:
@@ -108,6 +119,10 @@ class TrainingSegment:
         if self.sampling not in SAMPLING_KINDS:
             raise ValueError(
                 f"sampling must be one of {SAMPLING_KINDS}, received {self.sampling!r}"
+            )
+        if self.privacy_unit not in PRIVACY_UNITS:
+            raise ValueError(
+                f"privacy_unit must be one of {PRIVACY_UNITS}, received {self.privacy_unit!r}"
             )
 
     @property
@@ -134,6 +149,8 @@ class TrainingSegment:
         for name in ADAPTIVE_FIELDS:
             if data[name] is None:
                 del data[name]
+        if data["privacy_unit"] == EXAMPLE:  # the format from before user-level training
+            del data["privacy_unit"]
         return data
 
 
@@ -161,6 +178,23 @@ class TrainingRecord:
     @property
     def current(self) -> TrainingSegment | None:
         return self.segments[-1] if self.segments else None
+
+    @property
+    def privacy_unit(self) -> str:
+        """``"example"`` or ``"user"``: the unit every epsilon of this record protects.
+
+        Raises:
+          ValueError: segments with updates protect different units (user-level and
+            example-level training of one model compose to no single guarantee here).
+        """
+        units = {s.privacy_unit for s in self.segments if s.updates}
+        if len(units) > 1:
+            raise ValueError(
+                "This record mixes user-level (fit(user_ids=...)) and example-level "
+                "training; their guarantees are for different neighbouring relations and "
+                "are not composed. Train a model at one level only."
+            )
+        return units.pop() if units else EXAMPLE
 
     @property
     def poisson_throughout(self) -> bool:
@@ -196,9 +230,16 @@ class TrainingRecord:
         lines = []
         for i, s in enumerate(self.segments, 1):
             q = s.sampling_probability
+            users = s.privacy_unit == USER
             lines.append(
-                f"segment {i}: {s.updates} updates, sampling={s.sampling}, "
-                f"N={s.dataset_size}, expected batch={s.expected_batch_size}"
+                f"segment {i}: {s.updates} updates, "
+                + ("user-level, " if users else "")
+                + f"sampling={s.sampling}, "
+                + (
+                    f"N={s.dataset_size} users, expected users per batch={s.expected_batch_size}"
+                    if users
+                    else f"N={s.dataset_size}, expected batch={s.expected_batch_size}"
+                )
                 + (f", q={q:.6g}" if q is not None else "")
                 + f", noise_multiplier={s.noise_multiplier}, l2_norm_clip={s.l2_norm_clip}"
                 + (
@@ -209,7 +250,9 @@ class TrainingRecord:
                     else ""
                 )
                 + (
-                    f", microbatches of {s.examples_per_clipping_unit} examples"
+                    ", per-user clipping (each user's summed gradient)"
+                    if users
+                    else f", microbatches of {s.examples_per_clipping_unit} examples"
                     if s.used_microbatching
                     else ", per-example clipping"
                 )

@@ -43,6 +43,7 @@ from keras_privacy.training import clipping
 from keras_privacy.training.config import DPConfig
 from keras_privacy.training.optimizers import private_update
 from keras_privacy.training.regularization import add_regularization_gradient
+from keras_privacy.training.users import clip_per_row
 
 #: The counters every backend's DP step keeps in its per-model step state (read as Python
 #: ints by ``_dp_counters``): ``updates``, the noised optimizer updates over the model's
@@ -76,15 +77,22 @@ class DPTrainerBase:
             config = self._dp_require_config()
             state = self._dp_step_state_class(config.seed)
             if config.adaptive_clip is not None:
-                state.start_adaptive_clip(config.adaptive_clip.initial)
+                state.start_adaptive_clip(self._dp_first_clip())
             self._dp_step_state = state
         return self._dp_step_state
+
+    def _dp_first_clip(self) -> float:
+        """Adaptive clipping's ``C_0``: a reloaded model's saved ``C_t``, else ``initial``."""
+        resume = getattr(self, "_dp_resume_clip", None)
+        return self._dp_require_config().adaptive_clip.initial if resume is None else resume
 
     def _dp_clip(self) -> Any:
         """The clip the next update uses: the fixed ``l2_norm_clip``, or with adaptive
         clipping the step state's current ``C_t`` (a backend scalar, read at run time)."""
         config = self._dp_require_config()
         if config.adaptive_clip is None:
+            if self._dp_user_rows:  # user-level: the blocks' mean gradients, C / k
+                return clip_per_row(config.l2_norm_clip, self._dp_user_rows)
             return config.l2_norm_clip
         return self._dp_state().clip_value()
 
@@ -96,7 +104,7 @@ class DPTrainerBase:
         if config.adaptive_clip is None:
             return config.l2_norm_clip
         if self._dp_step_state is None:
-            return None
+            return getattr(self, "_dp_resume_clip", None)
         return float(self._dp_step_state.clip_value())
 
     def _dp_reset_segment_counters(self) -> None:
@@ -194,16 +202,21 @@ def apply_private_update(
     return regularization_loss
 
 
-def split_batch(data: Any, config: DPConfig) -> tuple[tuple, Any, int | None]:
+def split_batch(
+    data: Any, config: DPConfig, user_rows: int | None = None
+) -> tuple[tuple, Any, int | None]:
     """A DP step's batch as ``((x, y, sample_weight), mask, num_units)``.
 
     A padded Poisson batch ``(x, y, sample_weight, mask)`` keeps its 0/1 row mask (sampled
-    rows first) and is clipped per example (``num_units=None``); any other batch is
-    unpacked as Keras unpacks it (``mask=None``) and clipped in
+    rows first) and is clipped per example (``num_units=None``), or with ``user_rows`` = k
+    (user-level) in blocks of k rows, one per user (``num_units`` = rows / k); any other
+    batch is unpacked as Keras unpacks it (``mask=None``) and clipped in
     ``config.num_microbatches`` units (``None``: per example).
     """
     if isinstance(data, (tuple, list)) and len(data) == 4:
         x, y, sample_weight, mask = data
+        if user_rows:
+            return (x, y, sample_weight), mask, int(mask.shape[0]) // user_rows
         return (x, y, sample_weight), mask, None
     return data_adapter_utils.unpack_x_y_sample_weight(data), None, config.num_microbatches
 
@@ -244,6 +257,21 @@ def unit_size(num_microbatches: int | None, chunk: Any, rows: Any) -> Any:
     return ops.minimum(chunk, rows) // num_microbatches
 
 
+def mean_user_loss(user_losses: Any, row_mask: Any, user_rows: int) -> Any:
+    """The logged loss of a user-level batch: the mean loss per real row,
+    ``sum_u k loss_u / rows`` over the users with a finite loss (``loss_u``, the compiled
+    loss of user ``u``'s block of ``k`` rows, is their summed loss over ``k``); NaN when
+    there are users but none is finite, 0 for an empty batch."""
+    per_user_rows = ops.sum(ops.reshape(ops.cast(row_mask, "float32"), (-1, user_rows)), axis=1)
+    real = per_user_rows > 0
+    keep = ops.logical_and(ops.isfinite(user_losses), real)
+    total = ops.sum(ops.where(keep, user_losses, ops.zeros_like(user_losses))) * float(user_rows)
+    count = ops.sum(ops.where(keep, per_user_rows, ops.zeros_like(per_user_rows)))
+    mean = ops.divide_no_nan(total, count)
+    users = ops.sum(ops.cast(real, "float32"))
+    return ops.where(ops.logical_and(count == 0, users > 0), float("nan"), mean)
+
+
 def mean_unit_loss(unit_losses: Any, unit_mask: Any = None) -> Any:
     """The mean of the finite unit losses (of the units in ``unit_mask``), for the logged
     ``loss``: the units that reached the update (a non-finite unit has clip factor 0).
@@ -278,7 +306,11 @@ def dp_metrics(
     metrics are computed from the training rows without noise.
     """
     x, y, sample_weight = data
-    mean_loss = mean_unit_loss(unit_losses, row_mask)
+    user_rows = getattr(model, "_dp_user_rows", None)
+    if user_rows and row_mask is not None:  # user-level: one loss per user's block
+        mean_loss = mean_user_loss(unit_losses, row_mask, user_rows)
+    else:
+        mean_loss = mean_unit_loss(unit_losses, row_mask)
     if regularization_loss is not None:
         mean_loss = mean_loss + ops.cast(regularization_loss, mean_loss.dtype)
     model._loss_tracker.update_state(mean_loss, sample_weight=ops.cast(rows, "float32"))

@@ -153,13 +153,32 @@ def test_record_and_accounting_of_the_split_noise(rng):
         ({"initial": 0.0, "clipped_count_stddev": 1.0}, "initial"),
         ({"target_quantile": 1.5, "clipped_count_stddev": 1.0}, "target_quantile"),
         ({"learning_rate": -1.0, "clipped_count_stddev": 1.0}, "learning_rate"),
-        ({}, "clipped_count_stddev"),
+        ({"clipped_count_stddev": 0.0}, "clipped_count_stddev"),
         ({"clipped_count_stddev": float("nan")}, "clipped_count_stddev"),
     ],
 )
 def test_bad_adaptive_clip_arguments(kwargs, match):
     with pytest.raises(kp.PrivacyError, match=match):
         kp.AdaptiveClip(**kwargs)
+
+
+@SLOW_ON_JAX
+def test_default_count_noise_is_the_expected_batch_over_20(rng):
+    """``clipped_count_stddev=None`` (the default) is the paper's B / 20, set per fit from
+    the expected batch (per train_on_batch from its rows) and recorded; the saved setting
+    stays the default."""
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    model = _mlp("auto", kp.AdaptiveClip(), noise=1.2)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    split = model.privacy_record.current.adaptive_clip
+    assert split["clipped_count_stddev"] == pytest.approx(32 / 20)
+    assert split["gradient_noise_multiplier"] == pytest.approx(split_noise_multiplier(1.2, 1.6))
+    model.train_on_batch(x[:40], y[:40])
+    assert model.privacy_record.current.adaptive_clip["clipped_count_stddev"] == 2.0
+    assert model._dp_settings["l2_norm_clip"].clipped_count_stddev is None  # as saved
+    with pytest.raises(kp.PrivacyError, match="too small"):  # 2 (8 / 20) <= sigma
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
 
 
 def test_adaptive_clip_refusals():
@@ -198,3 +217,24 @@ def test_privacy_state_keeps_the_adaptive_fields():
     state["training_record"]["segments"][0]["clip_values"] = [0.5, -1.0, 0.7]
     with pytest.raises(ValueError, match="clip_values"):
         record_from_state(state)
+
+
+@SLOW_ON_JAX
+def test_the_clip_is_saved_with_the_model(rng, tmp_path):
+    """A saved model (``.keras``) keeps the clip C_t it reached: the reloaded model's next
+    update clips at it (not at ``initial``), and a new fit's segment starts from it."""
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    model = _mlp("auto", kp.AdaptiveClip(initial=5.0), noise=1.0)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    reached = model.dp_current_clip
+    assert reached != pytest.approx(5.0)
+    path = str(tmp_path / "adaptive.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.dp_current_clip == pytest.approx(reached)
+    logs = loaded.train_on_batch(x[:32], y[:32], return_dict=True)
+    assert float(to_numpy(logs["l2_norm_clip"])) == pytest.approx(reached, rel=1e-6)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    segment = model.privacy_record.current
+    assert segment.l2_norm_clip == pytest.approx(reached) == segment.clip_values[0]

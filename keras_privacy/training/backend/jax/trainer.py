@@ -47,6 +47,7 @@ from keras_privacy.training.sparsity import (
     sparse_tables,
     touched_selection,
 )
+from keras_privacy.training.users import user_unit_mask
 
 
 def _private_rows(rows: SparseRows, variable: Any, config: Any, key: Any) -> Any:
@@ -214,7 +215,7 @@ class JAXDPTrainer(shared.DPTrainerBase):
         trainable, non_trainable, optimizer_values, metrics_values, dp = state
         config = self._dp_require_config()
         accumulation = config.gradient_accumulation_steps
-        data, mask, num_units = shared.split_batch(data, config)
+        data, mask, num_units = shared.split_batch(data, config, self._dp_user_rows)
         poisson = mask is not None
         capacity = keras.tree.flatten(data[0])[0].shape[0]
         rows = jnp.sum(mask).astype("int32") if poisson else capacity
@@ -223,9 +224,15 @@ class JAXDPTrainer(shared.DPTrainerBase):
         if accumulation > 1:
             chunk = min(shared.chunk_rows(self._dp_chunk_size, capacity, accumulation), capacity)
         adaptive = config.adaptive_clip is not None
-        clip = dp["clip"] if adaptive else config.l2_norm_clip
+        clip = dp["clip"] if adaptive else self._dp_clip()
+        # User-level: the units are the users' blocks of k rows, masked per user.
+        unit_mask = (
+            mask
+            if not (poisson and self._dp_user_rows)
+            else user_unit_mask(mask, self._dp_user_rows)
+        )
         grad_sum, unit_losses, y_pred, non_trainable, unclipped = self._dp_clipped_logical_batch(
-            trainable, non_trainable, data, mask, num_units, chunk, clip
+            trainable, non_trainable, data, unit_mask, num_units, chunk, clip
         )
         if adaptive:
             key, noise_key, count_key = jax.random.split(dp["key"], 3)

@@ -191,7 +191,7 @@ class TensorFlowDPTrainer(DPTrainerBase):
             config = self._dp_require_config()
             state = _StepState(config.seed, strategy)
             if config.adaptive_clip is not None:
-                state.start_adaptive_clip(config.adaptive_clip.initial)
+                state.start_adaptive_clip(self._dp_first_clip())
             self._dp_step_state = state
         elif state.strategy is not strategy:
             raise PrivacyError(
@@ -268,6 +268,33 @@ class TensorFlowDPTrainer(DPTrainerBase):
             return self.distribute_strategy.distribute_datasets_from_function(stream)
         return stream()
 
+    def _dp_user_stream(self, sampler: Any) -> tf.data.Dataset:
+        """A user-level sampler's batches (:class:`~keras_privacy.training.users.
+        UserPoissonBatches`) as a ``tf.data`` pipeline: the sampler draws row indices and
+        masks, the rows are gathered here (padding rows zeroed, sample weight 0)."""
+        block, capacity = 16, sampler.capacity
+        data = _tensors(sampler.x, sampler.y, sampler.sample_weight)
+        spec = (
+            tf.TensorSpec([block, capacity], tf.int32),
+            tf.TensorSpec([block, capacity], tf.float32),
+        )
+
+        def gather(indices, mask):
+            def rows(t):
+                if t is None:
+                    return None
+                real = tf.reshape(mask > 0, [capacity] + [1] * (t.shape.rank - 1))
+                picked = tf.gather(t, indices)
+                return tf.where(real, picked, tf.zeros_like(picked))
+
+            x, y, sample_weight = keras.tree.map_structure(rows, data)
+            return x, y, sample_weight * mask, mask
+
+        draws = tf.data.Dataset.from_generator(
+            lambda: sampler.index_blocks(block), output_signature=spec
+        )
+        return draws.unbatch().map(gather).prefetch(2)
+
     def _dp_check_workers_agree(self, sampler: PoissonBatches) -> None:
         """Multi-worker: refuse unless every worker has the same N, expected batch and
         capacity (one all-reduce): the sampling rate and the record are global figures."""
@@ -319,8 +346,13 @@ class TensorFlowDPTrainer(DPTrainerBase):
         replica's shard: the shards' clipped sums (and row counts) are all-reduced before
         the noise, so each replica holds the same global clipped sum ``S``."""
         config = self._dp_require_config()
-        data, mask, num_units = split_batch(data, config)
-        if mask is not None:  # a Poisson batch (or a replica's shard): sampled rows first
+        data, mask, num_units = split_batch(data, config, self._dp_user_rows)
+        row_mask = None
+        if self._dp_user_rows and mask is not None:
+            # User-level: every user's block of k rows is one unit (padding users and rows
+            # have sample weight 0: their gradient is 0, or non-finite and clipped to 0).
+            rows, row_mask = tf.cast(tf.reduce_sum(mask), "int32"), mask
+        elif mask is not None:  # a Poisson batch (or a replica's shard): sampled rows first
             rows = tf.cast(tf.reduce_sum(mask), "int32")
             data = rows_of(data, 0, rows)
         else:
@@ -344,9 +376,7 @@ class TensorFlowDPTrainer(DPTrainerBase):
         state.examples.assign_add(global_rows)
         unit = tf.cast(unit_size(num_units, chunk, rows), "int64")
         state.largest_unit.assign(tf.maximum(state.largest_unit, unit))
-        logs = dp_metrics(
-            self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
-        )
+        logs = dp_metrics(self, data, y_pred, unit_losses, rows, row_mask, regularization_loss)
         if config.adaptive_clip is not None:
             logs = {**logs, "l2_norm_clip": clip}
         if self._dp_distribution.workers > 1:

@@ -33,6 +33,7 @@ from keras_privacy.training.sparsity import (
     sparse_tables,
     touched_selection,
 )
+from keras_privacy.training.users import user_unit_mask
 
 # torch's CPU generator state (``get_state``): the initial seed (uint64), ``left`` and
 # ``seeded`` (int32 each), ``next`` (uint64), then the 624 Mersenne Twister words, each in
@@ -151,9 +152,18 @@ class TorchDPTrainer(shared.DPTrainerBase):
     def train_step(self, data: Any) -> dict:
         """One DP update from one logical batch (eager)."""
         config = self._dp_require_config()
-        data, mask, num_units = shared.split_batch(data, config)
+        user_rows = self._dp_user_rows
+        data, mask, num_units = shared.split_batch(data, config, user_rows)
         poisson = mask is not None
-        if poisson:
+        row_mask = None
+        if poisson and user_rows:
+            # User-level: the sampled users' blocks of k rows come first, one unit each.
+            mask = torch.as_tensor(mask)
+            rows = int(mask.sum().item())
+            num_units = int(user_unit_mask(mask, user_rows).sum().item())
+            data = shared.rows_of(data, 0, num_units * user_rows)
+            row_mask = mask[: num_units * user_rows]
+        elif poisson:
             rows = int(torch.as_tensor(mask).sum().item())
             data = shared.rows_of(data, 0, rows)  # sampled rows come first
         else:
@@ -176,7 +186,7 @@ class TorchDPTrainer(shared.DPTrainerBase):
         )
         with torch.no_grad():
             logs = shared.dp_metrics(
-                self, data, y_pred, unit_losses, rows, regularization_loss=regularization_loss
+                self, data, y_pred, unit_losses, rows, row_mask, regularization_loss
             )
         if config.adaptive_clip is not None:
             logs = {**logs, "l2_norm_clip": clip}
