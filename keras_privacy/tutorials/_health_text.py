@@ -108,7 +108,12 @@ the patient: a patient with k rows is protected at a larger ε. The same run as 
 
 To keep patient-level ε at the target, plan σ with `max_examples_per_user` (the
 `keras-privacy noise --max-examples-per-user K` command does it), or cap each patient's
-rows at k before training.
+rows at k before training. Better still, train at the patient level:
+`fit(x, y, user_ids=patient_ids, max_examples_per_user=k)` Poisson-samples patients and
+clips the **sum** of each patient's gradients to C as one unit, so σ is planned over
+patients (N and B count patients) instead of being inflated for groups of k rows
+(`docs/user_level.md`; the recommendation tutorial compares the two on MovieLens users).
+This data set has one row per patient, so here the two are the same training.
 """
 
 

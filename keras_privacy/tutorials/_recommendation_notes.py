@@ -166,7 +166,17 @@ The rows named "MF, ≤{cap} ratings/user" are **user-level**: each user's train
 are capped at {cap} (a uniformly random subset) before training, so no user contributes
 more than {cap} examples, and σ is planned, and ε reported, with
 `max_examples_per_user={cap}`: their ε column is the guarantee for a **whole user**. Their
-non-private row shows what the cap alone costs.
+non-private row shows what the cap alone costs. That row is example-level DP-SGD
+turned into a user-level guarantee by **group privacy**: each rating is clipped on its own,
+so a user's {cap} ratings can move an update by up to {cap}·C, and σ must grow to hide that.
+
+The rows named "..., per-user clipping" give the same user-level guarantee by training
+at the user level (`fit(x, y, user_ids=users, max_examples_per_user={cap})`, see
+`docs/user_level.md`): users are Poisson-sampled, a sampled user brings
+their (at most {cap}) ratings, and the **sum** of a user's gradients is clipped to C as one
+unit, so removing a user moves the clipped sum by at most C and σ is planned over users
+(N and B count users; B is set so that an update sees as many ratings, in expectation,
+as the group-privacy row's). The same ε then needs far less noise.
 
 Both kinds release the user table too. Each user's row is learnt from that user's own
 ratings and is covered by the same ε; a deployment would usually keep user vectors on the

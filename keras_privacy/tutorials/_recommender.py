@@ -197,6 +197,11 @@ class Setting:
     #: "mf": the two-tower matrix factorisation; "dcn": the keras-rs DCN ranker
     #: (:mod:`~keras_privacy.tutorials._keras_rs_model`).
     architecture: str = "mf"
+    #: user-level DP by per-user clipping (``fit(..., user_ids=...)``, with ``user_cap``):
+    #: Poisson over users, each user's summed gradient clipped to C, sigma and epsilon over
+    #: users. ``batch_size`` then still gives the expected *ratings* per update; the
+    #: expected users per update is ``batch_size`` x users / ratings.
+    per_user_clipping: bool = False
 
     def other_releases(self) -> list:
         """The DpEvents released besides DP-SGD (the popularity prior's counts)."""
@@ -319,6 +324,15 @@ def train_one(
     if setting.user_cap is not None:
         data = cap_per_user(data, setting.user_cap, seed=seed)
     n, batch = data.num_train, setting.batch_size
+    fit_options = {}
+    if setting.per_user_clipping:
+        if setting.user_cap is None:
+            raise ValueError(f"{setting.name}: per-user clipping needs a user_cap")
+        # The privacy unit is a user: N and B count users, each user brings <= cap ratings.
+        users = int(np.unique(data.train_users).size)
+        n, batch = users, max(1, min(users, round(batch * users / data.num_train)))
+        fit_options = {"user_ids": data.train_users, "max_examples_per_user": setting.user_cap}
+    group_size = None if setting.per_user_clipping else setting.user_cap
     x, y = sampled_examples(
         data.train_users, data.train_items, data.num_items, setting.negatives, seed
     )
@@ -347,7 +361,7 @@ def train_one(
         # sigma (sigma_eff with sparsity preservation) for what the popularity prior leaves.
         sigma = kp.compute_noise_multiplier(
             setting.target_epsilon, delta, n, batch, steps=steps,
-            max_examples_per_user=setting.user_cap, other_releases=other,
+            max_examples_per_user=group_size, other_releases=other,
         )  # fmt: skip
         gradient_sigma, sparsity = setting.sparsity(sigma)
         trained = kp.make_private(
@@ -357,7 +371,7 @@ def train_one(
             seed=noise_seed,
             sparsity_preserving=sparsity,
         )
-        callbacks.append(_EpsilonSoFar(n, batch, sigma, delta, setting.user_cap, other))
+        callbacks.append(_EpsilonSoFar(n, batch, sigma, delta, group_size, other))
     every = max(1, setting.epochs // 4)
     callbacks.append(_RankingLog(model, data, every, setting.epochs))
     private = setting.target_epsilon is not None
@@ -369,13 +383,16 @@ def train_one(
         loss=loss,
     )
     start = time.perf_counter()
-    trained.fit(x, y, batch_size=batch, epochs=setting.epochs, callbacks=callbacks, verbose=0)
+    trained.fit(
+        x, y, batch_size=batch, epochs=setting.epochs, callbacks=callbacks, verbose=0,
+        **fit_options,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     epsilon = math.inf
     if private:
         made = trained.privacy_record.total_updates
         epsilon = kp.compute_epsilon(
-            n, batch, sigma, delta=delta, steps=made, max_examples_per_user=setting.user_cap,
+            n, batch, sigma, delta=delta, steps=made, max_examples_per_user=group_size,
             other_releases=other,
         )  # fmt: skip
     members, non_members = membership_sets(data, setting.negatives, seed)

@@ -99,6 +99,10 @@ def settings(args, n_users: int) -> tuple[list, list]:
         capped = dataclasses.replace(private, name=name, batch_size=batch, user_cap=cap)
         rows.append(dataclasses.replace(plain, name=name, user_cap=cap))
         rows += [dataclasses.replace(capped, target_epsilon=t) for t in user_targets]
+        per_user = dataclasses.replace(
+            capped, name=f"MF, ≤{cap} ratings/user, per-user clipping", per_user_clipping=True
+        )
+        rows += [dataclasses.replace(per_user, target_epsilon=t) for t in user_targets]
     if _keras_rs_wanted(args.keras_rs):
         name = "DCN (keras-rs)"
         rows.append(dataclasses.replace(plain, name=name, dimension=8, architecture="dcn"))
