@@ -6,8 +6,13 @@ to run (command lines, output, formulas) use another fence language than ``pytho
 which runs its snippets and also checks them against TF Privacy's import root;
 ``docs/distributed.md`` to ``tests/training/test_distributed.py`` (slow), whose
 subprocesses run the same settings with several devices or processes.
+
+The default suite runs each snippet on one backend, the three taking turns by position;
+``-m slow`` runs every snippet on every backend (CI's default suites run in about 20
+minutes per backend at most, and a snippet costs a fresh interpreter: 5-30 s).
 """
 
+import os
 import re
 from pathlib import Path
 
@@ -38,15 +43,29 @@ def _is_slow(page: Path, code: str) -> bool:
     return any(text in code for text in SLOW.get(page.name, []))
 
 
+#: Each snippet runs in a fresh interpreter (5-30 s each): in the default suite every
+#: snippet runs on one backend, taken in turn by its position (so each backend runs a
+#: third of them and every snippet runs somewhere); ``-m slow`` runs all of them on every
+#: backend.
+DEFAULT_ROTATION = ("tensorflow", "jax", "torch")
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def _runs_by_default_here(position: int) -> bool:
+    return DEFAULT_ROTATION[position % len(DEFAULT_ROTATION)] == BACKEND
+
+
+_SNIPPETS = [(page, index, code) for page in PAGES for index, code in enumerate(_blocks(page))]
 CASES = [
     pytest.param(
         page,
         index,
         id=f"{page.relative_to(DOCS)}[{index}]",
-        marks=[pytest.mark.slow] if _is_slow(page, code) else [],
+        marks=[pytest.mark.slow]
+        if _is_slow(page, code) or not _runs_by_default_here(position)
+        else [],
     )
-    for page in PAGES
-    for index, code in enumerate(_blocks(page))
+    for position, (page, index, code) in enumerate(_SNIPPETS)
 ]
 
 
