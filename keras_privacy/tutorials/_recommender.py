@@ -222,12 +222,14 @@ class Setting:
         )
         return sigma / math.sqrt(1.0 - share), spec
 
-    def learning_rate_for(self, sigma: float) -> float:
+    def learning_rate_for(self, sigma: float, batch: int) -> float:
+        """``learning_rate``, or lr = noise_step x B / σ for the update's divisor B (the
+        expected examples, or users under per-user clipping, per update)."""
         if self.learning_rate is not None:
             return self.learning_rate
         if sigma <= 0:
             raise ValueError(f"{self.name}: a noise-scaled learning rate needs DP (σ > 0)")
-        return float(f"{self.noise_step * self.batch_size / sigma:.3g}")
+        return float(f"{self.noise_step * batch / sigma:.3g}")
 
     def make_optimizer(self, learning_rate: float) -> keras.optimizers.Optimizer:
         if self.optimizer == "adam":
@@ -377,7 +379,7 @@ def train_one(
     private = setting.target_epsilon is not None
     label = setting.name + (f" ε≤{setting.target_epsilon:g}" if private else " non-private")
     callbacks.append(EpochLines(label, setting.epochs, "HR@10", every))
-    learning_rate = setting.learning_rate_for(sigma)
+    learning_rate = setting.learning_rate_for(sigma, batch)
     trained.compile(
         optimizer=setting.make_optimizer(learning_rate),
         loss=loss,
