@@ -53,8 +53,11 @@ MODELS = ("cnn", "mlp", "embedding", "transformer", "embedding_1m")
 # keras-hub models (issue 22): built from configs with random weights (nothing downloaded)
 HUB_MODELS = ("gpt2", "gpt2-lora", "bert", "bert-lora", "gpt2-small")
 MODES = ("plain", "vectorized", "fast", "sparse")
-#: Not run by default: the fast engine with secure_noise=True, or with an AdaptiveClip.
-EXTRA_MODES = ("secure", "adaptive")
+#: Not run by default: the fast engine with secure_noise=True, or with an AdaptiveClip;
+#: "fixed": engine="auto" with sampling="shuffle" (batches of exactly the batch size, as
+#: non-private ``fit``: the engine's own memory and speed, without Poisson batches' random
+#: sizes, whose largest draw sets a Poisson run's peak memory).
+EXTRA_MODES = ("secure", "adaptive", "fixed")
 # (layers, width, heads, vocabulary, sequence, batch) of the keras-hub models
 HUB_SHAPES = {
     "gpt2": (4, 512, 8, 32_000, 128, 32),  # 29.1 M trainable parameters (tied embedding)
@@ -235,6 +238,7 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
             engine=engine,
             secure_noise=mode == "secure",
             sparsity_preserving=sparsity,
+            **({"sampling": "shuffle"} if mode == "fixed" else {}),
         )
     language_model = model_name.startswith("gpt2")
     model.compile(
@@ -256,7 +260,7 @@ def _measure(model_name: str, mode: str, steps: int) -> dict:
             wall, cpu = time.perf_counter() - self.start, time.process_time() - self.cpu
             epochs.append((wall, cpu, self.steps))
 
-    if mode == "plain":
+    if mode in ("plain", "fixed"):
         # Full passes over the arrays (Keras's array iterator ends after one pass).
         x, y = x[: steps * batch], y[: steps * batch]
         model.fit(x, y, batch_size=batch, epochs=2, verbose=0, callbacks=[Timer()])
@@ -305,10 +309,11 @@ def main() -> None:
         for model_name, mode in runs:
             bar.update(task, description=f"{model_name} {mode}")
             # plain: all 60,000 examples (transformer: 20,000); DP: --steps updates
-            steps = args.steps if mode != "plain" else (80 if model_name == "transformer" else 240)
+            full_passes = mode in ("plain", "fixed")
+            steps = args.steps if not full_passes else (80 if model_name == "transformer" else 240)
             if model_name.removesuffix("-lora") in MAX_STEPS:
                 most_dp, most_plain = MAX_STEPS[model_name.removesuffix("-lora")]
-                steps = min(steps, most_dp if mode != "plain" else most_plain)
+                steps = min(steps, most_dp if not full_passes else most_plain)
             if model_name == "embedding_1m":  # 100,000 examples, batch 1,024
                 steps = min(steps, 20 if mode != "plain" else 40)
             done = subprocess.run(

@@ -61,6 +61,17 @@ def test_functional_op_mixing_is_caught():
     assert "not known to treat the examples" in batch_mixing_reason(model)
 
 
+def test_constant_like_ops_pass_and_mixing_after_them_is_still_caught():
+    """``ops.ones_like(token_ids)`` (a padding mask built in a functional model) reads no
+    value of its input: it passes; a batch mean after it is still refused."""
+    ids = keras.Input((5,), dtype="int32")
+    h = keras.layers.Embedding(10, 4)(ids * ops.ones_like(ids) + ops.zeros_like(ids))
+    model = keras.Model(ids, keras.layers.Dense(2)(h))
+    assert batch_mixing_reason(model) is None
+    mixed = keras.Model(ids, keras.layers.Dense(2)(h - ops.mean(h, axis=0)))
+    assert "not known to treat the examples" in batch_mixing_reason(mixed)
+
+
 class TermlessScale(Scale):
     """A layer whose rule gives no cross terms (``LayerRule.terms`` not overridden)."""
 

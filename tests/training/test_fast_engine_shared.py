@@ -12,6 +12,7 @@ from helpers import engine_batch, flat, reference_clipped_sum, to_numpy
 
 import keras_privacy as kp
 from keras_privacy.training.fast import clip as fast_clip
+from keras_privacy.training.fast import units
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 VOCAB, STEPS, WIDTH = 23, 5, 8
@@ -43,14 +44,14 @@ def _ids(rng, n=8, steps=STEPS):
     return ids
 
 
-def _tied_lm(tie=True, soft_cap=None, mask_zero=False):
+def _tied_lm(tie=True, soft_cap=None, mask_zero=False, vocab=VOCAB, width=WIDTH):
     """A tiny language model whose output projection is its input embedding (tied)."""
     ids = keras.Input((STEPS,), dtype="int32")
     embedding = keras.layers.ReversibleEmbedding(
-        VOCAB, WIDTH, tie_weights=tie, logit_soft_cap=soft_cap, mask_zero=mask_zero
+        vocab, width, tie_weights=tie, logit_soft_cap=soft_cap, mask_zero=mask_zero
     )
     h = embedding(ids)
-    h = keras.layers.Dense(WIDTH, activation="tanh")(h)
+    h = keras.layers.Dense(width, activation="tanh")(h)
     h = keras.layers.LayerNormalization()(h)
     return keras.Model(ids, embedding(h, reverse=True))
 
@@ -125,9 +126,11 @@ BUILDERS = {
     "lora": _lora_net,
 }
 LM = ("tied", "untied", "tied_soft_cap_mask")
-# In every backend's default suite: the tied model at C = 1e-3; the rest of the matrix in
-# TensorFlow's default suite and with -m slow elsewhere (JAX's suite has little room).
-CORE = {("tied", 1e-3)}
+# The matrix is in TensorFlow's default suite and runs with -m slow elsewhere (JAX's suite
+# has little room); every backend's default suite checks the tied model against the
+# reference in test_dropping_the_cross_term_is_caught (the materialised projection) and
+# test_tied_head_on_the_double_sum_equals_reference (the position double sum).
+CORE: set = set()
 
 
 def _labels(name, rng, n=8):
@@ -159,6 +162,32 @@ def test_dropping_the_cross_term_is_caught(rng, monkeypatch):
     monkeypatch.setattr(fast_clip, "_cross", lambda calls, units: None)
     with pytest.raises(AssertionError):
         _assert_matches_reference(model, x, y, 1e-3)
+
+
+# Vocabulary and width at which the tied projection's norm takes the position double sum
+# (2 S (V + D) <= V D), as a real LM head does, rather than materialising [V, D].
+GHOST_VOCAB, GHOST_WIDTH = 200, 16
+
+
+@pytest.mark.parametrize(
+    "float64_gram_bytes, clip",
+    [
+        (0, 1e-3),
+        pytest.param(0, 1e6, marks=pytest.mark.extended),
+        pytest.param(units.FLOAT64_GRAM_BYTES, 1e-3, marks=pytest.mark.extended),
+    ],
+)
+def test_tied_head_on_the_double_sum_equals_reference(float64_gram_bytes, clip, rng, monkeypatch):
+    """The tied projection's norm by the position double sum, with the Gram matrices of
+    float64 copies or (``FLOAT64_GRAM_BYTES = 0``: every Gram, as a 32k-vocabulary LM
+    head's logit gradients get) of float32 products, against the per-example reference."""
+    assert 2 * STEPS * (GHOST_VOCAB + GHOST_WIDTH) <= GHOST_VOCAB * GHOST_WIDTH
+    monkeypatch.setattr(units, "FLOAT64_GRAM_BYTES", float64_gram_bytes)
+    keras.utils.set_random_seed(0)
+    model = _tied_lm(vocab=GHOST_VOCAB, width=GHOST_WIDTH)
+    x = rng.integers(1, GHOST_VOCAB, size=(8, STEPS)).astype("int32")
+    x[:, :2] = 3
+    _assert_matches_reference(model, x, rng.integers(0, GHOST_VOCAB, (8, STEPS)), clip)
 
 
 @pytest.mark.extended

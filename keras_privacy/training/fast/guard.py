@@ -21,8 +21,9 @@ operation on the model's forward path must be *known* to treat rows independentl
   of ``keras.activations`` or ``keras.ops`` *by identity* (a function that reduces over an
   axis -- softmax -- only where the tensor has a feature axis), and every sub-layer
   (``MultiHeadAttention``'s projections, an RNN's cell) must pass this guard itself;
-* the element-wise arithmetic ops of the functional API (``x + y``) pass, and so does
-  indexing that keeps the batch axis whole (``x[:, 0, :]``);
+* the element-wise arithmetic ops of the functional API (``x + y``, and ``ones_like`` /
+  ``zeros_like``, whose entries are constants) pass, and so does indexing that keeps
+  the batch axis whole (``x[:, 0, :]``);
 * a subclassed ``keras.Model``'s own ``call`` is glue code between layers: every layer
   it holds must pass, and what the call computes with them is left to the numerical check
   below (which is always run before the fast engine);
@@ -75,6 +76,10 @@ _ELEMENTWISE_OPS = tuple(
         "Sqrt",
         "Exp",
         "Log",
+        # each output entry is a constant (the input's values are not read at all):
+        # a padding mask of ones built from the token ids
+        "OnesLike",
+        "ZerosLike",
     )  # fmt: skip
     if hasattr(knp, name)
 )

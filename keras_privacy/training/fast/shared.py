@@ -43,6 +43,7 @@ from typing import Any
 
 from keras import ops
 
+from keras_privacy.training.fast import units as U
 from keras_privacy.training.fast.rules import NotExact
 
 #: Materialise both outer terms when the positions are unknown and the variable has at
@@ -88,8 +89,8 @@ def _per_unit_sum(tensor: Any) -> Any:
 
 
 def _gram(x: Any, y: Any) -> Any:
-    """``[U, S, k] x [U, T, k] -> [U, S, T]`` inner products, float64."""
-    return ops.matmul(_f64(x), ops.transpose(_f64(y), (0, 2, 1)))
+    """``[U, S, k] x [U, T, k] -> [U, S, T]`` inner products, float64 (:func:`U.gram`)."""
+    return U.gram(x, y)
 
 
 def _static(n: Any) -> int | None:

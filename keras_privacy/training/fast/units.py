@@ -112,6 +112,36 @@ def float32(tensor) -> object:
     return ops.cast(tensor, "float32")
 
 
+#: Largest float64 copy of one unit's side of a Gram (positions x features x 8 bytes)
+#: that :func:`gram` makes; above it the products are taken in float32 instead.
+FLOAT64_GRAM_BYTES = 1 << 20
+
+
+def gram(x, y) -> object:
+    """``[U, S, k] x [U, T, k] -> [U, S, T]``: each unit's inner products of positions,
+    float64 (for the position double sums of the ghost norms and cross terms, whose terms
+    have both signs and are summed in float64).
+
+    Where one unit's float64 copy is small (at most :data:`FLOAT64_GRAM_BYTES`), the
+    inputs are cast to float64 and the products are exact. Above it (a tied LM head's
+    logit gradients: vocabulary x sequence per unit, a 1 GB copy for a batch of 32 at
+    32k x 128) the float32 matmul is taken and its ``[U, S, T]`` result cast: no copy of
+    the inputs, and each inner product's rounding is float32's over ``k`` terms
+    (relative to ``|x_s| |y_t|``), not a loss to cancellation between positions, which
+    the float64 sum of the double sum still avoids."""
+    positions = max(_static_size(x.shape[1]), _static_size(y.shape[1]))
+    if positions * x.shape[-1] * 8 <= FLOAT64_GRAM_BYTES:
+        x, y = ops.cast(x, "float64"), ops.cast(y, "float64")
+        return ops.matmul(x, ops.transpose(y, (0, 2, 1)))
+    x, y = float32(x), float32(y)
+    return ops.cast(ops.matmul(x, ops.transpose(y, (0, 2, 1))), "float64")
+
+
+def _static_size(n) -> int:
+    # An unknown number of positions (a run-time shape) counts as large.
+    return n if isinstance(n, int) else FLOAT64_GRAM_BYTES
+
+
 def unit_max_abs(grouped) -> object:
     """``[U, ...] -> [U]``: the largest magnitude in each unit (a scale for safe norms)."""
     return ops.max(ops.reshape(ops.abs(grouped), (ops.shape(grouped)[0], -1)), axis=1)
