@@ -71,8 +71,10 @@ def _check(private, engine, capacity, rows, rng):
         return
     ref = engine_batch(private, engine, x[:rows], y[:rows], None, num_units=None, l2_norm_clip=0.5)
     want = flat([np.asarray(g, "float64") for g in ref.grad_sum])
-    # float32 sums in another order: equal within 1e-5 of the sum's norm
-    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+    # float32 sums in another order, and the fast engine's norms (hence clip factors)
+    # computed another way: equal within 5e-5 of the sum's norm (a dropped or repeated
+    # row would be off by about 1 / rows of it); 1e-5 failed once at 1.4e-5 on JAX
+    assert np.linalg.norm(got - want) <= 5e-5 * np.linalg.norm(want)
     np.testing.assert_allclose(np.asarray(losses)[:rows], np.asarray(ref.unit_losses), 1e-5)
     # adaptive clipping's count: the sampled rows the clip left whole, never padding
     assert float(unclipped) == np.sum(np.asarray(ref.norms) <= 0.5)
