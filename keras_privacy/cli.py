@@ -98,7 +98,16 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, needs_length: bool) -
         "--max-examples-per-user",
         type=int,
         metavar="K",
-        help="also give user-level privacy for users with at most K examples",
+        help="also give user-level privacy for users with at most K examples (group "
+        "privacy of an example-level run)",
+    )
+    parser.add_argument(
+        "--privacy-unit",
+        choices=("example", "user"),
+        default="example",
+        help="'user': a run trained with fit(..., user_ids=...) (users Poisson-sampled, each "
+        "user's summed gradient clipped as one unit): --n and --batch-size count users and "
+        "epsilon is user-level (default: 'example')",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument(
@@ -201,7 +210,18 @@ def _validate(args: argparse.Namespace) -> None:
     if "epochs" in args:
         _checks.check_epochs_or_steps(args.epochs, args.steps)
     _checks.check_examples_per_user(args.max_examples_per_user)
-    _used_microbatching(args)
+    microbatched = _used_microbatching(args)
+    if args.privacy_unit == "user" and (args.max_examples_per_user is not None or microbatched):
+        raise ValueError(
+            "--privacy-unit user counts users in --n and --batch-size (each user's summed "
+            "gradient is one clipped unit): --max-examples-per-user (group privacy of "
+            "example-level runs) and microbatching do not apply to it"
+        )
+    if args.privacy_unit == "user" and getattr(args, "sampling", "poisson") != "poisson":
+        raise ValueError(
+            "--privacy-unit user: fit(..., user_ids=...) samples users by Poisson sampling "
+            "only; drop --sampling shuffle"
+        )
 
 
 def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -221,9 +241,11 @@ def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             args.delta,
             num_epochs=args.epochs,
             steps=args.steps,
+            privacy_unit=args.privacy_unit,
             **common,
         )
         text, data = report.to_text(), report.to_dict()
+        data["privacy_unit"] = args.privacy_unit
         if args.noise_multiplier == 0:
             data["reason"] = (
                 "epsilon is infinite: --noise-multiplier 0 adds no noise, so the run is not "
@@ -254,11 +276,13 @@ def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             **common,
         )
         length = f"{args.epochs:g} epochs" if args.steps is None else f"{args.steps} steps"
+        unit = "users" if args.privacy_unit == "user" else "examples"
+        level = "user-level " if args.privacy_unit == "user" else ""
         text = (
             f"noise multiplier: {sigma:.4f}\n"
-            f"(gives epsilon = {achieved:.4f} <= {args.target_epsilon:g} at delta = {args.delta:g} "
-            f"for N = {args.n}, batch size {args.batch_size}, {length}, {args.sampling} "
-            f"sampling, {args.accountant.upper()} accountant)"
+            f"(gives {level}epsilon = {achieved:.4f} <= {args.target_epsilon:g} at delta = "
+            f"{args.delta:g} for N = {args.n} {unit}, batch size {args.batch_size} {unit}, "
+            f"{length}, {args.sampling} sampling, {args.accountant.upper()} accountant)"
         )
         data = {
             "noise_multiplier": sigma,
@@ -266,14 +290,16 @@ def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             "target_epsilon": args.target_epsilon,
             "delta": args.delta,
             "sampling": args.sampling,
+            "privacy_unit": args.privacy_unit,
             **common,
         }
         return text, data
 
     epochs, steps = _max_epochs_and_steps(accounting, args, common)
+    level = "user-level " if args.privacy_unit == "user" else ""
     text = (
         f"max epochs: {epochs}\nmax optimizer steps: {steps}\n"
-        f"(epsilon <= {args.target_epsilon:g} at delta = {args.delta:g}, noise multiplier "
+        f"({level}epsilon <= {args.target_epsilon:g} at delta = {args.delta:g}, noise multiplier "
         f"{args.noise_multiplier:g}, {args.sampling} sampling, "
         f"{args.accountant.upper()} accountant)"
     )
@@ -284,6 +310,7 @@ def _run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         "delta": args.delta,
         "noise_multiplier": args.noise_multiplier,
         "sampling": args.sampling,
+        "privacy_unit": args.privacy_unit,
         **common,
     }
     if epochs == 0:

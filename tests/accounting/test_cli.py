@@ -211,3 +211,40 @@ def test_spinner_on_a_terminal_unless_asked(monkeypatch, capsys, quiet):
     assert cli.main(argv + quiet) == 0
     shown = "searching for the noise multiplier (RDP accountant)" in terminal.getvalue()
     assert shown == (not quiet) and "noise multiplier:" in capsys.readouterr().out
+
+
+def test_user_level_run_counts_users_and_matches_the_library(capsys):
+    """``--privacy-unit user``: a fit(user_ids=...) run, N and B count users; the numbers
+    are the library's for the same (users, expected users) and the text says user-level."""
+    import keras_privacy as kp
+
+    users = ["--n", "671", "--batch-size", "275", "--delta", "1e-5", "--steps", "10"]
+    argv = ["noise", *users, "--target-epsilon", "2", "--privacy-unit", "user", "--json"]
+    assert cli.main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["privacy_unit"] == "user"
+    sigma = kp.compute_noise_multiplier(2.0, 1e-5, 671, 275, steps=10)
+    assert data["noise_multiplier"] == pytest.approx(sigma)
+    assert cli.main(argv[:-1]) == 0
+    assert "user-level epsilon" in capsys.readouterr().out
+    statement = ["epsilon", *users, "--noise-multiplier", f"{sigma}", "--privacy-unit", "user"]
+    assert cli.main(statement) == 0
+    out = capsys.readouterr().out
+    assert "N = 671 users" in out and "User-level" in out
+    # an example-level run of the same numbers says examples, not users
+    assert cli.main(statement[:-2]) == 0
+    assert "N = 671 users" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-examples-per-user", "3"], "--max-examples-per-user (group privacy"),
+        (["--microbatches", "5"], "microbatching do not apply"),
+        (["--sampling", "shuffle"], "Poisson sampling only"),
+    ],
+)
+def test_user_level_refuses_what_does_not_apply(capsys, extra, message):
+    argv = ["noise", "--n", "671", "--batch-size", "275", "--delta", "1e-5", "--epochs", "2"]
+    assert cli.main([*argv, "--target-epsilon", "2", "--privacy-unit", "user", *extra]) == 2
+    assert message in capsys.readouterr().err
