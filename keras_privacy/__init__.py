@@ -58,6 +58,43 @@ def _register_serializable_classes() -> None:
     importlib.import_module("keras_privacy.training").register_serializable_classes()
 
 
+def _own_module_initializing() -> bool:
+    """Whether a ``keras_privacy`` module is being executed now (its import not finished)."""
+    return any(
+        getattr(getattr(module, "__spec__", None), "_initializing", False)
+        for name, module in list(sys.modules.items())
+        if name == __name__ or name.startswith(__name__ + ".")
+    )
+
+
+class _AtNextImport(importlib.abc.MetaPathFinder):
+    """Registers the classes at the first import, or lazy name lookup
+    (:func:`finish_deferred_registration`), after the modules the registration needs have
+    finished importing (see :class:`_AfterKerasImport`); finds nothing itself."""
+
+    def register_if_ready(self) -> None:
+        if self not in sys.meta_path:
+            return
+        sys.meta_path.remove(self)  # no second attempt from the imports this one makes
+        try:
+            _register_serializable_classes()
+        except ImportError:
+            if not _own_module_initializing():
+                raise
+            sys.meta_path.insert(0, self)  # a module it needs is still being imported
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        self.register_if_ready()
+        return None
+
+
+def finish_deferred_registration() -> None:
+    """Register the DP classes now if their registration waited for a module of ours to
+    finish importing (called by the lazy-name lookups after their import)."""
+    for finder in [f for f in sys.meta_path if isinstance(f, _AtNextImport)]:
+        finder.register_if_ready()
+
+
 class _AfterKerasImport(importlib.abc.MetaPathFinder):
     """Registers the classes right after Keras is imported, for ``import keras_privacy``
     before ``import keras``; accounting-only use never imports Keras."""
@@ -80,7 +117,16 @@ class _AfterKerasImport(importlib.abc.MetaPathFinder):
             if finder in sys.meta_path:
                 sys.meta_path.remove(finder)
             keras_exec_module(module)
-            _register_serializable_classes()
+            try:
+                _register_serializable_classes()
+            except ImportError:
+                if not _own_module_initializing():
+                    raise
+                # Keras was imported by one of our modules, and registering needs names
+                # that module has not defined yet (a circular import: e.g. ``from
+                # keras_privacy.training.optimizers import X`` before ``import keras``).
+                # Register once it and its importers have finished.
+                sys.meta_path.insert(0, _AtNextImport())
 
         loader.exec_module = exec_module
         return spec
@@ -100,6 +146,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'keras_privacy' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
+    finish_deferred_registration()
     globals()[name] = value
     return value
 

@@ -24,12 +24,16 @@ def lazy_getattr(
 
     def __getattr__(name: str) -> Any:
         if name in submodules:
-            return importlib.import_module(f"{package}.{name}")
-        module = names.get(name)
-        if module is None:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{module}"), name)
-        namespace[name] = value
+            value = importlib.import_module(f"{package}.{name}")
+        else:
+            module = names.get(name)
+            if module is None:
+                raise AttributeError(f"module {package!r} has no attribute {name!r}")
+            value = getattr(importlib.import_module(f"{package}.{module}"), name)
+            namespace[name] = value
+        # Keras may have been imported just now, by a module of ours, too early for the
+        # DP classes to register with it: register them now that the import is done.
+        importlib.import_module("keras_privacy").finish_deferred_registration()
         return value
 
     return __getattr__

@@ -50,6 +50,44 @@ def test_keras_load_model_finds_the_dp_classes_after_a_plain_import(first, tmp_p
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=os.environ)
 
 
+@pytest.mark.parametrize(
+    "first_import",
+    [
+        # TF Privacy's path through the compatibility layer, which imports Keras itself
+        "from keras_privacy.compat.tensorflow_privacy.privacy.optimizers.dp_optimizer_keras"
+        " import DPKerasSGDOptimizer",
+        # a module the registration itself needs, imported first
+        "from keras_privacy.training.optimizers import DPKerasSGDOptimizer",
+    ],
+)
+def test_a_module_of_ours_importing_keras_first_imports_and_registers(first_import, tmp_path):
+    """When the first ``import keras`` of a program is made by one of our modules, the
+    classes cannot register at that moment (a module they need is only half imported):
+    the import used to fail with a circular ``ImportError``; now the registration waits
+    until that module is complete, and ``load_model`` finds the DP classes."""
+    import keras
+
+    import keras_privacy as kp
+
+    model = kp.make_private(
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]),
+        l2_norm_clip=1.0,
+        noise_multiplier=1.0,
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    path = tmp_path / "private.keras"
+    model.save(path)
+    code = (
+        "import sys;"
+        "assert 'keras' not in sys.modules;"
+        f"{first_import};"
+        "import keras;"
+        f"m = keras.models.load_model({str(path)!r});"
+        "assert type(m).__name__ == 'PrivateModel', type(m)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=os.environ)
+
+
 def test_classes_register_when_keras_was_looked_up_before_it_was_imported():
     """TensorFlow calls ``importlib.util.find_spec("keras")`` while it loads, before Keras
     is imported: the hook must still fire on the real import (it did not, so a program

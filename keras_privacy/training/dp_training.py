@@ -7,6 +7,7 @@ are in :mod:`keras_privacy.training.model`, whose docstring states the update ru
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -582,3 +583,9 @@ class _DPCompileMarker:
             "DPSequential. Use keras_privacy.clone_model(model), which keeps the DP "
             "settings."
         )
+
+
+# Keras may have been imported first by this module's own imports, too early for the DP
+# classes to register with it (see ``keras_privacy._AfterKerasImport``): now that this
+# module is complete, register them if that registration is still waiting.
+sys.modules["keras_privacy"].finish_deferred_registration()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -60,3 +61,9 @@ def check_per_example_losses(loss: Any) -> Any:
     if callable(loss):
         return PerExampleLoss(loss)
     return loss
+
+
+# Keras may have been imported first by this module's own imports, too early for the DP
+# classes to register with it (see ``keras_privacy._AfterKerasImport``): now that this
+# module is complete, register them if that registration is still waiting.
+sys.modules["keras_privacy"].finish_deferred_registration()

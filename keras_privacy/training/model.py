@@ -25,6 +25,7 @@ was done, for the accountant.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import keras
@@ -200,3 +201,9 @@ class DPSequential(DPTrainingMixin, DPTrainer, keras.Sequential):
         layers, trainable, name = given["layers"], given["trainable"], given["name"]
         super().__init__(layers=layers, trainable=trainable, name=name)
         self._dp_setup(**user_checks.dp_settings(given))
+
+
+# Keras may have been imported first by this module's own imports, too early for the DP
+# classes to register with it (see ``keras_privacy._AfterKerasImport``): now that this
+# module is complete, register them if that registration is still waiting.
+sys.modules["keras_privacy"].finish_deferred_registration()

@@ -14,6 +14,7 @@ Any ordinary Keras optimizer also works with a DP model.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -212,3 +213,9 @@ def make_vectorized_keras_optimizer_class(cls: type[keras.optimizers.Optimizer])
 VectorizedDPKerasSGDOptimizer = make_vectorized_keras_optimizer_class(keras.optimizers.SGD)
 VectorizedDPKerasAdamOptimizer = make_vectorized_keras_optimizer_class(keras.optimizers.Adam)
 VectorizedDPKerasAdagradOptimizer = make_vectorized_keras_optimizer_class(keras.optimizers.Adagrad)
+
+
+# Keras may have been imported first by this module's own imports, too early for the DP
+# classes to register with it (see ``keras_privacy._AfterKerasImport``): now that this
+# module is complete, register them if that registration is still waiting.
+sys.modules["keras_privacy"].finish_deferred_registration()

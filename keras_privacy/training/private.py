@@ -10,6 +10,7 @@ shared, the wrapped model itself refuses ``fit`` / ``train_on_batch`` while it i
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 import keras
@@ -179,3 +180,9 @@ def clone_model(model: keras.Model, **kwargs: Any) -> keras.Model:
     if getattr(model, "compiled", False) and not getattr(clone, "compiled", False):
         clone.compile_from_config(model.get_compile_config())
     return clone
+
+
+# Keras may have been imported first by this module's own imports, too early for the DP
+# classes to register with it (see ``keras_privacy._AfterKerasImport``): now that this
+# module is complete, register them if that registration is still waiting.
+sys.modules["keras_privacy"].finish_deferred_registration()

@@ -41,6 +41,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
+    importlib.import_module("keras_privacy").finish_deferred_registration()
     globals()[name] = value
     return value
 

@@ -7,6 +7,8 @@ as Keras keeps ``keras/src/backend/<name>/``. Everything else in
 
 from __future__ import annotations
 
+import sys
+
 import keras
 
 SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
@@ -35,3 +37,8 @@ else:  # pragma: no cover - exercised only under other KERAS_BACKEND values
 
 
 __all__ = ["DPTrainer", "SUPPORTED_BACKENDS"]
+
+
+# Keras may have been imported first by this package's own imports, too early for the DP
+# classes to register with it (see ``keras_privacy._AfterKerasImport``): register them now.
+sys.modules["keras_privacy"].finish_deferred_registration()
