@@ -224,7 +224,17 @@ def _apply_mask(sample_weight: Any, mask: Any, dtype: Any, reduction: str) -> An
         return float_mask
     sample_weight = ops.cast(sample_weight, dtype=dtype)
     float_mask, sample_weight = _same_rank(float_mask, sample_weight)
+    if keras.backend.backend() == "torch" and not _fits_in_place(sample_weight, float_mask):
+        raise _NotDirect  # Keras's in-place ``sample_weight *= float_mask`` fails on torch
     return _multiply(sample_weight, float_mask)
+
+
+def _fits_in_place(x1: Any, x2: Any) -> bool:
+    """Whether each unit's ``x1 *= x2`` keeps ``x1``'s shape (torch's in-place rule)."""
+    if len(x2.shape) > len(x1.shape):
+        return False
+    pairs = zip(reversed(x1.shape[1:]), reversed(x2.shape[1:]), strict=False)
+    return all(q == p or q == 1 for p, q in pairs)
 
 
 def _unit_axes(tensor: Any) -> tuple[int, ...]:
