@@ -173,7 +173,14 @@ def vectorized_unit_losses(
     """
     if direct:
         losses = direct_unit_losses(
-            model, y, y_pred, sample_weight, num_units, to_units=to_units, scope=scope
+            model,
+            y,
+            y_pred,
+            sample_weight,
+            num_units,
+            to_units=to_units,
+            scope=scope,
+            errors=errors,
         )
         if losses is not None:
             return losses

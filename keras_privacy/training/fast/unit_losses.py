@@ -98,10 +98,12 @@ def direct_unit_losses(
     *,
     to_units: Callable[[Any, int | None], Any],
     scope: Callable[[], AbstractContextManager],
+    errors: tuple[type[BaseException], ...] = (),
 ) -> Any | None:
     """``[U]`` float32: each unit's ``compute_loss`` on its rows alone, from one batched
     call of each loss (see the module docstring), or ``None`` where the model's loss is
-    not made of built-in row losses."""
+    not made of built-in row losses or raises one of ``errors`` (the backend's shape and
+    type errors): the mapped loss then decides, as it did before."""
     compile_loss = getattr(model, "_compile_loss", None)
     if (
         type(model).compute_loss is not Trainer.compute_loss
@@ -131,7 +133,7 @@ def direct_unit_losses(
             loss = model._compute_loss(
                 x=None, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
-    except _NotDirect:
+    except (_NotDirect, *errors):
         return None
     finally:
         if built:
