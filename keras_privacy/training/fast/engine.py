@@ -62,6 +62,7 @@ from keras_privacy.training.engine import unit_loss_leaves
 from keras_privacy.training.fast.capture import DATA_LOSSES
 from keras_privacy.training.fast.choice import fast_or_fallback, record_engine
 from keras_privacy.training.fast.rules import NotExact
+from keras_privacy.training.fast.unit_losses import direct_unit_losses
 
 
 class FastEngine:
@@ -153,6 +154,7 @@ def vectorized_unit_losses(
     vmap: Callable[[Callable[[list], Any], list], Any],
     scope: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     errors: tuple[type[BaseException], ...] = (),
+    direct: bool = True,
 ) -> Any:
     """``[U]``: each unit's loss ``loss_u = mean(compiled_loss(y_u, y_pred_u, sw_u))``, as
     the vectorized engine computes it (the compiled loss of the unit's rows alone, with
@@ -164,7 +166,24 @@ def vectorized_unit_losses(
     :class:`keras.StatelessScope` that discards the loss trackers' updates) and
     ``errors``, the vectorizer's failures, which become :class:`NotExact` (the loss could
     not be vectorized over units: the vectorized engine trains the model instead).
+
+    With ``direct`` (the default), built-in Keras losses are computed for all units in
+    one batched call instead (:func:`~keras_privacy.training.fast.unit_losses.direct_unit_losses`:
+    the same values, without mapping the loss over the outputs).
     """
+    if direct:
+        losses = direct_unit_losses(
+            model,
+            y,
+            y_pred,
+            sample_weight,
+            num_units,
+            to_units=to_units,
+            scope=scope,
+            errors=errors,
+        )
+        if losses is not None:
+            return losses
     leaves, rebuild = unit_loss_leaves(y, y_pred, sample_weight)
     unit_leaves = [to_units(t, num_units) for t in leaves]
 

@@ -97,7 +97,9 @@ fast_units.backend_ops["segment_sum"] = _segment_sum
 fast_units.backend_ops["same_randomness"] = _same_randomness
 
 
-def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None):
+def _unit_losses(
+    model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units: int | None, **options: Any
+):
     """``[U]``: each unit's loss, vectorized over units with ``torch.func.vmap``
     (differentiable with respect to ``y_pred``; see
     :func:`~keras_privacy.training.fast.engine.vectorized_unit_losses`)."""
@@ -112,6 +114,7 @@ def _unit_losses(model: Any, y: Any, y_pred: Any, sample_weight: Any, num_units:
         vmap=lambda fn, leaves: torch.func.vmap(fn)(leaves),
         scope=lambda: StatelessScope(state_mapping=scratch_metrics),
         errors=(TypeError, ValueError, NotImplementedError, RuntimeError),
+        **options,
     )
 
 
