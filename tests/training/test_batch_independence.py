@@ -299,3 +299,17 @@ def test_the_numerical_check_runs_under_a_strict_warnings_filter(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert independence.run_check(model, x) is None
+
+
+def test_the_numerical_check_feeds_dict_inputs_by_key(rng):
+    """A dict of inputs whose insertion order is not its key order (``{"b": ..., "a":
+    ...}``): each probe leaf must reach the input it was made for. Feeding the leaves in
+    insertion order gave a 1-wide input to the 3-wide one on PyTorch, so the check could
+    not run and a per-example model was refused."""
+    inputs = {"b": keras.Input((3,), name="b"), "a": keras.Input((1,), name="a")}
+    model = keras.Model(inputs, L.Add()([L.Dense(1)(inputs["b"]), L.Dense(1)(inputs["a"])]))
+    x = {
+        "b": rng.normal(size=(4, 3)).astype("float32"),
+        "a": rng.normal(size=(4, 1)).astype("float32"),
+    }
+    assert independence.run_check(model, x) is None

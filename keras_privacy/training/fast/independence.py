@@ -118,9 +118,9 @@ def _run_check(model: Any, x: Any, signature: tuple, rng: np.random.Generator) -
             )
 
             def run(batch_leaves):
-                it = iter(batch_leaves)
-                batch = keras.tree.map_structure(lambda _: next(it), x)
-                return _forward(model, values, batch)
+                # The inverse of the flatten that made the signature (a dict's values in
+                # key order): a traversal in insertion order would swap its inputs.
+                return _forward(model, values, keras.tree.pack_sequence_as(x, batch_leaves))
 
             base = run(leaves)
             for index, out in enumerate(base):
