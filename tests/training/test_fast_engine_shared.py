@@ -107,6 +107,17 @@ def _lora_net():
     return model
 
 
+def _lora_lm(tie=True):
+    """The tiny language model with LoRA on its ReversibleEmbedding (``E = E0 + s A B``):
+    tied, ``A`` and ``B`` are reached by the lookup and the output projection."""
+    model = _tied_lm(tie=tie)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.ReversibleEmbedding):
+            layer.enable_lora(2, lora_alpha=3.0)  # scale s = 1.5
+    _random_lora(model)
+    return model
+
+
 def _inputs(name, rng):
     if name.startswith("siamese"):
         shape = (8, STEPS, 6) if name == "siamese_sequence" else (8, 6)
@@ -124,8 +135,10 @@ BUILDERS = {
     "siamese_sequence": lambda: _siamese(True),
     "embedding_twice": _twice_embedded,
     "lora": _lora_net,
+    "tied_lora": _lora_lm,
+    "untied_lora": lambda: _lora_lm(tie=False),
 }
-LM = ("tied", "untied", "tied_soft_cap_mask")
+LM = ("tied", "untied", "tied_soft_cap_mask", "tied_lora", "untied_lora")
 # The matrix is in TensorFlow's default suite and runs with -m slow elsewhere (JAX's suite
 # has little room); every backend's default suite checks the tied model against the
 # reference in test_dropping_the_cross_term_is_caught (the materialised projection) and
@@ -159,6 +172,20 @@ def test_dropping_the_cross_term_is_caught(rng, monkeypatch):
     model, x = _tied_lm(), _ids(rng)
     y = _labels("tied", rng)
     _assert_matches_reference(model, x, y, 1e-3)
+    monkeypatch.setattr(fast_clip, "_cross", lambda calls, units: None)
+    with pytest.raises(AssertionError):
+        _assert_matches_reference(model, x, y, 1e-3)
+
+
+@pytest.mark.extended  # ~30 s on JAX: TensorFlow's default suite, -m slow elsewhere
+def test_lora_on_a_tied_embedding_trains_on_the_fast_engine(rng, monkeypatch):
+    """LoRA on a tied ReversibleEmbedding: only ``A`` and ``B`` are trainable, each reached
+    by the lookup and the projection; the sum equals the reference, and without the cross
+    terms it does not."""
+    keras.utils.set_random_seed(0)
+    model, x = _lora_lm(), _ids(rng)
+    y = _labels("tied_lora", rng)
+    _assert_matches_reference(model, x, y, 1e-3)  # engine="fast": exact, or it raises
     monkeypatch.setattr(fast_clip, "_cross", lambda calls, units: None)
     with pytest.raises(AssertionError):
         _assert_matches_reference(model, x, y, 1e-3)

@@ -369,27 +369,32 @@ class ReversibleEmbeddingRule(EmbeddingRule):
     materialising chosen from static shapes (:func:`outer_sq`). A tied table is reached
     by the lookup and the projection: its norm gets their cross term
     (:mod:`keras_privacy.training.fast.shared`).
+
+    With LoRA (``E = E0 + s A B``, ``A`` ``[V, r]``, ``B`` ``[r, D]``), the lookup is the
+    Embedding rule's, and a tied projection ``z_t = h_t E0^T + s (h_t B^T) A^T`` gives two
+    more outer products over positions: ``dL/dA = sum_t dz_t^T (s h_t B^T)`` and
+    ``dL/dB = sum_t (s dz_t A)^T h_t``. ``A`` and ``B`` are then reached by both calls, so
+    their norms get the cross terms too. An untied projection does not read ``E``.
     """
 
     # A reversed (output) projection's gradient touches every row: never by row.
     supports_sparse_rows = False
 
     def unsupported(self, layer):
-        if _lora_on(layer):
-            return "LoRA is enabled on a ReversibleEmbedding"
         return _not_quantized(layer)
 
-    def variables(self, layer):
-        return _trainable([layer._embeddings, getattr(layer, "reverse_embeddings", None)])
+    def _lora(self, layer) -> list:
+        return [layer.lora_embeddings_a, layer.lora_embeddings_b] if _lora_on(layer) else []
 
-    def _table(self, call):
-        layer = call.layer
-        if call.saved["reverse"] and not layer.tie_weights:
-            return layer.reverse_embeddings
-        return layer._embeddings
+    def variables(self, layer):
+        reverse = getattr(layer, "reverse_embeddings", None)
+        return _trainable([layer._embeddings, *self._lora(layer), reverse])
 
     def call_variables(self, call):
-        return _trainable([self._table(call)])
+        layer = call.layer
+        if call.saved["reverse"] and not layer.tie_weights:
+            return _trainable([layer.reverse_embeddings])
+        return _trainable([layer._embeddings, *self._lora(layer)])
 
     def forward(self, layer, inputs, *args, reverse=False, **kwargs):
         if not reverse:
@@ -406,18 +411,37 @@ class ReversibleEmbeddingRule(EmbeddingRule):
         if layer.logit_soft_cap is not None:
             cap = layer.logit_soft_cap
             logits = ops.multiply(ops.tanh(ops.divide(z, cap)), cap)
-        return logits, {"h": inputs, "reverse": True}, {"z": z}
+        saved = {"h": inputs, "reverse": True}
+        if layer.tie_weights:
+            saved.update(_lora_values(layer, "lora_embeddings_a", "lora_embeddings_b"))
+        return logits, saved, {"z": z}
 
     def _projection(self, call, units):
-        """``(a, d, positions)`` of the projection's outer product, float32, grouped."""
+        """``[(variable, a, d)]``: the projection's outer products ``G_u = sum_t a_t^T d_t``
+        in :meth:`call_variables`' order (float32, grouped), and the positions per unit."""
         if "projection" not in call.cache:
+            layer = call.layer
             h, dz = call.saved["h"], call.grads["z"]
             h = ops.reshape(h, (ops.shape(h)[0], -1, h.shape[-1]))
             dz = ops.reshape(dz, (ops.shape(dz)[0], -1, dz.shape[-1]))
             positions = _static_positions(h, units)
             h, dz = U.float32(units.group(h)), U.float32(units.group(dz))
-            pair = (dz, h) if call.layer.tie_weights else (h, dz)
-            call.cache["projection"] = (*pair, positions)
+            pieces = []
+            if not layer.tie_weights:
+                pieces.append((layer.reverse_embeddings, h, dz))
+            else:
+                pieces.append((layer._embeddings, dz, h))
+                if _lora_on(layer):
+                    scale = layer.lora_alpha / layer.lora_rank
+                    a = ops.cast(call.saved["lora_a"], "float32")
+                    b = ops.cast(call.saved["lora_b"], "float32")
+                    pieces.append(
+                        (layer.lora_embeddings_a, dz, scale * ops.matmul(h, ops.transpose(b)))
+                    )
+                    pieces.append((layer.lora_embeddings_b, scale * ops.matmul(dz, a), h))
+            wanted = {id(v) for v in self.call_variables(call)}
+            pieces = [piece for piece in pieces if id(piece[0]) in wanted]
+            call.cache["projection"] = (pieces, positions)
         return call.cache["projection"]
 
     def _zeros(self, call, units):
@@ -429,24 +453,28 @@ class ReversibleEmbeddingRule(EmbeddingRule):
             return self._zeros(call, units)
         if not call.saved["reverse"]:
             return super().squared_norms(call, units)
-        a, d, positions = self._projection(call, units)
-        return outer_sq(a, d, positions, call.cache.setdefault("keep", {}))
+        pieces, positions = self._projection(call, units)
+        keep = call.cache.setdefault("keep", {})
+        parts = [outer_sq(a, d, positions, keep.setdefault(id(v), {})) for v, a, d in pieces]
+        return sum(parts[1:], parts[0])
 
     def norms(self, call, units):
         if not self.call_variables(call):
             return self._zeros(call, units)
         if not call.saved["reverse"]:
             return super().norms(call, units)
-        return outer_norm(*self._projection(call, units))
+        pieces, positions = self._projection(call, units)
+        return U.combine_norms([outer_norm(a, d, positions) for _, a, d in pieces])
 
     def clipped_sums(self, call, units, factors, safe):
         if not self.call_variables(call) or not call.saved["reverse"]:
             return super().clipped_sums(call, units, factors, safe)
-        a, d, _ = self._projection(call, units)
-        return [outer_clipped_sum(a, d, factors, safe, call.cache.get("keep"))]
+        pieces, _ = self._projection(call, units)
+        keep = call.cache.get("keep", {})
+        return [outer_clipped_sum(a, d, factors, safe, keep.get(id(v))) for v, a, d in pieces]
 
     def terms(self, call, units):
         if not call.saved["reverse"]:
             return super().terms(call, units)
-        a, d, _ = self._projection(call, units)
-        return [OuterTerm(a, d, "2d")] if self.call_variables(call) else []
+        pieces, _ = self._projection(call, units)
+        return [OuterTerm(a, d, "2d") for _, a, d in pieces]
