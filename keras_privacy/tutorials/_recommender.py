@@ -349,10 +349,17 @@ def membership_auc(scores: np.ndarray, members, non_members, seed: int = 0) -> f
 
 
 def train_one(
-    setting: Setting, data: Interactions, delta: float, seed: int, noise_seed: int | None
+    setting: Setting,
+    data: Interactions,
+    delta: float,
+    seed: int,
+    noise_seed: int | None,
+    hits: dict | None = None,
 ) -> Row:
     """Train one model (privately unless ``setting.target_epsilon`` is None), print one
     progress line per quarter of the epochs, and return its measured :class:`Row`.
+    ``hits``: if given, ``hits[(name, target ε, seed)]`` gets each user's hit (held-out
+    movie in the top 10: 0 or 1), for paired comparisons on the same users.
 
     sigma is planned with :func:`keras_privacy.compute_noise_multiplier` for the updates
     ``fit`` makes (``epochs x round(N / B)``, Poisson sampling, PLD) and the ε reported is
@@ -441,6 +448,10 @@ def train_one(
         )  # fmt: skip
     members, non_members = membership_sets(data, setting.negatives, seed)
     scores = model_scores(model) + (0.0 if offset is None else offset)
+    ranks = rank_of_held_out(scores, data)
+    if hits is not None:
+        hits[(setting.name, setting.target_epsilon, seed)] = (ranks <= 10).astype(np.float64)
+    hr, ndcg = hit_rate_and_ndcg(ranks, 10)
     return Row(
         model=setting.name,
         target_epsilon=setting.target_epsilon,
@@ -451,7 +462,7 @@ def train_one(
         epochs=setting.epochs,
         learning_rate=learning_rate,
         accountant="pld" if private else "—",
-        metrics=ranking_metrics(model, data, offset),
+        metrics={"HR@10": hr, "NDCG@10": ndcg},
         mia_auc=membership_auc(scores, members, non_members, seed),
         seconds=seconds,
         seed=seed,

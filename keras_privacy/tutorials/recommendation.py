@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user-cap", type=int, default=32, help="ratings per user (user-level)")
     parser.add_argument("--epochs", type=int, default=None, help="DP epochs (default 5)")
     parser.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH, help="DP expected batch (8192; 16384 blend)"
+        "--batch-size", type=int, default=DEFAULT_BATCH, help="DP batch (8192; blend 16384)"
     )
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (1; 3 --full)")
     parser.add_argument("--train-examples", type=int, default=None, help="use fewer ratings")
@@ -178,11 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         f" each user's latest rating held out; delta={args.delta:g}; {seeds} seed(s) per row"
     )
     start, cpu = time.perf_counter(), time.process_time()
-    rows = []
+    rows, hits = [], {}
     for setting in plan:
         for seed in range(seeds):
             noise_seed = None if args.noise_seed is None else args.noise_seed + seed
-            rows.append(train_one(setting, data, args.delta, seed, noise_seed))
+            rows.append(train_one(setting, data, args.delta, seed, noise_seed, hits))
     tuning = []
     if args.tune:
         from keras_privacy.tutorials._recommender import TUNING_SEEDS, tuning_settings
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     try:
         notes = _recommendation_notes.sections(
-            rows, data, args, elapsed, cpu_seconds, len(ablation) + len(tuning)
+            rows, data, args, elapsed, cpu_seconds, len(ablation) + len(tuning), hits
         )
     except Exception as error:  # keep the measured rows even if a note fails
         print(f"warning: the report's notes failed: {error!r}", file=sys.stderr)

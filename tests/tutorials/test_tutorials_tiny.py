@@ -153,6 +153,8 @@ def test_recommendation_tutorial_writes_a_report_with_ranking_metrics(tmp_path, 
     assert 0 < float(body[6]["ε"]) <= 4.0
     assert float(body[6]["σ"]) < float(body[5]["σ"])
     assert "most popular (Gaussian counts)" in report
+    paired = r"\| MF \+ DP popularity \| 2 \| 1 \| 0\.\d+ \| 0\.\d+ \| [+-]0\.\d+ ± 0\.\d+"
+    assert re.search(paired, report)  # the paired comparison on the same test users
     assert "Why embeddings are where DP costs most" in report
     assert (tmp_path / "hr_10_vs_epsilon.png").stat().st_size > 5000
 
