@@ -20,8 +20,11 @@ held-out rating of the same users (one each, balanced).
 
 Rows: the model without DP, with example-level DP-SGD (one rating protected) at several
 target epsilons, the same with sparsity-preserving DP-SGD (``kp.SparsityPreserving``: only
-privately selected rows are updated and noised), with user-level DP-SGD (every user's
-ratings capped at ``--user-cap``, accounted with ``max_examples_per_user``), and, if
+privately selected rows are updated and noised), MF blended with DP popularity (movies
+ranked by the DP model's score plus λ x log(1 + Gaussian counts); the counts' release is
+composed with DP-SGD through ``other_releases``, so ε is the total), with user-level
+DP-SGD (every user's ratings capped at ``--user-cap``, accounted with
+``max_examples_per_user``), and, if
 keras-rs is installed (the ``recommenders`` extra), a DCN ranker built from keras-rs's
 ``FeatureCross`` and trained with its ``PairwiseLogisticLoss``. ``--full``: more epsilons,
 3 seeds.
