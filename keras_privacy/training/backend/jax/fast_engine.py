@@ -97,7 +97,7 @@ def release_freed_heap() -> bool:
     where the C library has none (then nothing happens)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no glibc (macOS, musl, Windows)
         return False
     trim(0)
     return True
