@@ -490,3 +490,19 @@ def test_conv_positions_are_known_for_a_batch_of_unknown_size():
 
     trace.get_concrete_function()
     assert seen == {"positions": 196, "materialised": True}
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX: the heap XLA's compile of the DP step frees")
+def test_jax_heap_freed_by_the_step_compile_is_released_once(monkeypatch):
+    """The fast engine's trace arms one release of the freed C heap, done after the next
+    XLA compile (the step's), before the step's own buffers are allocated."""
+    from keras_privacy.training.backend.jax import fast_engine as jax_fast
+
+    released = []
+    monkeypatch.setattr(jax_fast, "release_freed_heap", lambda: released.append(1) or True)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    private = _private(model, engine="fast", sampling="shuffle")
+    x, y = np.ones((4, 3), "float32"), np.zeros(4, "int32")
+    private.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert private.dp_engine_used == "fast"
+    assert released == [1] and not jax_fast._heap_release.armed
