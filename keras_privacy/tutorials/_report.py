@@ -100,10 +100,13 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(rows: Sequence[Row]) -> list[Summary]:
-    """Group rows by (model, target epsilon), in order of first appearance; mean and sd."""
-    groups: dict[tuple[str, float | None], list[Row]] = {}
+    """Group rows by (model, target epsilon) and the training settings (learning rate,
+    batch, epochs), in order of first appearance; mean and sd over the group's runs (seeds).
+    Runs of other settings (a learning-rate grid) are their own rows, never averaged."""
+    groups: dict[tuple, list[Row]] = {}
     for row in rows:
-        groups.setdefault((row.model, row.target_epsilon), []).append(row)
+        key = (row.model, row.target_epsilon, row.learning_rate, row.batch_size, row.epochs)
+        groups.setdefault(key, []).append(row)
     summaries = []
     for group in groups.values():
         names = list(group[0].metrics)

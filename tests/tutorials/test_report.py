@@ -44,6 +44,14 @@ def test_summarize_groups_by_model_and_target_with_sample_sd():
     assert summaries[1].metrics["test AUROC"] == (pytest.approx(0.95), 0.0)
 
 
+def test_summarize_keeps_runs_of_other_settings_apart():
+    """A learning-rate grid's runs are rows of their own, not seeds of one row (the
+    pretrained-LM tutorial's selection table averaged its two rates)."""
+    rows = [_row(seed=0), dataclasses.replace(_row(seed=0), learning_rate=0.1), _row(seed=1)]
+    summaries = _report.summarize(rows)
+    assert [(s.first.learning_rate, s.runs) for s in summaries] == [(0.5, 2), (0.1, 1)]
+
+
 def test_markdown_table_has_settings_and_measurements_per_row():
     table = _report.markdown_table([_row(target=None, auroc=0.97), _row(seed=0), _row(seed=1)])
     lines = table.strip().splitlines()
