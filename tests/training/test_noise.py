@@ -270,3 +270,24 @@ def test_torch_noise_generator_state_is_all_entropy_not_a_32_bit_seed():
     # Seeded (tests only): reproducible.
     c, d = _StepState(5).generator, _StepState(5).generator
     assert torch.equal(torch.randn(8, generator=c), torch.randn(8, generator=d))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX draws large noise in chunks")
+def test_jax_chunked_noise_draws_every_coordinate_once(monkeypatch):
+    """Large variables are noised in chunks (bounded memory): with chunks of 1,024 the
+    kernel's 10,000 coordinates are 9 chunks and a remainder; each part must be
+    N(0, (sigma C / B)^2) on its own (a part left unnoised, noised twice or given its
+    neighbour's draw fails) and the parts independent."""
+    from keras_privacy.training.backend.jax import noise
+
+    monkeypatch.setattr(noise, "NOISE_CHUNK", 1024)
+    monkeypatch.setattr(noise, "CHUNKED_ABOVE", 4096)
+    sample = _noise_of_step(_zero_gradient_model())
+    expected = SIGMA * CLIP / BATCH
+    _assert_std(sample, expected)
+    assert np.all(sample != 0)
+    parts = [sample[i : i + 1024] for i in range(0, 10_000, 1024)]
+    for part in parts:  # 784 to 1,024 draws: the std within ~8% at 3 sigma
+        assert abs(np.std(part) / expected - 1) < 0.12
+    correlations = np.corrcoef(np.stack([p[:784] for p in parts]))
+    assert np.max(np.abs(correlations - np.eye(len(parts)))) < 0.2

@@ -33,6 +33,7 @@ from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_privacy.training import step as shared
 from keras_privacy.training.backend.jax.fast_engine import FastEngine
+from keras_privacy.training.backend.jax.noise import add_gaussian_noise
 from keras_privacy.training.clipping import unclipped_count
 from keras_privacy.training.errors import PrivacyError
 from keras_privacy.training.fast.engine import engine_table
@@ -152,8 +153,21 @@ def _secure_normals(count: int):
     )
 
 
-#: Rows per piece of a padded Poisson batch (see ``_dp_clipped_poisson_pieces``).
+#: Most rows per piece of a padded Poisson batch (see ``_dp_clipped_poisson_pieces``).
 POISSON_PIECE = 32
+
+
+def poisson_piece(expected_rows: float | None) -> int:
+    """Rows per piece of a padded Poisson batch of ``expected_rows`` expected rows: the
+    largest power of two not above it, at most :data:`POISSON_PIECE` (that, when unknown).
+
+    A piece is what the step holds in memory at once, so at or below the expected batch
+    the step's peak memory follows the rows non-private ``fit`` would compute, not the
+    padded capacity (an expected 8 of 128 is padded to 38 rows).
+    """
+    if expected_rows is None:
+        return POISSON_PIECE
+    return min(POISSON_PIECE, 1 << max(0, int(expected_rows).bit_length() - 1))
 
 
 class JAXDPTrainer(shared.DPTrainerBase):
@@ -293,9 +307,10 @@ class JAXDPTrainer(shared.DPTrainerBase):
 
         full = capacity // chunk
         if full == 1 and capacity == chunk:
-            if mask is not None and num_units is None and capacity > 2 * POISSON_PIECE:
+            piece = poisson_piece(self._dp_expected_units)
+            if mask is not None and num_units is None and capacity > 2 * piece:
                 return self._dp_clipped_poisson_pieces(
-                    clipped, trainable, non_trainable, data, mask
+                    clipped, trainable, non_trainable, data, mask, piece
                 )
             batch, non_trainable = clipped(non_trainable, data, mask, 0)
             return batch.grad_sum, batch.unit_losses, batch.y_pred, non_trainable, batch.unclipped
@@ -331,21 +346,24 @@ class JAXDPTrainer(shared.DPTrainerBase):
             )
         return grad_sum, losses, preds, non_trainable, unclipped
 
-    def _dp_clipped_poisson_pieces(self, clipped, trainable, non_trainable, data, mask):
-        """A padded Poisson batch in pieces of ``POISSON_PIECE`` rows, skipping the pieces
-        that hold only padding.
+    def _dp_clipped_poisson_pieces(self, clipped, trainable, non_trainable, data, mask, piece):
+        """A padded Poisson batch in pieces of ``piece`` rows, computing only the pieces
+        that hold sampled rows.
 
         The capacity leaves ~8 standard deviations of headroom (385 rows for an expected
-        250 of 60,000), so computing every row wastes ~35% of a step on padding. The
-        sampled rows come first, so a ``lax.scan`` over equal pieces with a ``lax.cond``
-        computes only pieces that start below the sampled count: ~E[ceil(n / 32)] * 32
-        rows. Exact: each example is its own clipping unit, so the clipped sum is the sum
-        over pieces; a skipped piece contributes zeros (its rows are padding, whose clip
-        factor is 0 anyway). One trace of the engine (the scan body), shapes static.
+        250 of 60,000; 38 for an expected 8 of 128), so computing every row wastes a large
+        part of a step, and its memory, on padding. The sampled rows come first, so a
+        ``lax.while_loop`` over the first ``ceil(n / piece)`` pieces (``n`` the sampled
+        count, traced: one compile for every ``n``) computes ~E[ceil(n / piece)] * piece
+        rows, and holds one piece's activations at a time. Exact: each example is its own
+        clipping unit, so the clipped sum is the sum over pieces, and every sampled row is
+        in a computed piece; the pieces not computed hold only padding, whose clip factor
+        is 0 (their losses and outputs stay zero). The running sums, losses and outputs
+        are the loop's carry, updated in place (no per-piece copies, no branch).
         """
         capacity = mask.shape[0]
-        pieces = -(-capacity // POISSON_PIECE)
-        extra = pieces * POISSON_PIECE - capacity
+        pieces = -(-capacity // piece)
+        extra = pieces * piece - capacity
 
         def pad(t):
             if t is None:
@@ -353,52 +371,64 @@ class JAXDPTrainer(shared.DPTrainerBase):
             return jnp.pad(t, [(0, extra)] + [(0, 0)] * (t.ndim - 1))
 
         padded = keras.tree.map_structure(pad, (data, mask))
-        stacked = keras.tree.map_structure(
-            lambda t: None if t is None else jnp.reshape(t, (pieces, POISSON_PIECE, *t.shape[1:])),
-            padded,
-        )
-        rows = jnp.sum(mask)
+        count = (jnp.sum(mask).astype("int32") + (piece - 1)) // piece  # pieces to compute
 
-        def compute(nt, part, part_mask, i):
-            batch, nt = clipped(nt, part, part_mask, i * POISSON_PIECE)
+        def compute(nt, i):
+            start = i * piece
+            part, part_mask = keras.tree.map_structure(
+                lambda t: None if t is None else jax.lax.dynamic_slice_in_dim(t, start, piece),
+                padded,
+            )
+            batch, nt = clipped(nt, part, part_mask, start)
             return batch.grad_sum, batch.unit_losses, batch.y_pred, batch.unclipped, nt
 
+        shapes = jax.eval_shape(compute, non_trainable, jnp.int32(0))
         # Tables that come by row (sparsity-preserving DP-SGD) are not summed over the
-        # pieces: their rows are stacked (ids may repeat; coalesced before selection).
-        first = keras.tree.map_structure(lambda t: None if t is None else t[0], stacked)
-        structure = jax.eval_shape(compute, non_trainable, *first, jnp.uint32(0))[0]
-        by_row = [i for i, g in enumerate(structure) if isinstance(g, SparseRows)]
-        zeros = [
-            jnp.zeros((), "float32") if i in by_row else jnp.zeros(jnp.shape(v), "float32")
-            for i, v in enumerate(trainable)
+        # pieces: their rows are stacked (ids may repeat; coalesced before selection);
+        # a piece not computed keeps unused slots (id -1, zero values and counts).
+        by_row = [j for j, g in enumerate(shapes[0]) if isinstance(g, SparseRows)]
+
+        def stacked(a, fill=0):
+            return jnp.full((pieces, *a.shape), fill, a.dtype)
+
+        sums = [
+            jnp.zeros((), "float32") if j in by_row else jnp.zeros(jnp.shape(v), "float32")
+            for j, v in enumerate(trainable)
         ]
+        rows_of = [
+            SparseRows(stacked(g.ids, -1), *map(stacked, g[1:]))
+            for g in (shapes[0][j] for j in by_row)
+        ]
+        losses = stacked(shapes[1])
+        preds = jax.tree.map(stacked, shapes[2])
 
-        def body(carry, inputs):
-            sums, nt, unclipped = carry
-            (part, part_mask), i = inputs
-            shapes = jax.eval_shape(compute, nt, part, part_mask, i)
-
-            def skip(nt, part, part_mask, i):
-                out = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-                grad = [
-                    g._replace(ids=g.ids - 1) if isinstance(g, SparseRows) else g for g in out[0]
-                ]
-                return (grad, *out[1:4], nt)
-
-            grad, losses, preds, piece_unclipped, nt = jax.lax.cond(
-                i * POISSON_PIECE < rows, compute, skip, nt, part, part_mask, i
-            )
+        def body(carry):
+            i, sums, nt, unclipped, losses, preds, rows_of = carry
+            grad, piece_losses, piece_preds, piece_unclipped, nt = compute(nt, i)
             pairs = enumerate(zip(sums, grad, strict=True))
             sums = [s if j in by_row else s + g for j, (s, g) in pairs]
-            carry = (sums, nt, unclipped + piece_unclipped)
-            return carry, (losses, preds, [grad[j] for j in by_row])
+            put = lambda buffer, value: buffer.at[i].set(value)  # noqa: E731
+            rows_of = [
+                SparseRows(*map(put, buffer, grad[j]))
+                for j, buffer in zip(by_row, rows_of, strict=True)
+            ]
+            losses = put(losses, piece_losses)
+            preds = jax.tree.map(put, preds, piece_preds)
+            return i + 1, sums, nt, unclipped + piece_unclipped, losses, preds, rows_of
 
-        (grad_sum, non_trainable, unclipped), (losses, preds, stacked_rows) = jax.lax.scan(
-            body,
-            (zeros, non_trainable, jnp.zeros((), "float32")),
-            (stacked, jnp.arange(pieces, dtype="uint32")),
+        carry = (
+            jnp.int32(0),
+            sums,
+            non_trainable,
+            jnp.zeros((), "float32"),
+            losses,
+            preds,
+            rows_of,
         )
-        for j, table in zip(by_row, stacked_rows, strict=True):
+        _, grad_sum, non_trainable, unclipped, losses, preds, rows_of = jax.lax.while_loop(
+            lambda carry: carry[0] < count, body, carry
+        )
+        for j, table in zip(by_row, rows_of, strict=True):
             grad_sum[j] = SparseRows(*(jnp.reshape(t, (-1, *t.shape[2:])) for t in table))
         losses = jnp.reshape(losses, (-1,))[:capacity]
         preds = keras.tree.map_structure(
@@ -427,16 +457,11 @@ class JAXDPTrainer(shared.DPTrainerBase):
                 grads.append(table / jnp.asarray(divisor, "float32"))
                 continue
             if config.gradient_noise_multiplier > 0:
+                stddev = config.gradient_noise_multiplier * clip
                 if secure is not None:
-                    noise = secure[i]
+                    g = g + stddev * secure[i]
                 else:
-                    # The partitionable threefry derivation draws the same distribution
-                    # ~2x faster on CPU (one core: 5.6 against 9-11 ms for 670k normals);
-                    # set for this draw only, the user's own random streams are left as
-                    # they are.
-                    with jax.threefry_partitionable(True):
-                        noise = jax.random.normal(k, g.shape, "float32")
-                g = g + (config.gradient_noise_multiplier * clip) * noise
+                    g = add_gaussian_noise(g, stddev, k)  # chunked when large
             grads.append(g / jnp.asarray(divisor, "float32"))
         grads, regularization_loss = add_regularization_gradient(
             self, grads, trainable, lambda fn, values: jax.value_and_grad(fn)(values)
