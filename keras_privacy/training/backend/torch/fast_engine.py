@@ -146,9 +146,7 @@ fast_units.backend_ops["same_randomness"] = _same_randomness
 # The check's variable values as the variables' own tensors, detached (no copy), not NumPy
 # copies: the default copied a 1,000,000 x 64 table (256 MB) and converted the copy back
 # to a tensor for each of its seven probe passes.
-fast_units.backend_ops["variable_values"] = lambda variables: [
-    v.value.detach() for v in variables
-]
+fast_units.backend_ops["variable_values"] = lambda variables: [v.value.detach() for v in variables]
 
 
 def _unit_losses(
