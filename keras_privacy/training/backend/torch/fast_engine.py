@@ -207,6 +207,10 @@ class FastEngine(fast_engine.FastEngine):
             for name in call.probes:
                 probe, grad = next(it)
                 call.grads[name] = torch.zeros_like(probe) if grad is None else grad
+            # The probes (every rule layer's output z, as large as its gradient) are
+            # needed no more: only their gradients are.
+            call.probes = {}
+        del probes, grads, it, probe, grad
         with torch.no_grad():
             for call in calls:
                 call.saved = {k: _detach(v) for k, v in call.saved.items()}
@@ -217,6 +221,7 @@ class FastEngine(fast_engine.FastEngine):
                 trainable,
                 l2_norm_clip,
                 sparsity=None if config is None else config.sparsity_preserving,
+                release=_release,
             )
             grad_sum = [g if isinstance(g, SparseRows) else g.to(torch.float32) for g in sums]
         for var, new in zip(non_trainable, new_values, strict=True):
@@ -228,6 +233,14 @@ class FastEngine(fast_engine.FastEngine):
             y_pred=keras.tree.map_structure(_detach, y_pred),
             norms=norms,
         )
+
+
+def _release(call) -> None:
+    """Let go of a rule call's layer inputs, output gradients and cached values once its
+    clipped sums are taken (the step is eager: only one of the clipped sum's two paths
+    runs), so that the sums built later (gpt2-small's 154 MB tied table last) do not sit
+    on top of every layer's activations and output gradients."""
+    call.saved, call.grads, call.cache = {}, {}, {}
 
 
 def _detach(value: Any) -> Any:
