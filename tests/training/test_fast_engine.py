@@ -506,3 +506,67 @@ def test_jax_heap_freed_by_the_step_compile_is_released_once(monkeypatch):
     private.fit(x, y, batch_size=4, epochs=2, verbose=0)
     assert private.dp_engine_used == "fast"
     assert released == [1] and not jax_fast._heap_release.armed
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e6])
+def test_embedding_keys_above_float32_precision(clip, rng):
+    """The embedding rule groups rows by the int64 key ``id * U + unit``; with a
+    1,048,576-row table and 20 units the keys pass 2^24, where Keras's PyTorch
+    ``segment_max`` (float32) rounded them: rows went to the wrong unit and id. Norms and
+    clipped sums equal the per-example reference at a binding and a loose clip."""
+    vocab = 1 << 20
+    model = keras.Sequential(
+        [
+            keras.Input((3,), dtype="int32"),
+            keras.layers.Embedding(vocab, 2),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    x = rng.integers(vocab - 8, vocab, size=(20, 3)).astype("int32")
+    y = rng.integers(0, 3, len(x))
+    fast, ref = _both(model, x, y, clip=clip)
+    _assert_same(fast, ref)
+    expected = reference_clipped_sum(model, LOSS, x, y, clip)
+    for f, r in zip(fast.grad_sum, expected, strict=True):
+        np.testing.assert_allclose(np.asarray(f, "float64"), r, rtol=1e-5, atol=1e-7 * clip)
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e6])
+def test_sequence_dense_recomputed_and_class_major_sums(clip, rng, monkeypatch):
+    """Per-token labels (64 classes) over 10 positions of 32 features. The hidden
+    Dense(32)'s per-unit gradients are materialised for its norm (32 x 32 against
+    2 x 10 x 64) but larger than its inputs, so on PyTorch they are not kept and the
+    clipped sum recomputes them. The head (a double sum) gets its output gradient from
+    Keras's cross-entropy laid out class-major, which PyTorch sums unit by unit rather
+    than copying. Both equal the per-example reference at a binding and a loose clip."""
+    from keras_privacy.training.fast import units as fast_units
+
+    seen = {"kept": [], "views": []}
+    keep, outer = fast_units.backend_ops["keep_materialised"], fast_units.backend_ops["outer_sum"]
+
+    def spy_keep(grads, a, d):
+        seen["kept"].append(keep(grads, a, d))
+        return seen["kept"][-1]
+
+    def spy_outer(a, d):
+        flat = ops.reshape(ops.convert_to_tensor(d), (-1, d.shape[-1]))
+        if BACKEND == "torch":
+            seen["views"].append(flat.data_ptr() == ops.convert_to_tensor(d).data_ptr())
+        return outer(a, d)
+
+    monkeypatch.setitem(fast_units.backend_ops, "keep_materialised", spy_keep)
+    monkeypatch.setitem(fast_units.backend_ops, "outer_sum", spy_outer)
+    model = keras.Sequential(
+        [keras.Input((10, 32)), keras.layers.Dense(32, activation="tanh"), keras.layers.Dense(64)]
+    )
+    x = rng.normal(size=(6, 10, 32)).astype("float32")
+    y = rng.integers(0, 64, (6, 10))
+    fast, ref = _both(model, x, y, clip=clip)
+    _assert_same(fast, ref)
+    expected = reference_clipped_sum(model, LOSS, x, y, clip)
+    for f, r in zip(fast.grad_sum, expected, strict=True):
+        np.testing.assert_allclose(np.asarray(f, "float64"), r, rtol=1e-5, atol=1e-7 * clip)
+    assert seen["kept"] == [BACKEND != "torch"]  # the hidden layer; the head is a double sum
+    if BACKEND == "torch":
+        assert False in seen["views"]  # the head's class-major output gradient

@@ -18,7 +18,7 @@ with factor 0 first (``0 * NaN`` is NaN) otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from keras import ops
@@ -87,6 +87,7 @@ def clipped_gradient_sum(
     l2_norm_clip: float,
     unit_mask: Any = None,
     sparsity: Any = None,
+    release: Callable[[RuleCall], None] | None = None,
 ) -> tuple[list, Any]:
     """``([sum_u c_u grad_u for each of variables], norms)`` with the norms of
     :func:`unit_norms` and ``c_u = min(1, C / ||g_u||)`` (0 for a non-finite norm and for
@@ -94,7 +95,9 @@ def clipped_gradient_sum(
     (a variable reached by several calls gets the sum of their parts), returned in the
     order of ``variables``. With ``sparsity`` (a
     :class:`~keras_privacy.training.sparsity.SparsityPreserving`) the tables of rules
-    that support it come back by row (:class:`~keras_privacy.training.sparsity.SparseRows`)."""
+    that support it come back by row (:class:`~keras_privacy.training.sparsity.SparseRows`).
+    ``release``, for eager backends only (where just one of the two paths below runs), is
+    called with each call once its sums are taken, to let go of its tensors."""
     norms = unit_norms(calls, units)
     for call in calls:
         if sparsity is not None and getattr(call.rule, "supports_sparse_rows", False):
@@ -102,17 +105,20 @@ def clipped_gradient_sum(
             call.cache["real_units"] = None if unit_mask is None else ops.cast(unit_mask, "float32")
     factors = clipping.clip_factors(norms, l2_norm_clip, unit_mask)
 
+    covered = [v for call in calls for v in call.rule.call_variables(call)]
+
     def sums(safe: bool):
         def run():
             out = []
             for call in calls:
                 out.extend(call.rule.clipped_sums(call, units, factors, safe))
+                if release is not None:
+                    release(call)
             return out
 
         return run
 
     flat = ops.cond(ops.all(ops.isfinite(norms)), sums(False), sums(True))
-    covered = [v for call in calls for v in call.rule.call_variables(call)]
     by_id: dict[int, Any] = {}
     for v, g in zip(covered, flat, strict=True):
         if id(v) in by_id and isinstance(g, SparseRows):

@@ -72,7 +72,7 @@ def outer_sq(a, d, positions, keep=None):
         sq = ops.sum(ops.reshape(aa * dd, (ops.shape(aa)[0], -1)), axis=1)
         return ops.cast(ops.maximum(sq, 0.0), "float32")
     grads = ops.matmul(ops.transpose(a, (0, 2, 1)), d)
-    if keep is not None:
+    if keep is not None and U.backend_ops["keep_materialised"](grads, a, d):
         keep["G"] = grads
     return U.sum_squares(grads)
 
@@ -89,11 +89,12 @@ def outer_clipped_sum(a, d, factors, safe, keep=None):
     if keep is not None and "G" in keep:
         return ops.sum(_scale_units(keep["G"], factors, safe), axis=0)
     if safe:
-        a = U.keep_rows(a, factors)
-    d_scaled = _scale_units(d, factors, safe)
-    a_flat = ops.reshape(a, (-1, a.shape[-1]))
-    d_flat = ops.reshape(d_scaled, (-1, d.shape[-1]))
-    return ops.matmul(ops.transpose(a_flat), d_flat)
+        a, d = U.keep_rows(a, factors), _scale_units(d, factors, safe)
+    elif a.shape[-1] < d.shape[-1]:  # scale the narrower side (an untied LM head: h, not dz)
+        a = U.scale_rows(a, factors)
+    else:
+        d = U.scale_rows(d, factors)
+    return U.backend_ops["outer_sum"](a, d)
 
 
 def _lora_pieces(layer, a2, dz3, lora_a3, lora_b, to_a, layout, units):

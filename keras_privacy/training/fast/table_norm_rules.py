@@ -90,7 +90,7 @@ class EmbeddingRule(LayerRule):
         slots = None
         if U.backend_ops["static_segments"]:
             slots = keys.shape[0]
-        segment_keys = ops.segment_max(
+        segment_keys = U.segment_max(
             sorted_keys, ops.cumsum(ops.cast(first, "int32")) - 1, num_segments=slots, sorted=True
         )
         seg = {

@@ -82,6 +82,10 @@ backend_ops = {
     #: ``keras.ops.segment_sum`` (ids outside ``[0, num_segments)`` dropped); a backend may
     #: install a faster one (PyTorch: ``index_add_``).
     "segment_sum": ops.segment_sum,
+    #: ``segment_max`` likewise (``keras.ops.segment_max``); it must be exact on the
+    #: embedding rule's int64 keys ``id * U + unit`` (Keras's PyTorch version reduces in
+    #: float32, which rounds keys above 2^24: PyTorch installs an exact one).
+    "segment_max": ops.segment_max,
     # True where every shape must be static (JAX): segment sums get a fixed segment count.
     "static_segments": False,
     # For the numerical batch-independence check (fast/independence.py), which runs on
@@ -92,6 +96,17 @@ backend_ops = {
     "eager": contextlib.nullcontext,
     "variable_values": lambda variables: [ops.convert_to_numpy(v.value) for v in variables],
     "same_randomness": contextlib.nullcontext,
+    #: ``outer_sum(a [U, S, p], d [U, S, q]) -> [p, q]``: ``sum_{u, s} a[u, s]^T d[u, s]``
+    #: (a clipped sum's matmul). A backend may avoid the flattening copy of an input that
+    #: is not contiguous in ``(U, S)`` (PyTorch: a logit gradient laid out class-major).
+    "outer_sum": lambda a, d: ops.matmul(
+        ops.transpose(ops.reshape(a, (-1, a.shape[-1]))), ops.reshape(d, (-1, d.shape[-1]))
+    ),
+    #: ``keep_materialised(grads [U, p, q], a, d) -> bool``: whether a norm's materialised
+    #: per-unit gradients are kept for the clipped sum (saves its matmul) rather than
+    #: recomputed from ``a`` and ``d``; PyTorch keeps them only where they are no larger
+    #: than ``a`` and ``d`` (eagerly, every kept ``G`` lives until the clipped sums).
+    "keep_materialised": lambda grads, a, d: True,
 }
 
 
@@ -106,6 +121,11 @@ def probe(tensor) -> object:
 def segment_sum(data, segment_ids, num_segments=None, sorted=False) -> object:
     """``out[k] = sum of data[i] over i with segment_ids[i] == k`` (the backend's op)."""
     return backend_ops["segment_sum"](data, segment_ids, num_segments=num_segments, sorted=sorted)
+
+
+def segment_max(data, segment_ids, num_segments=None, sorted=False) -> object:
+    """``out[k] = max of data[i] over i with segment_ids[i] == k`` (the backend's op)."""
+    return backend_ops["segment_max"](data, segment_ids, num_segments=num_segments, sorted=sorted)
 
 
 def float32(tensor) -> object:

@@ -13,6 +13,7 @@ backward pass; the shared rules compute each unit's norm and the clipped sum
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,6 +83,25 @@ def _segment_sum(data, segment_ids, num_segments=None, sorted=False):
     return out.index_add_(0, ids, data)
 
 
+def _segment_max(data, segment_ids, num_segments=None, sorted=False):
+    """``keras.ops.segment_max`` by ``scatter_reduce_`` in the data's own dtype. Keras's
+    torch version reduces in float32: the embedding rule's int64 keys ``id * U + unit``
+    above 2^24 (a 1,000,000-row table and 17 or more units) came back rounded, giving
+    rows to the wrong unit and id."""
+    data = torch.as_tensor(data)
+    ids = torch.as_tensor(segment_ids).long()
+    if num_segments is None:
+        num_segments = int(ids.max()) + 1 if ids.numel() else 0
+    keep = (ids >= 0) & (ids < num_segments)
+    if not bool(keep.all()):
+        data, ids = data[keep], ids[keep]
+    lowest = -math.inf if data.dtype.is_floating_point else torch.iinfo(data.dtype).min
+    shape = (int(num_segments), *data.shape[1:])
+    out = torch.full(shape, lowest, dtype=data.dtype, device=data.device)
+    index = ids.reshape((-1,) + (1,) * (data.dim() - 1)).expand_as(data)
+    return out.scatter_reduce_(0, index, data, "amax", include_self=True)
+
+
 @contextlib.contextmanager
 def _same_randomness() -> Iterator[None]:
     """Unseeded Keras random layers draw from torch's global generator: every forward pass
@@ -92,9 +112,41 @@ def _same_randomness() -> Iterator[None]:
         yield
 
 
+def _outer_sum(a, d):
+    """``sum_{u, s} a[u, s]^T d[u, s]`` (``[U, S, p] x [U, S, q] -> [p, q]``) without
+    copying an input that cannot be flattened to ``[U S, .]`` as a view: Keras's
+    cross-entropy on PyTorch moves the class axis, so an LM head's logit gradient arrives
+    laid out ``[U, V, S]`` and flattening it copied it (412 MB for gpt2-small's batch of
+    8 x 256 tokens x 50,257 classes); then the sum is taken unit by unit (``addmm_``)."""
+    a, d = torch.as_tensor(a), torch.as_tensor(d)
+    p, q = a.shape[-1], d.shape[-1]
+    try:
+        return a.view(-1, p).T @ d.view(-1, q)
+    except RuntimeError:  # not viewable as [U S, .]
+        out = torch.zeros((p, q), dtype=torch.result_type(a, d), device=a.device)
+        for u in range(a.shape[0]):
+            out.addmm_(a[u].T, d[u])
+        return out
+
+
+def _keep_materialised(grads, a, d) -> bool:
+    """Keep a norm's materialised per-unit gradients ``G`` ``[U, p, q]`` for the clipped
+    sum only where ``G`` is no larger than the ``a`` and ``d`` it came from: the step is
+    eager, so every kept ``G`` lives until the clipped sums (gpt2-small: 48 attention
+    kernels x 8 units x 768 x 768, 0.9 GB); otherwise the sum's matmul recomputes it."""
+    return math.prod(grads.shape) <= math.prod(a.shape) + math.prod(d.shape)
+
+
 fast_units.backend_ops["extract_patches"] = _unfold_patches
+fast_units.backend_ops["outer_sum"] = _outer_sum
+fast_units.backend_ops["keep_materialised"] = _keep_materialised
 fast_units.backend_ops["segment_sum"] = _segment_sum
+fast_units.backend_ops["segment_max"] = _segment_max
 fast_units.backend_ops["same_randomness"] = _same_randomness
+# The check's variable values as the variables' own tensors, detached (no copy), not NumPy
+# copies: the default copied a 1,000,000 x 64 table (256 MB) and converted the copy back
+# to a tensor for each of its seven probe passes.
+fast_units.backend_ops["variable_values"] = lambda variables: [v.value.detach() for v in variables]
 
 
 def _unit_losses(
@@ -155,6 +207,10 @@ class FastEngine(fast_engine.FastEngine):
             for name in call.probes:
                 probe, grad = next(it)
                 call.grads[name] = torch.zeros_like(probe) if grad is None else grad
+            # The probes (every rule layer's output z, as large as its gradient) are
+            # needed no more: only their gradients are.
+            call.probes = {}
+        del probes, grads, it, probe, grad
         with torch.no_grad():
             for call in calls:
                 call.saved = {k: _detach(v) for k, v in call.saved.items()}
@@ -165,6 +221,7 @@ class FastEngine(fast_engine.FastEngine):
                 trainable,
                 l2_norm_clip,
                 sparsity=None if config is None else config.sparsity_preserving,
+                release=_release,
             )
             grad_sum = [g if isinstance(g, SparseRows) else g.to(torch.float32) for g in sums]
         for var, new in zip(non_trainable, new_values, strict=True):
@@ -176,6 +233,14 @@ class FastEngine(fast_engine.FastEngine):
             y_pred=keras.tree.map_structure(_detach, y_pred),
             norms=norms,
         )
+
+
+def _release(call) -> None:
+    """Let go of a rule call's layer inputs, output gradients and cached values once its
+    clipped sums are taken (the step is eager: only one of the clipped sum's two paths
+    runs), so that the sums built later (gpt2-small's 154 MB tied table last) do not sit
+    on top of every layer's activations and output gradients."""
+    call.saved, call.grads, call.cache = {}, {}, {}
 
 
 def _detach(value: Any) -> Any:

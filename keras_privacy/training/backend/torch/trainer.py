@@ -25,7 +25,7 @@ from keras_privacy.training.backend.torch.fast_engine import FastEngine
 from keras_privacy.training.clipping import unclipped_count
 from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.fast.rules import row_tables
-from keras_privacy.training.noise import secure_standard_normals, split_noise
+from keras_privacy.training.noise import secure_standard_normals
 from keras_privacy.training.sparsity import (
     SparseRows,
     coalesce,
@@ -245,7 +245,7 @@ class TorchDPTrainer(shared.DPTrainerBase):
         regularizers' gradient (data-independent: after noising, at full strength), update,
         count; with adaptive clipping (``sigma_g C_t`` noise) also noise the unclipped
         count and advance the clip. Returns the regularization loss ``R(w)`` before the
-        update."""
+        update. Consumes ``grad_sum`` (a list: its entries are let go one by one)."""
         config = self._dp_config
         variables = self.trainable_variables
         state = self._dp_step_state
@@ -254,23 +254,33 @@ class TorchDPTrainer(shared.DPTrainerBase):
         tables = sparse_tables(config, grad_sum)
         with torch.no_grad():
             # g = (sum + sigma C z) / B, z ~ N(0, I): in place on fresh float32 tensors.
-            grads = [
-                _private_rows(g, v, config, state.generator, len(tables))
-                if i in tables
-                else torch.as_tensor(g, dtype=torch.float32).clone()
-                for i, (g, v) in enumerate(zip(grad_sum, variables, strict=True))
-            ]
+            # Each clipped sum is let go as soon as its copy exists (the caller keeps no
+            # use for it), and each variable's noise is drawn on its own, so that the
+            # update holds one variable's sum or noise beside the gradients, not a second
+            # copy of all of them (gpt2-small: 0.5 GB each).
+            if not isinstance(grad_sum, list):
+                grad_sum = list(grad_sum)
+            grads = []
+            for i, v in enumerate(variables):
+                g, grad_sum[i] = grad_sum[i], None
+                if i in tables:
+                    grads.append(_private_rows(g, v, config, state.generator, len(tables)))
+                else:
+                    grads.append(torch.as_tensor(g, dtype=torch.float32).clone())
+                del g
             dense = [i for i in range(len(grads)) if i not in tables]
             stddev = config.gradient_noise_multiplier * clip
             if config.gradient_noise_multiplier > 0 and dense:
-                # One draw for the whole update from the model's generator.
-                shapes = [tuple(variables[i].shape) for i in dense]
-                flat = self._dp_standard_normals(sum(math.prod(s) for s in shapes))
-                for i, z in zip(dense, split_noise(flat, shapes), strict=True):
+                # Independent N(0, 1) draws from the model's generator, variable by
+                # variable (the noise is added once: here).
+                for i in dense:
+                    shape = tuple(variables[i].shape)
+                    z = self._dp_standard_normals(math.prod(shape)).reshape(shape)
                     if isinstance(stddev, torch.Tensor):
-                        grads[i].add_(z * stddev)
+                        grads[i].add_(z.mul_(stddev))
                     else:
                         grads[i].add_(z, alpha=stddev)
+                    del z
             if config.adaptive_clip is not None:
                 count_noise = (
                     config.adaptive_clip.clipped_count_stddev * self._dp_standard_normals(1)[0]
