@@ -68,10 +68,10 @@ def _unfold_patches(images, size, strides, dilation_rate, padding):
     return cols.permute(0, 3, 4, 2, 1).reshape(batch, out_h, out_w, kh * kw * channels)
 
 
-def _segment_sum(data, segment_ids, num_segments=None, sorted=False):
-    """``keras.ops.segment_sum`` by ``index_add_`` in the data's own dtype (Keras's torch
-    version expands the ids to the data's shape and computes in float32: 3-4x slower on
-    the embedding rule's sums, and it would round the rules' float64 sums)."""
+def _in_range(data, segment_ids, num_segments):
+    """``(data, ids, num_segments)`` as tensors, without the rows whose id is negative or
+    not below ``num_segments`` (Keras's segment ops drop them; the rules mark unused slots
+    with negative ids)."""
     data = torch.as_tensor(data)
     ids = torch.as_tensor(segment_ids).long()
     if num_segments is None:
@@ -79,6 +79,14 @@ def _segment_sum(data, segment_ids, num_segments=None, sorted=False):
     keep = (ids >= 0) & (ids < num_segments)
     if not bool(keep.all()):
         data, ids = data[keep], ids[keep]
+    return data, ids, num_segments
+
+
+def _segment_sum(data, segment_ids, num_segments=None, sorted=False):
+    """``keras.ops.segment_sum`` by ``index_add_`` in the data's own dtype (Keras's torch
+    version expands the ids to the data's shape and computes in float32: 3-4x slower on
+    the embedding rule's sums, and it would round the rules' float64 sums)."""
+    data, ids, num_segments = _in_range(data, segment_ids, num_segments)
     out = torch.zeros((int(num_segments), *data.shape[1:]), dtype=data.dtype, device=data.device)
     return out.index_add_(0, ids, data)
 
@@ -88,13 +96,7 @@ def _segment_max(data, segment_ids, num_segments=None, sorted=False):
     torch version reduces in float32: the embedding rule's int64 keys ``id * U + unit``
     above 2^24 (a 1,000,000-row table and 17 or more units) came back rounded, giving
     rows to the wrong unit and id."""
-    data = torch.as_tensor(data)
-    ids = torch.as_tensor(segment_ids).long()
-    if num_segments is None:
-        num_segments = int(ids.max()) + 1 if ids.numel() else 0
-    keep = (ids >= 0) & (ids < num_segments)
-    if not bool(keep.all()):
-        data, ids = data[keep], ids[keep]
+    data, ids, num_segments = _in_range(data, segment_ids, num_segments)
     lowest = -math.inf if data.dtype.is_floating_point else torch.iinfo(data.dtype).min
     shape = (int(num_segments), *data.shape[1:])
     out = torch.full(shape, lowest, dtype=data.dtype, device=data.device)
