@@ -53,15 +53,15 @@ def test_pieces_equal_the_sampled_rows_alone(engine, rng, monkeypatch):
 
 
 def test_small_expected_batches_use_small_pieces(rng, monkeypatch):
-    """An expected batch of 4 is clipped in pieces of 4 rows (what the step holds at once
+    """An expected batch of 8 is clipped in pieces of 4 rows (what the step holds at once
     follows the sampled rows, not the padded capacity), and only the pieces holding
     sampled rows are computed: counts at a piece boundary (4, 8) and one past it (5, 9)
     give the sampled rows' clipped sum, so a last piece dropped, one piece too few at a
     boundary, or a shifted piece fails."""
     from keras_privacy.training.backend.jax import trainer
 
-    expected = [None, 1, 4, 5, 8, 31, 32, 250]
-    assert [trainer.poisson_piece(e) for e in expected] == [32, 1, 4, 4, 8, 16, 32, 32]
+    expected = [None, 1, 4, 5, 8, 9, 31, 32, 64, 250]
+    assert [trainer.poisson_piece(e) for e in expected] == [32, 1, 2, 2, 4, 4, 8, 16, 32, 32]
     pieces = trainer.JAXDPTrainer._dp_clipped_poisson_pieces
     sizes = []
     monkeypatch.setattr(
@@ -70,7 +70,7 @@ def test_small_expected_batches_use_small_pieces(rng, monkeypatch):
         lambda self, *a: sizes.append(a[-1]) or pieces(self, *a),
     )
     private = _model("fast")
-    private._dp_expected_units = 4.0  # as fit sets it for batch_size=4
+    private._dp_expected_units = 8.0  # as fit sets it for batch_size=8
     step, one_row = _compiled(private, 14), _one_row(private, "fast")
     for rows in [0, 4, 5, 8, 9, 14]:
         _check(private, step, one_row, 14, rows, rng)

@@ -159,15 +159,20 @@ POISSON_PIECE = 32
 
 def poisson_piece(expected_rows: float | None) -> int:
     """Rows per piece of a padded Poisson batch of ``expected_rows`` expected rows: the
-    largest power of two not above it, at most :data:`POISSON_PIECE` (that, when unknown).
+    largest power of two not above half of it, at most :data:`POISSON_PIECE` (that, when
+    unknown).
 
-    A piece is what the step holds in memory at once, so at or below the expected batch
-    the step's peak memory follows the rows non-private ``fit`` would compute, not the
-    padded capacity (an expected 8 of 128 is padded to 38 rows).
+    A piece is what the step holds in memory at once, so below the expected batch the
+    step's peak memory follows the rows non-private ``fit`` would compute, not the padded
+    capacity (an expected 8 of 128 is padded to 38 rows). The step computes the sampled
+    rows rounded up to whole pieces: with pieces of half the expected batch or less, a
+    draw a little above it costs at most half a batch more, not a second batch (BERT at an
+    expected 32 on JAX: 0.69x the non-private speed with pieces of 32, 1.00x with 16).
     """
     if expected_rows is None:
         return POISSON_PIECE
-    return min(POISSON_PIECE, 1 << max(0, int(expected_rows).bit_length() - 1))
+    half = int(expected_rows) // 2
+    return min(POISSON_PIECE, 1 << max(0, half.bit_length() - 1))
 
 
 class JAXDPTrainer(shared.DPTrainerBase):
