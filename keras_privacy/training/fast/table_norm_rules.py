@@ -426,21 +426,25 @@ class ReversibleEmbeddingRule(EmbeddingRule):
             dz = ops.reshape(dz, (ops.shape(dz)[0], -1, dz.shape[-1]))
             positions = _static_positions(h, units)
             h, dz = U.float32(units.group(h)), U.float32(units.group(dz))
+            # In call_variables' order, each only when trainable (never computed for a
+            # frozen variable).
             pieces = []
             if not layer.tie_weights:
-                pieces.append((layer.reverse_embeddings, h, dz))
+                pieces.append((layer.reverse_embeddings, lambda: (h, dz)))
             else:
-                pieces.append((layer._embeddings, dz, h))
+                pieces.append((layer._embeddings, lambda: (dz, h)))
                 if _lora_on(layer):
                     scale = layer.lora_alpha / layer.lora_rank
                     a = ops.cast(call.saved["lora_a"], "float32")
                     b = ops.cast(call.saved["lora_b"], "float32")
                     pieces.append(
-                        (layer.lora_embeddings_a, dz, scale * ops.matmul(h, ops.transpose(b)))
+                        (
+                            layer.lora_embeddings_a,
+                            lambda: (dz, scale * ops.matmul(h, ops.transpose(b))),
+                        )
                     )
-                    pieces.append((layer.lora_embeddings_b, scale * ops.matmul(dz, a), h))
-            wanted = {id(v) for v in self.call_variables(call)}
-            pieces = [piece for piece in pieces if id(piece[0]) in wanted]
+                    pieces.append((layer.lora_embeddings_b, lambda: (scale * ops.matmul(dz, a), h)))
+            pieces = [(v, *sides()) for v, sides in pieces if v.trainable]
             call.cache["projection"] = (pieces, positions)
         return call.cache["projection"]
 
