@@ -32,6 +32,11 @@ import numpy as np
 
 #: Known facts about the data set (checked at load time).
 RATINGS, USERS, MOVIES = 100_004, 671, 9_066
+#: Public calendar facts used as the origin and span of rating times: the data set's
+#: ratings fall between 1995-01-09 and 2016-10-16 (GroupLens' documentation), so times are
+#: measured in years from 1995-01-01 00:00 UTC and fall in [0, 22).
+TIME_ORIGIN, TIME_SPAN_YEARS = 788_918_400, 22.0
+SECONDS_PER_YEAR = 365.25 * 86_400
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +52,10 @@ class Interactions:
         membership-inference non-members), or None.
       validation_items: each user's latest rating after the test and membership items,
         held out of training (hyperparameters are chosen on it), or None.
+      train_times: when each training rating was made, in years since
+        :data:`TIME_ORIGIN` (part of the rating: as private as the rating), or None.
+      item_years: each movie's release year from its title (public catalogue metadata;
+        NaN where the title gives none), or None.
     """
 
     train_users: np.ndarray
@@ -57,6 +66,8 @@ class Interactions:
     titles: tuple[str, ...]
     mia_items: np.ndarray | None = None
     validation_items: np.ndarray | None = None
+    train_times: np.ndarray | None = None
+    item_years: np.ndarray | None = None
 
     @property
     def num_train(self) -> int:
@@ -69,6 +80,27 @@ class Interactions:
     def item_counts(self) -> np.ndarray:
         """Training interactions per item."""
         return np.bincount(self.train_items, minlength=self.num_items)
+
+    def latest_times(self) -> np.ndarray:
+        """Each user's latest training rating time (years since :data:`TIME_ORIGIN`):
+        where a recommender that conditions on time places the user *now*. It is the
+        user's own data, used only for that user's own recommendations."""
+        if self.train_times is None:
+            raise ValueError("these interactions have no rating times")
+        latest = np.zeros(self.num_users)
+        np.maximum.at(latest, self.train_users, self.train_times)
+        return latest
+
+    def training_subset(self, keep: np.ndarray) -> Interactions:
+        """The same split with only the training ratings ``keep`` (a boolean mask or
+        indices); the held-out items are unchanged."""
+        times = None if self.train_times is None else self.train_times[keep]
+        return dataclasses.replace(
+            self,
+            train_users=self.train_users[keep],
+            train_items=self.train_items[keep],
+            train_times=times,
+        )
 
 
 def load_ratings():
@@ -99,6 +131,7 @@ def leave_one_out(frame, seed: int = 0) -> Interactions:
     users, user_ids = np.unique(frame["userId"].to_numpy(), return_inverse=True)
     items, item_ids = np.unique(frame["movieId"].to_numpy(), return_inverse=True)
     titles_by_movie = dict(zip(frame["movieId"], frame["title"], strict=True))
+    years_by_movie = dict(zip(frame["movieId"], frame["year"], strict=True))
     time = frame["timestamp"].to_numpy()
     row = np.arange(len(frame))
     order = np.lexsort((row, time, user_ids))  # by user, then time, then row
@@ -132,6 +165,8 @@ def leave_one_out(frame, seed: int = 0) -> Interactions:
         titles=tuple(str(titles_by_movie[m]) for m in items),
         mia_items=mia_items,
         validation_items=validation_items,
+        train_times=(time[train] - TIME_ORIGIN) / SECONDS_PER_YEAR,
+        item_years=np.array([years_by_movie[m] for m in items], dtype=np.float64),
     )
 
 
@@ -157,9 +192,7 @@ def cap_per_user(data: Interactions, k: int, seed: int = 0) -> Interactions:
     for user in range(data.num_users):
         rows = order[bounds[user] : bounds[user + 1]]
         keep[rng.permutation(rows)[:k] if len(rows) > k else rows] = True
-    return dataclasses.replace(
-        data, train_users=data.train_users[keep], train_items=data.train_items[keep]
-    )
+    return data.training_subset(keep)
 
 
 def sampled_examples(

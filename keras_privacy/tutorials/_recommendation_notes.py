@@ -14,6 +14,7 @@ from keras_privacy.tutorials._movielens import (
     hit_rate_and_ndcg,
     rank_of_held_out,
 )
+from keras_privacy.tutorials._recommender_context import TUTORIAL_CONTEXT, TimeContext
 from keras_privacy.tutorials._report import Row, chance_auc_halfwidth, summarize
 from keras_privacy.tutorials._training import updates_per_epoch
 
@@ -24,10 +25,39 @@ def popularity_hr(data: Interactions, counts: np.ndarray) -> tuple[float, float]
     return hit_rate_and_ndcg(rank_of_held_out(scores, data), 10)
 
 
+def era_popularity_hr(
+    data: Interactions, counts: np.ndarray, context: TimeContext = TUTORIAL_CONTEXT
+) -> tuple[float, float]:
+    """HR@10, NDCG@10 of recommending each user the movies most rated in their era (that
+    of their latest training rating), by the (eras, movies) ``counts``."""
+    scores = np.asarray(counts, np.float64)[context.user_eras(data)]
+    return hit_rate_and_ndcg(rank_of_held_out(scores, data), 10)
+
+
 def gaussian_sigma(epsilon: float, delta: float) -> float:
     """sigma of the Gaussian mechanism (L2 sensitivity 1, one release) for (ε, δ), planned
     with the project's accountant as a single update with q = 1."""
     return kp.compute_noise_multiplier(epsilon, delta, 1000, 1000, steps=1)
+
+
+def _era_popularity_lines(
+    data: Interactions, targets: Sequence[float], delta: float, rng: np.random.Generator
+) -> list[str]:
+    """Table lines of the "most popular in the user's era" baseline: exact, and Gaussian
+    (era, movie) counts at each ε (none without the ratings' times)."""
+    if data.train_times is None:
+        return []
+    counts = TUTORIAL_CONTEXT.era_item_counts(data)
+    hr, ndcg = era_popularity_hr(data, counts)
+    lines = [f"| most popular in the user's era (exact counts) | ∞ | — | {hr:.3f} | {ndcg:.3f} |"]
+    for epsilon in targets:
+        sigma = gaussian_sigma(epsilon, delta)
+        hr, ndcg = era_popularity_hr(data, counts + rng.normal(0.0, sigma, size=counts.shape))
+        lines.append(
+            f"| most popular in the user's era (Gaussian counts) | {epsilon:g} | "
+            f"{sigma:.2f} | {hr:.3f} | {ndcg:.3f} |"
+        )
+    return lines
 
 
 def _popularity_text(
@@ -47,6 +77,16 @@ def _popularity_text(
             f"| most popular (Gaussian counts) | {epsilon:g} | {sigma:.2f} | "
             f"{hr_e:.3f} | {ndcg_e:.3f} |"
         )
+    era_lines = _era_popularity_lines(data, targets, delta, rng)
+    era_note = ""
+    if era_lines:
+        era_note = f"""
+The "user's era" lines rank by the counts of the era (bins of
+{TUTORIAL_CONTEXT.era_years:g} years) of each user's latest training rating: one Gaussian
+release of the {TUTORIAL_CONTEXT.num_eras * data.num_items:,} (era, movie) counts, still
+L2 sensitivity 1 per rating. They are the context-aware baseline of the "with time
+context" rows: how much of those rows' gain the time context gives on its own.
+"""
     user_targets = sorted({r.target_epsilon for r in rows if r.private and "≤" in r.model})
     capped = cap_per_user(data, cap, seed=seed).item_counts().astype(np.float64)
     for epsilon in user_targets:
@@ -58,7 +98,7 @@ def _popularity_text(
             f"| most popular (Gaussian counts), user-level, ≤{cap} ratings/user | {epsilon:g} | "
             f"{sigma:.2f} | {hr_e:.3f} | {ndcg_e:.3f} |"
         )
-    table = "\n".join(lines)
+    table = "\n".join(lines + era_lines)
     return f"""
 A recommender that learns nothing about the user: rank every movie by its number of
 training ratings, the same list for everyone. A DP version adds Gaussian noise to the
@@ -74,7 +114,7 @@ sensitivity √{cap}):
 The ten most popular movies have {top:.0f} or more training ratings each: noise of a
 few units barely reorders them, so popularity is cheap to make private. A personalised
 model is worth its privacy cost only where it beats this line.
-"""
+{era_note}"""
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -84,44 +124,84 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(difference.mean()), float(difference.std(ddof=1) / math.sqrt(difference.size))
 
 
+def _popularity_hits(
+    data: Interactions,
+    counts: np.ndarray,
+    sigma: float,
+    draws: int,
+    rng: np.random.Generator,
+    users_rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each user's hit (test movie in the top 10) of popularity by ``counts`` plus
+    Gaussian noise sigma, mean over ``draws`` noise draws. ``counts``: (movies,), or
+    (eras, movies) with ``users_rows`` (each user's era) picking each user's row."""
+    hits = []
+    for _ in range(draws):
+        noisy = counts + rng.normal(0.0, sigma, size=counts.shape)
+        if users_rows is None:
+            scores = np.broadcast_to(noisy, (data.num_users, counts.shape[-1]))
+        else:
+            scores = noisy[users_rows]
+        hits.append(rank_of_held_out(scores, data) <= 10)
+    return np.mean(hits, axis=0)
+
+
 def _paired_text(hits: dict, data: Interactions, delta: float, draws: int = 20) -> str:
     """Each example-level DP row's per-user hits (mean over its seeds) minus DP popularity's
-    at the same ε (mean over ``draws`` noise draws), on the same test users."""
+    at the same ε (mean over ``draws`` noise draws), on the same test users; and minus DP
+    popularity in the user's era where the ratings' times are known."""
     counts = data.item_counts().astype(np.float64)
+    timed = data.train_times is not None
+    era_counts = TUTORIAL_CONTEXT.era_item_counts(data) if timed else None
+    user_eras = TUTORIAL_CONTEXT.user_eras(data) if timed else None
     rng = np.random.default_rng(12345)
     grouped: dict[tuple[str, float], list[np.ndarray]] = {}
     for (name, epsilon, _seed), user_hits in hits.items():
         if epsilon is not None and "≤" not in name:  # user-level rows: another baseline
             grouped.setdefault((name, epsilon), []).append(user_hits)
-    popularity: dict[float, np.ndarray] = {}
+    popularity: dict[float, tuple[np.ndarray, np.ndarray | None]] = {}
     lines = []
     for (name, epsilon), runs in grouped.items():
         if epsilon not in popularity:
             sigma = gaussian_sigma(epsilon, delta)
-            draws_hits = []
-            for _ in range(draws):
-                noisy = counts + rng.normal(0.0, sigma, size=counts.shape)
-                scores = np.broadcast_to(noisy, (data.num_users, len(counts)))
-                draws_hits.append(rank_of_held_out(scores, data) <= 10)
-            popularity[epsilon] = np.mean(draws_hits, axis=0)
+            plain = _popularity_hits(data, counts, sigma, draws, rng)
+            era = None
+            if timed:
+                era = _popularity_hits(data, era_counts, sigma, draws, rng, user_eras)
+            popularity[epsilon] = (plain, era)
         mine = np.mean(runs, axis=0)
-        mean, se = paired_difference(mine, popularity[epsilon])
-        lines.append(
+        plain, era = popularity[epsilon]
+        mean, se = paired_difference(mine, plain)
+        line = (
             f"| {name} | {epsilon:g} | {len(runs)} | {mine.mean():.3f} | "
-            f"{popularity[epsilon].mean():.3f} | {mean:+.3f} ± {se:.3f} |"
+            f"{plain.mean():.3f} | {mean:+.3f} ± {se:.3f} |"
         )
+        if era is not None:
+            mean, se = paired_difference(mine, era)
+            line += f" {era.mean():.3f} | {mean:+.3f} ± {se:.3f} |"
+        lines.append(line)
     if not lines:
         return "No example-level DP rows in this run."
     table = "\n".join(lines)
+    head = "| model | ε | seeds | HR@10 | DP popularity HR@10 | paired difference ± SE |"
+    rule = "|---|---|---|---|---|---|"
+    era_text = ""
+    if timed:
+        head += " DP popularity in the user's era HR@10 | paired difference ± SE |"
+        rule += "---|---|"
+        era_text = (
+            " The last two columns compare with DP popularity *in the user's era* (Gaussian"
+            " (era, movie) counts at the same ε): the baseline that knows the time too."
+        )
     return f"""
 "Beats popularity" is a comparison on the **same** {data.num_users} test users: for each
 user, the model's hit (its held-out movie in the top 10; mean over the row's seeds) minus
 DP popularity's (Gaussian counts at the same ε, mean over {draws} noise draws); the mean
 of that difference and its standard error over users. A difference within about two SE of
-zero is no evidence either way.
+zero is no evidence either way.{era_text}
 
-| model | ε | seeds | HR@10 | DP popularity HR@10 | paired difference ± SE |
-|---|---|---|---|---|---|
+{head}
+{rule}
 {table}
 """
 

@@ -2,7 +2,9 @@
 
 Two-tower matrix factorisation: score(u, i) = <user_u, movie_i> + bias_i, with the user
 table, the movie table and the movie bias as three Embedding layers, trained with a
-sampled softmax (the positive movie of a rating among ``negatives`` random ones).
+sampled softmax (the positive movie of a rating among ``negatives`` random ones). With a
+:class:`~keras_privacy.tutorials._recommender_context.TimeContext`, two more small tables:
+score(u, i, t) = <user_u + era_t, movie_i + release_i> + bias_i.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from keras_privacy.tutorials._movielens import (
     rank_of_held_out,
     sampled_examples,
 )
+from keras_privacy.tutorials._recommender_context import TimeContext, context_inputs
 from keras_privacy.tutorials._report import Row
 from keras_privacy.tutorials._training import EpochLines, quiet_accounting_logs, updates_per_epoch
 
@@ -54,20 +57,41 @@ def two_tower(
     candidates: int,
     dimension: int = 32,
     prior: np.ndarray | None = None,
+    context: TimeContext | None = None,
 ):
     """Inputs {"user": (1,), "items": (candidates,)} int32 ids -> (candidates,) logits.
 
     ``prior`` (one number per item, already private) is added to every item's score by a
-    frozen Embedding ``item_prior``: the DP popularity prior of :func:`popularity_prior`."""
+    frozen Embedding ``item_prior``: the DP popularity prior of :func:`popularity_prior`.
+    ``context``: two more inputs, "era" (1,) (the rating's era) and "release"
+    (candidates,) (each candidate's release bucket), whose embeddings ``era_table`` and
+    ``release_table`` are added to the user and movie vectors."""
+    if prior is not None and context is not None:
+        raise ValueError("a time-context model takes its prior as a blend (prior_weight)")
     init = keras.initializers.RandomNormal(stddev=0.05)
     user = keras.Input((1,), dtype="int32", name="user")
     items = keras.Input((candidates,), dtype="int32", name="items")
+    inputs = {"user": user, "items": items}
     user_vector = keras.layers.Embedding(
         num_users, dimension, embeddings_initializer=init, name="user_table"
     )(user)
     item_vectors = keras.layers.Embedding(
         num_items, dimension, embeddings_initializer=init, name="item_table"
     )(items)
+    if context is not None:
+        inputs["era"] = keras.Input((1,), dtype="int32", name="era")
+        inputs["release"] = keras.Input((candidates,), dtype="int32", name="release")
+        era = keras.layers.Embedding(
+            context.num_eras, dimension, embeddings_initializer=init, name="era_table"
+        )(inputs["era"])
+        release = keras.layers.Embedding(
+            context.num_release_buckets,
+            dimension,
+            embeddings_initializer=init,
+            name="release_table",
+        )(inputs["release"])
+        user_vector = keras.layers.Add(name="user_in_era")([user_vector, era])
+        item_vectors = keras.layers.Add(name="movie_with_release")([item_vectors, release])
     item_bias = keras.layers.Embedding(
         num_items, 1, embeddings_initializer="zeros", name="item_bias"
     )(items)
@@ -84,11 +108,12 @@ def two_tower(
         )
         parts.append(table(items))
     logits = Scores(name="scores")(parts)
-    return keras.Model({"user": user, "items": items}, logits, name="two_tower")
+    return keras.Model(inputs, logits, name="two_tower")
 
 
 def popularity_prior(counts: np.ndarray, sigma: float, seed: int) -> np.ndarray:
-    """log(1 + max(0, c_i + N(0, sigma^2))) for each item's training count c_i: one
+    """log(1 + max(0, c_i + N(0, sigma^2))) for each item's training count c_i (or each
+    (era, item) count of a time context): one
     Gaussian release of the counts (one rating moves one count by 1: L2 sensitivity 1),
     accounted as ``GaussianDpEvent(sigma)`` composed with the DP-SGD run. Under the
     sampled softmax with uniform negatives the logit's offset that fits the data is the
@@ -99,32 +124,62 @@ def popularity_prior(counts: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     return np.log1p(np.maximum(noisy, 0.0))
 
 
-def score_matrix(model: keras.Model) -> np.ndarray:
-    """(users, items) scores from the model's tables: U V^T + b (+ the prior)."""
-    users = np.asarray(model.get_layer("user_table").embeddings)
-    items = np.asarray(model.get_layer("item_table").embeddings)
+@dataclasses.dataclass(frozen=True)
+class RankingContext:
+    """What a time-context model ranks with: each user's era (that of their latest
+    training rating) and each movie's release bucket."""
+
+    user_eras: np.ndarray
+    item_buckets: np.ndarray
+
+    @classmethod
+    def of(cls, context: TimeContext | None, data: Interactions) -> RankingContext | None:
+        if context is None:
+            return None
+        return cls(context.user_eras(data), context.release_buckets(data.item_years))
+
+
+def _table(model: keras.Model, name: str) -> np.ndarray:
+    return np.asarray(model.get_layer(name).embeddings)
+
+
+def score_matrix(model: keras.Model, ranking: RankingContext | None = None) -> np.ndarray:
+    """(users, items) scores from the model's tables: U V^T + b (+ the prior); with a
+    time context, (U + era[user's era]) (V + release[movie's bucket])^T + b."""
+    users = _table(model, "user_table")
+    items = _table(model, "item_table")
+    has_context = any(layer.name == "era_table" for layer in model.layers)
+    if has_context != (ranking is not None):
+        raise ValueError("a time-context model is ranked with a RankingContext, others without")
+    if ranking is not None:
+        users = users + _table(model, "era_table")[ranking.user_eras]
+        items = items + _table(model, "release_table")[ranking.item_buckets]
     bias = np.asarray(model.get_layer("item_bias").embeddings)[:, 0]
     if any(layer.name == "item_prior" for layer in model.layers):
         bias = bias + np.asarray(model.get_layer("item_prior").embeddings)[:, 0]
     return users @ items.T + bias
 
 
-def model_scores(model: keras.Model) -> np.ndarray:
+def model_scores(model: keras.Model, ranking: RankingContext | None = None) -> np.ndarray:
     """(users, items) scores of the tutorial's two-tower model or of its keras-rs ranker."""
     if model.name == "dcn_ranker":
         from keras_privacy.tutorials import _keras_rs_model
 
         return _keras_rs_model.score_matrix(model)
-    return score_matrix(model)
+    return score_matrix(model, ranking)
 
 
 def ranking_metrics(
-    model: keras.Model, data: Interactions, offset: np.ndarray | None = None
+    model: keras.Model,
+    data: Interactions,
+    offset: np.ndarray | None = None,
+    ranking: RankingContext | None = None,
 ) -> dict[str, float]:
     """HR@10 and NDCG@10 of each user's held-out movie among all the user did not rate,
-    ranked by the model's scores plus ``offset`` (one number per movie: the weighted DP
-    popularity prior of a blend, :attr:`Setting.prior_weight`)."""
-    scores = model_scores(model)
+    ranked by the model's scores plus ``offset`` (the weighted DP popularity prior of a
+    blend, :attr:`Setting.prior_weight`: one number per movie, or (users, movies) with a
+    time context)."""
+    scores = model_scores(model, ranking)
     if offset is not None:
         scores = scores + offset
     hr, ndcg = hit_rate_and_ndcg(rank_of_held_out(scores, data), 10)
@@ -236,6 +291,15 @@ class Setting:
     #: users. ``batch_size`` then still gives the expected *ratings* per update; the
     #: expected users per update is ``batch_size`` x users / ratings.
     per_user_clipping: bool = False
+    #: a time context (:mod:`~keras_privacy.tutorials._recommender_context`): the width of
+    #: an era in years (None: no context) and of a release-year bucket.
+    era_years: float | None = None
+    release_bucket_years: int = 3
+
+    def context(self) -> TimeContext | None:
+        if self.era_years is None:
+            return None
+        return TimeContext(self.era_years, self.release_bucket_years)
 
     def other_releases(self) -> list:
         """The DpEvents released besides DP-SGD (the popularity prior's counts)."""
@@ -299,16 +363,23 @@ class _RankingLog(keras.callbacks.Callback):
     """Puts HR@10 on the held-out ratings into the epoch's logs (for the progress line)."""
 
     def __init__(
-        self, scored: keras.Model, data: Interactions, every: int, epochs: int, offset=None
+        self,
+        scored: keras.Model,
+        data: Interactions,
+        every: int,
+        epochs: int,
+        offset=None,
+        ranking: RankingContext | None = None,
     ):
         super().__init__()
         self.scored, self.data, self.every, self.epochs = scored, data, every, epochs
-        self.offset = offset
+        self.offset, self.ranking = offset, ranking
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
         if logs is not None and (done % self.every == 0 or done == self.epochs):
-            logs["HR@10"] = ranking_metrics(self.scored, self.data, self.offset)["HR@10"]
+            metrics = ranking_metrics(self.scored, self.data, self.offset, self.ranking)
+            logs["HR@10"] = metrics["HR@10"]
 
 
 def membership_sets(data: Interactions, negatives: int, seed: int):
@@ -382,21 +453,29 @@ def train_one(
     x, y = sampled_examples(
         data.train_users, data.train_items, data.num_items, setting.negatives, seed
     )
+    context = setting.context()
+    ranking = RankingContext.of(context, data)
+    if context is not None:
+        x = {**x, **context_inputs(context, data, x["items"])}
     other = setting.other_releases()
     prior = offset = None
     if other:
-        prior = popularity_prior(data.item_counts(), setting.popularity_sigma, seed)
+        # All-time counts, or (era, movie) counts with a time context: sensitivity 1 either way.
+        counts = data.item_counts() if context is None else context.era_item_counts(data)
+        prior = popularity_prior(counts, setting.popularity_sigma, seed)
     if setting.prior_weight is not None:
         if prior is None:
             raise ValueError(f"{setting.name}: a prior_weight needs a popularity_sigma")
-        # A blend: the model trains without the prior; ranking adds λ x the prior.
-        prior, offset = None, setting.prior_weight * prior
+        # A blend: the model trains without the prior; ranking adds λ x the prior (each
+        # user's era's row of it with a time context).
+        weighted = setting.prior_weight * prior
+        prior, offset = None, weighted if ranking is None else weighted[ranking.user_eras]
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if setting.architecture == "dcn":
         from keras_privacy.tutorials import _keras_rs_model
 
-        if prior is not None:
-            raise ValueError("the keras-rs ranker takes no popularity prior")
+        if prior is not None or context is not None:
+            raise ValueError("the keras-rs ranker takes no popularity prior or time context")
         model = _keras_rs_model.dcn_ranker(
             data.num_users, data.num_items, setting.negatives + 1, setting.dimension
         )
@@ -404,7 +483,12 @@ def train_one(
         loss = _keras_rs_model.ranking_loss()
     else:
         model = two_tower(
-            data.num_users, data.num_items, setting.negatives + 1, setting.dimension, prior
+            data.num_users,
+            data.num_items,
+            setting.negatives + 1,
+            setting.dimension,
+            prior,
+            context,
         )
     trained, sigma, callbacks = model, 0.0, []
     steps = setting.epochs * updates_per_epoch(n, batch)
@@ -424,7 +508,7 @@ def train_one(
         )
         callbacks.append(_EpsilonSoFar(n, batch, sigma, delta, group_size, other))
     every = max(1, setting.epochs // 4)
-    callbacks.append(_RankingLog(model, data, every, setting.epochs, offset))
+    callbacks.append(_RankingLog(model, data, every, setting.epochs, offset, ranking))
     private = setting.target_epsilon is not None
     label = setting.name + (f" ε≤{setting.target_epsilon:g}" if private else " non-private")
     callbacks.append(EpochLines(label, setting.epochs, "HR@10", every))
@@ -447,7 +531,7 @@ def train_one(
             other_releases=other,
         )  # fmt: skip
     members, non_members = membership_sets(data, setting.negatives, seed)
-    scores = model_scores(model) + (0.0 if offset is None else offset)
+    scores = model_scores(model, ranking) + (0.0 if offset is None else offset)
     ranks = rank_of_held_out(scores, data)
     if hits is not None:
         hits[(setting.name, setting.target_epsilon, seed)] = (ranks <= 10).astype(np.float64)

