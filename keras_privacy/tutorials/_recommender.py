@@ -27,7 +27,11 @@ from keras_privacy.tutorials._movielens import (
     rank_of_held_out,
     sampled_examples,
 )
-from keras_privacy.tutorials._recommender_context import TimeContext, context_inputs
+from keras_privacy.tutorials._recommender_context import (
+    TUTORIAL_CONTEXT,
+    TimeContext,
+    context_inputs,
+)
 from keras_privacy.tutorials._report import Row
 from keras_privacy.tutorials._training import EpochLines, quiet_accounting_logs, updates_per_epoch
 
@@ -211,6 +215,14 @@ BLEND_RECIPE = {
     "popularity_sigma": 10.0,
     "prior_weight": 0.5,
 }
+#: The time-context features (:data:`~._recommender_context.TUTORIAL_CONTEXT`).
+CONTEXT_FEATURES = {
+    "era_years": TUTORIAL_CONTEXT.era_years,
+    "release_bucket_years": TUTORIAL_CONTEXT.release_bucket_years,
+}
+#: The DP recommender of the "MF with time context" rows (example-level): chosen on the
+#: validation items at ε = 2 (3 seeds per candidate, :func:`tuning_settings`).
+CONTEXT_RECIPE = {"batch_size": 16384, "epochs": 10, "dimension": 8, **CONTEXT_FEATURES}
 #: Sparsity-preserving DP-SGD's settings (same validation grid): 10% of 1 / σ_eff² on
 #: the row selection, threshold τ in examples (contributions: a rating adds 1 to its
 #: user's row count and 1/√17 to each of its 17 candidate movies').
@@ -226,7 +238,9 @@ def tuning_settings(batch_size: int = 8192) -> list[Setting]:
     split (:func:`~keras_privacy.tutorials._movielens.validation_view`) with
     :data:`TUNING_SEEDS` seeds each: plain MF candidates (epochs, d, larger expected batches
     with more epochs at the same ε: the noise per update, σC/B, falls as B grows), the DP
-    popularity prior as a frozen offset in training, and blends (MF + λ x prior)."""
+    popularity prior as a frozen offset in training, and blends (MF + λ x prior); then the
+    time-context candidates (era and release-bucket widths, epochs, d, the noise-scaled
+    learning rate, and blends with the DP popularity of the user's era)."""
     base = Setting("MF", 2.0, batch_size, learning_rate=None, **DP_RECIPE)
     large = {"batch_size": 2 * batch_size, "epochs": 10}
     grid = [
@@ -248,6 +262,26 @@ def tuning_settings(batch_size: int = 8192) -> list[Setting]:
     for change in grid:
         label = ", ".join(f"{k} {v:g}" for k, v in change.items()) or "the recipe"
         settings.append(dataclasses.replace(base, name=f"MF ({label})", **change))
+    timed = Setting("MF, time context", 2.0, learning_rate=None, **CONTEXT_RECIPE)
+    context_grid = [
+        {},
+        {"era_years": 1.0},
+        {"era_years": 4.0},
+        {"release_bucket_years": 2},
+        {"release_bucket_years": 5},
+        {"epochs": 5},
+        {"epochs": 20},
+        {"dimension": 16},
+        {"noise_step": 0.004},
+        *(
+            {"popularity_sigma": s, "prior_weight": w}
+            for s, w in ((10.0, 0.5), (10.0, 1.0), (5.0, 1.0), (5.0, 2.0), (3.0, 1.0), (3.0, 2.0))
+        ),
+    ]
+    for change in context_grid:
+        label = ", ".join(f"{k} {v:g}" for k, v in change.items()) or "the recipe"
+        name = f"MF, time context ({label})"
+        settings.append(dataclasses.replace(timed, name=name, **change))
     return settings
 
 

@@ -87,6 +87,8 @@ def settings(args, n_users: int) -> tuple[list, list]:
     ablation rows (``--full`` only)."""
     from keras_privacy.tutorials._recommender import (
         BLEND_RECIPE,
+        CONTEXT_FEATURES,
+        CONTEXT_RECIPE,
         DP_RECIPE,
         SPARSE_RECIPE,
         Setting,
@@ -111,6 +113,15 @@ def settings(args, n_users: int) -> tuple[list, list]:
     if args.batch_size != DEFAULT_BATCH:
         blend = dataclasses.replace(blend, batch_size=args.batch_size)
     rows += [dataclasses.replace(blend, target_epsilon=t) for t in targets]
+    # Time context: the era of each rating and the movie's release bucket (example-level).
+    context_name = "MF with time context"
+    rows.append(dataclasses.replace(plain, name=context_name, **CONTEXT_FEATURES))
+    timed = Setting(context_name, None, learning_rate=None, **CONTEXT_RECIPE)
+    if args.epochs:
+        timed = dataclasses.replace(timed, epochs=args.epochs)
+    if args.batch_size != DEFAULT_BATCH:
+        timed = dataclasses.replace(timed, batch_size=args.batch_size)
+    rows += [dataclasses.replace(timed, target_epsilon=t) for t in targets]
     cap = args.user_cap
     if user_targets:
         name = f"MF, ≤{cap} ratings/user"

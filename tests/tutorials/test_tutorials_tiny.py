@@ -125,7 +125,7 @@ def test_recommendation_tutorial_writes_a_report_with_ranking_metrics(tmp_path, 
     assert re.search(r"ratings/user ε≤4: epoch\s+2/2\s+ε\s+\d\.\d+", out)  # user-level ε
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     rows = _table_rows(report)
-    count = 9 if keras_rs else 7
+    count = 11 if keras_rs else 9
     header, body = rows[0], [dict(zip(rows[0], row, strict=True)) for row in rows[1 : 1 + count]]
     assert {"HR@10", "NDCG@10", "MIA AUC"} <= set(header)
     expected = [
@@ -133,6 +133,8 @@ def test_recommendation_tutorial_writes_a_report_with_ranking_metrics(tmp_path, 
         ("MF", "2"),
         ("MF, sparsity-preserving", "2"),
         ("MF + DP popularity", "2"),
+        ("MF with time context", "non-private"),
+        ("MF with time context", "2"),
         ("MF, ≤4 ratings/user", "non-private"),
         ("MF, ≤4 ratings/user", "4"),
         ("MF, ≤4 ratings/user, per-user clipping", "4"),
@@ -143,18 +145,22 @@ def test_recommendation_tutorial_writes_a_report_with_ranking_metrics(tmp_path, 
     for row in body:
         assert 0.0 <= float(row["NDCG@10"]) <= float(row["HR@10"]) <= 1.0
         assert 0.0 <= float(row["MIA AUC"]) <= 1.0
-    assert 0 < float(body[1]["ε"]) <= 2.0 and 0 < float(body[5]["ε"]) <= 4.0
+    assert 0 < float(body[1]["ε"]) <= 2.0 and 0 < float(body[7]["ε"]) <= 4.0
+    assert 0 < float(body[5]["ε"]) <= 2.0  # the time-context model
     assert 0 < float(body[2]["ε"]) <= 2.0  # selection and gradient noise accounted together
     # the blend's DP popularity counts are a second release: DP-SGD gets more noise
     assert 0 < float(body[3]["ε"]) <= 2.0 and float(body[3]["σ"]) > float(body[1]["σ"])
-    assert float(body[5]["σ"]) > float(body[1]["σ"])  # a user is harder to hide than a rating
+    assert float(body[7]["σ"]) > float(body[1]["σ"])  # a user is harder to hide than a rating
     # the same user-level ε by clipping each user's summed gradient: accounted over users,
     # with far less noise than group privacy over the same capped ratings
-    assert 0 < float(body[6]["ε"]) <= 4.0
-    assert float(body[6]["σ"]) < float(body[5]["σ"])
+    assert 0 < float(body[8]["ε"]) <= 4.0
+    assert float(body[8]["σ"]) < float(body[7]["σ"])
     assert "most popular (Gaussian counts)" in report
     paired = r"\| MF \+ DP popularity \| 2 \| 1 \| 0\.\d+ \| 0\.\d+ \| [+-]0\.\d+ ± 0\.\d+"
     assert re.search(paired, report)  # the paired comparison on the same test users
+    era = r"\| MF with time context \| 2 \| 1 \|( [+-]?0\.\d+( ± 0\.\d+)? \|){5}"
+    assert re.search(era, report)  # ... also against DP popularity in the user's era
+    assert "most popular in the user's era (Gaussian counts)" in report
     assert "Why embeddings are where DP costs most" in report
     assert (tmp_path / "hr_10_vs_epsilon.png").stat().st_size > 5000
 
