@@ -48,6 +48,23 @@ import numpy as np
 
 DELTA = 1e-5
 DEFAULT_BATCH = 8192
+#: The table's row families (``--rows``), in table order.
+ROW_FAMILIES = ("mf", "sparse", "blend", "context", "user", "dcn")
+
+
+def row_family(setting) -> str:
+    """Which of :data:`ROW_FAMILIES` a :class:`~._recommender.Setting` belongs to."""
+    if setting.architecture == "dcn":
+        return "dcn"
+    if setting.user_cap is not None:
+        return "user"
+    if setting.era_years is not None:
+        return "context"
+    if setting.prior_weight is not None:
+        return "blend"
+    if setting.selection_share is not None:
+        return "sparse"
+    return "mf"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=DEFAULT_BATCH, help="DP batch (8192; blend 16384)"
     )
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (1; 3 --full)")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=ROW_FAMILIES,
+        default=list(ROW_FAMILIES),
+        help="which rows to train (default: all): plain MF, sparsity-preserving, the blend "
+        "with DP popularity, the time-context model, the user-level rows, keras-rs's DCN",
+    )
     parser.add_argument("--train-examples", type=int, default=None, help="use fewer ratings")
     parser.add_argument("--delta", type=float, default=DELTA)
     parser.add_argument("--noise-seed", type=int, default=None, help="tests only")
@@ -148,6 +173,9 @@ def settings(args, n_users: int) -> tuple[list, list]:
             dataclasses.replace(at, name="MF, 20 epochs", epochs=20),
             dataclasses.replace(at, name=f"MF, batch {quarter}", batch_size=quarter),
         ]
+    wanted = set(getattr(args, "rows", ROW_FAMILIES))
+    rows = [row for row in rows if row_family(row) in wanted]
+    ablation = ablation if "mf" in wanted else []
     return rows, ablation
 
 

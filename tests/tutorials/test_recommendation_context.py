@@ -127,3 +127,20 @@ def test_context_model_trains_with_dp_and_ranks_as_it_predicts():
         score_matrix(model)
     with pytest.raises(ValueError, match="prior"):
         two_tower(data.num_users, data.num_items, 3, 4, np.zeros(data.num_items), context)
+
+
+def test_rows_option_trains_only_the_chosen_families():
+    from keras_privacy.tutorials import recommendation
+
+    args = recommendation.build_parser().parse_args(["--rows", "context", "--targets", "2", "8"])
+    rows, _ = recommendation.settings(args, 671)
+    assert [(r.name, r.target_epsilon) for r in rows] == [
+        ("MF with time context", None),
+        ("MF with time context", 2.0),
+        ("MF with time context", 8.0),
+    ]
+    assert all(r.context() is not None for r in rows)
+    every, _ = recommendation.settings(recommendation.build_parser().parse_args([]), 671)
+    families = [recommendation.row_family(r) for r in every]
+    assert set(families) >= {"mf", "sparse", "blend", "context", "user"}
+    assert families == sorted(families, key=recommendation.ROW_FAMILIES.index)  # table order
