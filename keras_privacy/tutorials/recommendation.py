@@ -110,9 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
 def settings(args, n_users: int) -> tuple[list, list]:
     """The rows to train (:class:`~._recommender.Setting`) in table order, and the
     ablation rows (``--full`` only)."""
+    from keras_privacy.tutorials._recommendation_notes import gaussian_sigma
     from keras_privacy.tutorials._recommender import (
         BLEND_RECIPE,
         CONTEXT_FEATURES,
+        CONTEXT_PRIOR_SCALE,
         CONTEXT_RECIPE,
         DP_RECIPE,
         SPARSE_RECIPE,
@@ -139,14 +141,21 @@ def settings(args, n_users: int) -> tuple[list, list]:
         blend = dataclasses.replace(blend, batch_size=args.batch_size)
     rows += [dataclasses.replace(blend, target_epsilon=t) for t in targets]
     # Time context: the era of each rating and the movie's release bucket (example-level).
-    context_name = "MF with time context"
-    rows.append(dataclasses.replace(plain, name=context_name, **CONTEXT_FEATURES))
+    rows.append(dataclasses.replace(plain, name="MF with time context", **CONTEXT_FEATURES))
+    context_name = "MF with time context + DP era popularity"
     timed = Setting(context_name, None, learning_rate=None, **CONTEXT_RECIPE)
     if args.epochs:
         timed = dataclasses.replace(timed, epochs=args.epochs)
     if args.batch_size != DEFAULT_BATCH:
         timed = dataclasses.replace(timed, batch_size=args.batch_size)
-    rows += [dataclasses.replace(timed, target_epsilon=t) for t in targets]
+    rows += [
+        dataclasses.replace(
+            timed,
+            target_epsilon=t,
+            popularity_sigma=round(CONTEXT_PRIOR_SCALE * gaussian_sigma(t, args.delta), 3),
+        )
+        for t in targets
+    ]
     cap = args.user_cap
     if user_targets:
         name = f"MF, ≤{cap} ratings/user"

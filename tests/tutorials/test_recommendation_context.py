@@ -136,10 +136,13 @@ def test_rows_option_trains_only_the_chosen_families():
     rows, _ = recommendation.settings(args, 671)
     assert [(r.name, r.target_epsilon) for r in rows] == [
         ("MF with time context", None),
-        ("MF with time context", 2.0),
-        ("MF with time context", 8.0),
+        ("MF with time context + DP era popularity", 2.0),
+        ("MF with time context + DP era popularity", 8.0),
     ]
     assert all(r.context() is not None for r in rows)
+    # The era counts' σ keeps its share of the budget: 1.5 x one release's σ for that ε.
+    assert rows[1].popularity_sigma == pytest.approx(3.0, abs=0.02)
+    assert rows[2].popularity_sigma < rows[1].popularity_sigma
     every, _ = recommendation.settings(recommendation.build_parser().parse_args([]), 671)
     families = [recommendation.row_family(r) for r in every]
     assert set(families) >= {"mf", "sparse", "blend", "context", "user"}

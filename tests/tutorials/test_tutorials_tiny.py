@@ -134,7 +134,7 @@ def test_recommendation_tutorial_writes_a_report_with_ranking_metrics(tmp_path, 
         ("MF, sparsity-preserving", "2"),
         ("MF + DP popularity", "2"),
         ("MF with time context", "non-private"),
-        ("MF with time context", "2"),
+        ("MF with time context + DP era popularity", "2"),
         ("MF, ≤4 ratings/user", "non-private"),
         ("MF, ≤4 ratings/user", "4"),
         ("MF, ≤4 ratings/user, per-user clipping", "4"),
@@ -146,7 +146,8 @@ def test_recommendation_tutorial_writes_a_report_with_ranking_metrics(tmp_path, 
         assert 0.0 <= float(row["NDCG@10"]) <= float(row["HR@10"]) <= 1.0
         assert 0.0 <= float(row["MIA AUC"]) <= 1.0
     assert 0 < float(body[1]["ε"]) <= 2.0 and 0 < float(body[7]["ε"]) <= 4.0
-    assert 0 < float(body[5]["ε"]) <= 2.0  # the time-context model
+    # the time-context blend: its (era, movie) counts' release is in ε too
+    assert 0 < float(body[5]["ε"]) <= 2.0 and float(body[5]["σ"]) > float(body[1]["σ"])
     assert 0 < float(body[2]["ε"]) <= 2.0  # selection and gradient noise accounted together
     # the blend's DP popularity counts are a second release: DP-SGD gets more noise
     assert 0 < float(body[3]["ε"]) <= 2.0 and float(body[3]["σ"]) > float(body[1]["σ"])
@@ -158,7 +159,8 @@ def test_recommendation_tutorial_writes_a_report_with_ranking_metrics(tmp_path, 
     assert "most popular (Gaussian counts)" in report
     paired = r"\| MF \+ DP popularity \| 2 \| 1 \| 0\.\d+ \| 0\.\d+ \| [+-]0\.\d+ ± 0\.\d+"
     assert re.search(paired, report)  # the paired comparison on the same test users
-    era = r"\| MF with time context \| 2 \| 1 \|( [+-]?0\.\d+( ± 0\.\d+)? \|){5}"
+    era = r"\| MF with time context \+ DP era popularity \| 2 \| 1 \|"
+    era += r"( [+-]?0\.\d+( ± 0\.\d+)? \|){5}"
     assert re.search(era, report)  # ... also against DP popularity in the user's era
     assert "most popular in the user's era (Gaussian counts)" in report
     assert "Why embeddings are where DP costs most" in report
