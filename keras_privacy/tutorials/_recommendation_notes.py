@@ -386,7 +386,12 @@ the test items (`--tune` reruns that grid, 3 seeds per candidate); the tuning ru
 not privacy-accounted. "MF + DP popularity" (chosen on the same split by the mean over
 seeds): DP-SGD with batch 16384, 10 epochs, d = 8, and movies ranked by the model's score
 plus 0.5 × log(1 + Gaussian counts) (σ = 10, one release composed with the DP-SGD run:
-the ε column is the total).
+the ε column is the total). "MF with time context": the same model with the era of each
+rating (2-year bins; at ranking time the era of the user's latest training rating, the
+user's own data) added to the user vector and the movie's release-year bucket (3-year
+bins, public metadata) to the movie vector; its DP rows (batch 16384, 10 epochs, d = 8)
+are blended with 2 × log(1 + Gaussian (era, movie) counts) of the user's era, the counts'
+σ 1.5 × one release's σ for the target ε, composed with DP-SGD (ε is the total).
 
 HR@10 / NDCG@10: each user's held-out (latest) movie ranked among **all** movies the
 user has not rated in training (no sampled candidate list; ties count against it).

@@ -141,7 +141,10 @@ def settings(args, n_users: int) -> tuple[list, list]:
         blend = dataclasses.replace(blend, batch_size=args.batch_size)
     rows += [dataclasses.replace(blend, target_epsilon=t) for t in targets]
     # Time context: the era of each rating and the movie's release bucket (example-level).
-    rows.append(dataclasses.replace(plain, name="MF with time context", **CONTEXT_FEATURES))
+    # Non-private: d = 8 (validation 0.062 against 0.053 for d = 32, 2 seeds each).
+    rows.append(
+        dataclasses.replace(plain, name="MF with time context", dimension=8, **CONTEXT_FEATURES)
+    )
     context_name = "MF with time context + DP era popularity"
     timed = Setting(context_name, None, learning_rate=None, **CONTEXT_RECIPE)
     if args.epochs:
