@@ -89,7 +89,7 @@ class TimeContext:
 
 
 #: The tutorial's context (era and release-bucket widths), chosen on the validation split
-#: (see :data:`keras_privacy.tutorials._recommender.CONTEXT_RECIPE`).
+#: (see :data:`keras_privacy.tutorials._recommendation_recipes.CONTEXT_RECIPE`).
 TUTORIAL_CONTEXT = TimeContext(era_years=2.0, release_bucket_years=3)
 
 

@@ -111,15 +111,15 @@ def settings(args, n_users: int) -> tuple[list, list]:
     """The rows to train (:class:`~._recommender.Setting`) in table order, and the
     ablation rows (``--full`` only)."""
     from keras_privacy.tutorials._recommendation_notes import gaussian_sigma
-    from keras_privacy.tutorials._recommender import (
+    from keras_privacy.tutorials._recommendation_recipes import (
         BLEND_RECIPE,
         CONTEXT_FEATURES,
         CONTEXT_PRIOR_SCALE,
         CONTEXT_RECIPE,
         DP_RECIPE,
         SPARSE_RECIPE,
-        Setting,
     )
+    from keras_privacy.tutorials._recommender import Setting
 
     epochs = args.epochs or DP_RECIPE["epochs"]
     targets = args.targets or ([1.0, 2.0, 4.0, 8.0] if args.full else [2.0, 8.0])
@@ -237,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(train_one(setting, data, args.delta, seed, noise_seed, hits))
     tuning = []
     if args.tune:
-        from keras_privacy.tutorials._recommender import TUNING_SEEDS, tuning_settings
+        from keras_privacy.tutorials._recommendation_recipes import (
+            TUNING_SEEDS,
+            tuning_settings,
+        )
 
         validation = _movielens.validation_view(data)
         for setting in tuning_settings(args.batch_size):
