@@ -204,20 +204,32 @@ def concat_rows(parts: list[SparseRows]) -> SparseRows:
     return SparseRows(*(ops.concatenate(list(t), axis=0) for t in zip(*parts, strict=True)))
 
 
-def coalesce(rows: SparseRows, segment_sum: Any) -> SparseRows:
+def coalesce(rows: SparseRows, segment_sum: Any, argsort: Any = ops.argsort) -> SparseRows:
     """The same rows with every id once (values and counts of equal ids summed), in
-    ``len(ids)`` slots, sorted ids first and unused slots (id ``-1``) last."""
+    ``len(ids)`` slots, sorted ids first and unused slots (id ``-1``) last.
+
+    ``segment_sum(data, segments, slots)`` sums ``data`` by its (sorted, nondecreasing)
+    ``segments`` into ``slots`` rows; ``argsort`` sorts the ids when they arrive out of
+    order. The Embedding rule's rows come sorted by id already (its segments are sorted
+    by ``(id, unit)``), and then they are not sorted again."""
     ids = ops.cast(rows.ids, "int32")
     slots = ids.shape[0] if ids.shape[0] is not None else ops.shape(ids)[0]
     big = ops.where(ids < 0, ops.cast(2**31 - 1, "int32"), ids)
-    order = ops.argsort(big)
-    sorted_ids = ops.take(big, order)
+
+    def in_order():
+        return big, rows.values, rows.counts
+
+    def reorder():
+        order = argsort(big)
+        return ops.take(big, order), ops.take(rows.values, order, axis=0), ops.take(rows.counts, order)
+
+    sorted_ids, values, counts = ops.cond(ops.all(big[1:] >= big[:-1]), in_order, reorder)
     first = ops.concatenate(
         [ops.ones((1,), "bool"), ops.not_equal(sorted_ids[1:], sorted_ids[:-1])]
     )
     segment = ops.cumsum(ops.cast(first, "int32")) - 1
-    values = segment_sum(ops.take(rows.values, order, axis=0), segment, slots)
-    counts = segment_sum(ops.take(rows.counts, order), segment, slots)
+    values = segment_sum(values, segment, slots)
+    counts = segment_sum(counts, segment, slots)
     # Each segment's id from its first slot (int32 sums: exact for any table size).
     leader = ops.logical_and(first, sorted_ids < 2**31 - 1)
     merged = segment_sum(ops.where(leader, sorted_ids + 1, 0), segment, slots) - 1

@@ -23,6 +23,7 @@ from keras.src.backend.torch.core import get_device
 from keras_privacy.training import step as shared
 from keras_privacy.training.backend.torch.fast_engine import FastEngine
 from keras_privacy.training.clipping import unclipped_count
+from keras_privacy.training.fast import units as fast_units
 from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.fast.rules import row_tables
 from keras_privacy.training.noise import secure_standard_normals
@@ -79,6 +80,7 @@ def _private_rows(rows: SparseRows, variable: Any, config: Any, generator: Any, 
         lambda d, s, n: torch.zeros(
             (int(n), *d.shape[1:]), dtype=d.dtype, device=d.device
         ).index_add_(0, s.long(), d),
+        argsort=fast_units.argsort,
     )
     normals = torch.randn(rows.counts.shape, generator=generator, device=device)
     selected = touched_selection(rows, spec, normals)
