@@ -221,7 +221,11 @@ def coalesce(rows: SparseRows, segment_sum: Any, argsort: Any = ops.argsort) -> 
 
     def reorder():
         order = argsort(big)
-        return ops.take(big, order), ops.take(rows.values, order, axis=0), ops.take(rows.counts, order)
+        return (
+            ops.take(big, order),
+            ops.take(rows.values, order, axis=0),
+            ops.take(rows.counts, order),
+        )
 
     sorted_ids, values, counts = ops.cond(ops.all(big[1:] >= big[:-1]), in_order, reorder)
     first = ops.concatenate(
