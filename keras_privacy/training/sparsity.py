@@ -204,30 +204,27 @@ def concat_rows(parts: list[SparseRows]) -> SparseRows:
     return SparseRows(*(ops.concatenate(list(t), axis=0) for t in zip(*parts, strict=True)))
 
 
-def coalesce(rows: SparseRows, segment_sum: Any, argsort: Any = ops.argsort) -> SparseRows:
+def coalesce(
+    rows: SparseRows, segment_sum: Any, argsort: Any = ops.argsort, in_order: bool = False
+) -> SparseRows:
     """The same rows with every id once (values and counts of equal ids summed), in
     ``len(ids)`` slots, sorted ids first and unused slots (id ``-1``) last.
 
     ``segment_sum(data, segments, slots)`` sums ``data`` by its (sorted, nondecreasing)
-    ``segments`` into ``slots`` rows; ``argsort`` sorts the ids when they arrive out of
-    order. The Embedding rule's rows come sorted by id already (its segments are sorted
-    by ``(id, unit)``), and then they are not sorted again."""
+    ``segments`` into ``slots`` rows; ``argsort`` sorts the ids. With ``in_order`` the
+    caller has checked that the ids are already sorted with any unused slots last (the
+    Embedding rule's rows from one pass come so: its segments are sorted by
+    ``(id, unit)``), and they are not sorted again; rows out of order would keep equal
+    ids in separate slots."""
     ids = ops.cast(rows.ids, "int32")
     slots = ids.shape[0] if ids.shape[0] is not None else ops.shape(ids)[0]
     big = ops.where(ids < 0, ops.cast(2**31 - 1, "int32"), ids)
-
-    def in_order():
-        return big, rows.values, rows.counts
-
-    def reorder():
+    sorted_ids, values, counts = big, rows.values, rows.counts
+    if not in_order:
         order = argsort(big)
-        return (
-            ops.take(big, order),
-            ops.take(rows.values, order, axis=0),
-            ops.take(rows.counts, order),
-        )
-
-    sorted_ids, values, counts = ops.cond(ops.all(big[1:] >= big[:-1]), in_order, reorder)
+        sorted_ids = ops.take(big, order)
+        values = ops.take(rows.values, order, axis=0)
+        counts = ops.take(rows.counts, order)
     first = ops.concatenate(
         [ops.ones((1,), "bool"), ops.not_equal(sorted_ids[1:], sorted_ids[:-1])]
     )
@@ -238,6 +235,13 @@ def coalesce(rows: SparseRows, segment_sum: Any, argsort: Any = ops.argsort) -> 
     leader = ops.logical_and(first, sorted_ids < 2**31 - 1)
     merged = segment_sum(ops.where(leader, sorted_ids + 1, 0), segment, slots) - 1
     return SparseRows(merged, values, counts)
+
+
+def in_id_order(ids: Any) -> Any:
+    """``[]`` bool: whether ``ids`` are sorted ascending with any unused slots (id
+    ``-1``) last, as :func:`coalesce` with ``in_order`` requires."""
+    big = ops.where(ids < 0, ops.cast(2**31 - 1, ids.dtype), ids)
+    return ops.all(big[1:] >= big[:-1])
 
 
 def touched_selection(rows: SparseRows, config: SparsityPreserving, normals: Any) -> Any:
@@ -270,6 +274,7 @@ __all__ = [
     "contribution_weights",
     "false_positive_capacity",
     "false_positive_mask",
+    "in_id_order",
     "per_table",
     "sparse_tables",
     "split_noise_multiplier_tf_privacy",

@@ -90,13 +90,12 @@ class EmbeddingRule(LayerRule):
         slots = None
         if U.backend_ops["static_segments"]:
             slots = keys.shape[0]
-        segment_keys = U.segment_max(
-            sorted_keys, ops.cumsum(ops.cast(first, "int32")) - 1, num_segments=slots, sorted=True
-        )
+        segment = ops.cumsum(ops.cast(first, "int32")) - 1
+        segment_keys = U.segment_max(sorted_keys, segment, num_segments=slots, sorted=True)
         seg = {
             "order": order,
             "row_units": ops.take(owner, order),
-            "segment": ops.cumsum(ops.cast(first, "int32")) - 1,
+            "segment": segment,
             "slots": slots,
             "unit": segment_keys % ops.cast(count, "int64"),
             "id": segment_keys // ops.cast(count, "int64"),
@@ -239,7 +238,8 @@ class EmbeddingRule(LayerRule):
             real = ops.ones((seg["count"],), "float32")
         contribution = contribution_weights(distinct, real, sparsity.contribution_bound)
         counts = ops.take(contribution, unit) * valid_f
-        values = U.scale_rows(sums, weights) * valid_f[:, None]
+        # An unused slot's sums are zero (no rows), so its values are too.
+        values = U.scale_rows(sums, weights)
         ids = ops.where(valid, ops.cast(seg["id"], "int32"), -1)
         return SparseRows(ids, values, counts)
 

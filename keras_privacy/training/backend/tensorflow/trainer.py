@@ -31,6 +31,7 @@ from keras_privacy.training.sparsity import (
     SparseRows,
     coalesce,
     false_positive_mask,
+    in_id_order,
     per_table,
     sparse_tables,
     touched_selection,
@@ -140,7 +141,17 @@ def _private_rows(
     (rows outside the selection are not in it: the optimizer leaves them alone)."""
     spec = per_table(config.sparsity_preserving, tables)  # sqrt(K) sigma_s c0 on counts
     vocabulary, dim = (int(d) for d in variable.shape)
-    rows = coalesce(rows, _sorted_segment_sum)
+    # One pass of the engine (no accumulation) gives the rows in id order: not sorted
+    # again, and checked (a step with rows out of order fails instead of leaving equal
+    # ids in separate slots).
+    in_order = config.gradient_accumulation_steps == 1
+    if in_order:
+        check = tf.debugging.Assert(
+            in_id_order(rows.ids), ["sparsity_preserving: a table's rows are not in id order"]
+        )
+        with tf.control_dependencies([check]):
+            rows = SparseRows(*(tf.identity(t) for t in rows))
+    rows = coalesce(rows, _sorted_segment_sum, in_order=in_order)
     seeds = [key + tf.constant([0, k * 2**50], "int64") for k in range(3)]
     normals = tf.random.stateless_normal(tf.shape(rows.counts), seeds[0], alg="philox")
     selected = touched_selection(rows, spec, normals)

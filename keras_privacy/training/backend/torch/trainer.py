@@ -31,6 +31,7 @@ from keras_privacy.training.sparsity import (
     SparseRows,
     coalesce,
     false_positive_mask,
+    in_id_order,
     per_table,
     sparse_tables,
     touched_selection,
@@ -81,6 +82,7 @@ def _private_rows(rows: SparseRows, variable: Any, config: Any, generator: Any, 
             (int(n), *d.shape[1:]), dtype=d.dtype, device=d.device
         ).index_add_(0, s.long(), d),
         argsort=fast_units.argsort,
+        in_order=bool(in_id_order(rows.ids)),  # one engine pass: sorted already
     )
     normals = torch.randn(rows.counts.shape, generator=generator, device=device)
     selected = touched_selection(rows, spec, normals)
