@@ -20,6 +20,7 @@ from keras_privacy.training.sparsity import (
     coalesce,
     combined_noise_multiplier,
     false_positive_mask,
+    in_id_order,
     split_noise_multiplier_tf_privacy,
     touched_selection,
 )
@@ -206,6 +207,32 @@ def test_coalesce_merges_repeated_rows():
     np.testing.assert_allclose(got[2][0], [4 + 8, 5 + 9])
     np.testing.assert_allclose(got[5][1], 1 + 3)
     np.testing.assert_allclose(got[7][1], 5)
+
+
+def test_coalesce_of_rows_in_id_order_skips_the_sort():
+    """Rows already in id order (unused slots last), as the Embedding rule gives them,
+    merge to the same rows without the sort; rows out of order are seen as such."""
+    from keras_privacy.training.fast import units
+
+    def segment_sum(d, s, n):
+        return units.segment_sum(d, s, num_segments=n)
+
+    ids = np.array([2, 2, 5, 5, 7, -1], "int32")
+    rows = SparseRows(
+        ops.convert_to_tensor(ids),
+        ops.convert_to_tensor(np.arange(12, dtype="float32").reshape(6, 2)),
+        ops.convert_to_tensor(np.array([1, 2, 3, 4, 5, 0], "float32")),
+    )
+    assert bool(to_numpy(in_id_order(rows.ids)))
+    for unsorted in ([5, 2, 2, 5, 7, -1], [2, 2, -1, 5, 5, 7]):
+        assert not bool(to_numpy(in_id_order(ops.convert_to_tensor(np.array(unsorted, "int32")))))
+    fast = coalesce(rows, segment_sum, in_order=True)
+    sorted_ = coalesce(rows, segment_sum)
+    for a, b in zip(fast, sorted_, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    np.testing.assert_array_equal(to_numpy(fast.ids)[:3], [2, 5, 7])
+    np.testing.assert_allclose(to_numpy(fast.values)[0], [0 + 2, 1 + 3])
+    np.testing.assert_allclose(to_numpy(fast.counts)[:3], [3, 7, 5])
 
 
 def test_never_selected_rows_never_change_and_accounting_is_combined():
