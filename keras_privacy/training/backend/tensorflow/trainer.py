@@ -29,10 +29,11 @@ from keras_privacy.training.noise import (
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses
 from keras_privacy.training.sparsity import (
     SparseRows,
-    coalesce,
-    false_positive_mask,
+    coalesce_counts,
+    false_positive_ids,
     in_id_order,
     per_table,
+    selected_values,
     sparse_tables,
     touched_selection,
 )
@@ -151,16 +152,18 @@ def _private_rows(
         )
         with tf.control_dependencies([check]):
             rows = SparseRows(*(tf.identity(t) for t in rows))
-    rows = coalesce(rows, _sorted_segment_sum, in_order=in_order)
-    seeds = [key + tf.constant([0, k * 2**50], "int64") for k in range(3)]
-    normals = tf.random.stateless_normal(tf.shape(rows.counts), seeds[0], alg="philox")
-    selected = touched_selection(rows, spec, normals)
-    uniforms = tf.random.stateless_uniform([vocabulary], seeds[1], alg="philox")
-    extra = tf.cast(tf.where(false_positive_mask(rows, spec, uniforms, vocabulary))[:, 0], "int32")
-    ids = tf.concat([tf.boolean_mask(rows.ids, selected), extra], axis=0)
-    values = tf.concat(
-        [tf.boolean_mask(rows.values, selected), tf.zeros([tf.shape(extra)[0], dim])], axis=0
+    ids, counts, slot_values, segment = coalesce_counts(
+        rows, _sorted_segment_sum, in_order=in_order
     )
+    seeds = [key + tf.constant([0, k * 2**50], "int64") for k in range(3)]
+    normals = tf.random.stateless_normal(tf.shape(counts), seeds[0], alg="philox")
+    selected = touched_selection(SparseRows(ids, None, counts), spec, normals)
+    uniforms = tf.random.stateless_uniform([vocabulary], seeds[1], alg="philox")
+    extra = false_positive_ids(ids, spec, uniforms, vocabulary, tf.boolean_mask)
+    # Only the selected rows' clipped sums are summed (most touched rows are not).
+    picked = selected_values(slot_values, segment, selected, tf.boolean_mask, tf.math.segment_sum)
+    ids = tf.concat([tf.boolean_mask(ids, selected), extra], axis=0)
+    values = tf.concat([picked, tf.zeros([tf.shape(extra)[0], dim])], axis=0)
     if config.noise_multiplier > 0:
         values += tf.random.stateless_normal(
             tf.shape(values), seeds[2], stddev=config.noise_stddev, alg="philox"
