@@ -204,24 +204,71 @@ def concat_rows(parts: list[SparseRows]) -> SparseRows:
     return SparseRows(*(ops.concatenate(list(t), axis=0) for t in zip(*parts, strict=True)))
 
 
-def coalesce(rows: SparseRows, segment_sum: Any) -> SparseRows:
-    """The same rows with every id once (values and counts of equal ids summed), in
-    ``len(ids)`` slots, sorted ids first and unused slots (id ``-1``) last."""
+def coalesce_counts(
+    rows: SparseRows, segment_sum: Any, argsort: Any = ops.argsort, in_order: bool = False
+) -> tuple[Any, Any, Any, Any]:
+    """:func:`coalesce` without summing the values: ``(ids, counts, slot_values,
+    segment)``, the merged ids and counts (``len(ids)`` slots, sorted ids first, unused
+    slots ``-1`` last), the slots' values in id order, and each of those slots' merged
+    slot (nondecreasing). :func:`selected_values` then sums the values of the selected
+    rows only.
+
+    ``segment_sum(data, segments, slots)`` sums ``data`` by its (sorted, nondecreasing)
+    ``segments`` into ``slots`` rows; ``argsort`` sorts the ids. With ``in_order`` the
+    caller has checked that the ids are already sorted with any unused slots last (the
+    Embedding rule's rows from one pass come so: its segments are sorted by
+    ``(id, unit)``), and they are not sorted again; rows out of order would keep equal
+    ids in separate slots."""
     ids = ops.cast(rows.ids, "int32")
     slots = ids.shape[0] if ids.shape[0] is not None else ops.shape(ids)[0]
     big = ops.where(ids < 0, ops.cast(2**31 - 1, "int32"), ids)
-    order = ops.argsort(big)
-    sorted_ids = ops.take(big, order)
+    sorted_ids, values, counts = big, rows.values, rows.counts
+    if not in_order:
+        order = argsort(big)
+        sorted_ids = ops.take(big, order)
+        values = ops.take(rows.values, order, axis=0)
+        counts = ops.take(rows.counts, order)
     first = ops.concatenate(
         [ops.ones((1,), "bool"), ops.not_equal(sorted_ids[1:], sorted_ids[:-1])]
     )
     segment = ops.cumsum(ops.cast(first, "int32")) - 1
-    values = segment_sum(ops.take(rows.values, order, axis=0), segment, slots)
-    counts = segment_sum(ops.take(rows.counts, order), segment, slots)
+    counts = segment_sum(counts, segment, slots)
     # Each segment's id from its first slot (int32 sums: exact for any table size).
     leader = ops.logical_and(first, sorted_ids < 2**31 - 1)
     merged = segment_sum(ops.where(leader, sorted_ids + 1, 0), segment, slots) - 1
-    return SparseRows(merged, values, counts)
+    return merged, counts, values, segment
+
+
+def coalesce(
+    rows: SparseRows, segment_sum: Any, argsort: Any = ops.argsort, in_order: bool = False
+) -> SparseRows:
+    """The same rows with every id once (values and counts of equal ids summed), in
+    ``len(ids)`` slots, sorted ids first and unused slots (id ``-1``) last (arguments as
+    for :func:`coalesce_counts`)."""
+    ids, counts, values, segment = coalesce_counts(rows, segment_sum, argsort, in_order)
+    slots = ids.shape[0] if ids.shape[0] is not None else ops.shape(ids)[0]
+    return SparseRows(ids, segment_sum(values, segment, slots), counts)
+
+
+def selected_values(
+    slot_values: Any, segment: Any, selected: Any, compress: Any, segment_sum: Any
+) -> Any:
+    """``[S', dim]``: the summed values of the selected merged slots (``selected``:
+    ``[slots]`` bool over :func:`coalesce_counts`'s merged slots), in slot order, from
+    only the slots of selected rows (backends with dynamic shapes: ``compress(x, mask)``
+    keeps the entries of ``x`` where ``mask`` holds, ``segment_sum(data, segments)`` sums
+    by sorted segments ``0..S'-1``). The same sums as :func:`coalesce`'s values at the
+    selected slots, without summing the rows that no update uses."""
+    keep = ops.take(selected, segment)
+    rank = ops.cumsum(ops.cast(selected, "int32")) - 1
+    return segment_sum(compress(slot_values, keep), ops.take(rank, compress(segment, keep)))
+
+
+def in_id_order(ids: Any) -> Any:
+    """``[]`` bool: whether ``ids`` are sorted ascending with any unused slots (id
+    ``-1``) last, as :func:`coalesce` with ``in_order`` requires."""
+    big = ops.where(ids < 0, ops.cast(2**31 - 1, ids.dtype), ids)
+    return ops.all(big[1:] >= big[:-1])
 
 
 def touched_selection(rows: SparseRows, config: SparsityPreserving, normals: Any) -> Any:
@@ -245,16 +292,40 @@ def false_positive_mask(
     return padded[:vocabulary]
 
 
+def false_positive_ids(
+    ids: Any, config: SparsityPreserving, uniforms: Any, vocabulary: int, compress: Any
+) -> Any:
+    """The ids (ascending) of the rows no unit touched that are selected, each with
+    probability ``p`` (``uniforms``: ``[V]`` U[0, 1) numbers), as
+    :func:`false_positive_mask` selects them, for backends with dynamic shapes
+    (``compress(x, mask)`` keeps the entries of ``x`` where ``mask`` holds). ``ids`` are
+    coalesced (sorted, unused slots ``-1`` last): the few rows with ``u_v < p`` are looked
+    up in them, instead of building a table-sized mask of the touched rows."""
+    chosen = compress(
+        ops.arange(vocabulary, dtype="int32"), uniforms < config.false_positive_probability
+    )
+    ids = ops.cast(ids, "int32")
+    touched = ops.concatenate(
+        [ops.where(ids >= 0, ids, vocabulary), ops.full((1,), vocabulary, "int32")]
+    )
+    at = ops.take(touched, ops.searchsorted(touched, chosen))
+    return compress(chosen, ops.not_equal(at, chosen))
+
+
 __all__ = [
     "SparseRows",
     "SparsityPreserving",
     "coalesce",
+    "coalesce_counts",
     "combined_noise_multiplier",
     "concat_rows",
     "contribution_weights",
     "false_positive_capacity",
+    "false_positive_ids",
     "false_positive_mask",
+    "in_id_order",
     "per_table",
+    "selected_values",
     "sparse_tables",
     "split_noise_multiplier_tf_privacy",
     "touched_selection",

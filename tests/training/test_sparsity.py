@@ -18,8 +18,12 @@ from keras_privacy.training.sparsity import (
     SparseRows,
     SparsityPreserving,
     coalesce,
+    coalesce_counts,
     combined_noise_multiplier,
+    false_positive_ids,
     false_positive_mask,
+    in_id_order,
+    selected_values,
     split_noise_multiplier_tf_privacy,
     touched_selection,
 )
@@ -206,6 +210,73 @@ def test_coalesce_merges_repeated_rows():
     np.testing.assert_allclose(got[2][0], [4 + 8, 5 + 9])
     np.testing.assert_allclose(got[5][1], 1 + 3)
     np.testing.assert_allclose(got[7][1], 5)
+
+
+def test_coalesce_of_rows_in_id_order_skips_the_sort():
+    """Rows already in id order (unused slots last), as the Embedding rule gives them,
+    merge to the same rows without the sort; rows out of order are seen as such."""
+    from keras_privacy.training.fast import units
+
+    def segment_sum(d, s, n):
+        return units.segment_sum(d, s, num_segments=n)
+
+    ids = np.array([2, 2, 5, 5, 7, -1], "int32")
+    rows = SparseRows(
+        ops.convert_to_tensor(ids),
+        ops.convert_to_tensor(np.arange(12, dtype="float32").reshape(6, 2)),
+        ops.convert_to_tensor(np.array([1, 2, 3, 4, 5, 0], "float32")),
+    )
+    assert bool(to_numpy(in_id_order(rows.ids)))
+    for unsorted in ([5, 2, 2, 5, 7, -1], [2, 2, -1, 5, 5, 7]):
+        assert not bool(to_numpy(in_id_order(ops.convert_to_tensor(np.array(unsorted, "int32")))))
+    fast = coalesce(rows, segment_sum, in_order=True)
+    sorted_ = coalesce(rows, segment_sum)
+    for a, b in zip(fast, sorted_, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    np.testing.assert_array_equal(to_numpy(fast.ids)[:3], [2, 5, 7])
+    np.testing.assert_allclose(to_numpy(fast.values)[0], [0 + 2, 1 + 3])
+    np.testing.assert_allclose(to_numpy(fast.counts)[:3], [3, 7, 5])
+
+
+def _compress(x, mask):
+    """Entries of ``x`` where ``mask`` holds (NumPy; the tests' dynamic-shape backend)."""
+    return ops.convert_to_tensor(to_numpy(x)[to_numpy(mask)])
+
+
+def test_selected_values_and_false_positive_ids_match_the_masks():
+    """The dynamic-shape backends' shortcuts (TensorFlow, PyTorch) give what the mask
+    forms give: the selected rows' merged values, and the untouched rows with u < p."""
+    from keras_privacy.training.fast import units
+
+    def segment_sum(d, s, n):
+        return units.segment_sum(d, s, num_segments=n)
+
+    def sorted_sum(d, s):
+        count = int(to_numpy(s).max()) + 1 if to_numpy(s).size else 0
+        return units.segment_sum(d, s, num_segments=count)
+
+    rng = np.random.default_rng(3)
+    ids = np.sort(rng.integers(0, 20, 30)).astype("int32")
+    ids[-4:] = -1
+    rows = SparseRows(
+        ops.convert_to_tensor(ids),
+        ops.convert_to_tensor(rng.normal(size=(30, 3)).astype("float32")),
+        ops.convert_to_tensor(rng.random(30).astype("float32")),
+    )
+    full = coalesce(rows, segment_sum)
+    merged, counts, slot_values, segment = coalesce_counts(rows, segment_sum, in_order=True)
+    np.testing.assert_array_equal(to_numpy(merged), to_numpy(full.ids))
+    selected = ops.convert_to_tensor((to_numpy(merged) >= 0) & (np.arange(30) % 3 != 1))
+    picked = selected_values(slot_values, segment, selected, _compress, sorted_sum)
+    np.testing.assert_allclose(
+        to_numpy(picked), to_numpy(full.values)[to_numpy(selected)], rtol=1e-6
+    )
+    spec = SparsityPreserving(selection_noise_multiplier=1.0, threshold=0.5)  # p = 0.31
+    uniforms = ops.convert_to_tensor(rng.random(20).astype("float32"))
+    mask = to_numpy(false_positive_mask(full, spec, uniforms, 20))
+    got = to_numpy(false_positive_ids(merged, spec, uniforms, 20, _compress))
+    np.testing.assert_array_equal(got, np.flatnonzero(mask))
+    assert len(got) > 0 and not set(got.tolist()) & set(ids[ids >= 0].tolist())
 
 
 def test_never_selected_rows_never_change_and_accounting_is_combined():

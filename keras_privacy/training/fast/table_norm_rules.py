@@ -80,7 +80,7 @@ class EmbeddingRule(LayerRule):
             ops.broadcast_to(ops.arange(count, dtype="int64")[:, None], (count, positions)), (-1,)
         )
         keys = ops.reshape(ids_u, (-1,)) * ops.cast(count, "int64") + owner
-        order = ops.argsort(keys)
+        order = U.argsort(keys)
         sorted_keys = ops.take(keys, order)
         first = ops.concatenate(
             [ops.ones((1,), "bool"), ops.not_equal(sorted_keys[1:], sorted_keys[:-1])]
@@ -90,13 +90,12 @@ class EmbeddingRule(LayerRule):
         slots = None
         if U.backend_ops["static_segments"]:
             slots = keys.shape[0]
-        segment_keys = U.segment_max(
-            sorted_keys, ops.cumsum(ops.cast(first, "int32")) - 1, num_segments=slots, sorted=True
-        )
+        segment = ops.cumsum(ops.cast(first, "int32")) - 1
+        segment_keys = U.segment_max(sorted_keys, segment, num_segments=slots, sorted=True)
         seg = {
             "order": order,
             "row_units": ops.take(owner, order),
-            "segment": ops.cumsum(ops.cast(first, "int32")) - 1,
+            "segment": segment,
             "slots": slots,
             "unit": segment_keys % ops.cast(count, "int64"),
             "id": segment_keys // ops.cast(count, "int64"),
@@ -109,6 +108,15 @@ class EmbeddingRule(LayerRule):
         """``[segments, q]``: the rows ``[B, ..., q]`` summed per (unit, token)."""
         flat = ops.take(ops.reshape(U.float32(rows), (-1, rows.shape[-1])), seg["order"], axis=0)
         return U.segment_sum(flat, seg["segment"], num_segments=seg["slots"], sorted=True)
+
+    def _cached_row_sums(self, call, seg, variable, rows):
+        """:meth:`_row_sums` of one variable's rows, computed once per call: the norm pass
+        and the clipped sum's pass read the same per-(unit, token) sums (kept in the
+        call's cache, let go with it)."""
+        cached = call.cache.setdefault("row_sums", {})
+        if id(variable) not in cached:
+            cached[id(variable)] = self._row_sums(seg, rows)
+        return cached[id(variable)]
 
     def _unit_sq(self, seg, sums):
         return U.segment_sum(
@@ -143,7 +151,7 @@ class EmbeddingRule(LayerRule):
     def squared_norms(self, call, units):
         rows, outer = self._rows_pieces(call, units)
         seg = self._segments(call, units)
-        parts = [self._unit_sq(seg, self._row_sums(seg, r)) for _, r in rows]
+        parts = [self._unit_sq(seg, self._cached_row_sums(call, seg, v, r)) for v, r in rows]
         keep = call.cache.setdefault("keep", {})
         for v, a, d, positions in outer:
             parts.append(outer_sq(a, d, positions, keep.setdefault(id(v), {})))
@@ -184,7 +192,7 @@ class EmbeddingRule(LayerRule):
         by_id = {}
         sparsity = call.cache.get("sparsity")
         for v, r in rows:
-            sums = self._row_sums(seg, r)
+            sums = self._cached_row_sums(call, seg, v, r)
             if sparsity is not None and v is call.layer._embeddings:
                 weights = ops.take(factors, seg["unit"])
                 if safe:
@@ -230,7 +238,8 @@ class EmbeddingRule(LayerRule):
             real = ops.ones((seg["count"],), "float32")
         contribution = contribution_weights(distinct, real, sparsity.contribution_bound)
         counts = ops.take(contribution, unit) * valid_f
-        values = U.scale_rows(sums, weights) * valid_f[:, None]
+        # An unused slot's sums are zero (no rows), so its values are too.
+        values = U.scale_rows(sums, weights)
         ids = ops.where(valid, ops.cast(seg["id"], "int32"), -1)
         return SparseRows(ids, values, counts)
 

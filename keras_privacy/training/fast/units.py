@@ -86,6 +86,10 @@ backend_ops = {
     #: embedding rule's int64 keys ``id * U + unit`` (Keras's PyTorch version reduces in
     #: float32, which rounds keys above 2^24: PyTorch installs an exact one).
     "segment_max": ops.segment_max,
+    #: ``argsort(x)``: the indices that sort a 1-D integer tensor ascending (ties in any
+    #: order), as ``keras.ops.argsort``; a backend may install a faster one (PyTorch:
+    #: NumPy's sort on the tensor's own memory).
+    "argsort": ops.argsort,
     # True where every shape must be static (JAX): segment sums get a fixed segment count.
     "static_segments": False,
     # For the numerical batch-independence check (fast/independence.py), which runs on
@@ -126,6 +130,12 @@ def segment_sum(data, segment_ids, num_segments=None, sorted=False) -> object:
 def segment_max(data, segment_ids, num_segments=None, sorted=False) -> object:
     """``out[k] = max of data[i] over i with segment_ids[i] == k`` (the backend's op)."""
     return backend_ops["segment_max"](data, segment_ids, num_segments=num_segments, sorted=sorted)
+
+
+def argsort(keys) -> object:
+    """The indices that sort the 1-D integer ``keys`` ascending (the backend's op; the
+    order of equal keys is unspecified)."""
+    return backend_ops["argsort"](keys)
 
 
 def float32(tensor) -> object:

@@ -29,9 +29,11 @@ from keras_privacy.training.noise import (
 from keras_privacy.training.sampling import PoissonBatches, ShuffledPasses
 from keras_privacy.training.sparsity import (
     SparseRows,
-    coalesce,
-    false_positive_mask,
+    coalesce_counts,
+    false_positive_ids,
+    in_id_order,
     per_table,
+    selected_values,
     sparse_tables,
     touched_selection,
 )
@@ -123,6 +125,15 @@ class _StepState:
         return {name: int(getattr(self, name).numpy()) for name in COUNTERS}
 
 
+def _sorted_segment_sum(data: Any, segments: Any, slots: Any) -> Any:
+    """``[slots, ...]``: ``data`` summed by its sorted ``segments`` (TensorFlow's sorted
+    kernel, 2-3x faster than ``unsorted_segment_sum`` on 16,000 rows of 64), padded with
+    zero rows to ``slots``."""
+    part = tf.math.segment_sum(data, segments)
+    missing = tf.cast(slots, "int32") - tf.shape(part)[0]
+    return tf.pad(part, [[0, missing]] + [[0, 0]] * (data.shape.rank - 1))
+
+
 def _private_rows(
     rows: SparseRows, variable: Any, config: Any, key: Any, tables: int
 ) -> tf.IndexedSlices:
@@ -131,16 +142,28 @@ def _private_rows(
     (rows outside the selection are not in it: the optimizer leaves them alone)."""
     spec = per_table(config.sparsity_preserving, tables)  # sqrt(K) sigma_s c0 on counts
     vocabulary, dim = (int(d) for d in variable.shape)
-    rows = coalesce(rows, lambda d, s, n: tf.math.unsorted_segment_sum(d, s, tf.cast(n, "int32")))
-    seeds = [key + tf.constant([0, k * 2**50], "int64") for k in range(3)]
-    normals = tf.random.stateless_normal(tf.shape(rows.counts), seeds[0], alg="philox")
-    selected = touched_selection(rows, spec, normals)
-    uniforms = tf.random.stateless_uniform([vocabulary], seeds[1], alg="philox")
-    extra = tf.cast(tf.where(false_positive_mask(rows, spec, uniforms, vocabulary))[:, 0], "int32")
-    ids = tf.concat([tf.boolean_mask(rows.ids, selected), extra], axis=0)
-    values = tf.concat(
-        [tf.boolean_mask(rows.values, selected), tf.zeros([tf.shape(extra)[0], dim])], axis=0
+    # One pass of the engine (no accumulation) gives the rows in id order: not sorted
+    # again, and checked (a step with rows out of order fails instead of leaving equal
+    # ids in separate slots).
+    in_order = config.gradient_accumulation_steps == 1
+    if in_order:
+        check = tf.debugging.Assert(
+            in_id_order(rows.ids), ["sparsity_preserving: a table's rows are not in id order"]
+        )
+        with tf.control_dependencies([check]):
+            rows = SparseRows(*(tf.identity(t) for t in rows))
+    ids, counts, slot_values, segment = coalesce_counts(
+        rows, _sorted_segment_sum, in_order=in_order
     )
+    seeds = [key + tf.constant([0, k * 2**50], "int64") for k in range(3)]
+    normals = tf.random.stateless_normal(tf.shape(counts), seeds[0], alg="philox")
+    selected = touched_selection(SparseRows(ids, None, counts), spec, normals)
+    uniforms = tf.random.stateless_uniform([vocabulary], seeds[1], alg="philox")
+    extra = false_positive_ids(ids, spec, uniforms, vocabulary, tf.boolean_mask)
+    # Only the selected rows' clipped sums are summed (most touched rows are not).
+    picked = selected_values(slot_values, segment, selected, tf.boolean_mask, tf.math.segment_sum)
+    ids = tf.concat([tf.boolean_mask(ids, selected), extra], axis=0)
+    values = tf.concat([picked, tf.zeros([tf.shape(extra)[0], dim])], axis=0)
     if config.noise_multiplier > 0:
         values += tf.random.stateless_normal(
             tf.shape(values), seeds[2], stddev=config.noise_stddev, alg="philox"

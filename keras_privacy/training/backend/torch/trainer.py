@@ -23,14 +23,17 @@ from keras.src.backend.torch.core import get_device
 from keras_privacy.training import step as shared
 from keras_privacy.training.backend.torch.fast_engine import FastEngine
 from keras_privacy.training.clipping import unclipped_count
+from keras_privacy.training.fast import units as fast_units
 from keras_privacy.training.fast.engine import engine_table
 from keras_privacy.training.fast.rules import row_tables
 from keras_privacy.training.noise import secure_standard_normals
 from keras_privacy.training.sparsity import (
     SparseRows,
-    coalesce,
-    false_positive_mask,
+    coalesce_counts,
+    false_positive_ids,
+    in_id_order,
     per_table,
+    selected_values,
     sparse_tables,
     touched_selection,
 )
@@ -66,6 +69,17 @@ def _entropy_seeded(generator: torch.Generator) -> torch.Generator:
     return generator
 
 
+def _compress(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return tensor[mask]
+
+
+def _sorted_segment_sum(data: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """``data`` summed by sorted ``segments`` ``0..S-1`` (each present)."""
+    count = int(segments[-1]) + 1 if len(segments) else 0
+    out = torch.zeros((count, *data.shape[1:]), dtype=data.dtype, device=data.device)
+    return out.index_add_(0, segments.long(), data)
+
+
 def _private_rows(rows: SparseRows, variable: Any, config: Any, generator: Any, tables: int) -> Any:
     """Sparsity-preserving DP-SGD on one table (:mod:`keras_privacy.training.sparsity`):
     the table's noised gradient, nonzero only on the selected rows. The noise is drawn
@@ -74,18 +88,22 @@ def _private_rows(rows: SparseRows, variable: Any, config: Any, generator: Any, 
     spec = per_table(config.sparsity_preserving, tables)  # sqrt(K) sigma_s c0 on counts
     vocabulary, dim = (int(d) for d in variable.shape)
     device = generator.device
-    rows = coalesce(
+    ids, counts, slot_values, segment = coalesce_counts(
         rows,
         lambda d, s, n: torch.zeros(
             (int(n), *d.shape[1:]), dtype=d.dtype, device=d.device
         ).index_add_(0, s.long(), d),
+        argsort=fast_units.argsort,
+        in_order=bool(in_id_order(rows.ids)),  # one engine pass: sorted already
     )
-    normals = torch.randn(rows.counts.shape, generator=generator, device=device)
-    selected = touched_selection(rows, spec, normals)
+    normals = torch.randn(counts.shape, generator=generator, device=device)
+    selected = touched_selection(SparseRows(ids, None, counts), spec, normals)
     uniforms = torch.rand((vocabulary,), generator=generator, device=device)
-    extra = torch.nonzero(false_positive_mask(rows, spec, uniforms, vocabulary))[:, 0]
-    ids = torch.cat([rows.ids[selected].long(), extra])
-    values = torch.cat([rows.values[selected].float(), rows.values.new_zeros((len(extra), dim))])
+    extra = false_positive_ids(ids, spec, uniforms, vocabulary, _compress).long()
+    # Only the selected rows' clipped sums are summed (most touched rows are not).
+    picked = selected_values(slot_values, segment, selected, _compress, _sorted_segment_sum)
+    ids = torch.cat([ids[selected].long(), extra])
+    values = torch.cat([picked.float(), picked.new_zeros((len(extra), dim))])
     if config.noise_multiplier > 0:
         values.add_(
             torch.randn(values.shape, generator=generator, device=device),
