@@ -54,6 +54,11 @@ def pytest_configure(config):
     )
     config.addinivalue_line(
         "markers",
+        "slow_on_jax: in the TensorFlow and PyTorch default suites; -m slow on JAX (whose "
+        "default suite has no time to spare)",
+    )
+    config.addinivalue_line(
+        "markers",
         "steps_per_execution: uses steps_per_execution > 1 (skipped on torch, whose Keras "
         "trainer refuses it)",
     )
@@ -73,6 +78,10 @@ def pytest_collection_modifyitems(config, items):
             # Cases of a large matrix beyond the core ones: in the default suite on
             # TensorFlow; on other backends (where each case compiles, ~10x slower) with
             # -m slow.
+            item.add_marker(pytest.mark.slow)
+        if backend == "jax" and item.get_closest_marker("slow_on_jax") is not None:
+            # Covered on JAX by another default test (named where the marker is used), or
+            # the same on every backend: the TensorFlow and PyTorch suites run it.
             item.add_marker(pytest.mark.slow)
         if backend == "torch" and item.get_closest_marker("steps_per_execution") is not None:
             item.add_marker(

@@ -134,6 +134,9 @@ def test_real_fashion_mnist_shapes():
     assert set(np.unique(y)) == set(range(10)) and len(yt) == 10000
 
 
+# The same tutorial runs on JAX in test_programs.py (no TensorFlow start-up lines): this
+# one's report runs with -m slow there, in the TensorFlow and PyTorch default suites.
+@pytest.mark.slow_on_jax
 @pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="dataset-fashion-mnist not installed")
 def test_main_job_runs_and_reports():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}

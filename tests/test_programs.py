@@ -72,6 +72,9 @@ def test_other_start_up_output_is_passed_on(tmp_path):
     assert result.returncode == 0 and result.stderr == "something the user must see\n"
 
 
+# TensorFlow's own start-up: in the TensorFlow and PyTorch default suites; on JAX with
+# -m slow (whose default suite runs the tutorial below without a start-up line).
+@pytest.mark.slow_on_jax
 def test_tensorflow_starts_without_a_line_on_stderr():
     code = (
         "from keras_privacy.programs import quiet_tensorflow_startup\n"

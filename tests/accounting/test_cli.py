@@ -213,6 +213,7 @@ def test_spinner_on_a_terminal_unless_asked(monkeypatch, capsys, quiet):
     assert shown == (not quiet) and "noise multiplier:" in capsys.readouterr().out
 
 
+@pytest.mark.slow_on_jax  # accounting only, the same on every backend (17 s on JAX)
 def test_user_level_run_counts_users_and_matches_the_library(capsys):
     """``--privacy-unit user``: a fit(user_ids=...) run, N and B count users; the numbers
     are the library's for the same (users, expected users) and the text says user-level."""

@@ -11,15 +11,14 @@ import math
 import keras
 import numpy as np
 import pytest
-from helpers import BACKEND, gradients, to_numpy
+from helpers import gradients, to_numpy
 
 import keras_privacy as kp
 from keras_privacy.queries import split_noise_multiplier
 
 ENGINES = ["vectorized", "fast"]
-#: The JAX default suite has no time to spare: its eager engine calls and extra compiles
-#: run with -m slow there (each is in the default suite on TensorFlow and PyTorch).
-SLOW_ON_JAX = pytest.mark.slow if BACKEND == "jax" else pytest.mark.skipif(False, reason="")
+#: slow_on_jax below: the JAX default suite has no time to spare for their eager engine
+#: calls and extra compiles (each is in the default suite on TensorFlow and PyTorch).
 
 
 def _mlp(engine, clip, noise=0.0, seed=3, **dp):
@@ -48,7 +47,7 @@ def _reference_norms(model, x, y):
 
 
 @pytest.mark.parametrize(
-    "engine", [pytest.param("vectorized", marks=SLOW_ON_JAX), pytest.param("fast")]
+    "engine", [pytest.param("vectorized", marks=pytest.mark.slow_on_jax), pytest.param("fast")]
 )
 def test_count_uses_the_clip_norms_on_every_engine(engine, rng):
     """One update with (almost) no count noise: the new clip is C0 exp(-eta (b - gamma))
@@ -76,7 +75,7 @@ def test_count_uses_the_clip_norms_on_every_engine(engine, rng):
     assert model.privacy_record.current.clip_values == [pytest.approx(c0, rel=1e-6)]
 
 
-@SLOW_ON_JAX
+@pytest.mark.slow_on_jax
 @pytest.mark.parametrize("engine", ENGINES)
 def test_clipped_sum_sensitivity_is_the_current_clip(engine, rng):
     """After adaptive updates, the engine clips at C_t: removing any one example moves the
@@ -124,7 +123,7 @@ def test_clip_converges_to_target_quantile():
     assert np.quantile(norms, 0.2) < settled < np.quantile(norms, 0.4), settled
 
 
-@SLOW_ON_JAX
+@pytest.mark.slow_on_jax
 def test_record_and_accounting_of_the_split_noise(rng):
     x = rng.normal(size=(64, 5)).astype("float32")
     y = rng.normal(size=(64, 1)).astype("float32")
@@ -162,7 +161,7 @@ def test_bad_adaptive_clip_arguments(kwargs, match):
         kp.AdaptiveClip(**kwargs)
 
 
-@SLOW_ON_JAX
+@pytest.mark.slow_on_jax
 def test_default_count_noise_is_the_expected_batch_over_20(rng):
     """``clipped_count_stddev=None`` (the default) is the paper's B / 20, set per fit from
     the expected batch (per train_on_batch from its rows) and recorded; the saved setting
@@ -219,7 +218,7 @@ def test_privacy_state_keeps_the_adaptive_fields():
         record_from_state(state)
 
 
-@SLOW_ON_JAX
+@pytest.mark.slow_on_jax
 def test_the_clip_is_saved_with_the_model(rng, tmp_path):
     """A saved model (``.keras``) keeps the clip C_t it reached: the reloaded model's next
     update clips at it (not at ``initial``), and a new fit's segment starts from it."""

@@ -213,14 +213,32 @@ BUILDERS = {
 }
 
 
-@pytest.mark.parametrize("num_units", [None, 4])
-@pytest.mark.parametrize(
-    "name",
-    core_cases(
+#: On JAX, norm_layers with 4 units runs with -m slow: the norm rules share
+#: _ScaleOffsetRule, whose per-unit sums JAX's default suite checks on LayerNormalization
+#: (test_weight_regularization.py, test_fast_engine_equals_vectorized_on_a_regularized_model
+#: with 4 units), and norm_layers runs there per example.
+FAST_EQUALS_VECTORIZED = [
+    pytest.param(
+        case.values[0],
+        num_units,
+        marks=[
+            *case.marks,
+            *(
+                [pytest.mark.slow_on_jax]
+                if (case.values[0], num_units) == ("norm_layers", 4)
+                else []
+            ),
+        ],
+    )
+    for case in core_cases(
         sorted(BUILDERS),
         {"mlp", "sequence_ghost", "embedding", "norm_layers", "conv2d_valid_strided"},
-    ),
-)
+    )
+    for num_units in (None, 4)
+]
+
+
+@pytest.mark.parametrize("name, num_units", FAST_EQUALS_VECTORIZED)
 def test_fast_equals_vectorized(name, num_units, rng):
     model, x = BUILDERS[name](rng)
     y = rng.integers(0, 3, len(x))
@@ -249,10 +267,13 @@ def test_einsum_dense_equals_reference(num_units, rng):
     _assert_same(fast, _Loop(private, x, y, num_units, 1.0))
 
 
+@pytest.mark.slow_on_jax  # JAX: test_auto_picks_fast_and_trains_exactly[transformer]
 def test_transformer_block_equals_reference(rng):
     """MultiHeadAttention + Dense + LayerNormalization + Embedding (the vectorized engine
     miscomputes per-example einsum gradients on TensorFlow 2.21, so the reference is the
-    GradientTape loop)."""
+    GradientTape loop). On JAX (38 s there) with -m slow: its default suite checks the
+    same block's step against the per-example reference in
+    ``test_auto_picks_fast_and_trains_exactly[transformer]``."""
     model, x = _transformer(rng)
     y = rng.integers(0, 3, len(x))
     private = _private(model, clip=0.5, engine="fast")
@@ -286,7 +307,10 @@ def test_sample_weights_and_multiple_outputs(rng):
         "embedding",
         "sequence_ghost",
         "sequence_materialised",
-        "conv2d_groups",
+        # JAX runs the vectorized reference twice here (NaN spreads in its vmap of a
+        # grouped convolution): with -m slow there, where the grouped conv rule's scaled
+        # path is checked by conv2d_groups_double_sum.
+        pytest.param("conv2d_groups", marks=pytest.mark.slow_on_jax),
         "conv2d_groups_double_sum",
         "conv3d",
     ],
@@ -320,7 +344,20 @@ def test_adversarial_rows(name, rng):
 
 
 @pytest.mark.parametrize(
-    "name", ["mlp", "embedding", "einsum", "conv2d_same_dilated", "conv2d_groups"]
+    "name",
+    [
+        "mlp",
+        "embedding",
+        # 20-30 s each on JAX: -m slow there, where the bound of the conv and einsum rules
+        # is checked by test_clipping_mechanics.py's
+        # test_each_example_contribution_is_bounded_by_clip[conv2d|attention_einsum] (the
+        # fast engine) and their sums by test_fast_equals_vectorized and
+        # test_einsum_dense_equals_reference.
+        *(
+            pytest.param(n, marks=pytest.mark.slow_on_jax)
+            for n in ("einsum", "conv2d_same_dilated", "conv2d_groups")
+        ),
+    ],
 )
 def test_each_unit_contributes_at_most_clip(name, rng):
     """Removing any one example changes the fast engine's clipped sum by at most C."""
@@ -346,7 +383,17 @@ def _tutorial_cnn(rng):
     return tutorial_cnn(), rng.normal(size=(8, 28, 28, 1)).astype("float32")
 
 
-@pytest.mark.parametrize("name", ["mlp", "embedding", "transformer", "tutorial_cnn"])
+@pytest.mark.parametrize(
+    "name",
+    # tutorial_cnn (19 s on JAX): -m slow there, whose default suite checks the conv rule's
+    # step against the per-example reference in test_clipping_mechanics.py (conv2d).
+    [
+        "mlp",
+        "embedding",
+        "transformer",
+        pytest.param("tutorial_cnn", marks=pytest.mark.slow_on_jax),
+    ],
+)
 def test_auto_picks_fast_and_trains_exactly(name, rng):
     """One SGD(lr=1) step without noise through train_on_batch moves the weights by
     exactly the per-example reference's clipped sum / B."""
@@ -362,6 +409,11 @@ def test_auto_picks_fast_and_trains_exactly(name, rng):
     assert np.linalg.norm(flat(got) - flat(expected)) <= 1e-4 * np.linalg.norm(flat(expected))
 
 
+# 36 s on JAX (a transformer's fit compiles): -m slow there, whose default suite checks
+# per-example dropout masks on the DP step (test_clipping_mechanics.py,
+# test_dropout_gives_every_example_its_own_mask_and_stays_bounded) and the transformer on
+# the fast engine (test_auto_picks_fast_and_trains_exactly[transformer]).
+@pytest.mark.slow_on_jax
 def test_dropout_trains_with_fast_engine(rng):
     model, x = _transformer(rng, dropout=0.5)
     y = rng.integers(0, 3, len(x))
@@ -438,7 +490,12 @@ def test_fast_engine_inside_tf_function_keeps_model_unchanged(rng):
     np.testing.assert_allclose(to_numpy(model(x)), to_numpy(model(x)))
 
 
-@pytest.mark.parametrize("name", ["mlp", "embedding", "norm_layers"])
+@pytest.mark.parametrize(
+    # norm_layers on JAX with -m slow: mixed precision there by mlp and embedding, the
+    # norm rules in float32 by test_fast_equals_vectorized[norm_layers-None].
+    "name",
+    ["mlp", "embedding", pytest.param("norm_layers", marks=pytest.mark.slow_on_jax)],
+)
 def test_mixed_precision_matches_vectorized(name, rng):
     """Under mixed_float16 both engines compute in float16 and clip in float32; they agree
     to float16 rounding."""
@@ -508,6 +565,10 @@ def test_jax_heap_freed_by_the_step_compile_is_released_once(monkeypatch):
     assert released == [1] and not jax_fast._heap_release.armed
 
 
+# PyTorch's route (its segment_max reduced in float32); on JAX with -m slow, whose default
+# suite checks the embedding rule against the per-example reference (embedding cases above
+# and in test_clipping_mechanics.py).
+@pytest.mark.slow_on_jax
 @pytest.mark.parametrize("clip", [1e-3, 1e6])
 def test_embedding_keys_above_float32_precision(clip, rng):
     """The embedding rule groups rows by the int64 key ``id * U + unit``; with a
@@ -532,6 +593,10 @@ def test_embedding_keys_above_float32_precision(clip, rng):
         np.testing.assert_allclose(np.asarray(f, "float64"), r, rtol=1e-5, atol=1e-7 * clip)
 
 
+# PyTorch's routes (recomputed sums, class-major gradients); on JAX with -m slow, whose
+# default suite checks the materialised sequence Dense against the vectorized engine
+# (test_adversarial_rows[sequence_materialised]) and the double sum (sequence_ghost).
+@pytest.mark.slow_on_jax
 @pytest.mark.parametrize("clip", [1e-3, 1e6])
 def test_sequence_dense_recomputed_and_class_major_sums(clip, rng, monkeypatch):
     """Per-token labels (64 classes) over 10 positions of 32 features. The hidden

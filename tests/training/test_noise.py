@@ -175,7 +175,15 @@ PATHS = {
 
 
 @pytest.mark.filterwarnings("ignore::keras_privacy.training.errors.SamplingWarning")
-@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize(
+    "path",
+    # tf_data_accumulation on JAX with -m slow: noise once per accumulated update there by
+    # poisson_accumulation and shuffle_accumulation, a tf.data input by tf_data.
+    [
+        pytest.param(p, marks=pytest.mark.slow_on_jax) if p == "tf_data_accumulation" else p
+        for p in sorted(PATHS)
+    ],
+)
 def test_every_variable_gets_noise_of_std_sigma_c_over_b(path):
     settings, run_one_update, divisor = PATHS[path]
     model = _multi_variable_model(**settings)

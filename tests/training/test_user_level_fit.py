@@ -25,8 +25,7 @@ from keras_privacy.training.users import UserPoissonBatches
 
 ENGINES = ["vectorized", "fast"]
 pytestmark = pytest.mark.filterwarnings("ignore:keras-privacy. noise_multiplier=0")
-#: The JAX default suite has no time to spare: its extra compiles run with -m slow there.
-SLOW_ON_JAX = pytest.mark.slow if BACKEND == "jax" else pytest.mark.skipif(False, reason="")
+#: slow_on_jax below: the JAX default suite has no time to spare for their extra compiles.
 
 
 def _data(rng, users=6, rows=20):
@@ -92,10 +91,10 @@ def _clipped_sum_by_fit(engine, clip, x, y, ids, **fit):
 @pytest.mark.parametrize(
     "engine,clip",
     [
-        pytest.param("vectorized", 1e-3, marks=SLOW_ON_JAX),
-        pytest.param("vectorized", 1e6, marks=SLOW_ON_JAX),
+        pytest.param("vectorized", 1e-3, marks=pytest.mark.slow_on_jax),
+        pytest.param("vectorized", 1e6, marks=pytest.mark.slow_on_jax),
         ("fast", 1e-3),
-        pytest.param("fast", 1e6, marks=SLOW_ON_JAX),
+        pytest.param("fast", 1e6, marks=pytest.mark.slow_on_jax),
     ],
 )
 def test_step_clips_each_users_summed_gradient(engine, clip, rng):
@@ -109,7 +108,9 @@ def test_step_clips_each_users_summed_gradient(engine, clip, rng):
         assert np.linalg.norm(per_example - expected) > 0.1 * np.linalg.norm(expected)
 
 
-@pytest.mark.parametrize("engine", [pytest.param("vectorized", marks=SLOW_ON_JAX), "fast"])
+@pytest.mark.parametrize(
+    "engine", [pytest.param("vectorized", marks=pytest.mark.slow_on_jax), "fast"]
+)
 def test_removing_one_user_changes_the_clipped_sum_by_at_most_c(engine, rng):
     """The user with 7 examples is removed: ``||S(D) - S(D')|| <= C`` (per-example
     clipping would let it move the sum by up to 7 C)."""
@@ -178,7 +179,7 @@ def test_users_are_poisson_sampled_with_all_their_rows(rng):
     assert np.all(np.abs(row_hits[rows7] / draws - p) < 5 * math.sqrt(p / draws) + 1e-3)
 
 
-@SLOW_ON_JAX
+@pytest.mark.slow_on_jax
 def test_accounting_is_over_users_and_equals_dp_accounting(rng):
     x, y, ids = _data(rng, users=6, rows=20)
     model = _model("fast", 1.0, noise=1.3)
@@ -268,7 +269,7 @@ def test_bad_user_level_input_is_refused(rng):
     assert model.privacy_record.total_updates == 0
 
 
-@SLOW_ON_JAX
+@pytest.mark.slow_on_jax
 def test_fast_engine_sums_a_users_repeated_embedding_rows_before_the_norm(rng):
     """Every row of a user looks up the same user-table row (and items repeat): the fast
     engine's per-user norm must add those rows' gradients before taking the norm. Its
