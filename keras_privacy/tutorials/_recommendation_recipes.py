@@ -94,10 +94,6 @@ def tuning_settings(batch_size: int = 8192) -> list[Setting]:
         {"epochs": 20, "popularity_sigma": 10.0, "prior_weight": 2.0},
         *({**large, "popularity_sigma": 10.0, "prior_weight": w} for w in (0.5, 1.0, 2.0)),
     ]
-    settings = []
-    for change in grid:
-        label = ", ".join(f"{k} {v:g}" for k, v in change.items()) or "the recipe"
-        settings.append(dataclasses.replace(base, name=f"MF ({label})", **change))
     alone = {k: v for k, v in CONTEXT_RECIPE.items() if k != "prior_weight"}
     timed = Setting("MF, time context", 2.0, learning_rate=None, **alone)
     context_grid = [
@@ -115,8 +111,13 @@ def tuning_settings(batch_size: int = 8192) -> list[Setting]:
             for s, w in ((10.0, 0.5), (10.0, 1.0), (5.0, 1.0), (5.0, 2.0), (3.0, 1.0), (3.0, 2.0))
         ),
     ]
-    for change in context_grid:
+    return _candidates(base, grid) + _candidates(timed, context_grid)
+
+
+def _candidates(base: Setting, changes: list[dict]) -> list[Setting]:
+    """``base`` with each change, named after it ("MF (epochs 10)", "... (the recipe)")."""
+    settings = []
+    for change in changes:
         label = ", ".join(f"{k} {v:g}" for k, v in change.items()) or "the recipe"
-        name = f"MF, time context ({label})"
-        settings.append(dataclasses.replace(timed, name=name, **change))
+        settings.append(dataclasses.replace(base, name=f"{base.name} ({label})", **change))
     return settings

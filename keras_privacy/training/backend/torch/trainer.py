@@ -73,10 +73,14 @@ def _compress(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return tensor[mask]
 
 
-def _sorted_segment_sum(data: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """``data`` summed by sorted ``segments`` ``0..S-1`` (each present)."""
-    count = int(segments[-1]) + 1 if len(segments) else 0
-    out = torch.zeros((count, *data.shape[1:]), dtype=data.dtype, device=data.device)
+def _sorted_segment_sum(
+    data: torch.Tensor, segments: torch.Tensor, slots: int | None = None
+) -> torch.Tensor:
+    """``[slots, ...]``: ``data`` summed by its sorted ``segments`` (``slots`` None: the
+    segments ``0..S-1`` are all present, ``S`` from the last one)."""
+    if slots is None:
+        slots = int(segments[-1]) + 1 if len(segments) else 0
+    out = torch.zeros((int(slots), *data.shape[1:]), dtype=data.dtype, device=data.device)
     return out.index_add_(0, segments.long(), data)
 
 
@@ -90,9 +94,7 @@ def _private_rows(rows: SparseRows, variable: Any, config: Any, generator: Any, 
     device = generator.device
     ids, counts, slot_values, segment = coalesce_counts(
         rows,
-        lambda d, s, n: torch.zeros(
-            (int(n), *d.shape[1:]), dtype=d.dtype, device=d.device
-        ).index_add_(0, s.long(), d),
+        _sorted_segment_sum,
         argsort=fast_units.argsort,
         in_order=bool(in_id_order(rows.ids)),  # one engine pass: sorted already
     )
